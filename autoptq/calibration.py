@@ -1,0 +1,211 @@
+"""Representative data: loading `.npz` files or folders of them, validated against the model's inputs.
+
+Formats:
+- one `.npz` with an array per model input, samples stacked on the leading axis (which is also the batch axis when
+  the model's batch is 1 or symbolic), and optionally `labels` with one entry per sample;
+- a folder of `.npz` files holding one sample each (for inputs whose shapes vary between samples), each optionally
+  with a scalar `labels`.
+Everything is loaded with `allow_pickle=False`; problems are reported in one line naming the file and the array.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoptq.errors import DataError
+from autoptq.graph import ModelGraph, TensorInfo
+
+LABELS = "labels"
+
+_ONNX_TO_NUMPY = {
+    "float": "float32",
+    "float32": "float32",
+    "float16": "float16",
+    "double": "float64",
+    "float64": "float64",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "uint16": "uint16",
+    "int32": "int32",
+    "uint32": "uint32",
+    "int64": "int64",
+    "uint64": "uint64",
+    "bool": "bool",
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Validated samples, each a feed dict ready for an onnxruntime session (batch of one)."""
+
+    samples: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None
+    source: str
+    synthetic: bool = False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def split(self, first: int) -> tuple[Dataset, Dataset]:
+        """The first `first` samples and the rest (for calibration vs held-out verification)."""
+        head_labels = None if self.labels is None else self.labels[:first]
+        tail_labels = None if self.labels is None else self.labels[first:]
+        return (
+            Dataset(self.samples[:first], head_labels, self.source, self.synthetic),
+            Dataset(self.samples[first:], tail_labels, self.source, self.synthetic),
+        )
+
+    def take(self, count: int) -> Dataset:
+        """The first `count` samples."""
+        return self.split(count)[0]
+
+
+def load_dataset(path: str | Path, graph: ModelGraph) -> Dataset:
+    """Load representative data from a `.npz` file or a folder of `.npz` samples and validate it against `graph`."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path, graph)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    arrays = _read_npz(path)
+    return _from_stacked(arrays, graph, str(path))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (expected arrays saved with numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        raise DataError(f"{path}: holds object arrays, which are not loaded for safety ({exc})") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({exc})") from exc
+
+
+def _check_names(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str) -> None:
+    expected = [t.name for t in graph.inputs]
+    missing = [n for n in expected if n not in arrays]
+    if missing:
+        raise DataError(
+            f"{source}: no array for model input {missing[0]!r}; arrays present: {sorted(arrays)}; "
+            f"model inputs: {expected}"
+        )
+    extra = sorted(n for n in arrays if n not in expected and n != LABELS)
+    if extra:
+        raise DataError(
+            f"{source}: unexpected array {extra[0]!r}; model inputs are {expected} (plus optional 'labels')"
+        )
+
+
+def _from_stacked(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str) -> Dataset:
+    _check_names(arrays, graph, source)
+    counts = {name: int(a.shape[0]) if a.ndim else 0 for name, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{source}: arrays disagree on the number of samples: {counts}")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise DataError(f"{source}: holds no samples")
+    samples: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for tensor in graph.inputs:
+        array = arrays[tensor.name]
+        _check_array(array, tensor, source, stacked=True)
+        per_sample_rank = len(tensor.shape or [])
+        for i in range(count):
+            # Rank one more than the model's: the leading axis only counts samples. Same rank: it is the batch axis.
+            samples[i][tensor.name] = array[i] if array.ndim == per_sample_rank + 1 else array[i : i + 1]
+    labels = arrays.get(LABELS)
+    if labels is not None:
+        _check_labels(labels, count, source)
+    return Dataset(samples, labels, source)
+
+
+def _check_array(array: np.ndarray, tensor: TensorInfo, source: str, stacked: bool) -> None:
+    expected_dtype = _ONNX_TO_NUMPY.get(tensor.dtype)
+    if expected_dtype is not None and array.dtype != np.dtype(expected_dtype):
+        raise DataError(
+            f"{source}: array {tensor.name!r} is {array.dtype}, the model input is {expected_dtype} "
+            f"(convert with .astype(np.{expected_dtype}))"
+        )
+    shape = tensor.shape
+    if shape is not None:
+        given = list(array.shape[1:]) if stacked else list(array.shape)
+        if len(given) == len(shape):
+            compare = given
+        elif len(given) == len(shape) - 1 and stacked:
+            compare = [1, *given]
+        else:
+            want = "[samples, " + ", ".join(map(str, shape)) + "]" if stacked else str(shape)
+            raise DataError(f"{source}: array {tensor.name!r} has shape {list(array.shape)}, expected {want}")
+        for axis, (got, want) in enumerate(zip(compare, shape, strict=True)):
+            if isinstance(want, int) and got != want and not (axis == 0 and stacked and len(given) == len(shape) - 1):
+                raise DataError(
+                    f"{source}: array {tensor.name!r} has shape {list(array.shape)}: dimension {axis} of each sample "
+                    f"is {got}, the model input {tensor.name!r} {shape} needs {want}"
+                )
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
+        position = np.unravel_index(bad, array.shape)
+        raise DataError(
+            f"{source}: array {tensor.name!r} holds non-finite values (first at index {tuple(map(int, position))})"
+        )
+
+
+def _check_labels(labels: np.ndarray, count: int, source: str) -> None:
+    if labels.ndim == 0 or labels.shape[0] != count:
+        raise DataError(f"{source}: 'labels' has shape {list(labels.shape)}, expected {count} entries (one per sample)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: 'labels' must be integer class indices, got {labels.dtype}")
+
+
+def _load_folder(folder: Path, graph: ModelGraph) -> Dataset:
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise DataError(f"{folder}: folder holds no .npz samples")
+    samples: list[dict[str, np.ndarray]] = []
+    labels: list[int] = []
+    for file in files:
+        arrays = _read_npz(file)
+        _check_names(arrays, graph, str(file))
+        sample: dict[str, np.ndarray] = {}
+        for tensor in graph.inputs:
+            array = arrays[tensor.name]
+            rank = len(tensor.shape or [])
+            if array.ndim == rank - 1:
+                array = array[np.newaxis]  # a sample saved without its batch axis
+            _check_array(array, tensor, str(file), stacked=False)
+            sample[tensor.name] = array
+        samples.append(sample)
+        if LABELS in arrays:
+            labels.append(int(np.asarray(arrays[LABELS]).reshape(-1)[0]))
+    if labels and len(labels) != len(files):
+        raise DataError(f"{folder}: only {len(labels)} of {len(files)} samples carry 'labels'")
+    return Dataset(samples, np.asarray(labels, np.int64) if labels else None, str(folder))
+
+
+def synthetic_dataset(graph: ModelGraph, count: int, seed: int = 0) -> Dataset:
+    """Random samples shaped like the model's inputs (symbolic dims as 1): only when the user asks for it."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        sample = {}
+        for tensor in graph.inputs:
+            shape = [d if isinstance(d, int) else 1 for d in tensor.shape or []]
+            dtype = np.dtype(_ONNX_TO_NUMPY.get(tensor.dtype, "float32"))
+            if np.issubdtype(dtype, np.floating):
+                sample[tensor.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                sample[tensor.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        samples.append(sample)
+    return Dataset(samples, None, f"synthetic (seed {seed})", synthetic=True)
+
+
+def iterate_batches(dataset: Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """Samples one at a time, as onnxruntime feeds."""
+    yield from dataset.samples

@@ -1,0 +1,211 @@
+"""The `autoptq` command line: parse, call the API, render, set the exit code. No logic of its own.
+
+Exit codes: 0 ok, 1 the model fails a target's rules or a budget, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autoptq import api, report
+from autoptq.errors import AutoptqError
+from autoptq.outputs import check_output_path, write_atomic
+from autoptq.planner import UserGoals, decision_matrix, load_tree
+from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
+from autoptq.resources import data_dir
+
+app = typer.Typer(
+    name="autoptq",
+    help="Pick, produce and verify the post-training quantization of an ONNX model for a target device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+targets_app = typer.Typer(help="The hardware profiles autoptq knows.", invoke_without_command=True)
+app.add_typer(targets_app, name="targets")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+class AuditFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    sarif = "sarif"
+
+
+ModelArg = Annotated[Path, typer.Argument(help="ONNX model file (never modified).", show_default=False)]
+TargetOpt = Annotated[
+    list[str],
+    typer.Option("--target", "-t", help="Shipped profile name or path to a profile YAML; repeat or comma-separate."),
+]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report to this file.")]
+
+
+def split_targets(values: list[str]) -> list[str]:
+    """`-t a,b -t c` → `[a, b, c]`."""
+    return [t.strip() for value in values for t in value.split(",") if t.strip()]
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Print a report and, when asked, write it atomically to a file."""
+    if output is not None:
+        write_atomic(output, text)
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+@targets_app.callback()
+def targets_list(ctx: typer.Context) -> None:
+    """List the shipped hardware profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for name in shipped_profile_names():
+        profile = load_profile(name)
+        typer.echo(f"{name:<14} {profile.kind:<12} {', '.join(profile.precisions):<22} {profile.description}")
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Profile name or YAML path.")]) -> None:
+    """Print one profile, resolved and validated, as YAML."""
+    import yaml
+
+    profile = load_profile(name)
+    typer.echo(yaml.safe_dump(profile.model_dump(mode="json", by_alias=True), sort_keys=False, width=110))
+
+
+@targets_app.command("schema")
+def targets_schema() -> None:
+    """Print the JSON Schema of a hardware profile (for editor validation of your own YAML)."""
+    typer.echo(profile_json_schema())
+
+
+@app.command()
+def audit(
+    model: ModelArg,
+    target: TargetOpt,
+    fmt: Annotated[AuditFormat, typer.Option("--format", "-f", help="Output format.")] = AuditFormat.table,
+    output: OutputOpt = None,
+) -> None:
+    """Can each target run the model, and where does it fall back? Exit 1 if any target is not compatible."""
+    if output is not None:
+        check_output_path(output, protected=[model])
+    reports = api.audit(model, split_targets(target))
+    emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
+    raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
+
+
+class Objective(str, Enum):
+    speed = "speed"
+    size = "size"
+    accuracy = "accuracy"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(text: str | None) -> int | None:
+    """'5MB', '500KiB', '123456' → bytes."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise AutoptqError(f"--max-size {text!r}: expected bytes, optionally with a unit (KB, MB, KiB, MiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_max_drop(text: str | None) -> float | None:
+    """'0.01' (absolute) or '1%' (relative to the float accuracy, read as the same fraction here)."""
+    if text is None:
+        return None
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        raise AutoptqError(f"--max-drop {text!r}: expected a number such as 0.01 or a percentage such as 1%") from None
+    if not 0 <= value < 1:
+        raise AutoptqError(f"--max-drop {text!r}: must be between 0 and 1 (or 0% and 100%)")
+    return value
+
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", "-d", help="Representative data: .npz with an array per model input, or a folder of .npz."),
+]
+RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Decision tree YAML replacing the shipped one.")]
+
+
+@app.command()
+def plan(
+    model: ModelArg,
+    target: TargetOpt,
+    data: DataOpt = None,
+    max_drop: Annotated[
+        str | None, typer.Option("--max-drop", help="Accuracy budget: absolute (0.01) or relative (1%).")
+    ] = None,
+    prefer: Annotated[Objective, typer.Option("--prefer", help="Objective.")] = Objective.speed,
+    max_size: Annotated[str | None, typer.Option("--max-size", help="Size budget, e.g. 5MB.")] = None,
+    rules: RulesOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: OutputOpt = None,
+) -> None:
+    """Which post-training technique for each target, the full recipe, why, and what to expect."""
+    if output is not None:
+        check_output_path(output, protected=[model])
+    goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
+    plans = api.plan(model, split_targets(target), data=data, goals=goals, rules=rules)
+    emit(report.render_plans(plans, fmt.value), output)
+
+
+@app.command()
+def matrix(
+    rules: RulesOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Write the decision matrix: the technique chosen per shipped profile x model family x data availability."""
+    tree = load_tree(rules)
+    profiles = [load_profile(name) for name in shipped_profile_names()]
+    text = report.render_matrix(decision_matrix(tree, profiles), rules=_display_path(tree.source))
+    emit(text, output)
+
+
+def _display_path(path: Path) -> str:
+    for base in (Path.cwd(), data_dir("rules").parent):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: an autoptq error becomes one line on stderr and exit code 2 (`--debug` shows the traceback).
+
+    Usage errors are typer's (exit 2); a command's own exit code arrives as SystemExit.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="autoptq")
+    except AutoptqError as exc:
+        if debug:
+            raise
+        typer.echo(f"autoptq: error: {exc}", err=True)
+        return 2
+    except Exception as exc:  # a bug of ours: still one line, with the way to see more
+        if debug:
+            raise
+        typer.echo(f"autoptq: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Estimates, labelled as such: latency as a roofline per device segment, and model size under a recipe.
+
+Latency of a segment = fixed overhead + max(MACs / effective throughput, bytes / bandwidth) + per-op overhead.
+Host segments are costed with the host profile, crossings with the device <-> host link, and parameters beyond an
+on-chip cache with the streaming bandwidth. Constants come from each profile's `cost` and `precisions` sections,
+fitted to published figures (see docs/cost-model.md); results are ranges, never promises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field
+
+from autoptq.coverage import CoverageReport
+from autoptq.graph import ModelGraph, NodeInfo
+from autoptq.profiles import HardwareProfile, Precision, load_profile
+
+PRECISION_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "int8": 1, "int16": 2}
+QDQ_ELEMENT_OPS = 2
+"""A Quantize/Dequantize pair costs about two element operations per value crossing it."""
+DYNAMIC_QUANT_ELEMENT_OPS = 3
+"""Dynamic quantization scans an activation for min/max, then quantizes it: about three element operations."""
+
+
+class LatencyEstimate(BaseModel):
+    """Estimated latency of one inference, in milliseconds, with the range and what it rests on."""
+
+    estimate_ms: float
+    low_ms: float
+    high_ms: float
+    device_ms: float = Field(description="part spent on the device's own segments")
+    host_ms: float = Field(description="part spent on the host (fallback segments)")
+    transfer_ms: float = Field(description="device <-> host transfers and parameter streaming")
+    basis: str
+    label: str = "estimate"
+
+
+class SizeEstimate(BaseModel):
+    """Predicted file size in bytes of the model under a recipe, Q/DQ overhead included."""
+
+    size_bytes: int
+    float_size_bytes: int
+    quantized_param_bytes: int
+    float_param_bytes: int
+    qdq_overhead_bytes: int
+    label: str = "estimate"
+
+
+def _element_ops(node: NodeInfo) -> bool:
+    return node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+
+
+def _node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:
+    """Compute time of one node on `profile` at `precision` (roofline with DRAM traffic when known)."""
+    speed = profile.precisions.get(precision) or profile.precisions[_slowest(profile)]
+    compute = node.macs / speed.effective_macs_per_s
+    bandwidth = profile.memory.dram_bandwidth_bytes_per_s
+    if bandwidth is None:
+        return compute
+    traffic = node.param_count * PRECISION_BYTES[precision] + node.activation_bytes * PRECISION_BYTES[precision] / 4
+    return max(compute, traffic / bandwidth)
+
+
+def _slowest(profile: HardwareProfile) -> Precision:
+    return min(profile.precisions, key=lambda p: profile.precisions[p].effective_macs_per_s)
+
+
+def host_profile(profile: HardwareProfile) -> HardwareProfile:
+    """The profile that runs what `profile` cannot: its `host`, or itself for a processor that runs any op."""
+    if profile.host is None or profile.runs_any_op_at:
+        return profile
+    return load_profile(profile.host)
+
+
+def estimate_latency(
+    graph: ModelGraph,
+    coverage: CoverageReport,
+    profile: HardwareProfile,
+    precision_of: Mapping[str, Precision],
+    qdq_elements: int = 0,
+    qdq_ops: int = 0,
+) -> LatencyEstimate:
+    """Latency of one inference with each node at `precision_of[name]` (device nodes) or fp32 (host nodes).
+
+    `qdq_elements` and `qdq_ops` add the quantize/dequantize work the quantizer inserts (element ops on the
+    processor that runs them, plus one per-op overhead each).
+    """
+    host = host_profile(profile)
+    host_precision: Precision = "fp32" if "fp32" in host.precisions else _slowest(host)
+    device_s = host_s = 0.0
+    for verdict in coverage.nodes:
+        node = graph.node(verdict.name)
+        if verdict.on_device:
+            device_s += _node_seconds(node, precision_of.get(node.name, "fp32"), profile)
+            device_s += profile.cost.per_op_overhead_s
+        else:
+            host_s += _node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
+    qdq_processor = profile if profile.runs_any_op_at else host
+    qdq_s = qdq_elements * QDQ_ELEMENT_OPS / qdq_processor.precisions[_slowest(qdq_processor)].effective_macs_per_s
+    qdq_s += qdq_ops * qdq_processor.cost.per_op_overhead_s
+    if profile.runs_any_op_at:
+        device_s += qdq_s
+    else:
+        host_s += qdq_s
+    transfer_s = _transfer_seconds(coverage, profile)
+    if coverage.device_segments:
+        device_s += profile.cost.fixed_overhead_s * coverage.device_segments
+        streamed = coverage.memory.streamed_param_bytes
+        bandwidth = profile.memory.streamed_bandwidth_bytes_per_s
+        if streamed and bandwidth:
+            # Streaming overlaps with compute on the Edge TPU: the slower of the two bounds the segment.
+            stream_s = streamed / bandwidth
+            extra = max(0.0, stream_s - device_s)
+            device_s += extra
+            transfer_s += 0.0
+    if host_s and host is not profile:
+        host_s += host.cost.fixed_overhead_s
+    total = device_s + host_s + transfer_s
+    spread = profile.cost.uncertainty
+    return LatencyEstimate(
+        estimate_ms=total * 1e3,
+        low_ms=total * 1e3 / (1 + spread),
+        high_ms=total * 1e3 * (1 + spread),
+        device_ms=device_s * 1e3,
+        host_ms=host_s * 1e3,
+        transfer_ms=transfer_s * 1e3,
+        basis=f"roofline of {profile.name}"
+        + (f" with host {host.name}" if host is not profile else "")
+        + (f"; constants: {profile.cost.basis}" if profile.cost.basis else ""),
+    )
+
+
+def _transfer_seconds(coverage: CoverageReport, profile: HardwareProfile) -> float:
+    if profile.kind == "cpu" or not coverage.transfer_bytes:
+        return 0.0
+    link = profile.memory.host_link_bandwidth_bytes_per_s
+    seconds = coverage.transfer_bytes / link if link else 0.0
+    crossings = coverage.transitions + (1 if coverage.device_segments else 0)
+    return seconds + crossings * profile.cost.transfer_overhead_s
+
+
+def float_latency(graph: ModelGraph, coverage: CoverageReport, profile: HardwareProfile) -> LatencyEstimate | None:
+    """Latency of the float model on the target: fp32 where the device runs float, else entirely on its host;
+    None for a device with neither float arithmetic nor a host."""
+    if "fp32" in profile.precisions:
+        precisions: dict[str, Precision] = {n.name: "fp32" for n in coverage.nodes if n.on_device}
+        return estimate_latency(graph, coverage, profile, precisions)
+    host = host_profile(profile)
+    if host is profile:
+        return None
+    from autoptq.coverage import analyse  # local: avoids a cycle of imports at module load
+
+    host_coverage = analyse(graph, host)
+    return estimate_latency(graph, host_coverage, host, {n.name: "fp32" for n in host_coverage.nodes})
+
+
+def estimate_size(
+    graph: ModelGraph,
+    quantized_nodes: set[str],
+    weight_bytes: int,
+    per_channel: bool,
+    quantized_activations: int,
+    float_file_bytes: int | None = None,
+) -> SizeEstimate:
+    """File size when the weights of `quantized_nodes` are stored at `weight_bytes` per value.
+
+    Per-channel scales add 4 + zero-point bytes per output channel; each quantized activation adds a Q/DQ pair
+    (about 2 nodes x 60 bytes of protobuf) and its scale and zero point.
+    """
+    float_params = 0
+    quantized_params = 0
+    scale_bytes = 0
+    for node in graph.compute_nodes():
+        for weight in dict.fromkeys(node.weight_inputs):
+            info = graph.tensors.get(weight)
+            if info is None or not info.is_static or info.itemsize == 0:
+                continue
+            count = info.numel() or 0
+            is_float = info.dtype in ("float", "float32", "float16", "double")
+            if node.name in quantized_nodes and is_float and len(info.shape or []) >= 2:
+                quantized_params += count * weight_bytes
+                channels = (info.shape or [1])[0] if per_channel else 1
+                scale_bytes += int(channels) * (4 + weight_bytes) + 120  # scale, zero point, a DQ node
+            elif node.name in quantized_nodes and is_float and weight_bytes == 2:
+                quantized_params += count * 2  # fp16 conversion also halves biases
+            else:
+                float_params += count * info.itemsize
+    total_param_bytes = sum(
+        (graph.tensors[w].numel() or 0) * graph.tensors[w].itemsize
+        for n in graph.compute_nodes()
+        for w in dict.fromkeys(n.weight_inputs)
+        if w in graph.tensors and graph.tensors[w].is_static
+    )
+    float_size = float_file_bytes if float_file_bytes is not None else graph.model.ByteSize()
+    structure = max(0, float_size - total_param_bytes)
+    qdq = scale_bytes + quantized_activations * (2 * 60 + 5)
+    return SizeEstimate(
+        size_bytes=structure + float_params + quantized_params + qdq,
+        float_size_bytes=float_size,
+        quantized_param_bytes=quantized_params,
+        float_param_bytes=float_params,
+        qdq_overhead_bytes=qdq,
+    )

@@ -1,0 +1,71 @@
+"""The recipe: everything a quantizer will use, spelled out. Written by the planner, read by the quantizers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Technique = Literal["weight_only_int8", "full_int8", "fp16", "int16x8", "none"]
+TECHNIQUES: tuple[str, ...] = ("weight_only_int8", "full_int8", "fp16", "int16x8", "none")
+
+QuantDtype = Literal["int8", "uint8", "int16", "uint16", "float16", "float32"]
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that rejects unknown keys: a typo in a YAML file is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FixedOutputParams(StrictModel):
+    """Quantization parameters a device imposes on an op's output (e.g. Softmax output scale 1/256, zero point -128)."""
+
+    scale: float
+    zero_point: int
+
+
+class Recipe(StrictModel):
+    """The full set of quantizer settings for one technique.
+
+    Fields that do not apply to a technique keep their defaults and are ignored by its quantizer (e.g. calibration for
+    `weight_only_int8`).
+    """
+
+    activation_dtype: QuantDtype = "uint8"
+    weight_dtype: QuantDtype = "int8"
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    per_channel: bool = True
+    calibration_method: CalibrationMethod = "minmax"
+    calibration_percentile: float = 99.999
+    calibration_samples: int = Field(default=200, ge=1)
+    op_types_to_quantize: list[str] = Field(default_factory=list)
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+    reduce_range: bool = False
+    fixed_output_params: dict[str, FixedOutputParams] = Field(default_factory=dict)
+    io_dtype: QuantDtype = "float32"
+    fp16_op_block_list: list[str] = Field(default_factory=list)
+
+
+class RecipeOverrides(StrictModel):
+    """A partial recipe as written in a rules file: only the keys it sets are applied over the defaults."""
+
+    activation_dtype: QuantDtype | None = None
+    weight_dtype: QuantDtype | None = None
+    activation_symmetric: bool | None = None
+    weight_symmetric: bool | None = None
+    per_channel: bool | None = None
+    calibration_method: CalibrationMethod | None = None
+    calibration_percentile: float | None = None
+    calibration_samples: int | None = Field(default=None, ge=1)
+    op_types_to_quantize: list[str] | None = None
+    nodes_to_exclude: list[str] | None = None
+    reduce_range: bool | None = None
+    io_dtype: QuantDtype | None = None
+    fp16_op_block_list: list[str] | None = None
+
+    def apply_to(self, recipe: Recipe) -> Recipe:
+        """Return `recipe` with the keys this override sets replaced."""
+        return recipe.model_copy(update=self.model_dump(exclude_none=True))

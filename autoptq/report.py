@@ -1,0 +1,275 @@
+"""Rendering only: console tables, JSON, Markdown and SARIF from the result models. No decisions are made here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from autoptq.coverage import CoverageReport
+from autoptq.planner import MatrixCell, Plan
+
+Format = Literal["table", "json", "markdown", "sarif"]
+JSON_SCHEMA_VERSION = 1
+
+
+def to_json(items: Sequence[BaseModel], kind: str) -> str:
+    """A stable JSON document: `{"schema_version", "kind", "results": [...]}` with sorted keys."""
+    document = {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "kind": kind,
+        "results": [item.model_dump(mode="json") for item in items],
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def render_table(tables: Sequence[Table | str], width: int = 120) -> str:
+    """Render rich tables and text lines to plain text."""
+    console = Console(width=width, record=True, force_terminal=False, color_system=None, file=_NullFile())
+    for table in tables:
+        console.print(table)
+    return console.export_text()
+
+
+class _NullFile:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        return None
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def audit_summary_lines(report: CoverageReport) -> list[str]:
+    """The fixed summary lines of an audit, in the manner of the Edge TPU compiler's log."""
+    on_device = sum(1 for n in report.nodes if n.on_device)
+    mem = report.memory
+    lines = [
+        f"Target: {report.target}",
+        f"Compatible: {'yes' if report.compatible else 'no'}"
+        + ("" if report.runnable else " (cannot run: no host processor to fall back to)"),
+        f"Operations on device: {on_device}; on host: {len(report.nodes) - on_device}",
+        f"MACs on device: {_pct(report.device_mac_fraction)} of {report.total_macs:,}",
+        "MACs by precision on device: "
+        + (", ".join(f"{p} {_pct(f)}" for p, f in report.mac_fraction_by_precision.items()) or "none"),
+        "First cut: "
+        + (
+            f"{report.first_cut.node} ({report.first_cut.op_type}): {report.first_cut.reason}; "
+            f"{_pct(report.mac_fraction_before_first_cut)} of MACs before it"
+            if report.first_cut
+            else "none"
+        ),
+        f"Device segments: {report.device_segments}; device<->host transitions: {report.transitions}; "
+        f"bytes crossing per inference: {_bytes(report.transfer_bytes)}",
+        f"Parameters on device: {_bytes(mem.device_param_bytes)}"
+        + (
+            f"; on-chip cache {_bytes(mem.parameter_cache_bytes)}; streamed {_bytes(mem.streamed_param_bytes)}"
+            if mem.parameter_cache_bytes is not None
+            else ""
+        ),
+        f"Peak activation memory: {_bytes(mem.peak_activation_bytes)}"
+        + (f" of RAM {_bytes(mem.ram_bytes)} ({'fits' if mem.fits_ram else 'does NOT fit'})" if mem.ram_bytes else ""),
+    ]
+    if mem.flash_bytes is not None:
+        lines.append(
+            f"Weights in flash: {_bytes(mem.device_param_bytes)} of {_bytes(mem.flash_bytes)} "
+            f"({'fits' if mem.fits_flash else 'does NOT fit'})"
+        )
+    if report.dynamic_dims:
+        lines.append(f"Dynamic dimensions: {', '.join(report.dynamic_dims)}")
+    return lines
+
+
+def render_audit(reports: Sequence[CoverageReport], fmt: Format, artifact: str = "model.onnx") -> str:
+    """Render audit reports in the requested format; `artifact` names the model file in SARIF locations."""
+    if fmt == "json":
+        return to_json(reports, "audit")
+    if fmt == "markdown":
+        return "\n".join(_audit_markdown(r) for r in reports)
+    if fmt == "sarif":
+        return _audit_sarif(reports, artifact)
+    parts: list[Table | str] = []
+    for report in reports:
+        parts.append("\n".join(audit_summary_lines(report)))
+        ops = Table(title=f"{report.target}: operators", title_justify="left")
+        for column in ("Operator", "Count", "Status"):
+            ops.add_column(column)
+        for row in report.op_summary:
+            ops.add_row(row.operator, str(row.count), row.status)
+        parts.append(ops)
+        off = [n for n in report.nodes if not n.on_device]
+        if off:
+            nodes = Table(title=f"{report.target}: nodes not on the device", title_justify="left")
+            for column in ("Node", "Op", "Status", "Reason"):
+                nodes.add_column(column, overflow="fold")
+            for node in off[:50]:
+                nodes.add_row(node.name, node.op_type, node.status, node.reason)
+            parts.append(nodes)
+            if len(off) > 50:
+                parts.append(f"... and {len(off) - 50} more (use --format json for all)")
+    return render_table(parts)
+
+
+def _audit_markdown(report: CoverageReport) -> str:
+    lines = [f"## Audit: {report.target}", ""]
+    lines += [f"- {line}" for line in audit_summary_lines(report)[1:]]
+    lines += ["", "| Operator | Count | Status |", "|---|---:|---|"]
+    lines += [f"| {r.operator} | {r.count} | {r.status} |" for r in report.op_summary]
+    off = [n for n in report.nodes if not n.on_device]
+    if off:
+        lines += ["", "| Node | Op | Status | Reason |", "|---|---|---|---|"]
+        lines += [f"| {n.name} | {n.op_type} | {n.status} | {n.reason.replace('|', '/')} |" for n in off]
+    return "\n".join(lines) + "\n"
+
+
+def _audit_sarif(reports: Sequence[CoverageReport], artifact: str) -> str:
+    """SARIF 2.1.0: one result per node that does not run on the device, so CI can annotate them."""
+    rules = sorted({n.status for r in reports for n in r.nodes if not n.on_device})
+    results = [
+        {
+            "ruleId": node.status,
+            "level": "error" if node.status != "after_cut" else "warning",
+            "message": {"text": f"[{report.target}] {node.name} ({node.op_type}): {node.reason}"},
+            "locations": [
+                {
+                    "physicalLocation": {"artifactLocation": {"uri": artifact}},
+                    "logicalLocations": [{"name": node.name, "kind": "function"}],
+                }
+            ],
+            "properties": {"target": report.target, "node": node.name, "op_type": node.op_type},
+        }
+        for report in reports
+        for node in report.nodes
+        if not node.on_device
+    ]
+    document = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "autoptq",
+                        "rules": [{"id": rule, "shortDescription": {"text": rule.replace("_", " ")}} for rule in rules],
+                    }
+                },
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _fact(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _recipe_lines(plan: Plan) -> list[str]:
+    recipe = plan.recipe.model_dump(mode="json")
+    if plan.technique == "none":
+        return []
+    relevant = {
+        "weight_only_int8": ["weight_dtype", "per_channel", "reduce_range", "op_types_to_quantize", "nodes_to_exclude"],
+        "fp16": ["fp16_op_block_list", "nodes_to_exclude", "io_dtype"],
+    }.get(plan.technique, list(recipe))
+    return [f"{key}: {recipe[key]}" for key in relevant if key in recipe]
+
+
+def _latency_text(plan: Plan) -> str:
+    p = plan.predicted
+    text = f"{p.latency_ms[0]:.3g}-{p.latency_ms[1]:.3g} ms"
+    if p.float_latency_ms is not None:
+        text += f" vs float {p.float_latency_ms[0]:.3g}-{p.float_latency_ms[1]:.3g} ms"
+    if p.latency_ratio is not None:
+        text += f" (ratio {p.latency_ratio:.2f}x)"
+    return text
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """A plan as plain lines: decision, why (each step with the facts it looked at), recipe, predictions."""
+    p = plan.predicted
+    lines = [
+        f"Target: {plan.target}",
+        f"Technique: {plan.technique}  (leaf '{plan.leaf}' of {plan.rules})",
+        f"  {plan.summary}",
+        "Decision path:",
+    ]
+    for index, step in enumerate(plan.trace, 1):
+        facts = ", ".join(f"{name}={_fact(value)}" for name, value in step.facts.items())
+        lines.append(f"  {index}. [{step.node}] {step.question} -> {'yes' if step.answer else 'no'}  ({facts})")
+    recipe = _recipe_lines(plan)
+    if recipe:
+        lines.append("Recipe:")
+        lines += [f"  {line}" for line in recipe]
+    ratio = p.size_bytes / p.float_size_bytes if p.float_size_bytes else 1.0
+    lines.append(
+        f"Predicted (estimate): size {_bytes(p.size_bytes)} vs float {_bytes(p.float_size_bytes)} ({ratio:.2f}x); "
+        f"latency {_latency_text(plan)}"
+    )
+    lines.append(f"  basis: {p.basis}")
+    if plan.fallbacks:
+        lines.append(f"Fallbacks if accuracy misses the budget: {' -> '.join(plan.fallbacks)}")
+    lines += [f"Warning: {w}" for w in plan.warnings]
+    return lines
+
+
+def render_plans(plans: Sequence[Plan], fmt: Format) -> str:
+    """Render plans: JSON keys per plan include target, technique, recipe, trace, predicted, warnings."""
+    if fmt == "json":
+        return to_json(plans, "plan")
+    if fmt == "markdown":
+        blocks = []
+        for plan in plans:
+            lines = plan_lines(plan)
+            blocks.append(f"## Plan: {plan.target}\n\n" + "\n".join(f"    {line}" for line in lines[1:]) + "\n")
+        return "\n".join(blocks)
+    return "\n\n".join("\n".join(plan_lines(plan)) for plan in plans) + "\n"
+
+
+def render_matrix(cells: Sequence[MatrixCell], rules: str) -> str:
+    """The decision matrix as Markdown: model family x data availability by target."""
+    targets = list(dict.fromkeys(c.target for c in cells))
+    rows = list(dict.fromkeys((c.family, c.with_data) for c in cells))
+    by_key = {(c.family, c.with_data, c.target): c for c in cells}
+    lines = [
+        "# Decision matrix",
+        "",
+        "The technique `autoptq plan` chooses for each shipped hardware profile and each synthetic model family of",
+        f"`autoptq.zoo`, with and without representative data, under the default tree (`{rules}`).",
+        "Each cell: technique, then the leaf of the tree in parentheses and the estimated latency ratio against float",
+        "(an estimate from the cost model; n/a where the target cannot run float at all).",
+        "Regenerate with `autoptq matrix -o docs/decision-matrix.md`.",
+        "",
+        "| model | data | " + " | ".join(targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for family, with_data in rows:
+        cells_text = []
+        for target in targets:
+            cell = by_key[(family, with_data, target)]
+            ratio = "n/a" if cell.latency_ratio is None else f"{cell.latency_ratio:.2f}x"
+            cells_text.append(f"**{cell.technique}** ({cell.leaf}, {ratio})")
+        lines.append(f"| {family} | {'yes' if with_data else 'no'} | " + " | ".join(cells_text) + " |")
+    return "\n".join(lines) + "\n"
