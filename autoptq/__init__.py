@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from autoptq.api import audit, plan
+from autoptq._version import __version__
+from autoptq.api import QuantizeOptions, audit, make_variants, plan, quantize
 from autoptq.coverage import CoverageReport
 from autoptq.errors import AutoptqError, DataError, ModelLoadError, OutputError, ProfileError, RulesError
 from autoptq.graph import ModelGraph, load_model
 from autoptq.planner import Plan, UserGoals
 from autoptq.profiles import HardwareProfile, load_profile
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AutoptqError",
@@ -21,11 +20,14 @@ __all__ = [
     "OutputError",
     "Plan",
     "ProfileError",
+    "QuantizeOptions",
     "RulesError",
     "UserGoals",
     "__version__",
     "audit",
     "load_model",
     "load_profile",
+    "make_variants",
     "plan",
+    "quantize",
 ]

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from onnx import ModelProto
+from pydantic import BaseModel, Field
 
-from autoptq.calibration import Dataset, load_dataset
+from autoptq._version import __version__
+from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.coverage import CoverageReport, analyse
+from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import Plan, UserGoals, load_tree, plans
+from autoptq.manifest import DataInfo, InputModel, Manifest, sha256, variant_from
+from autoptq.outputs import check_output_path, write_atomic
+from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.produce import Outcome, produce
 from autoptq.profiles import HardwareProfile, load_profile
+from autoptq.recipe import Recipe, Technique
+from autoptq.report import render_variants_report
+from autoptq.rules import RuleSet
+from autoptq.verify import DEFAULT_MIN_SQNR_DB, LatencyMeasurement
 
 ModelSource = str | Path | ModelProto | ModelGraph
 TargetSource = str | Path | HardwareProfile
@@ -58,3 +69,142 @@ def plan(
     profiles = [as_profile(t) for t in targets]
     dataset = load_data(data, graph)
     return plans(graph, profiles, tree, dataset, goals)
+
+
+class QuantizeOptions(BaseModel):
+    """Settings of a quantize or variants run."""
+
+    technique: Technique | None = Field(default=None, description="override the planned technique")
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    measure_latency: bool = True
+    synthetic_calibration: bool = False
+    goals: UserGoals = Field(default_factory=UserGoals)
+
+
+SYNTHETIC_SAMPLES = 32
+
+
+def split_data(
+    graph: ModelGraph, data: Dataset | None, validation: Dataset | None, synthetic: bool
+) -> tuple[Dataset | None, Dataset, str]:
+    """Calibration and held-out verification data, and where the latter came from.
+
+    Without a separate validation set the last fifth of the data is held out from calibration.
+    """
+    if data is None and synthetic:
+        data = synthetic_dataset(graph, SYNTHETIC_SAMPLES)
+    if validation is not None:
+        return data, validation, validation.source
+    if data is None:
+        return None, synthetic_dataset(graph, 8, seed=1), "synthetic inputs (no data given): fidelity is indicative"
+    if len(data) < 2:
+        return data, data, f"{data.source} (the only sample, also used for calibration)"
+    held_out = max(1, len(data) // 5)
+    calibration, verification = data.split(len(data) - held_out)
+    return calibration, verification, f"last {held_out} samples of {data.source}, held out from calibration"
+
+
+def plan_for(
+    graph: ModelGraph, profile: HardwareProfile, tree: RuleSet, data: Dataset | None, options: QuantizeOptions
+) -> Plan:
+    """The plan, or the user's technique override made device-conformant (then without fallbacks)."""
+    planned = plan_model(graph, profile, tree, data, options.goals)
+    if options.technique is None or options.technique == planned.technique:
+        return planned
+    base = Recipe(op_types_to_quantize=list(DYNAMIC_QUANT_OPS) if options.technique == "weight_only_int8" else [])
+    recipe = device_conformant_recipe(base, options.technique, profile, graph, data)
+    return planned.model_copy(
+        update={
+            "technique": options.technique,
+            "recipe": recipe,
+            "fallbacks": [],
+            "summary": f"{options.technique} as requested with --technique (the plan chose {planned.technique})",
+            "warnings": [*planned.warnings, f"technique overridden: the plan chose {planned.technique}"],
+        }
+    )
+
+
+def quantize(
+    model: ModelSource,
+    target: TargetSource,
+    output: str | Path,
+    data: str | Path | Dataset | None = None,
+    validation: str | Path | Dataset | None = None,
+    options: QuantizeOptions | None = None,
+    rules: str | Path | None = None,
+) -> tuple[Plan, Outcome]:
+    """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
+    options = options or QuantizeOptions()
+    graph = as_graph(model)
+    out_path = check_output_path(Path(output), protected=[graph.path] if graph.path else [])
+    profile, tree = as_profile(target), load_tree(rules)
+    calibration, held_out, _ = split_data(
+        graph, load_data(data, graph), load_data(validation, graph), options.synthetic_calibration
+    )
+    chosen = plan_for(graph, profile, tree, calibration, options)
+    outcome = produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+    write_atomic(out_path, outcome.model_bytes)
+    return chosen, outcome
+
+
+def make_variants(
+    model: ModelSource,
+    targets: Sequence[TargetSource],
+    output_dir: str | Path,
+    data: str | Path | Dataset | None = None,
+    validation: str | Path | Dataset | None = None,
+    options: QuantizeOptions | None = None,
+    rules: str | Path | None = None,
+) -> tuple[Manifest, dict[str, LatencyMeasurement | None]]:
+    """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
+    measurements.json (the only file that varies run to run: it holds timings)."""
+    options = options or QuantizeOptions()
+    graph = as_graph(model)
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a directory")
+    profiles = [as_profile(t) for t in targets]
+    if not profiles:
+        raise AutoptqError("give at least one target")
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise AutoptqError(f"targets repeat: {names}")
+    tree = load_tree(rules)
+    dataset = load_data(data, graph)
+    calibration, held_out, held_out_source = split_data(
+        graph, dataset, load_data(validation, graph), options.synthetic_calibration
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    variants, measurements = [], {}
+    for profile in profiles:
+        chosen = plan_for(graph, profile, tree, calibration, options)
+        outcome = produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+        (folder / profile.name).mkdir(exist_ok=True)
+        relative = f"{profile.name}/model.onnx"
+        write_atomic(folder / relative, outcome.model_bytes)
+        variants.append(variant_from(outcome, relative, chosen.warnings))
+        measurements[profile.name] = outcome.verification.latency if outcome.verification else None
+    model_bytes = graph.path.read_bytes() if graph.path else graph.model.SerializeToString(deterministic=True)
+    manifest = Manifest(
+        autoptq_version=__version__,
+        input_model=InputModel(
+            name=graph.path.name if graph.path else "model.onnx",
+            sha256=sha256(model_bytes),
+            size_bytes=len(model_bytes),
+        ),
+        data=None
+        if calibration is None
+        else DataInfo(
+            source=Path(calibration.source).name if not calibration.synthetic else calibration.source,
+            calibration_samples=len(calibration),
+            validation_samples=len(held_out),
+            validation_source=held_out_source.replace(str(Path(calibration.source).parent) + "/", ""),
+            synthetic=calibration.synthetic,
+        ),
+        variants=variants,
+    )
+    write_atomic(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
+    write_atomic(folder / "report.md", render_variants_report(manifest))
+    timings = {name: (m.model_dump() if m else None) for name, m in measurements.items()}
+    write_atomic(folder / "measurements.json", json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    return manifest, measurements

@@ -82,11 +82,18 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not an .npz file (expected arrays saved with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+            arrays = {name: archive[name] for name in archive.files}
     except ValueError as exc:
-        raise DataError(f"{path}: holds object arrays, which are not loaded for safety ({exc})") from exc
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: holds object arrays, which are not loaded for safety ({exc})") from exc
+        raise DataError(f"{path}: cannot be read as .npz ({exc})") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: cannot be read as .npz ({exc})") from exc
+    # numpy returns the raw bytes of a zip member that is not a .npy file.
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise DataError(f"{path}: member {name!r} is not a .npy array (expected arrays saved with numpy.savez)")
+    return arrays
 
 
 def _check_names(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str) -> None:
@@ -144,11 +151,19 @@ def _check_array(array: np.ndarray, tensor: TensorInfo, source: str, stacked: bo
             want = "[samples, " + ", ".join(map(str, shape)) + "]" if stacked else str(shape)
             raise DataError(f"{source}: array {tensor.name!r} has shape {list(array.shape)}, expected {want}")
         for axis, (got, want) in enumerate(zip(compare, shape, strict=True)):
-            if isinstance(want, int) and got != want and not (axis == 0 and stacked and len(given) == len(shape) - 1):
+            if isinstance(want, int) and got != want:
+                if axis == 0 and len(given) < len(shape):
+                    # Samples without a batch axis are batches of one: not what a model with a fixed batch needs.
+                    raise DataError(
+                        f"{source}: array {tensor.name!r} has shape {list(array.shape)}: each sample lacks the "
+                        f"batch axis, which the model input {tensor.name!r} {shape} fixes at {want}"
+                    )
                 raise DataError(
                     f"{source}: array {tensor.name!r} has shape {list(array.shape)}: dimension {axis} of each sample "
                     f"is {got}, the model input {tensor.name!r} {shape} needs {want}"
                 )
+    if array.size == 0:
+        raise DataError(f"{source}: array {tensor.name!r} is empty (shape {list(array.shape)})")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
         position = np.unravel_index(bad, array.shape)
@@ -183,7 +198,12 @@ def _load_folder(folder: Path, graph: ModelGraph) -> Dataset:
             sample[tensor.name] = array
         samples.append(sample)
         if LABELS in arrays:
-            labels.append(int(np.asarray(arrays[LABELS]).reshape(-1)[0]))
+            label = arrays[LABELS]
+            if label.size != 1 or not np.issubdtype(label.dtype, np.integer):
+                raise DataError(
+                    f"{file}: 'labels' must be one integer class index, got shape {list(label.shape)} of {label.dtype}"
+                )
+            labels.append(int(label.reshape(-1)[0]))
     if labels and len(labels) != len(files):
         raise DataError(f"{folder}: only {len(labels)} of {len(files)} samples carry 'labels'")
     return Dataset(samples, np.asarray(labels, np.int64) if labels else None, str(folder))

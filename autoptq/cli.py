@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from autoptq import api, report
+from autoptq.calibration import synthetic_dataset
 from autoptq.errors import AutoptqError
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
@@ -141,6 +142,21 @@ DataOpt = Annotated[
     typer.Option("--data", "-d", help="Representative data: .npz with an array per model input, or a folder of .npz."),
 ]
 RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Decision tree YAML replacing the shipped one.")]
+ValidationOpt = Annotated[
+    Path | None,
+    typer.Option("--val", help="Held-out data for verification (default: the last fifth of --data)."),
+]
+SyntheticOpt = Annotated[
+    bool,
+    typer.Option("--synthetic-calibration", help="Calibrate on random inputs when no data exists (loudly flagged)."),
+]
+
+
+class TechniqueChoice(str, Enum):
+    weight_only_int8 = "weight_only_int8"
+    full_int8 = "full_int8"
+    fp16 = "fp16"
+    int16x8 = "int16x8"
 
 
 @app.command()
@@ -156,13 +172,89 @@ def plan(
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: OutputOpt = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Also produce the planned model (one target) into -o, like `quantize`.")
+    ] = False,
+    synthetic_calibration: SyntheticOpt = False,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
+    goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
+    targets = split_targets(target)
+    if apply:
+        if output is None or len(targets) != 1:
+            raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
+        options = api.QuantizeOptions(goals=goals, synthetic_calibration=synthetic_calibration)
+        chosen, outcome = api.quantize(model, targets[0], output, data=data, options=options, rules=rules)
+        typer.echo(report.render_plans([chosen], fmt.value), nl=False)
+        typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
+        raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
     if output is not None:
         check_output_path(output, protected=[model])
-    goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
-    plans = api.plan(model, split_targets(target), data=data, goals=goals, rules=rules)
+    data_set = None
+    if synthetic_calibration and data is None:
+        graph = api.as_graph(model)
+        model, data_set = graph, synthetic_dataset(graph, api.SYNTHETIC_SAMPLES)
+    plans = api.plan(model, targets, data=data_set or data, goals=goals, rules=rules)
     emit(report.render_plans(plans, fmt.value), output)
+
+
+def outcome_exit_code(planned: str, kept_float: bool) -> int:
+    """1 when quantization was planned but no candidate beat float; 0 otherwise."""
+    return 1 if planned != "none" and kept_float else 0
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    target: Annotated[str, typer.Option("--target", "-t", help="Shipped profile name or profile YAML path.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the produced model.")],
+    data: DataOpt = None,
+    validation: ValidationOpt = None,
+    technique: Annotated[
+        TechniqueChoice | None, typer.Option("--technique", help="Override the planned technique.")
+    ] = None,
+    min_sqnr: Annotated[float, typer.Option("--min-sqnr", help="Fidelity floor of verification (dB).")] = 10.0,
+    synthetic_calibration: SyntheticOpt = False,
+    rules: RulesOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
+
+    Exit 1 when quantization was planned but every candidate failed verification (the float model is written)."""
+    options = api.QuantizeOptions(
+        technique=technique.value if technique else None,
+        min_sqnr_db=min_sqnr,
+        synthetic_calibration=synthetic_calibration,
+    )
+    chosen, outcome = api.quantize(
+        model, target, output, data=data, validation=validation, options=options, rules=rules
+    )
+    typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
+    raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
+
+
+@app.command()
+def variants(
+    model: ModelArg,
+    targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated profile names or YAML paths.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    data: DataOpt = None,
+    validation: ValidationOpt = None,
+    min_sqnr: Annotated[float, typer.Option("--min-sqnr", help="Fidelity floor of verification (dB).")] = 10.0,
+    synthetic_calibration: SyntheticOpt = False,
+    rules: RulesOpt = None,
+) -> None:
+    """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
+    options = api.QuantizeOptions(min_sqnr_db=min_sqnr, synthetic_calibration=synthetic_calibration)
+    manifest, _ = api.make_variants(
+        model, split_targets([targets]), output, data=data, validation=validation, options=options, rules=rules
+    )
+    for variant in manifest.variants:
+        typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
+        typer.echo(f"{'':<14} {variant.reason}")
+    typer.echo(f"Wrote {output / 'manifest.json'}, {output / 'report.md'} and {output / 'measurements.json'}")
+    failed = [v for v in manifest.variants if outcome_exit_code(v.planned_technique, v.kept_float)]
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

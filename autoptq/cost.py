@@ -165,31 +165,35 @@ def estimate_size(
 ) -> SizeEstimate:
     """File size when the weights of `quantized_nodes` are stored at `weight_bytes` per value.
 
-    Per-channel scales add 4 + zero-point bytes per output channel; each quantized activation adds a Q/DQ pair
-    (about 2 nodes x 60 bytes of protobuf) and its scale and zero point.
+    A weight read by several nodes is counted once (plus a float copy when some of its readers stay float). Int8
+    per-channel scales add 4 + zero-point bytes per output channel (fp16 weights need none); each quantized activation
+    adds a Q/DQ pair (about 2 nodes x 60 bytes of protobuf) and its scale and zero point.
     """
     float_params = 0
     quantized_params = 0
     scale_bytes = 0
+    # A weight is stored once however many nodes read it: by consumer, whether that node is quantized.
+    consumers: dict[str, list[bool]] = {}
     for node in graph.compute_nodes():
         for weight in dict.fromkeys(node.weight_inputs):
-            info = graph.tensors.get(weight)
-            if info is None or not info.is_static or info.itemsize == 0:
-                continue
-            count = info.numel() or 0
-            is_float = info.dtype in ("float", "float32", "float16", "double")
-            if node.name in quantized_nodes and is_float and len(info.shape or []) >= 2:
-                quantized_params += count * weight_bytes
+            consumers.setdefault(weight, []).append(node.name in quantized_nodes)
+    for weight, quantized in consumers.items():
+        info = graph.tensors.get(weight)
+        if info is None or not info.is_static or info.itemsize == 0:
+            continue
+        count = info.numel() or 0
+        is_float = info.dtype in ("float", "float32", "float16", "double")
+        converted = any(quantized) and is_float and (len(info.shape or []) >= 2 or weight_bytes == 2)
+        if converted:
+            quantized_params += count * weight_bytes  # fp16 conversion also halves biases
+            if weight_bytes == 1:
                 channels = (info.shape or [1])[0] if per_channel else 1
                 scale_bytes += int(channels) * (4 + weight_bytes) + 120  # scale, zero point, a DQ node
-            elif node.name in quantized_nodes and is_float and weight_bytes == 2:
-                quantized_params += count * 2  # fp16 conversion also halves biases
-            else:
-                float_params += count * info.itemsize
+        if not converted or not all(quantized):
+            float_params += count * info.itemsize  # (also) kept in float for a consumer that is not converted
     total_param_bytes = sum(
         (graph.tensors[w].numel() or 0) * graph.tensors[w].itemsize
-        for n in graph.compute_nodes()
-        for w in dict.fromkeys(n.weight_inputs)
+        for w in consumers
         if w in graph.tensors and graph.tensors[w].is_static
     )
     float_size = float_file_bytes if float_file_bytes is not None else graph.model.ByteSize()

@@ -272,15 +272,23 @@ def _axes(node: NodeInfo, graph: ModelGraph) -> list[int] | None:
 def _not_over_batch(node: NodeInfo, graph: ModelGraph) -> str | None:
     shape = graph.tensors[node.inputs[0]].shape if node.inputs[0] in graph.tensors else None
     batch = shape[0] if shape else None
-    if batch == 1:
-        return None  # an axis of size 1 is no reduction or padding at all
     if node.op_type == "Pad":
+        # Padding a batch of 1 still pads the batch, so no shortcut here (unlike a reduction over a size-1 axis).
         pads = graph.constant_value(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get("pads")
         if pads is None:
             return "pads are not constant"
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         rank = len(pads) // 2
-        return "pads the batch dimension" if rank and (pads[0] or pads[rank]) else None
+        # Opset 18+: an `axes` input says which axes the pads apply to (all axes when absent).
+        pad_axes = graph.constant_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+        if pad_axes is None and len(node.inputs) > 3 and node.inputs[3]:
+            return "pad axes are not constant"
+        axes = list(range(rank)) if pad_axes is None else [int(a) for a in np.asarray(pad_axes).reshape(-1)]
+        full_rank = len(shape) if shape else rank
+        padded = {a % max(full_rank, 1) for i, a in enumerate(axes[:rank]) if pads[i] or pads[i + rank]}
+        return "pads the batch dimension" if 0 in padded else None
+    if batch == 1:
+        return None  # an axis of size 1 is no reduction at all
     axes = _axes(node, graph)
     rank = len(shape) if shape else 0
     if axes is None or not axes:
@@ -303,9 +311,13 @@ def _strides_all_one(node: NodeInfo, graph: ModelGraph) -> str | None:
 
 def _squeeze_leading_only(node: NodeInfo, graph: ModelGraph) -> str | None:
     axes = _axes(node, graph)
-    if axes is None:
-        return None if not node.inputs[1:] else "axes are not constant"
     shape = graph.tensors[node.inputs[0]].shape if node.inputs[0] in graph.tensors else None
+    if axes is None:
+        if any(node.inputs[1:]):
+            return "axes are not constant"
+        if shape is None:
+            return "input shape unknown"
+        axes = [i for i, d in enumerate(shape) if d == 1]  # no axes: every dimension of size 1 is removed
     rank = len(shape) if shape else max(axes, default=0) + 1
     normalised = sorted(a % rank for a in axes)
     if normalised != list(range(len(normalised))):
@@ -317,8 +329,15 @@ def _alpha_innermost_only(node: NodeInfo, graph: ModelGraph) -> str | None:
     slope = graph.tensors.get(node.inputs[1]) if len(node.inputs) > 1 else None
     if slope is None or slope.shape is None:
         return "slope shape unknown"
-    if effective_rank(slope.shape[:-1]) > 0:
-        return f"slope shape {slope.shape} varies along more than the innermost dimension"
+    # The device's innermost dimension is the channel axis once the converter turns NC... into N...C, i.e. ONNX axis
+    # 1 (the last axis of a 2-D input). The slope broadcasts against the input from the right.
+    x = graph.tensors.get(node.inputs[0])
+    x_rank = len(x.shape) if x is not None and x.shape is not None else len(slope.shape)
+    channel_axis = 1 if x_rank >= 2 else 0
+    offset = x_rank - len(slope.shape)
+    varying = {offset + j for j, d in enumerate(slope.shape) if not (isinstance(d, int) and d <= 1)}
+    if varying - {channel_axis}:
+        return f"slope shape {slope.shape} varies along more than the channel (innermost) dimension"
     return None
 
 

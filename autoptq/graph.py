@@ -77,6 +77,9 @@ class SubgraphSummary(BaseModel):
     op_counts: dict[str, int] = Field(default_factory=dict)
     macs: int = 0
     macs_per: str = Field(default="call", description="'call', or 'iteration' when the trip count is unknown")
+    macs_exact: bool = Field(default=True, description="every shape inside the subgraphs was known")
+    param_count: int = Field(default=0, description="constant parameters the subgraphs' compute nodes consume")
+    param_bytes: int = 0
 
 
 class NodeInfo(BaseModel):
@@ -466,7 +469,8 @@ def _node_info(
     subgraph = None
     if node.op_type in CONTROL_FLOW_OPS:
         subgraph = _summarise_subgraphs(node, tensors, constants, scalars)
-        macs, exact = subgraph.macs, subgraph.macs_per == "call"
+        macs, exact = subgraph.macs, subgraph.macs_exact and subgraph.macs_per == "call"
+        params.append((subgraph.param_count, subgraph.param_bytes))
     return NodeInfo(
         name=name,
         op_type=node.op_type,
@@ -577,6 +581,8 @@ def _summarise_subgraphs(
 ) -> SubgraphSummary:
     counts: Counter[str] = Counter()
     branch_macs: list[int] = []
+    exact = True
+    params: dict[str, tuple[int, int]] = {}  # by tensor name, so a weight read twice counts once
     for attr in node.attribute:
         subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
         for sub in subgraphs:
@@ -586,21 +592,42 @@ def _summarise_subgraphs(
             macs = 0
             for inner in sub.node:
                 counts[inner.op_type] += 1
+                if inner.op_type == "Constant" or (
+                    inner.op_type in WEIGHT_PATH_OPS and all(not i or i in inner_constants for i in inner.input)
+                ):
+                    continue  # only transforms constants
+                for name in inner.input:
+                    info = inner_tensors.get(name) if name in inner_constants else None
+                    if info is not None and info.is_static:
+                        params.setdefault(name, (info.numel() or 0, (info.numel() or 0) * info.itemsize))
                 if inner.op_type in CONTROL_FLOW_OPS:
                     nested = _summarise_subgraphs(inner, inner_tensors, inner_constants, inner_scalars)
                     counts.update(nested.op_counts)
                     macs += nested.macs
+                    exact = exact and nested.macs_exact and nested.macs_per == "call"
+                    params.setdefault(
+                        f"<{inner.name or inner.op_type} subgraphs>", (nested.param_count, nested.param_bytes)
+                    )
                 else:
-                    macs += count_macs(inner.op_type, _attributes(inner), inner, inner_tensors)[0]
+                    inner_macs, inner_exact = count_macs(inner.op_type, _attributes(inner), inner, inner_tensors)
+                    macs += inner_macs
+                    exact = exact and inner_exact
             branch_macs.append(macs)
     if node.op_type == "If":
         # One branch runs per call: count the costlier one.
-        return SubgraphSummary(op_counts=dict(counts), macs=max(branch_macs, default=0))
-    trips = _loop_trip_count(node, scalars) if node.op_type == "Loop" else _scan_trip_count(node, tensors)
-    per_iteration = sum(branch_macs)
-    if trips is None:
-        return SubgraphSummary(op_counts=dict(counts), macs=per_iteration, macs_per="iteration")
-    return SubgraphSummary(op_counts=dict(counts), macs=per_iteration * trips)
+        macs, macs_per = max(branch_macs, default=0), "call"
+    else:
+        trips = _loop_trip_count(node, scalars) if node.op_type == "Loop" else _scan_trip_count(node, tensors)
+        per_iteration = sum(branch_macs)
+        macs, macs_per = (per_iteration, "iteration") if trips is None else (per_iteration * trips, "call")
+    return SubgraphSummary(
+        op_counts=dict(counts),
+        macs=macs,
+        macs_per=macs_per,
+        macs_exact=exact,
+        param_count=sum(count for count, _ in params.values()),
+        param_bytes=sum(size for _, size in params.values()),
+    )
 
 
 def _loop_trip_count(node: NodeProto, scalars: dict[str, int]) -> int | None:
@@ -645,3 +672,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _default_opset(proto: ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def drop_unused_initializers(graph: GraphProto) -> None:
+    """Remove initializers no node reads (subgraph reads of outer-scope tensors count) and no output names."""
+    used = {name for node in graph.node for name in _consumed_tensors(node)} | {o.name for o in graph.output}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

@@ -35,7 +35,16 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would (an existing file keeps its own).
+        os.chmod(temp_name, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; restore it at once.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current

@@ -161,6 +161,9 @@ class HardwareProfile(StrictModel):
     memory: MemorySpec = Field(default_factory=MemorySpec)
     cost: CostSpec = Field(default_factory=CostSpec)
     host: str | None = Field(default=None, description="profile that runs what the device cannot")
+    architecture: Literal["x86_64", "aarch64"] | None = Field(
+        default=None, description="instruction set of a CPU profile: latency is measured when this machine matches"
+    )
     emulator: Literal["integer", "fp16", "host"]
     sources: list[str] = Field(default_factory=list, description="public facts this profile encodes")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
@@ -11,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from autoptq.coverage import CoverageReport
+from autoptq.manifest import Manifest
 from autoptq.planner import MatrixCell, Plan
+from autoptq.produce import Outcome
 
 Format = Literal["table", "json", "markdown", "sarif"]
 JSON_SCHEMA_VERSION = 1
@@ -273,3 +276,112 @@ def render_matrix(cells: Sequence[MatrixCell], rules: str) -> str:
             cells_text.append(f"**{cell.technique}** ({cell.leaf}, {ratio})")
         lines.append(f"| {family} | {'yes' if with_data else 'no'} | " + " | ".join(cells_text) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _size(value: int) -> str:
+    return _bytes(value)
+
+
+def render_variants_report(manifest: Manifest) -> str:
+    """report.md of `autoptq variants`: the variants side by side, then each one's story."""
+    lines = [
+        f"# Variants of {manifest.input_model.name}",
+        "",
+        f"Input model: {_size(manifest.input_model.size_bytes)}, sha256 `{manifest.input_model.sha256[:16]}...`; "
+        f"autoptq {manifest.autoptq_version}, onnx {manifest.onnx_version}, "
+        f"onnxruntime {manifest.onnxruntime_version}.",
+    ]
+    if manifest.data is not None:
+        data = manifest.data
+        lines.append(
+            f"Calibration: {data.calibration_samples} samples of {data.source}; verification: "
+            f"{data.validation_samples} samples ({data.validation_source})."
+        )
+        if data.synthetic:
+            lines.append("")
+            lines.append("**WARNING: SYNTHETIC calibration data. Accuracy of these variants is unknown.**")
+    lines += [
+        "",
+        "| target | planned | produced | size | vs float | min SQNR (dB) | top-1 agree | accuracy float → quantized |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for v in manifest.variants:
+        ver = v.verification
+        sqnr = f"{min(f.sqnr_db for f in ver.fidelity):.1f}" if ver and ver.fidelity else "—"
+        agreement = (
+            next((f.top1_agreement for f in ver.fidelity if f.top1_agreement is not None), None) if ver else None
+        )
+        acc = (
+            f"{ver.accuracy_float:.4f} → {ver.accuracy_candidate:.4f}"
+            if ver and ver.accuracy_float is not None and ver.accuracy_candidate is not None
+            else "—"
+        )
+        lines.append(
+            f"| {v.target} | {v.planned_technique} | {v.technique}{' (float kept)' if v.kept_float else ''} | "
+            f"{_size(v.size_bytes)} | {ver.size_ratio if ver else 1.0:.2f}x | {sqnr} | "
+            f"{'—' if agreement is None else f'{agreement:.3f}'} | {acc} |"
+        )
+    lines += [
+        "",
+        "Latency: host targets are timed side by side with float in measurements.json (timings vary run to run);",
+        "device latencies are estimates from `autoptq plan`. Integer-only targets get a device-conformant QDQ ONNX",
+        "model; converting it to the device's own format (e.g. TFLite + edgetpu_compiler) is outside autoptq.",
+    ]
+    for v in manifest.variants:
+        lines += ["", f"## {v.target}: {v.technique}", "", f"- Path: `{v.path}` (sha256 `{v.sha256[:16]}...`)"]
+        lines.append(f"- Why: {v.reason}")
+        for attempt in v.attempts:
+            verdict = "accepted" if attempt.accepted else f"rejected: {attempt.why_not}"
+            lines.append(f"- Tried {attempt.step} ({attempt.technique}): {verdict}")
+        if v.excluded_nodes:
+            lines.append("- Kept in float: " + "; ".join(f"{n} ({why})" for n, why in v.excluded_nodes.items()))
+        if v.integer_io:
+            lines.append(
+                "- Integer I/O: "
+                + "; ".join(
+                    f"{io.name} {io.dtype} scale {io.scale:.6g} zero point {io.zero_point}" for io in v.integer_io
+                )
+            )
+        applied = [s for s in v.preparation if s.applied]
+        if applied:
+            lines.append("- Preparation: " + "; ".join(f"{s.name} ({s.note})" for s in applied))
+        lines += [f"- Warning: {w}" for w in v.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
+    """What `autoptq quantize` produced: the technique, the verdict and the verification figures."""
+    if fmt == "json":
+        return to_json([outcome], "quantize")
+    lines = [
+        f"Produced: {outcome.technique}" + (" (float model kept)" if outcome.kept_float else "") + f" -> {path}",
+        f"  {outcome.reason}",
+    ]
+    if outcome.synthetic_data:
+        lines.append("  WARNING: calibrated on SYNTHETIC data: accuracy is unknown")
+    ver = outcome.verification
+    if ver is not None:
+        lines.append(f"  size {_bytes(ver.size_bytes)} vs float {_bytes(ver.float_size_bytes)} ({ver.size_ratio:.2f}x)")
+        for f in ver.fidelity:
+            agreement = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
+            lines.append(
+                f"  output {f.name}: SQNR {f.sqnr_db:.1f} dB, cosine {f.cosine:.4f}, max |diff| {f.max_abs_diff:.4g}"
+                f"{agreement} over {ver.samples} held-out samples"
+            )
+        if ver.accuracy_float is not None and ver.accuracy_candidate is not None:
+            lines.append(f"  accuracy: float {ver.accuracy_float:.4f}, quantized {ver.accuracy_candidate:.4f}")
+        if ver.latency is not None:
+            lines.append(
+                f"  latency: {ver.latency.ratio:.2f}x float ({ver.latency.candidate_ms:.4f} vs "
+                f"{ver.latency.float_ms:.4f} ms median of {ver.latency.runs} interleaved runs; {ver.latency_note})"
+            )
+        else:
+            lines.append(f"  latency: {ver.latency_note}")
+    for attempt in outcome.attempts:
+        if not attempt.accepted:
+            why = attempt.error or "; ".join(attempt.verification.problems if attempt.verification else [])
+            measured = attempt.verification.latency if attempt.verification else None
+            timing = f" [measured {measured.ratio:.2f}x float latency]" if measured else ""
+            lines.append(f"  rejected {attempt.step} ({attempt.technique}): {why}{timing}")
+    text = "\n".join(lines) + "\n"
+    return text if fmt == "table" else "```\n" + text + "```\n"

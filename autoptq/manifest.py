@@ -1,0 +1,139 @@
+"""The variants manifest: what was produced for each target, with hashes and versions. Deterministic by design:
+no timestamps, no absolute paths, no timings (those go to measurements.json, which varies run to run)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import onnx
+import onnxruntime
+from pydantic import BaseModel, Field
+
+from autoptq.metrics import OutputFidelity
+from autoptq.prepare import PreparationStep
+from autoptq.produce import Outcome
+from autoptq.quantizers.common import IOQuantization
+from autoptq.recipe import Recipe, Technique
+
+MANIFEST_VERSION = 1
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class VerificationSummary(BaseModel):
+    """The deterministic part of a verification (measured timings are left to measurements.json)."""
+
+    passed: bool
+    problems: list[str]
+    samples: int
+    fidelity: list[OutputFidelity]
+    size_ratio: float
+    latency_checked: bool
+    accuracy_float: float | None = None
+    accuracy_candidate: float | None = None
+
+
+class AttemptSummary(BaseModel):
+    """One candidate tried for a target."""
+
+    step: str
+    technique: Technique
+    accepted: bool
+    why_not: str | None = None
+
+
+class Variant(BaseModel):
+    """One produced model."""
+
+    target: str
+    planned_technique: Technique
+    technique: Technique
+    kept_float: bool
+    reason: str
+    recipe: Recipe | None
+    excluded_nodes: dict[str, str] = Field(default_factory=dict)
+    integer_io: list[IOQuantization] = Field(default_factory=list)
+    path: str
+    size_bytes: int
+    sha256: str
+    verification: VerificationSummary | None
+    attempts: list[AttemptSummary]
+    preparation: list[PreparationStep]
+    warnings: list[str]
+    check: dict[str, object] | None = Field(default=None, description="the emulator's check, when run")
+
+
+class InputModel(BaseModel):
+    """The model the variants were made from."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+
+
+class DataInfo(BaseModel):
+    """The representative data used."""
+
+    source: str
+    calibration_samples: int
+    validation_samples: int
+    validation_source: str
+    synthetic: bool
+
+
+class Manifest(BaseModel):
+    """manifest.json of `autoptq variants`."""
+
+    manifest_version: int = MANIFEST_VERSION
+    autoptq_version: str
+    onnx_version: str = onnx.__version__
+    onnxruntime_version: str = onnxruntime.__version__
+    input_model: InputModel
+    data: DataInfo | None
+    variants: list[Variant]
+
+
+def variant_from(outcome: Outcome, path: str, warnings: list[str]) -> Variant:
+    """Summarise an outcome for the manifest."""
+    verification = outcome.verification
+    summary = None
+    if verification is not None:
+        summary = VerificationSummary(
+            passed=verification.passed,
+            problems=verification.problems,
+            samples=verification.samples,
+            fidelity=verification.fidelity,
+            size_ratio=verification.size_ratio,
+            latency_checked=verification.latency is not None,
+            accuracy_float=verification.accuracy_float,
+            accuracy_candidate=verification.accuracy_candidate,
+        )
+    attempts = [
+        AttemptSummary(
+            step=a.step,
+            technique=a.technique,
+            accepted=a.accepted,
+            why_not=None if a.accepted else (a.error or "; ".join(a.verification.problems if a.verification else [])),
+        )
+        for a in outcome.attempts
+    ]
+    return Variant(
+        target=outcome.target,
+        planned_technique=outcome.planned_technique,
+        technique=outcome.technique,
+        kept_float=outcome.kept_float,
+        reason=outcome.reason,
+        recipe=outcome.applied.recipe if outcome.applied else None,
+        excluded_nodes=outcome.applied.excluded if outcome.applied else {},
+        integer_io=outcome.applied.integer_io if outcome.applied else [],
+        path=path,
+        size_bytes=len(outcome.model_bytes),
+        sha256=sha256(outcome.model_bytes),
+        verification=summary,
+        attempts=attempts,
+        preparation=outcome.preparation,
+        warnings=warnings,
+    )

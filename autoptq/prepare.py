@@ -1,0 +1,248 @@
+"""Bring a model into the form the quantizers expect, on a copy, checking every step.
+
+Steps: name every node, fold constant weight paths into initializers, fold BatchNormalization into the preceding
+convolution, infer shapes, and run onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step
+the result must load in onnxruntime and reproduce the previous outputs within float tolerance; a step that fails or
+changes outputs is skipped with a note, never trusted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from pydantic import BaseModel, ConfigDict
+
+from autoptq.activations import session
+from autoptq.calibration import Dataset
+from autoptq.graph import WEIGHT_PATH_OPS, drop_unused_initializers
+from autoptq.quantizers.common import quiet, save_for_ort, scratch_dir
+
+RTOL = 1e-3
+ATOL_FRACTION = 1e-4
+"""Outputs must agree within RTOL and ATOL_FRACTION x the largest reference magnitude."""
+
+
+class PreparationStep(BaseModel):
+    """What one preparation step did."""
+
+    name: str
+    applied: bool
+    note: str
+
+
+class PreparedModel(BaseModel):
+    """The prepared copy and the log of its steps."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: ModelProto
+    steps: list[PreparationStep]
+
+
+def prepare(model: ModelProto, samples: Dataset) -> PreparedModel:
+    """Run every preparation step on a copy of `model`, verifying each on `samples` (a few are enough)."""
+    current = ModelProto()
+    current.CopyFrom(model)
+    reference = _run(current, samples)
+    steps: list[PreparationStep] = []
+    for name, step in STEPS:
+        try:
+            candidate, note = step(current)
+        except Exception as exc:  # any failure of a step means: skip it, keep the previous model
+            steps.append(PreparationStep(name=name, applied=False, note=f"skipped: failed ({_one_line(exc)})"))
+            continue
+        if candidate is None:
+            steps.append(PreparationStep(name=name, applied=False, note=note))
+            continue
+        problem = _check(candidate, samples, reference)
+        if problem is not None:
+            steps.append(PreparationStep(name=name, applied=False, note=f"skipped: {problem}"))
+            continue
+        current = candidate
+        steps.append(PreparationStep(name=name, applied=True, note=note))
+    return PreparedModel(model=current, steps=steps)
+
+
+def _run(model: ModelProto, samples: Dataset) -> list[list[np.ndarray]]:
+    runner = session(model)
+    return [runner.run(None, feed) for feed in samples.samples]
+
+
+def _check(candidate: ModelProto, samples: Dataset, reference: list[list[np.ndarray]]) -> str | None:
+    try:
+        onnx.checker.check_model(candidate)
+        outputs = _run(candidate, samples)
+    except Exception as exc:  # the runtime refusing the graph is exactly what this check is for
+        return f"the result does not load or run in onnxruntime ({_one_line(exc)})"
+    for before, after in zip(reference, outputs, strict=True):
+        for ref, got in zip(before, after, strict=True):
+            ref, got = np.asarray(ref), np.asarray(got)
+            if ref.shape != got.shape:
+                return f"output shape changed from {ref.shape} to {got.shape}"
+            if np.issubdtype(ref.dtype, np.floating):
+                atol = ATOL_FRACTION * float(np.max(np.abs(ref))) if ref.size else 0.0
+                if not np.allclose(got, ref, rtol=RTOL, atol=atol, equal_nan=True):
+                    return f"outputs changed (max difference {float(np.max(np.abs(got - ref))):.3g})"
+            elif not np.array_equal(ref, got):
+                return "integer outputs changed"
+    return None
+
+
+def _copy(model: ModelProto) -> ModelProto:
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def name_nodes(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Give every node a unique name (quantizers address nodes by name)."""
+    names = Counter(node.name for node in model.graph.node if node.name)
+    if all(node.name for node in model.graph.node) and all(count == 1 for count in names.values()):
+        return None, "not needed: every node has a unique name"
+    result = _copy(model)
+    seen: Counter[str] = Counter()
+    renamed = 0
+    for index, node in enumerate(result.graph.node):
+        base = node.name or f"{node.op_type}_{index}"
+        seen[base] += 1
+        new = base if seen[base] == 1 else f"{base}__{seen[base] - 1}"
+        renamed += new != node.name
+        node.name = new
+    return result, f"named {renamed} nodes"
+
+
+def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Replace nodes that only transform constants (Constant, Identity, Reshape, Transpose, Cast, ...) by the
+    initializers they compute, so weights reach their ops directly as the quantizers require."""
+    result = _copy(model)
+    graph = result.graph
+    constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    folded: list[NodeProto] = []
+    for node in graph.node:
+        foldable = node.op_type == "Constant" or (
+            node.op_type in WEIGHT_PATH_OPS and all(not i or i in constants for i in node.input)
+        )
+        if not foldable or node.domain not in ("", "ai.onnx"):
+            continue
+        values = _evaluate(node, constants, result)
+        for name, value in zip(node.output, values, strict=True):
+            constants[name] = value
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        folded.append(node)
+    if not folded:
+        return None, "not needed: no constant weight paths"
+    kept = [node for node in graph.node if all(node is not f for f in folded)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    drop_unused_initializers(graph)
+    counts = Counter(node.op_type for node in folded)
+    return result, "folded " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+
+
+def _evaluate(node: NodeProto, constants: dict[str, np.ndarray], model: ModelProto) -> list[np.ndarray]:
+    inputs = [i for i in node.input if i]
+    graph = onnx.helper.make_graph(
+        [node],
+        "fold",
+        [],
+        [onnx.helper.make_empty_tensor_value_info(o) for o in node.output],
+        [numpy_helper.from_array(constants[i], i) for i in dict.fromkeys(inputs)],
+    )
+    single = onnx.helper.make_model(graph, opset_imports=model.opset_import)
+    return list(ReferenceEvaluator(single).run(None, {}))
+
+
+def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Fold BatchNormalization into the Conv that feeds only it: w' = w·γ/σ, b' = (b−μ)·γ/σ + β."""
+    result = _copy(model)
+    graph = result.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    uses = Counter(name for node in graph.node for name in node.input)
+    uses.update(o.name for o in graph.output)
+    removed: list[NodeProto] = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producers.get(bn.input[0])
+        params = bn.input[1:5]
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or uses[conv.output[0]] != 1
+            or not all(p in initializers for p in params)
+            or conv.input[1] not in initializers
+            or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in initializers)
+        ):
+            continue
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(initializers[p]).astype(np.float64) for p in params)
+        weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
+        bias = (
+            numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(weight.shape[0])
+        )
+        factor = gamma / np.sqrt(var + epsilon)
+        new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+        new_bias = ((bias - mean) * factor + beta).astype(np.float32)
+        weight_name, bias_name = f"{conv.name}_bnfolded_w", f"{conv.name}_bnfolded_b"
+        graph.initializer.extend(
+            [numpy_helper.from_array(new_weight, weight_name), numpy_helper.from_array(new_bias, bias_name)]
+        )
+        conv.input[:] = [conv.input[0], weight_name, bias_name]
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+    if not removed:
+        return None, "not needed: no Conv -> BatchNormalization pair"
+    kept = [node for node in graph.node if all(node is not r for r in removed)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    drop_unused_initializers(graph)
+    return result, f"folded {len(removed)} BatchNormalization into Conv"
+
+
+def infer_shapes(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """ONNX shape inference, so the quantizers know every tensor's type and shape."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    known = len(inferred.graph.value_info)
+    return inferred, f"{known} intermediate tensors typed"
+
+
+def symbolic_shapes(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """onnxruntime's quant_pre_process (symbolic shape inference, no graph rewrites) for symbolic dimensions."""
+    dims = [
+        d.dim_param
+        for v in model.graph.input
+        for d in v.type.tensor_type.shape.dim
+        if d.HasField("dim_param") or not d.HasField("dim_value")
+    ]
+    if not dims:
+        return None, "not needed: all input shapes are static"
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with scratch_dir() as folder, quiet():
+        source = save_for_ort(model, folder)
+        target = folder / "preprocessed.onnx"
+        # Graph optimizations would rename and merge nodes, which breaks node-level recipes: shapes only.
+        quant_pre_process(str(source), str(target), skip_optimization=True)
+        return onnx.load(str(target)), f"symbolic shape inference for dims {sorted(set(dims))}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+STEPS: list[tuple[str, Callable[[ModelProto], tuple[ModelProto | None, str]]]] = [
+    ("name nodes", name_nodes),
+    ("fold constant weight paths", fold_constant_paths),
+    ("fold BatchNormalization", fold_batchnorm),
+    ("infer shapes", infer_shapes),
+    ("quant_pre_process (symbolic shapes)", symbolic_shapes),
+]

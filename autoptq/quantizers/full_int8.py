@@ -1,0 +1,192 @@
+"""Full integer quantization: static QDQ with calibrated activation ranges and every recipe knob, device fixed
+output parameters through TensorQuantOverrides, and integer graph I/O where the device wants it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, numpy_helper
+from onnxruntime.quantization import QuantFormat, quantize_static
+
+from autoptq.calibration import Dataset
+from autoptq.graph import drop_unused_initializers
+from autoptq.profiles import HardwareProfile
+from autoptq.quantizers.common import (
+    CALIBRATION_METHODS,
+    QUANT_TYPES,
+    AppliedRecipe,
+    DatasetReader,
+    IOQuantization,
+    QuantizationError,
+    QuantizationResult,
+    calibration_samples,
+    load_result,
+    quiet,
+    save_for_ort,
+    scratch_dir,
+)
+from autoptq.recipe import Recipe
+
+_ZERO_POINT_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
+_ONNX_INT_TYPES = {
+    TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8",
+    TensorProto.INT16: "int16",
+    TensorProto.UINT16: "uint16",
+}
+
+
+def quantize(
+    model: ModelProto, recipe: Recipe, calibration: Dataset | None, profile: HardwareProfile
+) -> QuantizationResult:
+    """Static int8 QDQ quantization calibrated on `calibration`."""
+    del profile  # the planner already made the recipe device-conformant
+    return static_qdq(model, recipe, calibration, "full_int8")
+
+
+def static_qdq(model: ModelProto, recipe: Recipe, calibration: Dataset | None, technique: str) -> QuantizationResult:
+    """Static QDQ quantization with the recipe's activation dtype (8- or 16-bit) and int8 weights."""
+    samples = calibration_samples(calibration, recipe, technique)
+    overrides = fixed_output_overrides(model, recipe)
+    extra_options: dict[str, object] = {
+        "ActivationSymmetric": recipe.activation_symmetric,
+        "WeightSymmetric": recipe.weight_symmetric,
+        "TensorQuantOverrides": overrides,
+    }
+    if recipe.calibration_method == "percentile":
+        extra_options["CalibPercentile"] = recipe.calibration_percentile
+    with scratch_dir() as folder, quiet():
+        source = save_for_ort(model, folder)
+        target = folder / "quantized.onnx"
+        try:
+            quantize_static(
+                str(source),
+                str(target),
+                DatasetReader(samples, label=f"calibrating ({recipe.calibration_method})"),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=recipe.op_types_to_quantize or None,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=QUANT_TYPES[recipe.activation_dtype],
+                weight_type=QUANT_TYPES[recipe.weight_dtype],
+                nodes_to_exclude=recipe.nodes_to_exclude or None,
+                calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
+                extra_options=extra_options,
+            )
+        except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
+            raise QuantizationError(f"onnxruntime static quantization failed: {exc}") from exc
+        quantized = load_result(target)
+    applied = AppliedRecipe(
+        technique=technique,
+        recipe=recipe,
+        quantized_nodes=_quantized_node_count(quantized),
+        excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
+        notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})"]
+        + [f"fixed output quantization on {name}" for name in sorted(overrides)],
+    )
+    if recipe.io_dtype != "float32":
+        quantized, applied = make_integer_io(quantized, applied)
+    return QuantizationResult(model=quantized, applied=applied)
+
+
+def fixed_output_overrides(model: ModelProto, recipe: Recipe) -> dict[str, list[dict[str, object]]]:
+    """TensorQuantOverrides pinning the outputs of ops whose quantization the device fixes (e.g. Softmax)."""
+    dtype = recipe.activation_dtype
+    if dtype not in ("int8", "uint8"):
+        return {}
+    overrides: dict[str, list[dict[str, object]]] = {}
+    excluded = set(recipe.nodes_to_exclude)
+    for node in model.graph.node:
+        fixed = recipe.fixed_output_params.get(node.op_type)
+        if fixed is None or node.name in excluded or not node.output:
+            continue
+        # The device's parameters are stated for int8; a uint8 tensor holds the same reals shifted by 128.
+        zero_point = fixed.zero_point + (128 if dtype == "uint8" else 0)
+        overrides[node.output[0]] = [
+            {
+                "scale": np.array(fixed.scale, dtype=np.float32),
+                "zero_point": np.array(zero_point, dtype=_ZERO_POINT_DTYPES[dtype]),
+            }
+        ]
+    return overrides
+
+
+def _quantized_node_count(model: ModelProto) -> int:
+    """Compute nodes fed by at least one DequantizeLinear (the ones that now run on quantized values)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return sum(
+        1
+        for node in model.graph.node
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized.intersection(node.input)
+    )
+
+
+def make_integer_io(model: ModelProto, applied: AppliedRecipe) -> tuple[ModelProto, AppliedRecipe]:
+    """Remove the QuantizeLinear at each graph input and the DequantizeLinear at each output, so the model takes and
+    returns integers as the device does; record each boundary's scale and zero point."""
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    io: list[IOQuantization] = []
+    notes = list(applied.notes)
+    removed: list[onnx.NodeProto] = []
+    for value in graph.input:
+        users = consumers.get(value.name, [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            notes.append(f"input {value.name!r} stays float: it is not consumed by a single QuantizeLinear")
+            continue
+        quant = users[0]
+        params = _scale_zero_point(quant, constants)
+        if params is None:
+            notes.append(f"input {value.name!r} stays float: its quantization parameters are not constant")
+            continue
+        scale, zero_point, elem_type = params
+        _rename_input(graph, quant.output[0], value.name)
+        value.type.tensor_type.elem_type = elem_type
+        removed.append(quant)
+        io.append(IOQuantization(name=value.name, dtype=_ONNX_INT_TYPES[elem_type], scale=scale, zero_point=zero_point))
+    producers = {out: node for node in graph.node for out in node.output}
+    for value in graph.output:
+        dequant = producers.get(value.name)
+        if dequant is None or dequant.op_type != "DequantizeLinear":
+            notes.append(f"output {value.name!r} stays float: it is not produced by a DequantizeLinear")
+            continue
+        params = _scale_zero_point(dequant, constants)
+        if params is None or len(consumers.get(value.name, [])) > 0:
+            notes.append(f"output {value.name!r} stays float: it is also used inside the graph")
+            continue
+        scale, zero_point, elem_type = params
+        quantized_tensor = dequant.input[0]
+        if len(consumers.get(quantized_tensor, [])) != 1:
+            notes.append(f"output {value.name!r} stays float: its integer tensor is shared")
+            continue
+        for node in graph.node:
+            node.output[:] = [value.name if o == quantized_tensor else o for o in node.output]
+        value.type.tensor_type.elem_type = elem_type
+        removed.append(dequant)
+        io.append(IOQuantization(name=value.name, dtype=_ONNX_INT_TYPES[elem_type], scale=scale, zero_point=zero_point))
+    kept = [node for node in graph.node if all(node is not r for r in removed)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    drop_unused_initializers(graph)
+    return model, applied.model_copy(update={"integer_io": io, "notes": notes})
+
+
+def _scale_zero_point(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[float, int, int] | None:
+    if len(node.input) < 3 or node.input[1] not in constants or node.input[2] not in constants:
+        return None
+    scale, zero_point = constants[node.input[1]], constants[node.input[2]]
+    if scale.size != 1:
+        return None
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(zero_point.dtype)
+    if elem_type not in _ONNX_INT_TYPES:
+        return None
+    return float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]), elem_type
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]

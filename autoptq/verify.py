@@ -1,0 +1,194 @@
+"""Verification after every quantizer run: "never worse than float, silently".
+
+The candidate must load in onnxruntime, produce finite outputs close to the float model's on held-out samples
+(SQNR above a floor), be smaller than the float file, and, where this machine can stand in for the target, not be
+slower than float measured side by side in the same process.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto
+from pydantic import BaseModel, Field
+
+from autoptq.activations import session
+from autoptq.calibration import Dataset
+from autoptq.metrics import OutputFidelity, accuracy, compare
+from autoptq.profiles import HardwareProfile
+from autoptq.quantizers.common import IOQuantization
+
+DEFAULT_MIN_SQNR_DB = 10.0
+"""Below this the output is dominated by quantization noise: treated as numerically broken."""
+SLOWER_TOLERANCE = 0.05
+"""Measured latency ratios up to 1 + this count as 'not slower' (timer noise on a shared machine)."""
+
+
+class LatencyMeasurement(BaseModel):
+    """Median latency of float and candidate, measured interleaved in one process on this machine."""
+
+    float_ms: float
+    candidate_ms: float
+    ratio: float
+    runs: int
+    machine: str
+
+
+class Verification(BaseModel):
+    """The verdict on one quantized candidate."""
+
+    passed: bool
+    problems: list[str] = Field(default_factory=list)
+    samples: int
+    min_sqnr_db: float
+    fidelity: list[OutputFidelity] = Field(default_factory=list)
+    size_bytes: int
+    float_size_bytes: int
+    size_ratio: float
+    latency: LatencyMeasurement | None = Field(default=None, description="None where not measurable here")
+    latency_note: str = ""
+    accuracy_float: float | None = None
+    accuracy_candidate: float | None = None
+
+
+def quantize_input(values: np.ndarray, io: IOQuantization) -> np.ndarray:
+    """Real → integer as TFLite does at a device's input: round half away from zero, then clamp."""
+    info = np.iinfo(np.dtype(io.dtype))
+    scaled = values.astype(np.float64) / io.scale
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + io.zero_point, info.min, info.max).astype(io.dtype)
+
+
+def dequantize_output(values: np.ndarray, io: IOQuantization) -> np.ndarray:
+    """Integer → real: scale · (q − zero_point)."""
+    return ((values.astype(np.float64) - io.zero_point) * io.scale).astype(np.float32)
+
+
+class ModelRunner:
+    """Runs a model on float feeds and returns float outputs, converting integer graph I/O on the way."""
+
+    def __init__(self, model: ModelProto, integer_io: Sequence[IOQuantization] = (), threads: int = 1) -> None:
+        self.session: ort.InferenceSession = session(model, threads=threads)
+        self.io = {io.name: io for io in integer_io}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def feed(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The sample as this model takes it (integer inputs quantized)."""
+        return {name: quantize_input(v, self.io[name]) if name in self.io else v for name, v in sample.items()}
+
+    def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Float outputs for one sample."""
+        raw = self.session.run(None, self.feed(sample))
+        return [
+            dequantize_output(np.asarray(v), self.io[name]) if name in self.io else np.asarray(v)
+            for name, v in zip(self.output_names, raw, strict=True)
+        ]
+
+
+def fidelity(reference: ModelRunner, candidate: ModelRunner, data: Dataset) -> list[OutputFidelity]:
+    """Per-output SQNR, cosine, max |Δ| and top-1 agreement of candidate against reference over `data`."""
+    ref_outputs = [reference.run(s) for s in data.samples]
+    cand_outputs = [candidate.run(s) for s in data.samples]
+    return [
+        compare(name, [r[i] for r in ref_outputs], [c[i] for c in cand_outputs])
+        for i, name in enumerate(reference.output_names)
+    ]
+
+
+def measurable_here(profile: HardwareProfile) -> bool:
+    """Whether this machine can stand in for the target's CPU when timing."""
+    return profile.emulator == "host" and profile.architecture == platform.machine()
+
+
+def measure_latency(
+    reference: ModelRunner, candidate: ModelRunner, sample: dict[str, np.ndarray], budget_s: float = 0.6
+) -> LatencyMeasurement:
+    """Median latency of both models, interleaved run by run so both see the same machine conditions."""
+    float_feed, cand_feed = reference.feed(sample), candidate.feed(sample)
+    for _ in range(3):  # warm-up: first runs allocate
+        reference.session.run(None, float_feed)
+        candidate.session.run(None, cand_feed)
+    float_times: list[float] = []
+    cand_times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(float_times) < 15 or (time.perf_counter() < deadline and len(float_times) < 2000):
+        start = time.perf_counter()
+        reference.session.run(None, float_feed)
+        middle = time.perf_counter()
+        candidate.session.run(None, cand_feed)
+        end = time.perf_counter()
+        float_times.append(middle - start)
+        cand_times.append(end - middle)
+    float_ms = statistics.median(float_times) * 1e3
+    cand_ms = statistics.median(cand_times) * 1e3
+    return LatencyMeasurement(
+        float_ms=round(float_ms, 5),
+        candidate_ms=round(cand_ms, 5),
+        ratio=round(cand_ms / float_ms, 3) if float_ms else 1.0,
+        runs=len(float_times),
+        machine=f"{platform.machine()} {platform.processor() or ''}".strip() + ", 1 thread",
+    )
+
+
+def verify(
+    float_model: ModelProto,
+    candidate: ModelProto,
+    integer_io: Sequence[IOQuantization],
+    data: Dataset,
+    profile: HardwareProfile,
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+    measure: bool = True,
+    float_size_bytes: int | None = None,
+) -> Verification:
+    """Check a quantized candidate against its float model on held-out `data` (see the module docstring).
+
+    `float_size_bytes` is the float model's file size when known (defaults to its serialized size)."""
+    float_size = float_size_bytes if float_size_bytes is not None else float_model.ByteSize()
+    size = candidate.ByteSize()
+    base = {
+        "samples": len(data),
+        "min_sqnr_db": min_sqnr_db,
+        "size_bytes": size,
+        "float_size_bytes": float_size,
+        "size_ratio": round(size / float_size, 4) if float_size else 1.0,
+    }
+    reference = ModelRunner(float_model)
+    try:
+        runner = ModelRunner(candidate, integer_io)
+        outputs = fidelity(reference, runner, data)
+    except Exception as exc:  # a candidate onnxruntime cannot load or run is broken, whatever the reason
+        return Verification(passed=False, problems=[f"does not run in onnxruntime: {exc}"], **base)
+    problems = []
+    for output in outputs:
+        if not output.finite:
+            problems.append(f"output {output.name!r} has NaN or inf")
+        elif output.sqnr_db < min_sqnr_db:
+            problems.append(f"output {output.name!r} SQNR {output.sqnr_db:.1f} dB is below the floor {min_sqnr_db} dB")
+    if size >= float_size:
+        problems.append(f"file is not smaller than float ({size} B vs {float_size} B)")
+    latency, note = None, "not measured: this machine does not stand in for the target"
+    if measure and measurable_here(profile) and data.samples:
+        latency = measure_latency(reference, runner, data.samples[0])
+        note = f"measured on this machine ({latency.machine}) as a stand-in for {profile.name}"
+        if latency.ratio > 1 + SLOWER_TOLERANCE:
+            # The measured ratio goes to the measurement record; the verdict text stays the same run to run.
+            problems.append(f"slower than float on the host (measured ratio above {1 + SLOWER_TOLERANCE:.2f})")
+    accuracy_float = accuracy_candidate = None
+    if data.labels is not None and outputs and outputs[0].top1_agreement is not None:
+        accuracy_float = accuracy([reference.run(s)[0] for s in data.samples], data.labels)
+        accuracy_candidate = accuracy([runner.run(s)[0] for s in data.samples], data.labels)
+    return Verification(
+        passed=not problems,
+        problems=problems,
+        fidelity=outputs,
+        latency=latency,
+        latency_note=note,
+        accuracy_float=accuracy_float,
+        accuracy_candidate=accuracy_candidate,
+        **base,
+    )
