@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnx import ModelProto
 from pydantic import BaseModel, Field
@@ -22,6 +23,9 @@ from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
+
+if TYPE_CHECKING:
+    from autoptq.check import CheckReport
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, LatencyMeasurement
 
 ModelSource = str | Path | ModelProto | ModelGraph
@@ -136,7 +140,7 @@ def quantize(
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
     graph = as_graph(model)
-    out_path = check_output_path(Path(output), protected=[graph.path] if graph.path else [])
+    out_path = check_output_path(Path(output), protected=graph.source_files)
     profile, tree = as_profile(target), load_tree(rules)
     calibration, held_out, _ = split_data(
         graph, load_data(data, graph), load_data(validation, graph), options.synthetic_calibration
@@ -174,6 +178,8 @@ def make_variants(
     calibration, held_out, held_out_source = split_data(
         graph, dataset, load_data(validation, graph), options.synthetic_calibration
     )
+    for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
+        check_output_path(folder.resolve() / name, protected=graph.source_files, must_exist_parent=False)
     folder.mkdir(parents=True, exist_ok=True)
     variants, measurements = [], {}
     for profile in profiles:
@@ -208,3 +214,24 @@ def make_variants(
     timings = {name: (m.model_dump() if m else None) for name, m in measurements.items()}
     write_atomic(folder / "measurements.json", json.dumps(timings, indent=2, sort_keys=True) + "\n")
     return manifest, measurements
+
+
+def check(
+    quantized: str | Path | ModelProto,
+    target: TargetSource,
+    reference: ModelSource,
+    data: str | Path | Dataset,
+    tier: str | None = None,
+    min_sqnr_db: float | None = None,
+    max_drop: float | None = None,
+) -> CheckReport:
+    """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
+    from autoptq.check import check as run_check
+
+    profile = as_profile(target)
+    reference_graph = as_graph(reference)
+    quantized_model = quantized if isinstance(quantized, ModelProto) else load_model(quantized).model
+    dataset = load_data(data, reference_graph)
+    if dataset is None:
+        raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
+    return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)

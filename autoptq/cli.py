@@ -54,8 +54,11 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also wri
 
 
 def split_targets(values: list[str]) -> list[str]:
-    """`-t a,b -t c` → `[a, b, c]`."""
-    return [t.strip() for value in values for t in value.split(",") if t.strip()]
+    """`-t a,b -t c` → `[a, b, c]`; at least one target."""
+    targets = [t.strip() for value in values for t in value.split(",") if t.strip()]
+    if not targets:
+        raise AutoptqError("give at least one target (see `autoptq targets`)")
+    return targets
 
 
 def emit(text: str, output: Path | None) -> None:
@@ -98,9 +101,11 @@ def audit(
     output: OutputOpt = None,
 ) -> None:
     """Can each target run the model, and where does it fall back? Exit 1 if any target is not compatible."""
+    targets = split_targets(target)
+    graph = api.as_graph(model)
     if output is not None:
-        check_output_path(output, protected=[model])
-    reports = api.audit(model, split_targets(target))
+        check_output_path(output, protected=graph.source_files)
+    reports = api.audit(graph, targets)
     emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
@@ -180,21 +185,19 @@ def plan(
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
     targets = split_targets(target)
+    graph = api.as_graph(model)
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
         options = api.QuantizeOptions(goals=goals, synthetic_calibration=synthetic_calibration)
-        chosen, outcome = api.quantize(model, targets[0], output, data=data, options=options, rules=rules)
+        chosen, outcome = api.quantize(graph, targets[0], output, data=data, options=options, rules=rules)
         typer.echo(report.render_plans([chosen], fmt.value), nl=False)
         typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
     if output is not None:
-        check_output_path(output, protected=[model])
-    data_set = None
-    if synthetic_calibration and data is None:
-        graph = api.as_graph(model)
-        model, data_set = graph, synthetic_dataset(graph, api.SYNTHETIC_SAMPLES)
-    plans = api.plan(model, targets, data=data_set or data, goals=goals, rules=rules)
+        check_output_path(output, protected=graph.source_files)
+    data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
+    plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules)
     emit(report.render_plans(plans, fmt.value), output)
 
 
@@ -255,6 +258,32 @@ def variants(
     typer.echo(f"Wrote {output / 'manifest.json'}, {output / 'report.md'} and {output / 'measurements.json'}")
     failed = [v for v in manifest.variants if outcome_exit_code(v.planned_technique, v.kept_float)]
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def check(
+    quantized: Annotated[Path, typer.Argument(help="Quantized ONNX model (never modified).", show_default=False)],
+    target: TargetOpt,
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="The float model it was made from.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Validation data (.npz, optional 'labels').")],
+    tier: Annotated[str | None, typer.Option("--tier", help="fast | exact (integer devices).")] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Fail below this SQNR (dB).")] = None,
+    max_drop: Annotated[
+        str | None, typer.Option("--max-drop", help="Fail above this accuracy drop: 0.01 or 1%.")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: OutputOpt = None,
+) -> None:
+    """What will this quantized model do on the device? Exit 1 when device rules or budgets fail."""
+    if output is not None:
+        check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files])
+    drop = parse_max_drop(max_drop)
+    results = [
+        api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop)
+        for t in split_targets(target)
+    ]
+    emit(report.render_check(results, fmt.value), output)
+    raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
 @app.command()

@@ -105,15 +105,14 @@ def estimate_latency(
         host_s += qdq_s
     transfer_s = _transfer_seconds(coverage, profile)
     if coverage.device_segments:
-        device_s += profile.cost.fixed_overhead_s * coverage.device_segments
         streamed = coverage.memory.streamed_param_bytes
         bandwidth = profile.memory.streamed_bandwidth_bytes_per_s
         if streamed and bandwidth:
-            # Streaming overlaps with compute on the Edge TPU: the slower of the two bounds the segment.
-            stream_s = streamed / bandwidth
-            extra = max(0.0, stream_s - device_s)
-            device_s += extra
-            transfer_s += 0.0
+            # Streaming overlaps the device's compute (and per-op overhead): the slower of the two bounds the device
+            # work, and the time streaming adds beyond the compute is reported with the transfers. The fixed
+            # per-invocation overhead does not overlap: latency = fixed + max(compute, streamed / bandwidth).
+            transfer_s += max(0.0, streamed / bandwidth - device_s)
+        device_s += profile.cost.fixed_overhead_s * coverage.device_segments
     if host_s and host is not profile:
         host_s += host.cost.fixed_overhead_s
     total = device_s + host_s + transfer_s
@@ -172,7 +171,7 @@ def estimate_size(
     float_params = 0
     quantized_params = 0
     scale_bytes = 0
-    # A weight is stored once however many nodes read it: by consumer, whether that node is quantized.
+    # Each weight once, however many nodes read it, with whether each of its readers is quantized.
     consumers: dict[str, list[bool]] = {}
     for node in graph.compute_nodes():
         for weight in dict.fromkeys(node.weight_inputs):

@@ -180,12 +180,17 @@ def _judge(node: NodeInfo, graph: ModelGraph, profile: HardwareProfile) -> NodeC
     if rank_problem is not None:
         return verdict("unsupported_shape", rank_problem)
     failures: list[str] = []
+    shape_only = True
     for precision in _fastest_first(table, profile):
-        problem = next((p for c in table[precision].constraints if (p := _violation(c, node, graph)) is not None), None)
-        if problem is None:
+        broken = next(((c, p) for c in table[precision].constraints if (p := _violation(c, node, graph))), None)
+        if broken is None:
             return verdict("mapped", f"runs at {precision}", precision)
+        constraint, problem = broken
+        shape_only = shape_only and (constraint.max_elements is not None or constraint.max_effective_rank is not None)
         failures.append(f"{precision}: {problem}")
-    return verdict("unsupported_shape", "; ".join(failures))
+    # A size or rank limit is a shape problem; a structural or attribute limit means the op as written is not one
+    # the device has (e.g. MatMul of two activations is BATCH_MATMUL, which the Edge TPU lacks).
+    return verdict("unsupported_shape" if shape_only else "unsupported_op", "; ".join(failures))
 
 
 def _fastest_first(table: dict[Precision, object], profile: HardwareProfile) -> list[Precision]:
@@ -447,7 +452,7 @@ def _transfers(graph: ModelGraph, verdicts: list[NodeCoverage], profile: Hardwar
     crossing: set[tuple[str, bool]] = set()
     for producer, consumer, data in graph.graph.edges(data=True):
         if producer in place and consumer in place and place[producer] != place[consumer]:
-            crossing.add((data["tensor"], place[consumer]))
+            crossing.update((tensor, place[consumer]) for tensor in data["tensors"])
     for tensor in graph.inputs:
         if any(place.get(n) for n in _consumers(graph, tensor.name)):
             crossing.add((tensor.name, True))
@@ -511,7 +516,9 @@ def peak_activation_bytes(graph: ModelGraph, itemsize: int | None = None) -> int
         for out in node.outputs:
             if out:
                 born.setdefault(out, step)
-        for name in node.inputs:
+        # Edges also carry the outer-scope tensors a control-flow node's subgraphs read.
+        reads = [*node.inputs, *(t for _, _, ts in graph.graph.in_edges(node.name, data="tensors") for t in ts)]
+        for name in reads:
             if name in born:
                 last_use[name] = step
     for tensor in graph.outputs:

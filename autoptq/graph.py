@@ -35,6 +35,26 @@ WEIGHT_PATH_OPS = frozenset(
 )
 """Ops that, fed only constants, produce a constant: exporters route weights through them."""
 
+SHAPE_ARITHMETIC_OPS = frozenset(
+    {"Gather", "Concat", "Slice", "Add", "Sub", "Mul", "Div", "ConstantOfShape", "Range", "Equal", "Where", "Expand"}
+)
+"""Ops exporters use to compute shapes at run time; fed only constants (or a static Shape) they fold away."""
+
+
+def folds_to_constant(node: NodeProto, constants: set[str], tensors: dict[str, TensorInfo]) -> bool:
+    """Whether a converter folds `node` away: a Constant, a Shape/Size of a statically shaped tensor, or a
+    weight-path or shape-arithmetic op whose inputs are all constant."""
+    if node.op_type == "Constant":
+        return True
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in ("Shape", "Size") and node.input:
+        info = tensors.get(node.input[0])
+        return info is not None and info.is_static
+    foldable = node.op_type in WEIGHT_PATH_OPS or node.op_type in SHAPE_ARITHMETIC_OPS
+    return foldable and all(not i or i in constants for i in node.input)
+
+
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 DATA_MOVEMENT_OPS = frozenset(
     {
@@ -120,6 +140,8 @@ class ModelGraph:
     opset: int
     path: Path | None = None
     symbolic_dims: list[str] = field(default_factory=list)
+    source_files: list[Path] = field(default_factory=list)
+    """The model file and its external data files: outputs must never overwrite them."""
     _constant_cache: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
     _constant_sources: dict[str, TensorProto | NodeProto] = field(default_factory=dict, repr=False)
 
@@ -175,17 +197,19 @@ def load_model(source: str | Path | ModelProto) -> ModelGraph:
     External data must sit inside the model's folder. Raises ModelLoadError with one line on any problem.
     """
     if isinstance(source, ModelProto):
-        proto, path = _copy_proto(source), None
+        proto, path, data_files = _copy_proto(source), None, []
     else:
         path = Path(source)
-        proto = read_model(path)
+        proto, data_files = read_model(path)
     check_model(proto, path)
     inferred = infer_shapes(proto)
-    return build_graph(inferred, path)
+    graph = build_graph(inferred, path)
+    graph.source_files = [*([path] if path else []), *data_files]
+    return graph
 
 
-def read_model(path: Path) -> ModelProto:
-    """Read an ONNX file with its external data, confined to the model's folder."""
+def read_model(path: Path) -> tuple[ModelProto, list[Path]]:
+    """Read an ONNX file with its external data, confined to the model's folder; also return the data files."""
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if not path.is_file():
@@ -196,11 +220,12 @@ def read_model(path: Path) -> ModelProto:
         raise ModelLoadError(f"{path}: not an ONNX model ({_one_line(exc)})") from exc
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (empty or truncated: no graph)")
-    _load_external_data(proto, path.resolve().parent, path)
-    return proto
+    data_files = _load_external_data(proto, path.resolve().parent, path)
+    return proto, data_files
 
 
-def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> None:
+def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> list[Path]:
+    files: list[Path] = []
     for tensor in _external_tensors(proto):
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
@@ -220,6 +245,9 @@ def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> None:
             raise ModelLoadError(f"{path}: external data for {tensor.name!r} is truncated in {location!r}")
         del tensor.external_data[:]
         tensor.data_location = TensorProto.DEFAULT
+        if target not in files:
+            files.append(target)
+    return files
 
 
 def _external_tensors(proto: ModelProto) -> Iterable[TensorProto]:
@@ -271,7 +299,7 @@ def build_graph(proto: ModelProto, path: Path | None = None) -> ModelGraph:
     """Build the annotated node graph of a shape-inferred model."""
     g = proto.graph
     tensors = _tensor_table(g)
-    constants = _constant_tensors(g)
+    constants = _constant_tensors(g, tensors)
     for name in constants:
         if name in tensors:
             tensors[name].constant = True
@@ -289,8 +317,14 @@ def build_graph(proto: ModelProto, path: Path | None = None) -> ModelGraph:
     for node, name in zip(g.node, names, strict=True):
         for tensor in _consumed_tensors(node):
             producer = producers.get(tensor)
-            if producer is not None and producer != name:
-                graph.add_edge(producer, name, tensor=tensor)
+            if producer is None or producer == name:
+                continue
+            if graph.has_edge(producer, name):  # a second tensor between the same two nodes (Split -> Concat)
+                carried = graph.edges[producer, name]["tensors"]
+                if tensor not in carried:
+                    carried.append(tensor)
+            else:
+                graph.add_edge(producer, name, tensor=tensor, tensors=[tensor])
     order = _execution_order(graph, names)
     symbolic = sorted(
         {d for t in tensors.values() if t.shape for d in t.shape if isinstance(d, str)}
@@ -394,13 +428,12 @@ def _to_array(source: TensorProto | NodeProto) -> np.ndarray | None:
     return _constant_value(source)
 
 
-def _constant_tensors(g: GraphProto) -> set[str]:
-    """Initializers, Constant outputs, and whatever a weight-path op derives from constants only."""
-    constants = {init.name for init in g.initializer}
+def _constant_tensors(g: GraphProto, tensors: dict[str, TensorInfo], outer: Iterable[str] = ()) -> set[str]:
+    """Initializers, constants of enclosing scopes (`outer`) and the outputs of every node that folds to a constant
+    (see `folds_to_constant`)."""
+    constants = {init.name for init in g.initializer} | set(outer)
     for node in g.node:  # nodes are topologically sorted in a valid model
-        if node.op_type == "Constant" or (
-            node.op_type in WEIGHT_PATH_OPS and all(not i or i in constants for i in node.input)
-        ):
+        if folds_to_constant(node, constants, tensors):
             constants.update(o for o in node.output if o)
     return constants
 
@@ -459,9 +492,7 @@ def _node_info(
     scalars: dict[str, int],
 ) -> NodeInfo:
     attrs = _attributes(node)
-    weight_path = node.op_type == "Constant" or (
-        node.op_type in WEIGHT_PATH_OPS and all(not i or i in constants for i in node.input)
-    )
+    weight_path = folds_to_constant(node, constants, tensors)
     weight_inputs = [] if weight_path else [i for i in node.input if i and i in constants]
     params = [constant_sizes[w] for w in dict.fromkeys(weight_inputs) if w in constant_sizes]
     activation_bytes = sum((tensors[o].numel() or 0) * tensors[o].itemsize for o in node.output if o and o in tensors)
@@ -587,14 +618,12 @@ def _summarise_subgraphs(
         subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
         for sub in subgraphs:
             inner_tensors = {**tensors, **_tensor_table(sub)}
-            inner_constants = constants | _constant_tensors(sub)
+            inner_constants = _constant_tensors(sub, inner_tensors, outer=constants)
             inner_scalars = {**scalars, **_integer_scalars(sub)}
             macs = 0
             for inner in sub.node:
                 counts[inner.op_type] += 1
-                if inner.op_type == "Constant" or (
-                    inner.op_type in WEIGHT_PATH_OPS and all(not i or i in inner_constants for i in inner.input)
-                ):
+                if folds_to_constant(inner, inner_constants, inner_tensors):
                     continue  # only transforms constants
                 for name in inner.input:
                     info = inner_tensors.get(name) if name in inner_constants else None

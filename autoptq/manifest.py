@@ -9,10 +9,10 @@ import onnx
 import onnxruntime
 from pydantic import BaseModel, Field
 
+from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity
 from autoptq.prepare import PreparationStep
 from autoptq.produce import Outcome
-from autoptq.quantizers.common import IOQuantization
 from autoptq.recipe import Recipe, Technique
 
 MANIFEST_VERSION = 1

@@ -9,15 +9,16 @@ from pathlib import Path
 from autoptq.errors import OutputError
 
 
-def check_output_path(path: Path, protected: list[Path] | None = None) -> Path:
+def check_output_path(path: Path, protected: list[Path] | None = None, must_exist_parent: bool = True) -> Path:
     """Validate an output file path before any expensive work; return it resolved.
 
-    Refuses a directory, a missing parent folder, and any of the `protected` paths (the inputs).
+    Refuses a directory, a missing parent folder (unless the caller creates it), and any of the `protected` paths
+    (the inputs and their external data).
     """
     resolved = path.resolve()
     if resolved.is_dir():
         raise OutputError(f"{path}: is a directory; give a file path for the output")
-    if not resolved.parent.is_dir():
+    if must_exist_parent and not resolved.parent.is_dir():
         raise OutputError(f"{path}: folder {resolved.parent} does not exist")
     for other in protected or []:
         if other.exists() and resolved == other.resolve():

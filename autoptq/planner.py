@@ -67,11 +67,13 @@ FACTS: dict[str, FactSpec] = dict(
         _spec("coverage.params_fit_cache", "bool", "parameters fit the on-chip cache (unknown without a cache)"),
         _spec("coverage.streamed_param_bytes", "int", "parameter bytes streamed per inference"),
         _spec("model.macs", "int", "multiply-accumulates per inference"),
-        _spec("model.param_bytes", "int", "bytes of float parameters"),
+        _spec("model.param_bytes", "int", "bytes of the constant parameters the compute nodes read"),
         _spec("model.compute_nodes", "int", "nodes that are not constant folding"),
         _spec("model.macs_per_node", "float", "MACs per compute node: low means Q/DQ overhead dominates"),
-        _spec("model.weight_bound_param_fraction", "float", "share of parameters in MatMul/Gemm/LSTM/GRU"),
-        _spec("model.weight_bound_mac_fraction", "float", "share of MACs in MatMul/Gemm/LSTM/GRU"),
+        _spec(
+            "model.weight_bound_param_fraction", "float", "share of parameters in MatMul/Gemm/LSTM/GRU/RNN/Attention"
+        ),
+        _spec("model.weight_bound_mac_fraction", "float", "share of MACs in MatMul/Gemm/LSTM/GRU/RNN/Attention"),
         _spec("model.conv_param_fraction", "float", "share of parameters in convolutions"),
         _spec("model.conv_mac_fraction", "float", "share of MACs in convolutions"),
         _spec("model.control_flow", "bool", "the model has If/Loop/Scan nodes"),
@@ -363,11 +365,21 @@ def plan_model(
     }
     decision = tree.evaluate(facts)
     leaf = decision.leaf
-    recipe = device_conformant_recipe(leaf.recipe.apply_to(Recipe()), leaf.technique, profile, graph, data)
+    base = leaf.recipe.apply_to(Recipe())
+    recipe = device_conformant_recipe(base, leaf.technique, profile, graph, data)
+    nothing_to_quantize = leaf.technique == "weight_only_int8" and not recipe.op_types_to_quantize
+    if nothing_to_quantize:
+        # An empty list means "every op type" to the quantizers (Conv included): keep the leaf's own list instead.
+        wanted = base.op_types_to_quantize or DYNAMIC_QUANT_OPS
+        recipe = recipe.model_copy(update={"op_types_to_quantize": sorted(wanted)})
     size, latency, baseline = predict(graph, coverage, profile, leaf.technique, recipe)
     ratio = latency.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else None
     float_where = "this target" if "fp32" in profile.precisions else f"its host {profile.host}"
     warnings = [*leaf.warnings, *_warnings(leaf.technique, ratio, float_where, size, goals, data, coverage)]
+    if nothing_to_quantize:
+        warnings.append(
+            f"the model has no {'/'.join(recipe.op_types_to_quantize)} node: weight-only int8 would change nothing"
+        )
     return Plan(
         target=profile.name,
         technique=leaf.technique,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
-from autoptq.graph import WEIGHT_PATH_OPS, drop_unused_initializers
+from autoptq.graph import TensorInfo, build_graph, drop_unused_initializers, folds_to_constant
 from autoptq.quantizers.common import quiet, save_for_ort, scratch_dir
 
 RTOL = 1e-3
@@ -117,19 +117,18 @@ def name_nodes(model: ModelProto) -> tuple[ModelProto | None, str]:
 
 
 def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
-    """Replace nodes that only transform constants (Constant, Identity, Reshape, Transpose, Cast, ...) by the
-    initializers they compute, so weights reach their ops directly as the quantizers require."""
+    """Replace nodes that fold to constants (Constant; Identity, Reshape, Transpose, Cast... of weights; shape
+    arithmetic on static shapes) by the initializers they compute, so weights reach their ops directly as the
+    quantizers require and shape computations do not cut a device graph."""
     result = _copy(model)
     graph = result.graph
     constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    shapes = build_graph(onnx.shape_inference.infer_shapes(model, strict_mode=False)).tensors
     folded: list[NodeProto] = []
     for node in graph.node:
-        foldable = node.op_type == "Constant" or (
-            node.op_type in WEIGHT_PATH_OPS and all(not i or i in constants for i in node.input)
-        )
-        if not foldable or node.domain not in ("", "ai.onnx"):
+        if not folds_to_constant(node, set(constants), shapes):
             continue
-        values = _evaluate(node, constants, result)
+        values = _evaluate(node, constants, result, shapes)
         for name, value in zip(node.output, values, strict=True):
             constants[name] = value
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
@@ -144,7 +143,17 @@ def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
     return result, "folded " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
 
 
-def _evaluate(node: NodeProto, constants: dict[str, np.ndarray], model: ModelProto) -> list[np.ndarray]:
+def _evaluate(
+    node: NodeProto, constants: dict[str, np.ndarray], model: ModelProto, shapes: dict[str, TensorInfo]
+) -> list[np.ndarray]:
+    if node.op_type in ("Shape", "Size"):
+        # Only the (static) shape of the input is needed, not its values.
+        dims = np.asarray(shapes[node.input[0]].shape, dtype=np.int64)
+        if node.op_type == "Size":
+            return [np.asarray(np.prod(dims), dtype=np.int64)]
+        start = next((a.i for a in node.attribute if a.name == "start"), 0)
+        end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
+        return [dims[start:end]]
     inputs = [i for i in node.input if i]
     graph = onnx.helper.make_graph(
         [node],

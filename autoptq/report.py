@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from autoptq.coverage import CoverageReport
+
+if TYPE_CHECKING:
+    from autoptq.check import CheckReport
 from autoptq.manifest import Manifest
 from autoptq.planner import MatrixCell, Plan
 from autoptq.produce import Outcome
@@ -385,3 +388,60 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
             lines.append(f"  rejected {attempt.step} ({attempt.technique}): {why}{timing}")
     text = "\n".join(lines) + "\n"
     return text if fmt == "table" else "```\n" + text + "```\n"
+
+
+def check_lines(result: CheckReport) -> list[str]:
+    """A check report as plain lines: verdict, device rules, fidelity, accuracy, latency, memory, findings."""
+    lines = [
+        f"Target: {result.target}  tier: {result.tier}  verdict: {'PASS' if result.passed else 'FAIL'}",
+        f"  {result.fidelity_statement}",
+        f"Device rules: {'passed' if result.device_rules.passed else 'FAILED'}",
+    ]
+    lines += [f"  - {v.rule} at {v.node} ({v.op_type}): {v.detail}" for v in result.device_rules.violations]
+    for f in result.fidelity:
+        agreement = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
+        lines.append(
+            f"Output {f.name}: SQNR {f.sqnr_db:.1f} dB, cosine {f.cosine:.4f}, "
+            f"max |diff| {f.max_abs_diff:.4g}{agreement}"
+        )
+    if result.accuracy is not None:
+        a = result.accuracy
+        lines.append(f"Accuracy: float {a.float:.4f}, emulated {a.emulated:.4f} (drop {a.drop:+.4f})")
+    lat = result.latency
+    measured = "" if lat.measured_ratio is None else f"; measured {lat.measured_ratio:.2f}x float ({lat.measured_note})"
+    lines.append(
+        f"Latency (estimate): {lat.estimate_ms[0]:.3g}-{lat.estimate_ms[1]:.3g} ms ({lat.estimate_basis}){measured}"
+    )
+    mem = result.memory
+    lines.append(
+        f"Memory: parameters on chip {_bytes(mem.on_chip_param_bytes)}, streamed {_bytes(mem.streamed_param_bytes)}"
+        + (f" (cache {_bytes(mem.parameter_cache_bytes)})" if mem.parameter_cache_bytes is not None else "")
+        + f"; peak activations {_bytes(mem.peak_activation_bytes)}"
+        + (f" of RAM {_bytes(mem.ram_bytes)}" if mem.ram_bytes is not None else "")
+    )
+    lines += [f"Finding at {f.node}: {f.kind}: {f.detail}" for f in result.findings[:30]]
+    if len(result.findings) > 30:
+        lines.append(f"... and {len(result.findings) - 30} more findings (use --format json)")
+    lines += [f"Failure: {failure}" for failure in result.failures]
+    return lines
+
+
+def render_check(results: Sequence[CheckReport], fmt: Format) -> str:
+    """Render check reports (JSON keys: target, tier, device_rules, fidelity, accuracy, latency, memory, ...)."""
+    if fmt == "json":
+        return to_json(results, "check")
+    parts: list[Table | str] = []
+    for result in results:
+        parts.append("\n".join(check_lines(result)))
+        if result.op_summary:
+            ops = Table(title=f"{result.target}: quantized model operators", title_justify="left")
+            for column in ("Operator", "Count", "Status"):
+                ops.add_column(column)
+            for row in result.op_summary:
+                ops.add_row(str(row["operator"]), str(row["count"]), str(row["status"]))
+            parts.append(ops)
+    if fmt == "markdown":
+        return "\n".join(
+            f"## Check: {r.target}\n\n" + "\n".join(f"    {line}" for line in check_lines(r)) for r in results
+        )
+    return render_table(parts)

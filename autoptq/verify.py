@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
+from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity, accuracy, compare
 from autoptq.profiles import HardwareProfile
-from autoptq.quantizers.common import IOQuantization
 
 DEFAULT_MIN_SQNR_DB = 10.0
 """Below this the output is dominated by quantization noise: treated as numerically broken."""

@@ -150,7 +150,7 @@ def test_pooling_and_element_ops() -> None:
 
 
 def test_small_convnet_totals_by_hand() -> None:
-    g = load_model(zoo.small_convnet())
+    g = load_model(zoo.small_convnet(size=32, classes=10))
     conv1 = 32 * 32 * 16 * 3 * 9
     pool = 16 * 16 * 16 * 4
     conv2 = 16 * 16 * 32 * 16 * 9
@@ -167,7 +167,7 @@ def test_small_convnet_totals_by_hand() -> None:
 
 
 def test_node_records_op_attributes_and_tensors() -> None:
-    g = load_model(zoo.small_convnet())
+    g = load_model(zoo.small_convnet(size=32, classes=10))
     first = g.nodes()[0]
     assert first.op_type == "Conv"
     assert first.domain == ""
@@ -185,7 +185,7 @@ def test_node_records_op_attributes_and_tensors() -> None:
 
 
 def test_symbolic_dims_are_kept_and_reported() -> None:
-    g = load_model(zoo.mobilenet_style(batch="N"))
+    g = load_model(zoo.mobilenet_style(size=64, width=16, batch="N"))
     assert g.symbolic_dims == ["N"]
     assert g.has_dynamic_shapes
     assert g.inputs[0].shape == ["N", 3, 64, 64]
@@ -217,6 +217,17 @@ def test_topological_order_follows_the_file_and_the_edges() -> None:
     position = {name: i for i, name in enumerate(g.order)}
     assert all(position[u] < position[v] for u, v in g.graph.edges())
     assert g.graph.edges["a", "c"]["tensor"] == "a"
+
+
+def test_an_edge_carries_every_tensor_between_two_nodes() -> None:
+    nodes = [
+        helper.make_node("Split", ["x", "sizes"], ["a", "b"], name="split", axis=1),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+    ]
+    model = build(nodes, [tensor("x", [1, 8])], [tensor("y", [1, 4])], [const("sizes", [4, 4], np.int64)])
+    edge = load_model(model).graph.edges["split", "add"]
+    assert edge["tensors"] == ["a", "b"]
+    assert edge["tensor"] == "a"
 
 
 def test_duplicate_node_names_are_made_unique() -> None:
@@ -305,7 +316,19 @@ def test_loop_with_data_dependent_trip_count_counts_per_iteration() -> None:
     assert not loop.macs_exact
 
 
-def _if_model(producer: bool = False) -> onnx.ModelProto:
+def test_loop_body_with_a_symbolic_dim_is_not_exact() -> None:
+    model = zoo.loop_model(trips=8, dim=32)
+    body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+    for value in [*body.input, *body.output]:
+        if value.name in ("state_in", "state_out"):
+            value.type.tensor_type.shape.dim[0].dim_param = "B"
+    loop = load_model(model).node("loop")
+    assert loop.macs == 8 * (32 * 32 + 32)  # the unknown dimension taken as 1
+    assert loop.subgraph is not None and not loop.subgraph.macs_exact
+    assert not loop.macs_exact
+
+
+def _if_model() -> onnx.ModelProto:
     then_branch = helper.make_graph(
         [helper.make_node("MatMul", ["h", "W"], ["t"], name="then_mm")], "then", [], [tensor("t", [1, 4])]
     )

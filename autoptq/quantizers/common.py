@@ -20,6 +20,7 @@ from rich.progress import Progress
 
 from autoptq.calibration import Dataset
 from autoptq.errors import AutoptqError, DataError
+from autoptq.intio import IOQuantization
 from autoptq.recipe import Recipe
 
 QUANT_TYPES: dict[str, QuantType] = {
@@ -37,15 +38,6 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
 
 class QuantizationError(AutoptqError):
     """The quantizer itself failed on this model (the message says where)."""
-
-
-class IOQuantization(BaseModel):
-    """How a graph input or output that became integer maps to real values: real = scale * (q - zero_point)."""
-
-    name: str
-    dtype: str
-    scale: float
-    zero_point: int
 
 
 class AppliedRecipe(BaseModel):

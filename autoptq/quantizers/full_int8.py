@@ -10,6 +10,7 @@ from onnxruntime.quantization import QuantFormat, quantize_static
 
 from autoptq.calibration import Dataset
 from autoptq.graph import drop_unused_initializers
+from autoptq.intio import write_integer_io
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers.common import (
     CALIBRATION_METHODS,
@@ -172,6 +173,7 @@ def make_integer_io(model: ModelProto, applied: AppliedRecipe) -> tuple[ModelPro
     del graph.node[:]
     graph.node.extend(kept)
     drop_unused_initializers(graph)
+    write_integer_io(model, io)
     return model, applied.model_copy(update={"integer_io": io, "notes": notes})
 
 

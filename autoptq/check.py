@@ -1,0 +1,197 @@
+"""`autoptq check`: what will this quantized model do on that device?
+
+The device's verdict on the quantized graph (rules re-audit), its outputs under the device's arithmetic (the
+profile's emulator family and tier), fidelity and accuracy against the float reference, and the latency and memory
+estimates, each labelled with what it rests on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+from pydantic import BaseModel, Field
+
+from autoptq.calibration import Dataset
+from autoptq.coverage import CoverageReport, analyse
+from autoptq.emulators import TIERS, emulator_for
+from autoptq.emulators.base import NodeFinding
+from autoptq.emulators.device_rules import DeviceRulesResult, RuleViolation, check_device_rules
+from autoptq.errors import AutoptqError
+from autoptq.graph import ModelGraph
+from autoptq.intio import read_integer_io
+from autoptq.metrics import OutputFidelity, accuracy, compare
+from autoptq.planner import predict
+from autoptq.profiles import HardwareProfile
+from autoptq.recipe import Recipe, Technique
+from autoptq.verify import ModelRunner, measurable_here, measure_latency
+
+
+class DeviceRules(BaseModel):
+    """Whether the quantized graph obeys the device's rules."""
+
+    passed: bool
+    violations: list[RuleViolation]
+
+
+class AccuracyCheck(BaseModel):
+    """Top-1 accuracy on labelled data: float reference vs emulated device."""
+
+    float: float
+    emulated: float
+    drop: float
+
+
+class LatencyCheck(BaseModel):
+    """An estimate (always) and a measurement (where this machine stands in for the target)."""
+
+    estimate_ms: list[float] = Field(description="[low, high], an estimate from the cost model")
+    estimate_basis: str
+    measured_ratio: float | None = Field(description="quantized / float, measured side by side; null if not measurable")
+    measured_note: str
+    label: str = "estimate"
+
+
+class MemoryCheck(BaseModel):
+    """Memory of the quantized model on the device, bytes."""
+
+    on_chip_param_bytes: int
+    streamed_param_bytes: int
+    parameter_cache_bytes: int | None
+    peak_activation_bytes: int
+    ram_bytes: int | None
+    fits_ram: bool | None
+    flash_bytes: int | None
+    fits_flash: bool | None
+
+
+class CheckReport(BaseModel):
+    """The answer of `autoptq check` for one target."""
+
+    target: str
+    tier: str
+    fidelity_statement: str
+    device_rules: DeviceRules
+    op_summary: list[dict[str, object]]
+    fidelity: list[OutputFidelity]
+    accuracy: AccuracyCheck | None
+    latency: LatencyCheck
+    memory: MemoryCheck
+    findings: list[NodeFinding]
+    passed: bool
+    failures: list[str]
+
+
+def detect_technique(model: ModelProto) -> Technique:
+    """Which technique produced a model, read from its operators and types."""
+    ops = {node.op_type for node in model.graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}:
+        return "weight_only_int8"
+    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
+        wide = any(init.data_type in (TensorProto.INT16, TensorProto.UINT16) for init in model.graph.initializer)
+        return "int16x8" if wide else "full_int8"
+    if any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer):
+        return "fp16"
+    return "none"
+
+
+def check(
+    quantized: ModelProto,
+    profile: HardwareProfile,
+    reference: ModelGraph,
+    data: Dataset,
+    tier: str | None = None,
+    min_sqnr_db: float | None = None,
+    max_drop: float | None = None,
+) -> CheckReport:
+    """Check a quantized model on `profile`'s emulator against the float `reference` on `data`."""
+    family = profile.emulator
+    tiers = TIERS[family]
+    chosen_tier = tier or tiers[0]
+    if chosen_tier not in tiers:
+        raise AutoptqError(f"tier {chosen_tier!r} does not apply to {profile.name} (its tiers: {', '.join(tiers)})")
+    rules = check_device_rules(quantized, profile)
+    emulated = emulator_for(family)(quantized, profile, list(data.samples), chosen_tier)
+    reference_runner = ModelRunner(reference.model)
+    reference_outputs = [reference_runner.run(sample) for sample in data.samples]
+    fidelity = [
+        compare(name, [r[i] for r in reference_outputs], [e[i] for e in emulated.outputs])
+        for i, name in enumerate(emulated.output_names)
+    ]
+    accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
+    coverage = analyse(reference, profile)
+    latency = _latency(quantized, profile, reference, coverage, data)
+    memory = _memory(rules, coverage, profile)
+    failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
+    if min_sqnr_db is not None:
+        failures += [
+            f"output {f.name!r}: SQNR {f.sqnr_db:.1f} dB below --min-sqnr {min_sqnr_db}"
+            for f in fidelity
+            if f.sqnr_db < min_sqnr_db
+        ]
+    if max_drop is not None and accuracy_check is not None and accuracy_check.drop > max_drop:
+        failures.append(f"accuracy drop {accuracy_check.drop:.4f} exceeds --max-drop {max_drop}")
+    return CheckReport(
+        target=profile.name,
+        tier=emulated.tier,
+        fidelity_statement=emulated.fidelity_statement,
+        device_rules=DeviceRules(passed=rules.passed, violations=rules.violations),
+        op_summary=[row.model_dump() for row in rules.op_summary],
+        fidelity=fidelity,
+        accuracy=accuracy_check,
+        latency=latency,
+        memory=memory,
+        findings=emulated.findings,
+        passed=not failures,
+        failures=failures,
+    )
+
+
+def _accuracy(
+    reference_outputs: Sequence[list[np.ndarray]], emulated_outputs: Sequence[list[np.ndarray]], data: Dataset
+) -> AccuracyCheck | None:
+    if data.labels is None or not reference_outputs or np.asarray(reference_outputs[0][0]).ndim != 2:
+        return None
+    float_accuracy = accuracy([r[0] for r in reference_outputs], data.labels)
+    emulated_accuracy = accuracy([e[0] for e in emulated_outputs], data.labels)
+    return AccuracyCheck(
+        float=round(float_accuracy, 6),
+        emulated=round(emulated_accuracy, 6),
+        drop=round(float_accuracy - emulated_accuracy, 6),
+    )
+
+
+def _latency(
+    quantized: ModelProto, profile: HardwareProfile, reference: ModelGraph, coverage: CoverageReport, data: Dataset
+) -> LatencyCheck:
+    technique = detect_technique(quantized)
+    _, estimate, _ = predict(reference, coverage, profile, technique, Recipe())
+    measured, note = None, "not measured: this machine does not stand in for the target"
+    if measurable_here(profile) and data.samples:
+        timing = measure_latency(
+            ModelRunner(reference.model), ModelRunner(quantized, read_integer_io(quantized)), data.samples[0]
+        )
+        measured, note = timing.ratio, f"measured side by side on this machine ({timing.machine}), {timing.runs} runs"
+    return LatencyCheck(
+        estimate_ms=[round(estimate.low_ms, 4), round(estimate.high_ms, 4)],
+        estimate_basis=f"{technique} on {estimate.basis}",
+        measured_ratio=measured,
+        measured_note=note,
+    )
+
+
+def _memory(rules: DeviceRulesResult, coverage: CoverageReport, profile: HardwareProfile) -> MemoryCheck:
+    flash = profile.memory.flash_bytes
+    mem = coverage.memory
+    on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
+    return MemoryCheck(
+        on_chip_param_bytes=on_chip,
+        streamed_param_bytes=streamed,
+        parameter_cache_bytes=profile.memory.parameter_cache_bytes,
+        peak_activation_bytes=mem.peak_activation_bytes,
+        ram_bytes=mem.ram_bytes,
+        fits_ram=mem.fits_ram,
+        flash_bytes=flash,
+        fits_flash=None if flash is None else on_chip + streamed <= flash,
+    )
