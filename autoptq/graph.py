@@ -173,8 +173,12 @@ class ModelGraph:
 
     @property
     def param_bytes(self) -> int:
-        """Bytes of every constant parameter consumed by a compute node."""
-        return sum(n.param_bytes for n in self.compute_nodes())
+        """Bytes of every constant parameter consumed by a compute node (a weight shared by several counts once),
+        plus the parameters inside control-flow subgraphs."""
+        shared = {w for n in self.compute_nodes() for w in n.weight_inputs if w in self.tensors}
+        top_level = sum((self.tensors[w].numel() or 0) * self.tensors[w].itemsize for w in shared)
+        inner = sum(n.subgraph.param_bytes for n in self.compute_nodes() if n.subgraph is not None)
+        return top_level + inner
 
     @property
     def has_dynamic_shapes(self) -> bool:

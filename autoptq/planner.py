@@ -129,6 +129,12 @@ class Plan(BaseModel):
     rules: str
 
 
+def rules_label(path: Path) -> str:
+    """How a rules file is named in outputs: shipped trees relative to the project, others as given."""
+    shipped = data_dir("rules")
+    return f"rules/{path.relative_to(shipped)}" if path.resolve().is_relative_to(shipped.resolve()) else str(path)
+
+
 def default_rules_path() -> Path:
     """The shipped decision tree."""
     return data_dir("rules") / "post_training.yaml"
@@ -249,7 +255,9 @@ def device_conformant_recipe(
                 for op, p in rules.fixed_output_params.items()
                 if op in present_ops
             }
-        update["io_dtype"] = rules.io_dtype if profile.integer_only else "float32"
+        # An integer-only device takes the activation type at its I/O (16-bit for 16x8), a CPU keeps float I/O.
+        integer_io = profile.integer_only and rules.io_dtype != "float32"
+        update["io_dtype"] = (wanted if technique == "int16x8" else rules.io_dtype) if integer_io else "float32"
         if data is not None:
             update["calibration_samples"] = min(base.calibration_samples, len(data))
     if technique == "weight_only_int8":
@@ -400,7 +408,7 @@ def plan_model(
             + ("; no ratio: this device cannot run the float model and has no host" if baseline is None else ""),
         ),
         warnings=warnings,
-        rules=str(tree.source),
+        rules=rules_label(tree.source),
     )
 
 

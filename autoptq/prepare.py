@@ -52,7 +52,7 @@ def prepare(model: ModelProto, samples: Dataset) -> PreparedModel:
     steps: list[PreparationStep] = []
     for name, step in STEPS:
         try:
-            candidate, note = step(current)
+            candidate, note = step(_copy(current))  # a step that edits its input and then fails leaves no trace
         except Exception as exc:  # any failure of a step means: skip it, keep the previous model
             steps.append(PreparationStep(name=name, applied=False, note=f"skipped: failed ({_one_line(exc)})"))
             continue
@@ -80,6 +80,8 @@ def _check(candidate: ModelProto, samples: Dataset, reference: list[list[np.ndar
     except Exception as exc:  # the runtime refusing the graph is exactly what this check is for
         return f"the result does not load or run in onnxruntime ({_one_line(exc)})"
     for before, after in zip(reference, outputs, strict=True):
+        if len(before) != len(after):
+            return f"number of outputs changed from {len(before)} to {len(after)}"
         for ref, got in zip(before, after, strict=True):
             ref, got = np.asarray(ref), np.asarray(got)
             if ref.shape != got.shape:

@@ -192,15 +192,33 @@ def _fact(value: object) -> str:
     return str(value)
 
 
+_RECIPE_KEYS: dict[str, list[str]] = {
+    "weight_only_int8": ["weight_dtype", "per_channel", "reduce_range", "op_types_to_quantize", "nodes_to_exclude"],
+    "fp16": ["fp16_op_block_list", "nodes_to_exclude"],
+}
+_STATIC_KEYS = [
+    "activation_dtype", "weight_dtype", "activation_symmetric", "weight_symmetric", "per_channel",
+    "calibration_method", "calibration_samples", "op_types_to_quantize", "nodes_to_exclude", "reduce_range",
+    "fixed_output_params", "io_dtype",
+]  # fmt: skip
+
+
+def _recipe_value(key: str, value: object) -> str:
+    if key == "op_types_to_quantize" and value == []:
+        return "all the quantizer supports"
+    if key == "nodes_to_exclude" and value == []:
+        return "none"
+    if key == "fixed_output_params" and value == {}:
+        return "none needed (no such op in the model)"
+    return _fact(value)
+
+
 def _recipe_lines(plan: Plan) -> list[str]:
-    recipe = plan.recipe.model_dump(mode="json")
     if plan.technique == "none":
         return []
-    relevant = {
-        "weight_only_int8": ["weight_dtype", "per_channel", "reduce_range", "op_types_to_quantize", "nodes_to_exclude"],
-        "fp16": ["fp16_op_block_list", "nodes_to_exclude", "io_dtype"],
-    }.get(plan.technique, list(recipe))
-    return [f"{key}: {recipe[key]}" for key in relevant if key in recipe]
+    recipe = plan.recipe.model_dump(mode="json")
+    keys = _RECIPE_KEYS.get(plan.technique, _STATIC_KEYS)
+    return [f"{key}: {_recipe_value(key, recipe[key])}" for key in keys]
 
 
 def _latency_text(plan: Plan) -> str:

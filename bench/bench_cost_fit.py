@@ -131,7 +131,9 @@ class Net:
         return Act(self._node("Relu", [y]) if act else y, a.c, a.h, a.w)
 
     def concat(self, parts: Sequence[Act]) -> Act:
-        return Act(self._node("Concat", [p.name for p in parts], axis=1), sum(p.c for p in parts), parts[0].h, parts[0].w)
+        return Act(
+            self._node("Concat", [p.name for p in parts], axis=1), sum(p.c for p in parts), parts[0].h, parts[0].w
+        )
 
     def flatten(self, x: Act) -> Act:
         return Act(self._node("Flatten", [x.name], axis=1), x.c * x.h * x.w, 1, 1)
@@ -177,7 +179,15 @@ def _inverted_residual(net: Net, x: Act, t: int, c: int, s: int) -> tuple[Act, A
     return (net.add(x, y) if s == 1 and x.c == c else y), e
 
 
-MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MOBILENET_V2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 """(expansion t, channels c, repeats n, first stride s): Sandler et al. 2018, Table 2."""
 
 
@@ -481,7 +491,10 @@ def _grid_fit(
         for key, (lo, hi) in ranges.items():
             step = (hi - lo) / 24
             low_bound = 0.0 if key in ("fixed", "per_op") else lo
-            ranges[key] = (max(best[key] - 2 * step, low_bound), min(best[key] + 2 * step, 2.0e12 if key == "rate" else hi))
+            ranges[key] = (
+                max(best[key] - 2 * step, low_bound),
+                min(best[key] + 2 * step, 2.0e12 if key == "rate" else hi),
+            )
     return EdgeTpuConstants(best["fixed"], best["rate"], best["per_op"], best["stream"], best["cache"])
 
 
@@ -718,7 +731,7 @@ def main() -> None:
     out.add()
     out.add(
         "The CPU columns are TFLite runs of the benchmark's models (\"all models running on both CPU and Edge TPU are "
-        "the TensorFlow Lite versions\"): whether float or quantized, and how many threads, is not stated. They "
+        'the TensorFlow Lite versions"): whether float or quantized, and how many threads, is not stated. They '
         "calibrate arm-a53's fp32 rate (the host the Edge TPU falls back to) and only cross-check the x86 profiles."
     )
     path = write_result(NAME, "\n".join(out.lines))
@@ -738,9 +751,7 @@ def _fit_efficiency(
 
     def loss(efficiency: float) -> float:
         prof = _with_efficiency(profile, efficiency)
-        return sum(
-            math.log(float_estimate(graphs[p.name], prof).estimate_ms / getattr(p, column)) ** 2 for p in models
-        )
+        return sum(math.log(float_estimate(graphs[p.name], prof).estimate_ms / getattr(p, column)) ** 2 for p in models)
 
     lo, hi = 0.01, 1.0
     ratio = (math.sqrt(5) - 1) / 2

@@ -16,6 +16,7 @@ Run: python bench/bench_quantizers.py [--quick]
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Config:
     held_out_samples: int
     digits_calibration: int | None
     latency_budget_s: float
+    trials: int = 3
     min_rounds: int = 30
     max_rounds: int = 20_000
 
@@ -87,6 +89,7 @@ QUICK = Config(
     held_out_samples=8,
     digits_calibration=32,
     latency_budget_s=0.3,
+    trials=2,
     min_rounds=15,
 )
 
@@ -122,12 +125,19 @@ class Row:
     error: str | None = None
     size_bytes: int | None = None
     latency_ratio: float | None = None
+    latency_range: tuple[float, float] | None = None
     min_sqnr_db: float | None = None
     top1_agreement: float | None = None
     accuracy: float | None = None
     kept_float: bool = False
     reason: str = ""
     runner: ModelRunner | None = None
+    model_bytes: bytes = b""
+    integer_io: list[IOQuantization] = field(default_factory=list)
+
+    def fresh_runner(self) -> ModelRunner:
+        """A new session on this row's model (a fresh allocation for each latency trial)."""
+        return ModelRunner(onnx.load_model_from_string(self.model_bytes), self.integer_io)
 
 
 class SamplesReader(CalibrationDataReader):
@@ -218,6 +228,7 @@ METHODS: dict[str, Callable[[Case, Path], Produced]] = {
     "autoptq": run_autoptq,
 }
 BASELINES = ("ort dynamic", "ort static QDQ")
+CONTROL = "float (control)"
 
 
 # --- measurements -------------------------------------------------------------------------------------------------
@@ -231,8 +242,9 @@ def produce_rows(case: Case, folder: Path) -> list[Row]:
         try:
             produced = run(case, folder)
             row.detail, row.kept_float, row.reason = produced.detail, produced.kept_float, produced.reason
+            row.model_bytes, row.integer_io = produced.model_bytes, produced.integer_io
             row.size_bytes = len(produced.model_bytes)
-            row.runner = ModelRunner(onnx.load_model_from_string(produced.model_bytes), produced.integer_io)
+            row.runner = row.fresh_runner()
         except Exception as exc:  # a method that fails is a result, reported with its reason
             row.error = short(exc)
         rows.append(row)
@@ -264,14 +276,15 @@ def measure_fidelity(rows: list[Row], case: Case) -> None:
 def interleaved_medians(
     runners: dict[str, ModelRunner], sample: dict[str, np.ndarray], config: Config
 ) -> tuple[dict[str, float], int]:
-    """Median seconds per runner, run round-robin (order rotated each round) for the budget; and the round count."""
+    """Median seconds per runner, run round-robin (order rotated each round) for one trial's share of the budget;
+    and the number of rounds."""
     names = list(runners)
     feeds = {name: runners[name].feed(sample) for name in names}
     for _ in range(3):  # warm-up: first runs allocate
         for name in names:
             runners[name].session.run(None, feeds[name])
     times: dict[str, list[float]] = {name: [] for name in names}
-    deadline = time.perf_counter() + config.latency_budget_s
+    deadline = time.perf_counter() + config.latency_budget_s / config.trials
     rounds = 0
     while rounds < config.min_rounds or (time.perf_counter() < deadline and rounds < config.max_rounds):
         shift = rounds % len(names)
@@ -283,16 +296,38 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in times.items()}, rounds
 
 
-def measure_latency(rows: list[Row], case: Case, config: Config, control: ModelRunner) -> tuple[float, float, int]:
-    """Fill each row's latency ratio against float; return the float median (s), the control's ratio, the rounds."""
-    runners = {row.method: row.runner for row in rows if row.runner is not None}
-    runners["float (control)"] = control
-    medians, rounds = interleaved_medians(runners, case.held_out.samples[0], config)  # type: ignore[arg-type]
-    base = medians["float"]
-    for row in rows:
-        if row.method in medians:
-            row.latency_ratio = medians[row.method] / base
-    return base, medians["float (control)"] / base, rounds
+@dataclass(frozen=True)
+class Timing:
+    """What the latency loop measured for one model: float's median, the control's ratios, rounds per trial."""
+
+    float_s: float
+    control: list[float]
+    rounds: list[int]
+
+
+def measure_latency(rows: list[Row], case: Case, config: Config) -> Timing:
+    """Fill each row's latency ratio against float: the median over trials, each with fresh sessions (so one
+    session's memory placement does not bias a ratio), of median candidate time / median float time."""
+    measured = [row for row in rows if row.runner is not None]
+    ratios: dict[str, list[float]] = {row.method: [] for row in measured}
+    control: list[float] = []
+    float_s: list[float] = []
+    rounds: list[int] = []
+    for _ in range(config.trials):
+        runners = {row.method: row.fresh_runner() for row in measured}
+        runners[CONTROL] = rows[0].fresh_runner()
+        gc.collect()
+        medians, count = interleaved_medians(runners, case.held_out.samples[0], config)
+        for method in ratios:
+            ratios[method].append(medians[method] / medians["float"])
+        control.append(medians[CONTROL] / medians["float"])
+        float_s.append(medians["float"])
+        rounds.append(count)
+        del runners
+    for row in measured:
+        row.latency_ratio = statistics.median(ratios[row.method])
+        row.latency_range = (min(ratios[row.method]), max(ratios[row.method]))
+    return Timing(statistics.median(float_s), control, rounds)
 
 
 # --- verdicts -----------------------------------------------------------------------------------------------------
@@ -359,12 +394,14 @@ def _size_cell(row: Row, float_row: Row) -> str:
     return f"{ratio} ({float_row.size_bytes / 1024:,.0f} KiB)" if row is float_row else ratio
 
 
-def _latency_cell(row: Row, base_s: float, control: float) -> str:
-    if row.latency_ratio is None:
+def _latency_cell(row: Row, timing: Timing) -> str:
+    if row.latency_ratio is None or row.latency_range is None:
         return "-"
     if row.method == "float":
-        return f"1.00x ({base_s * 1e3:.3f} ms; control {control:.2f}x)"
-    return f"{row.latency_ratio:.2f}x"
+        controls = ", ".join(f"{c:.2f}" for c in timing.control)
+        return f"1.00x ({timing.float_s * 1e3:.3f} ms; control {controls})"
+    low, high = row.latency_range
+    return f"{row.latency_ratio:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def _sqnr_cell(row: Row) -> str:
@@ -379,7 +416,7 @@ def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def table_rows(case: Case, rows: list[Row], base_s: float, control: float) -> list[list[str]]:
+def table_rows(case: Case, rows: list[Row], timing: Timing) -> list[list[str]]:
     """The Markdown rows of one model."""
     float_row = rows[0]
     out = []
@@ -391,7 +428,7 @@ def table_rows(case: Case, rows: list[Row], base_s: float, control: float) -> li
                 row.method,
                 result,
                 _size_cell(row, float_row),
-                _latency_cell(row, base_s, control),
+                _latency_cell(row, timing),
                 _sqnr_cell(row),
                 "-" if row is float_row else _number(row.top1_agreement, ".3f"),
                 _number(row.accuracy, ".3f"),
@@ -414,6 +451,24 @@ HEADERS = [
 ]
 
 
+def method_notes(config: Config) -> list[str]:
+    """How the numbers were taken, as Markdown bullets."""
+    return [
+        "- Latency: ratios against float measured side by side in one process. The sessions (one intra-op thread, "
+        "identical options) run round-robin, one inference each per round, the order rotated every round; a trial "
+        f"takes each session's median over >= {config.min_rounds} rounds; {config.trials} trials with fresh sessions "
+        f"share a budget of {config.latency_budget_s:g} s per model. Cell: median ratio over the trials (min-max).",
+        "- 'control' is a second float session, one ratio per trial: how far two sessions of the same model differ "
+        f"(the noise floor). Slower means a ratio above {SLOWER_RATIO:.2f} (autoptq's own tolerance).",
+        f"- Data: zoo models get {config.calibration_samples} calibration + {config.held_out_samples} held-out random "
+        "N(0,1) samples, so their fidelity is indicative only; the digits CNN uses examples/calib.npz for calibration "
+        "and examples/val.npz (labelled) as held-out data.",
+        "- Fidelity is against float on the held-out samples: less faithful means min SQNR over outputs below "
+        f"{DEFAULT_MIN_SQNR_DB:g} dB, less accurate a top-1 accuracy drop over {ACCURACY_DROP:g}; bigger means a "
+        "file larger than float.",
+    ]
+
+
 def render(config: Config, quick: bool, table: list[list[str]], lines: list[str], notes: list[str]) -> str:
     """The whole Markdown report."""
     mode = "--quick" if quick else "full"
@@ -422,14 +477,7 @@ def render(config: Config, quick: bool, table: list[list[str]], lines: list[str]
             f"# Quantizers on {TARGET} ({NAME}, {mode})",
             "",
             f"Measured {environment()}.",
-            f"Latency: ratios against float measured side by side in one process, sessions run round-robin with one "
-            f"intra-op thread and identical options, median over >= {config.min_rounds} rounds (budget "
-            f"{config.latency_budget_s:g} s per model); 'control' is a second float session (timer noise). Slower "
-            f"means a ratio above {SLOWER_RATIO:.2f}. Zoo models: {config.calibration_samples} calibration + "
-            f"{config.held_out_samples} held-out random N(0,1) samples, so their fidelity is indicative only; the "
-            "digits CNN uses examples/calib.npz for calibration and examples/val.npz (labelled) as held-out data. "
-            f"SQNR and top-1 agreement are against float on the held-out samples; less faithful means SQNR below "
-            f"{DEFAULT_MIN_SQNR_DB:g} dB, less accurate a top-1 drop over {ACCURACY_DROP:g}.",
+            *method_notes(config),
             "",
             markdown_table(HEADERS, table),
             "",
@@ -451,12 +499,12 @@ def bench_case(case: Case, config: Config) -> tuple[list[list[str]], str, str]:
         raise SystemExit(f"{case.name}: the float model does not load: {rows[0].error}")
     measure_fidelity(rows, case)
     print(f"{case.name}: timing", file=sys.stderr, flush=True)
-    control = ModelRunner(onnx.load(str(case.float_path)))
-    base_s, control_ratio, rounds = measure_latency(rows, case, config, control)
+    timing = measure_latency(rows, case, config)
     ours = rows[-1]
     why = ours.reason or ours.error or ""
-    note = f"- {case.name}: {rounds} latency rounds; autoptq: {why}"
-    return table_rows(case, rows, base_s, control_ratio), headline(case, rows), note
+    rounds = "/".join(str(r) for r in timing.rounds)
+    note = f"- {case.name}: {rounds} latency rounds per trial; autoptq: {why}"
+    return table_rows(case, rows, timing), headline(case, rows), note
 
 
 def main() -> None:

@@ -157,6 +157,7 @@ LEAF_CASES = [
     LeafCase("keep_float_no_int8", "none", "small_convnet", "slow-int8-cpu", with_data=True),
     LeafCase("fp16_cpu", "fp16", "small_convnet", "arm-a76", with_data=False),
     LeafCase("weight_only_dense_layers", "weight_only_int8", "small_convnet", "x86-vnni", with_data=False),
+    LeafCase("keep_float_needs_data", "none", "conv_chain", "x86-vnni", with_data=False),
     LeafCase("full_int8_reduce_range", "full_int8", "small_convnet", "x86-avx2", with_data=True),
     LeafCase("full_int8_cpu", "full_int8", "small_convnet", "x86-vnni", with_data=True),
     LeafCase("weight_only_reduce_range", "weight_only_int8", "transformer", "x86-avx2", with_data=True),
@@ -331,11 +332,23 @@ def test_cpu_convnet_without_data_quantizes_dense_layers_only(target: str) -> No
     assert plan.recipe.op_types_to_quantize == ["Gemm"]  # the classifier; never Conv (ConvInteger is slow)
 
 
-def test_weight_only_without_any_matching_op_keeps_a_non_empty_op_list() -> None:
-    """An empty op_types_to_quantize means "every op type" to onnxruntime: it must not appear for a conv-only
-    model, whose weight-only plan then warns that it changes nothing."""
+def test_conv_only_model_without_data_keeps_float_and_asks_for_data() -> None:
     plan = plan_for("conv_chain", "x86-vnni")
-    assert plan.leaf == "weight_only_dense_layers"
+    assert plan.leaf == "keep_float_needs_data" and plan.technique == "none"
+    assert "--data" in plan.summary
+
+
+def test_weight_only_without_any_matching_op_keeps_a_non_empty_op_list(tmp_path: Path) -> None:
+    """An empty op_types_to_quantize means "every op type" to onnxruntime: it must not appear for a conv-only
+    model, whose weight-only plan (from a user's tree) then warns that it changes nothing."""
+    rules = tmp_path / "dense.yaml"
+    rules.write_text(
+        "version: 1\nstart: dense\nnodes: []\nleaves:\n  - id: dense\n    technique: weight_only_int8\n"
+        "    summary: dense layers only\n    recipe: {op_types_to_quantize: [MatMul, Gemm]}\n",
+        encoding="utf-8",
+    )
+    plan = plan_model(graph_of("conv_chain"), load_profile("x86-vnni"), load_tree(rules))
+    assert plan.leaf == "dense"
     assert plan.recipe.op_types_to_quantize == ["Gemm", "MatMul"]
     assert any("would change nothing" in w for w in plan.warnings)
     assert plan.predicted.size_bytes == plan.predicted.float_size_bytes
