@@ -15,6 +15,7 @@ from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
+from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
@@ -51,11 +52,14 @@ def audit(model: ModelSource, targets: TargetSource | Sequence[TargetSource]) ->
     return [analyse(graph, profile) for profile in profiles]
 
 
-def load_data(data: str | Path | Dataset | None, graph: ModelGraph) -> Dataset | None:
-    """Accept a path to representative data, a Dataset, or None."""
+def load_data(
+    data: str | Path | Dataset | None, graph: ModelGraph, preprocess: str | ImagePreprocessing | None = None
+) -> Dataset | None:
+    """Accept a path to representative data (images need `preprocess`), a Dataset, or None."""
     if data is None or isinstance(data, Dataset):
         return data
-    return load_dataset(data, graph)
+    preprocessing = parse_preprocessing(preprocess) if isinstance(preprocess, str) else preprocess
+    return load_dataset(data, graph, preprocessing)
 
 
 def plan(
@@ -64,6 +68,7 @@ def plan(
     data: str | Path | Dataset | None = None,
     goals: UserGoals | None = None,
     rules: str | Path | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
 ) -> list[Plan]:
     """Plan the post-training quantization of a model for one or more targets (one Plan each)."""
     tree = load_tree(rules)
@@ -71,7 +76,7 @@ def plan(
     if isinstance(targets, (str, Path, HardwareProfile)):
         targets = [targets]
     profiles = [as_profile(t) for t in targets]
-    dataset = load_data(data, graph)
+    dataset = load_data(data, graph, preprocess)
     return plans(graph, profiles, tree, dataset, goals)
 
 
@@ -136,6 +141,7 @@ def quantize(
     validation: str | Path | Dataset | None = None,
     options: QuantizeOptions | None = None,
     rules: str | Path | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
 ) -> tuple[Plan, Outcome]:
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
@@ -143,7 +149,10 @@ def quantize(
     out_path = check_output_path(Path(output), protected=graph.source_files)
     profile, tree = as_profile(target), load_tree(rules)
     calibration, held_out, _ = split_data(
-        graph, load_data(data, graph), load_data(validation, graph), options.synthetic_calibration
+        graph,
+        load_data(data, graph, preprocess),
+        load_data(validation, graph, preprocess),
+        options.synthetic_calibration,
     )
     chosen = plan_for(graph, profile, tree, calibration, options)
     outcome = produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
@@ -159,6 +168,7 @@ def make_variants(
     validation: str | Path | Dataset | None = None,
     options: QuantizeOptions | None = None,
     rules: str | Path | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
 ) -> tuple[Manifest, dict[str, LatencyMeasurement | None]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
     measurements.json (the only file that varies run to run: it holds timings)."""
@@ -174,9 +184,9 @@ def make_variants(
     if len(set(names)) != len(names):
         raise AutoptqError(f"targets repeat: {names}")
     tree = load_tree(rules)
-    dataset = load_data(data, graph)
+    dataset = load_data(data, graph, preprocess)
     calibration, held_out, held_out_source = split_data(
-        graph, dataset, load_data(validation, graph), options.synthetic_calibration
+        graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
     )
     for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
         check_output_path(folder.resolve() / name, protected=graph.source_files, must_exist_parent=False)
@@ -224,6 +234,7 @@ def check(
     tier: str | None = None,
     min_sqnr_db: float | None = None,
     max_drop: float | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
 ) -> CheckReport:
     """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
     from autoptq.check import check as run_check
@@ -231,7 +242,7 @@ def check(
     profile = as_profile(target)
     reference_graph = as_graph(reference)
     quantized_model = quantized if isinstance(quantized, ModelProto) else load_model(quantized).model
-    dataset = load_data(data, reference_graph)
+    dataset = load_data(data, reference_graph, preprocess)
     if dataset is None:
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
     return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)

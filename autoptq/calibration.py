@@ -19,6 +19,7 @@ import numpy as np
 
 from autoptq.errors import DataError
 from autoptq.graph import ModelGraph, TensorInfo
+from autoptq.images import ImagePreprocessing, image_files, load_images
 
 LABELS = "labels"
 
@@ -66,9 +67,12 @@ class Dataset:
         return self.split(count)[0]
 
 
-def load_dataset(path: str | Path, graph: ModelGraph) -> Dataset:
-    """Load representative data from a `.npz` file or a folder of `.npz` samples and validate it against `graph`."""
+def load_dataset(path: str | Path, graph: ModelGraph, preprocessing: ImagePreprocessing | None = None) -> Dataset:
+    """Load representative data from a `.npz` file, a folder of `.npz` samples, or (with `preprocessing`) a folder
+    of images, and validate it against `graph`."""
     path = Path(path)
+    if path.is_dir() and (preprocessing is not None or (image_files(path) and not any(path.glob("*.npz")))):
+        return _load_images(path, graph, preprocessing)
     if path.is_dir():
         return _load_folder(path, graph)
     if not path.exists():
@@ -207,6 +211,21 @@ def _load_folder(folder: Path, graph: ModelGraph) -> Dataset:
     if labels and len(labels) != len(files):
         raise DataError(f"{folder}: only {len(labels)} of {len(files)} samples carry 'labels'")
     return Dataset(samples, np.asarray(labels, np.int64) if labels else None, str(folder))
+
+
+def _load_images(folder: Path, graph: ModelGraph, preprocessing: ImagePreprocessing | None) -> Dataset:
+    if preprocessing is None:
+        raise DataError(
+            f"{folder}: a folder of images needs a declared preprocessing, e.g. "
+            "--preprocess size=224x224,layout=NCHW,scale=1/255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
+        )
+    if len(graph.inputs) != 1:
+        raise DataError(f"{folder}: images can feed a model with one input; this one has {len(graph.inputs)}")
+    images, labels = load_images(folder, preprocessing)
+    arrays: dict[str, np.ndarray] = {graph.inputs[0].name: images}
+    if labels is not None:
+        arrays[LABELS] = labels
+    return _from_stacked(arrays, graph, str(folder))
 
 
 def synthetic_dataset(graph: ModelGraph, count: int, seed: int = 0) -> Dataset:

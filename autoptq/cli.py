@@ -151,6 +151,13 @@ ValidationOpt = Annotated[
     Path | None,
     typer.Option("--val", help="Held-out data for verification (default: the last fifth of --data)."),
 ]
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="For a folder of images: size=224x224,layout=NCHW,color=RGB,scale=1/255,mean=a/b/c,std=a/b/c.",
+    ),
+]
 SyntheticOpt = Annotated[
     bool,
     typer.Option("--synthetic-calibration", help="Calibrate on random inputs when no data exists (loudly flagged)."),
@@ -169,6 +176,7 @@ def plan(
     model: ModelArg,
     target: TargetOpt,
     data: DataOpt = None,
+    preprocess: PreprocessOpt = None,
     max_drop: Annotated[
         str | None, typer.Option("--max-drop", help="Accuracy budget: absolute (0.01) or relative (1%).")
     ] = None,
@@ -190,14 +198,16 @@ def plan(
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
         options = api.QuantizeOptions(goals=goals, synthetic_calibration=synthetic_calibration)
-        chosen, outcome = api.quantize(graph, targets[0], output, data=data, options=options, rules=rules)
+        chosen, outcome = api.quantize(
+            graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess
+        )
         typer.echo(report.render_plans([chosen], fmt.value), nl=False)
         typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
     if output is not None:
         check_output_path(output, protected=graph.source_files)
     data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
-    plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules)
+    plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
     emit(report.render_plans(plans, fmt.value), output)
 
 
@@ -212,6 +222,7 @@ def quantize(
     target: Annotated[str, typer.Option("--target", "-t", help="Shipped profile name or profile YAML path.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the produced model.")],
     data: DataOpt = None,
+    preprocess: PreprocessOpt = None,
     validation: ValidationOpt = None,
     technique: Annotated[
         TechniqueChoice | None, typer.Option("--technique", help="Override the planned technique.")
@@ -242,6 +253,7 @@ def variants(
     targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated profile names or YAML paths.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     data: DataOpt = None,
+    preprocess: PreprocessOpt = None,
     validation: ValidationOpt = None,
     min_sqnr: Annotated[float, typer.Option("--min-sqnr", help="Fidelity floor of verification (dB).")] = 10.0,
     synthetic_calibration: SyntheticOpt = False,
@@ -250,7 +262,14 @@ def variants(
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
     options = api.QuantizeOptions(min_sqnr_db=min_sqnr, synthetic_calibration=synthetic_calibration)
     manifest, _ = api.make_variants(
-        model, split_targets([targets]), output, data=data, validation=validation, options=options, rules=rules
+        model,
+        split_targets([targets]),
+        output,
+        data=data,
+        validation=validation,
+        options=options,
+        rules=rules,
+        preprocess=preprocess,
     )
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
@@ -266,6 +285,7 @@ def check(
     target: TargetOpt,
     reference: Annotated[Path, typer.Option("--reference", "-r", help="The float model it was made from.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Validation data (.npz, optional 'labels').")],
+    preprocess: PreprocessOpt = None,
     tier: Annotated[str | None, typer.Option("--tier", help="fast | exact (integer devices).")] = None,
     min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Fail below this SQNR (dB).")] = None,
     max_drop: Annotated[
@@ -279,7 +299,7 @@ def check(
         check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files])
     drop = parse_max_drop(max_drop)
     results = [
-        api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop)
+        api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess)
         for t in split_targets(target)
     ]
     emit(report.render_check(results, fmt.value), output)
