@@ -76,5 +76,5 @@ def test_a_folder_of_images_without_preprocessing_is_refused(tmp_path: Path) -> 
 
 def test_an_unreadable_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png: not a readable image"):
+    with pytest.raises(DataError, match=r"broken\.png: not a readable image"):
         load_dataset(tmp_path, load_model(EXAMPLES / "digits_cnn.onnx"), parse_preprocessing("size=8x8,color=L"))

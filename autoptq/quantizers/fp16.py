@@ -6,9 +6,11 @@ which and why; the converter would otherwise clamp or overflow to inf silently.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
-from onnx import ModelProto, numpy_helper
-from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnx import GraphProto, ModelProto, NodeProto, numpy_helper
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from autoptq.activations import absolute_maxima
 from autoptq.calibration import Dataset
@@ -38,15 +40,19 @@ def quantize(
             converted = convert_float_to_float16(
                 model,
                 keep_io_types=True,
-                op_block_list=list(recipe.fp16_op_block_list) or None,
+                # Always an explicit list: None would silently switch to the converter's own defaults instead.
+                op_block_list=sorted(set(recipe.fp16_op_block_list) | set(DEFAULT_OP_BLOCK_LIST)),
                 node_block_list=sorted(excluded) or None,
                 disable_shape_infer=False,
             )
+        _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
     except Exception as exc:  # the converter raises plain exceptions on graphs it cannot handle
         raise QuantizationError(f"fp16 conversion failed: {exc}") from exc
     blocked = set(recipe.fp16_op_block_list)
     kept = [n.name for n in model.graph.node if n.op_type in blocked and n.name not in excluded]
     excluded.update({name: "op type has no fp16 kernel on the device" for name in kept})
+    converter_kept = [n.name for n in model.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST and n.name not in excluded]
+    excluded.update({name: "onnxruntime's fp16 converter keeps this op type in fp32" for name in converter_kept})
     return QuantizationResult(
         model=converted,
         applied=AppliedRecipe(
@@ -78,10 +84,46 @@ def _activation_overflows(model: ModelProto, calibration: Dataset) -> dict[str, 
     limit = FP16_MAX * HEADROOM
     found = {}
     for node in model.graph.node:
-        for name in node.output:
+        # Its readers stay in fp32 too: converting one would cast the large tensor to fp16, i.e. to inf.
+        for role, name in [*(("output", o) for o in node.output), *(("input", i) for i in node.input)]:
             if maxima.get(name, 0.0) > limit:
                 found[node.name] = (
-                    f"output {name!r} reaches {maxima[name]:.4g} on calibration data, above {limit:g} "
+                    f"{role} {name!r} reaches {maxima[name]:.4g} on calibration data, above {limit:g} "
                     f"(half the fp16 max {FP16_MAX:g})"
                 )
+                break
     return found
+
+
+def _sort_topologically(graph: GraphProto) -> None:
+    """Reorder nodes so every producer precedes its consumers (ONNX requires it), keeping the order otherwise."""
+    producers = {out: index for index, node in enumerate(graph.node) for out in node.output if out}
+    waiting_on = [{producers[n] for n in _reads(node) if n in producers} - {i} for i, node in enumerate(graph.node)]
+    consumers: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting_on):
+        for producer in needs:
+            consumers.setdefault(producer, []).append(index)
+    ready = [index for index, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for consumer in consumers.get(index, []):
+            waiting_on[consumer].discard(index)
+            if not waiting_on[consumer]:
+                heapq.heappush(ready, consumer)
+    order += [index for index in range(len(graph.node)) if index not in set(order)]  # a cycle: leave as it was
+    nodes = [graph.node[index] for index in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: NodeProto) -> list[str]:
+    """Tensors a node reads, including those its subgraphs read from the enclosing graph."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        for subgraph in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+            for inner in subgraph.node:
+                names += _reads(inner)
+    return names
