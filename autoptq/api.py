@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from onnx import ModelProto
 from pydantic import BaseModel, Field
 
 from autoptq._version import __version__
 from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.check import CheckReport
+from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
@@ -24,9 +25,6 @@ from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
-
-if TYPE_CHECKING:
-    from autoptq.check import CheckReport
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, LatencyMeasurement
 
 ModelSource = str | Path | ModelProto | ModelGraph
@@ -237,7 +235,6 @@ def check(
     preprocess: str | ImagePreprocessing | None = None,
 ) -> CheckReport:
     """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
-    from autoptq.check import check as run_check
 
     profile = as_profile(target)
     reference_graph = as_graph(reference)

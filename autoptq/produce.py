@@ -125,12 +125,18 @@ def produce(
     float_model = graph.model
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
     float_bytes = graph.path.read_bytes() if graph.path else float_model.SerializeToString(deterministic=True)
-    prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
+    found = candidates(plan, profile, graph, calibration)
+    # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
+    source = float_model
+    preparation: list[PreparationStep] = []
+    if found:
+        prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
+        source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
-    for candidate in candidates(plan, profile, graph, calibration):
+    for candidate in found:
         try:
-            result = QUANTIZERS[candidate.technique](prepared.model, candidate.recipe, calibration, profile)
+            result = QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
         except AutoptqError as exc:
             attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
             continue
@@ -156,7 +162,7 @@ def produce(
                 kept_float=False,
                 reason=_accepted_reason(attempt, attempts),
                 attempts=attempts,
-                preparation=prepared.steps,
+                preparation=preparation,
                 applied=result.applied,
                 verification=verification,
                 synthetic_data=synthetic,
@@ -169,7 +175,7 @@ def produce(
         kept_float=True,
         reason=_float_reason(plan, profile, attempts),
         attempts=attempts,
-        preparation=prepared.steps,
+        preparation=preparation,
         synthetic_data=synthetic,
         model_bytes=float_bytes,
     )

@@ -463,3 +463,74 @@ def render_check(results: Sequence[CheckReport], fmt: Format) -> str:
             f"## Check: {r.target}\n\n" + "\n".join(f"    {line}" for line in check_lines(r)) for r in results
         )
     return render_table(parts)
+
+
+# --- device rules re-audit of a quantized model (autoptq.emulators.device_rules) ---------------------------------
+
+if TYPE_CHECKING:
+    from autoptq.emulators.device_rules import DeviceRulesResult
+
+
+def render_device_rules(result: DeviceRulesResult) -> str:
+    """The device-rules re-audit of a quantized model as text, in the manner of the Edge TPU compiler's log: summary
+    lines (verdict, operations on the device and the host, parameter memory), the Operator / Count / Status table,
+    the violations (rule, node, op, detail) and which rules the profile's statements make apply."""
+    parts: list[Table | str] = ["\n".join(_device_rules_lines(result)), _device_rules_op_table(result)]
+    if result.violations:
+        parts.append(_device_rules_violation_table(result))
+    parts.append(_device_rules_scope_table(result))
+    return render_table(parts)
+
+
+def _device_rules_lines(result: DeviceRulesResult) -> list[str]:
+    verdict = "passed" if result.passed else f"FAILED ({len(result.violations)} violations)"
+    lines = [f"Target: {result.target}", f"Device rules: {verdict}"]
+    coverage = result.coverage
+    if coverage is not None:
+        on_device = sum(1 for n in coverage.nodes if n.on_device)
+        lines += [
+            f"Number of {result.target} subgraphs: {coverage.device_segments}",
+            f"Total number of operations: {len(coverage.nodes)}",
+            f"Number of operations that will run on {result.target}: {on_device}",
+            f"Number of operations that will run on the host: {len(coverage.nodes) - on_device}",
+        ]
+        if coverage.first_cut is not None:
+            cut = coverage.first_cut
+            lines.append(f"First cut: {cut.node} ({cut.op_type}): {cut.reason}")
+    cache = result.parameter_cache_bytes
+    if cache is None:
+        lines.append(f"Parameters held by the device: {_bytes(result.on_chip_param_bytes)} (no parameter cache stated)")
+        return lines
+    return [
+        *lines,
+        f"On-chip memory used for caching model parameters: {_bytes(result.on_chip_param_bytes)}",
+        f"On-chip memory remaining for caching model parameters: {_bytes(cache - result.on_chip_param_bytes)}",
+        f"Off-chip memory used for streaming uncached model parameters: {_bytes(result.streamed_param_bytes)}",
+    ]
+
+
+def _device_rules_op_table(result: DeviceRulesResult) -> Table:
+    table = Table(title=f"{result.target}: quantized model operators", title_justify="left")
+    for column in ("Operator", "Count", "Status"):
+        table.add_column(column)
+    for row in result.op_summary:
+        table.add_row(row.operator, str(row.count), row.status)
+    return table
+
+
+def _device_rules_violation_table(result: DeviceRulesResult) -> Table:
+    table = Table(title=f"{result.target}: device rule violations", title_justify="left")
+    for column in ("Rule", "Node", "Op", "Detail"):
+        table.add_column(column, overflow="fold")
+    for v in result.violations:
+        table.add_row(v.rule, v.node, v.op_type, v.detail)
+    return table
+
+
+def _device_rules_scope_table(result: DeviceRulesResult) -> Table:
+    table = Table(title=f"{result.target}: rules and the profile statements that make them apply", title_justify="left")
+    for column in ("Rule", "Applies", "Profile states"):
+        table.add_column(column, overflow="fold")
+    for scope in result.rules:
+        table.add_row(scope.rule, "yes" if scope.applies else "no", scope.basis)
+    return table

@@ -18,7 +18,6 @@ import cProfile
 import gc
 import math
 import pstats
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -90,7 +89,7 @@ class Stage:
 
 @dataclass
 class StageTimes:
-    """Median seconds of one stage at each model size (keyed by node count)."""
+    """Best seconds of one stage at each model size (keyed by node count)."""
 
     stage: Stage
     seconds: dict[int, float] = field(default_factory=dict)
@@ -150,7 +149,10 @@ def stages(many_outputs: bool) -> list[Stage]:
 
 
 def timed(stage: Stage, work: Workload, repeats: int) -> float:
-    """Median wall time of `repeats` runs of `stage`, garbage collected before each; keeps the last result."""
+    """Best (minimum) wall time of `repeats` runs of `stage`, garbage collected before each; keeps the last result.
+
+    The minimum, as timeit advises: the work is deterministic, so slower runs only add other processes' noise.
+    """
     times = []
     result: object = None
     for _ in range(repeats):
@@ -160,7 +162,7 @@ def timed(stage: Stage, work: Workload, repeats: int) -> float:
         times.append(time.perf_counter() - start)
     if stage.keep is not None:
         setattr(work, stage.keep, result)
-    return statistics.median(times)
+    return min(times)
 
 
 def warm_up(profiles: dict[str, HardwareProfile], tree: RuleSet, many_outputs: bool) -> None:
@@ -302,7 +304,7 @@ def render(
         f"# Analysis at scale ({NAME}, {mode})",
         "",
         f"Measured {environment()}.",
-        f"All sizes run one after the other in one process; each cell is the median of {config.repeats} run(s) "
+        f"All sizes run one after the other in one process; each cell is the best of {config.repeats} run(s) "
         f"({config.stress_repeats} for the stress workload), garbage collected before each, after one warm-up pass "
         "on a tiny model. The exponent is the log-log slope of time against nodes, from the smallest and from the "
         "second largest size to the largest (ratios measured side by side; 1.0 = linear, 2.0 = quadratic); a stage "

@@ -7,9 +7,9 @@ the same calibration samples and the same held-out samples.
 
 Latency is a ratio against float measured side by side in this one process: every session (float, a second float
 session as a noise control, and each method's model) has the same pinned options (one intra-op thread, all graph
-optimizations; autoptq.activations.session) and they run round-robin, one inference each per round, with the order
-rotated every round; the ratio is the median candidate time over the median float time. Absolute float times are
-context only.
+optimizations; autoptq.activations.session) and they run round-robin, one inference each per round, in a new random
+order every round; the ratio is the median candidate time over the median float time, and the reported ratio is the
+median over a few trials with fresh sessions. Absolute float times are context only.
 
 Run: python bench/bench_quantizers.py [--quick]
 """
@@ -17,6 +17,7 @@ Run: python bench/bench_quantizers.py [--quick]
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,7 @@ ACCURACY_DROP = 0.01
 """With labels, losing more than this much top-1 accuracy counts as less faithful."""
 EXAMPLES = REPO_DIR / "examples"
 REASON_CHARS = 110
+ORDER_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -276,9 +278,11 @@ def measure_fidelity(rows: list[Row], case: Case) -> None:
 def interleaved_medians(
     runners: dict[str, ModelRunner], sample: dict[str, np.ndarray], config: Config
 ) -> tuple[dict[str, float], int]:
-    """Median seconds per runner, run round-robin (order rotated each round) for one trial's share of the budget;
-    and the number of rounds."""
+    """Median seconds per runner, run round-robin for one trial's share of the budget, in a fresh random order every
+    round (a fixed or rotated order would always give each session the same predecessor, whose cache footprint
+    shifts its time by several percent); and the number of rounds."""
     names = list(runners)
+    shuffler = random.Random(ORDER_SEED)
     feeds = {name: runners[name].feed(sample) for name in names}
     for _ in range(3):  # warm-up: first runs allocate
         for name in names:
@@ -287,8 +291,8 @@ def interleaved_medians(
     deadline = time.perf_counter() + config.latency_budget_s / config.trials
     rounds = 0
     while rounds < config.min_rounds or (time.perf_counter() < deadline and rounds < config.max_rounds):
-        shift = rounds % len(names)
-        for name in names[shift:] + names[:shift]:
+        shuffler.shuffle(names)
+        for name in names:
             start = time.perf_counter()
             runners[name].session.run(None, feeds[name])
             times[name].append(time.perf_counter() - start)
@@ -455,7 +459,7 @@ def method_notes(config: Config) -> list[str]:
     """How the numbers were taken, as Markdown bullets."""
     return [
         "- Latency: ratios against float measured side by side in one process. The sessions (one intra-op thread, "
-        "identical options) run round-robin, one inference each per round, the order rotated every round; a trial "
+        "identical options) run round-robin, one inference each per round, in a new random order every round; a trial "
         f"takes each session's median over >= {config.min_rounds} rounds; {config.trials} trials with fresh sessions "
         f"share a budget of {config.latency_budget_s:g} s per model. Cell: median ratio over the trials (min-max).",
         "- 'control' is a second float session, one ratio per trial: how far two sessions of the same model differ "

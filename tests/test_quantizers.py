@@ -160,7 +160,9 @@ def test_full_int8_per_channel_shows_in_the_weight_scales(convnet: ModelProto, c
     per_channel = QUANTIZERS["full_int8"](convnet, Recipe(per_channel=True), convnet_data, X86)
     per_tensor = QUANTIZERS["full_int8"](convnet, Recipe(per_channel=False), convnet_data, X86)
     conv_weights = {n.input[1] for n in convnet.graph.node if n.op_type == "Conv"}
-    channels = {n.input[1]: initializers(convnet)[n.input[1]].shape[0] for n in convnet.graph.node if n.op_type == "Conv"}
+    channels = {
+        n.input[1]: initializers(convnet)[n.input[1]].shape[0] for n in convnet.graph.node if n.op_type == "Conv"
+    }
     found_channel = {k.removesuffix("_quantized"): v for k, v in weight_dequantizers(per_channel.model).items()}
     found_tensor = {k.removesuffix("_quantized"): v for k, v in weight_dequantizers(per_tensor.model).items()}
     assert conv_weights <= set(found_channel) and conv_weights <= set(found_tensor)
@@ -244,7 +246,9 @@ def test_fixed_softmax_output_quantization(mobilenet: ModelProto, dtype: str, ze
     )
     result = QUANTIZERS["full_int8"](mobilenet, recipe, dataset(mobilenet), EDGETPU)
     softmax = next(n for n in result.model.graph.node if n.op_type == "Softmax")
-    quant = next(n for n in result.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0])
+    quant = next(
+        n for n in result.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0]
+    )
     inits = initializers(result.model)
     assert float(inits[quant.input[1]]) == 1 / 256
     assert inits[quant.input[2]].dtype == np.dtype(dtype)
@@ -345,7 +349,7 @@ def test_fp16_keeps_weights_beyond_the_fp16_range_in_fp32() -> None:
         helper.make_node("Mul", ["scaled", "tiny"], ["y"], name="scale_down"),
     ]
     model = build(
-        nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("huge", [1.0e5] * 4), const("tiny", 1.0e-5)]
+        nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("huge", [1.0e5] * 4), const("tiny", 2.0**-16)]
     )
     result = QUANTIZERS["fp16"](model, Recipe(), None, GPU)
     assert "scale_up" in result.applied.excluded
@@ -355,7 +359,7 @@ def test_fp16_keeps_weights_beyond_the_fp16_range_in_fp32() -> None:
     assert inits["huge"].data_type == TensorProto.FLOAT
     assert float(numpy_helper.to_array(inits["huge"]).max()) == 1.0e5
     sample = {"x": np.full((1, 4), 0.5, np.float32)}
-    np.testing.assert_allclose(ModelRunner(result.model).run(sample)[0], 0.5, rtol=1e-3)
+    np.testing.assert_allclose(ModelRunner(result.model).run(sample)[0], 0.5e5 * 2.0**-16, rtol=1e-3)
 
 
 # -- int16x8 --------------------------------------------------------------------------------------------------------
@@ -382,3 +386,59 @@ def test_int16x8_refuses_a_profile_without_int16(convnet: ModelProto, convnet_da
         QUANTIZERS["int16x8"](convnet, Recipe(), convnet_data, X86)
     with pytest.raises(QuantizationError):
         QUANTIZERS["int16x8"](convnet, Recipe(), convnet_data, EDGETPU)
+
+
+def test_fp16_guard_covers_large_graph_inputs() -> None:
+    nodes = [helper.make_node("Div", ["x", "divisor"], ["y"], name="shrink")]
+    model = build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("divisor", 1.0e3)])
+    data = Dataset([{"x": np.full((1, 4), 1.0e5, np.float32)}], None, "test")
+    result = QUANTIZERS["fp16"](model, Recipe(), data, GPU)
+    assert "input 'x' reaches 1e+05" in result.applied.excluded["shrink"]
+    (got,) = ReferenceEvaluator(result.model).run(None, data.samples[0])
+    np.testing.assert_allclose(got, 100.0, rtol=1e-6)
+
+
+def test_fp16_reports_the_converters_own_block_list_whatever_the_recipe() -> None:
+    nodes = [
+        helper.make_node("Max", ["x", "floor"], ["m"], name="clamp"),
+        helper.make_node("Softmax", ["m"], ["y"], name="probs", axis=-1),
+    ]
+    model = build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("floor", np.zeros(4))])
+    for block_list in ([], ["Softmax"]):
+        result = QUANTIZERS["fp16"](model, Recipe(fp16_op_block_list=block_list), None, GPU)
+        assert result.applied.excluded["clamp"] == "onnxruntime's fp16 converter keeps this op type in fp32"
+        assert _types(result.model)["floor"] == TensorProto.FLOAT
+        assert ("probs" in result.applied.excluded) == bool(block_list)
+
+
+@pytest.mark.parametrize(
+    ("technique", "recipe", "profile"),
+    [
+        ("weight_only_int8", Recipe(op_types_to_quantize=["Conv", "Gemm"]), X86),
+        ("full_int8", Recipe(activation_dtype="int8", io_dtype="int8"), EDGETPU),
+        ("fp16", Recipe(), GPU),
+        ("fp16", Recipe(fp16_op_block_list=["Gemm"]), GPU),
+        ("int16x8", Recipe(), HTP),
+    ],
+)
+def test_every_technique_writes_a_valid_onnx_model(
+    convnet: ModelProto, convnet_data: Dataset, technique: str, recipe: Recipe, profile: object
+) -> None:
+    result = QUANTIZERS[technique](convnet, recipe, convnet_data, profile)
+    onnx.checker.check_model(result.model, full_check=True)  # includes: nodes topologically sorted
+    assert result.applied.technique == technique
+    assert result.applied.recipe.model_dump(exclude={"activation_dtype"}) == recipe.model_dump(
+        exclude={"activation_dtype"}
+    )
+
+
+def test_integer_io_keeps_a_float_output_when_its_producer_is_excluded(
+    convnet: ModelProto, convnet_data: Dataset
+) -> None:
+    recipe = Recipe(activation_dtype="int8", io_dtype="int8", nodes_to_exclude=["logits"])
+    result = QUANTIZERS["full_int8"](convnet, recipe, convnet_data, EDGETPU)
+    assert [io.name for io in result.applied.integer_io] == ["input"]
+    assert result.model.graph.input[0].type.tensor_type.elem_type == TensorProto.INT8
+    assert result.model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert "output 'logits_out' stays float: it is not produced by a DequantizeLinear" in result.applied.notes
+    assert fidelity(convnet, result, convnet_data) > 20

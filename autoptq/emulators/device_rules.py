@@ -2,22 +2,11 @@
 
 Each compute node of the QDQ graph is read together with the DequantizeLinear nodes that feed it and the
 QuantizeLinear nodes that consume its outputs: their scales, zero points, dtypes and axes are what the device will
-run. A rule applies to a profile only when the profile states the requirement (`RULES`, `RuleScope`):
-
-| rule | requirement | applies when the profile states | source |
-|---|---|---|---|
-| integer_compute | every compute node sits between Q/DQ (or computes on integers only) | `integer_only: true` | edgetpu.md "fully 8-bit quantized" |
-| activation_dtype | activation Q/DQ dtype is one the device takes | `quantization.activations.dtype` | profile |
-| activation_granularity | activations per tensor (unless per_channel is listed) | `quantization.activations.granularity` | TFLite quantization spec |
-| activation_symmetric | activation zero point 0 (128 for unsigned) | `quantization.activations.symmetric: true` | profile |
-| weight_dtype | weights (and other quantized constants) in an allowed dtype | `quantization.weights.dtype` | profile |
-| weight_symmetric | weight zero point 0 (128 unsigned); int8 weights in [-127, 127] | `quantization.weights.symmetric: true` | TFLite quantization spec |
-| weight_granularity | per-channel only on Conv/ConvTranspose/Gemm/MatMul weights, along the output-channel axis, and only if `per_channel` is listed | `quantization.weights.granularity` | TFLite quantization spec (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED per-axis) |
-| bias | Conv/ConvTranspose/Gemm bias int32, zero point 0, scale = input scale × weight scale (per channel) | `quantization.bias: int32` | TFLite quantization spec; int8-arithmetic.md |
-| fixed_output | outputs of the listed ops at the fixed (scale, zero point); zero point +128 for uint8 | `quantization.fixed_output_params` | TFLite quantization spec (LOGISTIC, SOFTMAX, TANH) |
-| same_scale | input and output share scale and zero point (`SAME_SCALE_OPS`) | `quantization.rounding: tflite_*` (TFLite integer arithmetic) | TFLite quantization spec; edgetpu.md |
-| static_shapes | every activation has a static shape | `shapes.static: true` | edgetpu.md model requirements |
-| rank | at most `max_effective_rank` dimensions larger than 1 | `shapes.max_effective_rank` | edgetpu.md model requirements |
+run. A rule applies to a profile only when the profile states the requirement: `RULES` gives each rule's
+requirement, the profile key that decides whether it applies, and its public source; `rule_scopes(profile)` says
+which apply. Per-channel (per-axis) scales are accepted on the weights of Conv, ConvTranspose, Gemm and MatMul only,
+along the output-channel axis, and only when the profile lists `per_channel` (the TFLite spec has per-axis weights
+for CONV_2D, DEPTHWISE_CONV_2D and, in its current version, FULLY_CONNECTED); activations are per tensor.
 
 The op table comes from `autoptq.coverage.analyse` run on a stripped copy of the QDQ graph (`strip_qdq`): the Q/DQ
 pairs around each compute node are folded into it, so counts are compute ops, and only the Quantize of a float graph
@@ -78,6 +67,7 @@ class RuleScope(BaseModel):
     applies: bool
     basis: str = Field(description="the profile key and value that make the rule apply, or not")
     requirement: str
+    source: str
 
 
 class DeviceRulesResult(BaseModel):
@@ -137,12 +127,13 @@ def check_device_rules(model: ModelProto, profile: HardwareProfile) -> DeviceRul
     of the quantized graph, and its parameter memory (bytes) on chip vs streamed."""
     graph = load_model(model)
     nodes = read_quantization(graph)
-    applicable = [name for name, rule in RULES.items() if rule.applies(profile)[0]]
+    scopes = rule_scopes(profile)
     violations = [
-        RuleViolation(rule=name, node=q.node.name, op_type=q.node.op_type, detail=detail)
-        for name in applicable
+        RuleViolation(rule=scope.rule, node=q.node.name, op_type=q.node.op_type, detail=detail)
+        for scope in scopes
+        if scope.applies
         for q in nodes
-        for detail in RULES[name].check(q, profile, graph)
+        for detail in RULES[scope.rule].check(q, profile, graph)
     ]
     float_nodes = {q.node.name for q in nodes if not q.is_integer}
     stripped = strip_qdq(graph, float_nodes)
@@ -153,7 +144,7 @@ def check_device_rules(model: ModelProto, profile: HardwareProfile) -> DeviceRul
         target=profile.name,
         passed=not violations,
         violations=violations,
-        rules=rule_scopes(profile),
+        rules=scopes,
         op_summary=coverage.op_summary,
         on_chip_param_bytes=total if cache is None else min(total, cache),
         streamed_param_bytes=0 if cache is None else max(0, total - cache),
@@ -167,7 +158,9 @@ def rule_scopes(profile: HardwareProfile) -> list[RuleScope]:
     scopes = []
     for name, rule in RULES.items():
         applies, basis = rule.applies(profile)
-        scopes.append(RuleScope(rule=name, applies=applies, basis=basis, requirement=rule.requirement))
+        scopes.append(
+            RuleScope(rule=name, applies=applies, basis=basis, requirement=rule.requirement, source=rule.source)
+        )
     return scopes
 
 
@@ -243,7 +236,11 @@ def read_qparams(node: NodeInfo, graph: ModelGraph) -> QParams | None:
     if scale is None or (zero_point_name and zero_point is None):
         return None
     integer = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
-    dtype = str(zero_point.dtype) if zero_point is not None else graph.tensors[integer].dtype
+    if zero_point is not None:
+        dtype = str(zero_point.dtype)
+    else:  # without a zero point the integer type is the tensor's (uint8 by default for a QuantizeLinear)
+        info = graph.tensors.get(integer)
+        dtype = info.dtype if info is not None else "uint8"
     values = graph.constant_value(integer) if integer in graph.constants else None
     scale = np.asarray(scale, dtype=np.float64).reshape(-1)
     return QParams(
@@ -415,7 +412,7 @@ def _check_same_scale(q: NodeQuantization, profile: HardwareProfile, graph: Mode
 
 
 def _check_static_shapes(q: NodeQuantization, profile: HardwareProfile, graph: ModelGraph) -> list[str]:
-    for name in _activation_names(q.node, graph):
+    for name in _activation_names(q, graph):
         info = graph.tensors.get(name)
         if info is not None and not info.is_static:
             return [f"tensor {name!r} has shape {info.shape}; {profile.name} needs static shapes"]
@@ -425,93 +422,126 @@ def _check_static_shapes(q: NodeQuantization, profile: HardwareProfile, graph: M
 def _check_rank(q: NodeQuantization, profile: HardwareProfile, graph: ModelGraph) -> list[str]:
     limit = profile.shapes.max_effective_rank
     assert limit is not None  # the rule applies only when the profile states a limit
-    for name in _activation_names(q.node, graph):
+    for name in _activation_names(q, graph):
         info = graph.tensors.get(name)
-        rank = effective_rank(info.shape) if info is not None else 0
-        if info is not None and rank > limit:
+        if info is None:
+            continue
+        rank = effective_rank(info.shape)
+        if rank > limit:
             return [f"tensor {name!r} {info.shape} has {rank} dimensions larger than 1; {profile.name} allows {limit}"]
     return []
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One device rule: what it requires, when it applies to a profile (and the statement that says so), its check."""
+    """One device rule: what it requires, where that comes from, when it applies to a profile (with the profile
+    statement that says so), and its check."""
 
     requirement: str
+    source: str
     applies: Callable[[HardwareProfile], tuple[bool, str]]
     check: RuleCheck
 
 
 def _yaml(value: object) -> str:
+    """A profile value as its YAML file writes it."""
+    if value is None:
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+_TFLITE_SPEC = "tensorflow.org/lite/performance/quantization_spec"
+
 RULES: dict[str, Rule] = {
     "integer_compute": Rule(
-        "every compute node sits between Q/DQ or computes on integers only",
-        lambda p: (p.integer_only, f"integer_only: {_yaml(p.integer_only)}"),
-        _check_integer_compute,
+        requirement="every compute node sits between Q/DQ or computes on integers only",
+        source="edgetpu.md model requirements (fully 8-bit quantized); a float op runs on the host",
+        applies=lambda p: (p.integer_only, f"integer_only: {_yaml(p.integer_only)}"),
+        check=_check_integer_compute,
     ),
     "activation_dtype": Rule(
-        "activation Q/DQ dtype is one the device takes",
-        lambda p: (True, f"quantization.activations.dtype: {p.quantization.activations.dtype}"),
-        _check_activation_dtype,
+        requirement="activation Q/DQ in a dtype the device takes",
+        source="the profile",
+        applies=lambda p: (True, f"quantization.activations.dtype: {p.quantization.activations.dtype}"),
+        check=_check_activation_dtype,
     ),
     "activation_granularity": Rule(
-        "activations quantized at a listed granularity (per tensor)",
-        lambda p: (True, f"quantization.activations.granularity: {p.quantization.activations.granularity}"),
-        _check_activation_granularity,
+        requirement="activations quantized at a granularity the device takes (per tensor)",
+        source=_TFLITE_SPEC,
+        applies=lambda p: (True, f"quantization.activations.granularity: {p.quantization.activations.granularity}"),
+        check=_check_activation_granularity,
     ),
     "activation_symmetric": Rule(
-        "activation zero point 0 (128 for unsigned types)",
-        lambda p: (p.quantization.activations.symmetric, f"quantization.activations.symmetric: "
-                   f"{_yaml(p.quantization.activations.symmetric)}"),
-        _check_activation_symmetric,
+        requirement="activation zero point 0 (the middle of the range for unsigned types)",
+        source="the profile",
+        applies=lambda p: (
+            p.quantization.activations.symmetric,
+            f"quantization.activations.symmetric: {_yaml(p.quantization.activations.symmetric)}",
+        ),
+        check=_check_activation_symmetric,
     ),
     "weight_dtype": Rule(
-        "weights (and other quantized constants) in a dtype the device takes",
-        lambda p: (True, f"quantization.weights.dtype: {p.quantization.weights.dtype}"),
-        _check_weight_dtype,
+        requirement="weights (and other quantized constants) in a dtype the device takes",
+        source="the profile",
+        applies=lambda p: (True, f"quantization.weights.dtype: {p.quantization.weights.dtype}"),
+        check=_check_weight_dtype,
     ),
     "weight_symmetric": Rule(
-        "weight zero point 0 (128 for unsigned types); int8 weights in [-127, 127]",
-        lambda p: (p.quantization.weights.symmetric, f"quantization.weights.symmetric: "
-                   f"{_yaml(p.quantization.weights.symmetric)}"),
-        _check_weight_symmetric,
+        requirement="weight zero point 0 (the middle of the range for unsigned types); int8 weights in [-127, 127]",
+        source=_TFLITE_SPEC,
+        applies=lambda p: (
+            p.quantization.weights.symmetric,
+            f"quantization.weights.symmetric: {_yaml(p.quantization.weights.symmetric)}",
+        ),
+        check=_check_weight_symmetric,
     ),
     "weight_granularity": Rule(
-        "per-channel scales only on Conv/ConvTranspose/Gemm/MatMul weights, along the output-channel axis, when the "
-        "profile lists per_channel",
-        lambda p: (True, f"quantization.weights.granularity: {p.quantization.weights.granularity}"),
-        _check_weight_granularity,
+        requirement="per-channel scales only on Conv/ConvTranspose/Gemm/MatMul weights, along the output-channel "
+        "axis, and only when the profile lists per_channel",
+        source=f"{_TFLITE_SPEC} (per-axis CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED weights)",
+        applies=lambda p: (True, f"quantization.weights.granularity: {p.quantization.weights.granularity}"),
+        check=_check_weight_granularity,
     ),
     "bias": Rule(
-        "Conv/ConvTranspose/Gemm bias int32, zero point 0, scale = input scale × weight scale (per channel)",
-        lambda p: (p.quantization.bias == "int32", f"quantization.bias: {p.quantization.bias}"),
-        _check_bias,
+        requirement="Conv/ConvTranspose/Gemm bias int32, zero point 0, scale = input scale × weight scale per channel",
+        source=f"{_TFLITE_SPEC}; int8-arithmetic.md",
+        applies=lambda p: (p.quantization.bias == "int32", f"quantization.bias: {p.quantization.bias}"),
+        check=_check_bias,
     ),
     "fixed_output": Rule(
-        "outputs of the listed ops at the fixed scale and zero point (zero point + 128 for uint8)",
-        lambda p: (bool(p.quantization.fixed_output_params), "quantization.fixed_output_params: "
-                   f"{sorted(p.quantization.fixed_output_params) or 'none'}"),
-        _check_fixed_output,
+        requirement="outputs of the listed ops at the fixed scale and zero point (zero point + 128 for uint8)",
+        source=f"{_TFLITE_SPEC} (LOGISTIC, SOFTMAX, TANH)",
+        applies=lambda p: (
+            bool(p.quantization.fixed_output_params),
+            f"quantization.fixed_output_params: {sorted(p.quantization.fixed_output_params) or 'none'}",
+        ),
+        check=_check_fixed_output,
     ),
     "same_scale": Rule(
-        f"input and output share scale and zero point on {', '.join(sorted(SAME_SCALE_OPS))}",
-        lambda p: (p.quantization.rounding.startswith("tflite"), f"quantization.rounding: {p.quantization.rounding}"),
-        _check_same_scale,
+        requirement=f"input and output share scale and zero point on {', '.join(sorted(SAME_SCALE_OPS))}",
+        source=f"{_TFLITE_SPEC}; edgetpu.md numerics (applies to devices with TFLite integer arithmetic)",
+        applies=lambda p: (
+            p.quantization.rounding.startswith("tflite"),
+            f"quantization.rounding: {p.quantization.rounding}",
+        ),
+        check=_check_same_scale,
     ),
     "static_shapes": Rule(
-        "every activation has a static shape",
-        lambda p: (p.shapes.static, f"shapes.static: {_yaml(p.shapes.static)}"),
-        _check_static_shapes,
+        requirement="every activation has a static shape",
+        source="edgetpu.md model requirements (tensor sizes constant at compile time)",
+        applies=lambda p: (p.shapes.static, f"shapes.static: {_yaml(p.shapes.static)}"),
+        check=_check_static_shapes,
     ),
     "rank": Rule(
-        "at most max_effective_rank dimensions larger than 1 in any activation",
-        lambda p: (p.shapes.max_effective_rank is not None, f"shapes.max_effective_rank: {p.shapes.max_effective_rank}"),
-        _check_rank,
+        requirement="at most max_effective_rank dimensions larger than 1 in any activation",
+        source="edgetpu.md model requirements (1-3 D tensors, batch 1)",
+        applies=lambda p: (
+            p.shapes.max_effective_rank is not None,
+            f"shapes.max_effective_rank: {_yaml(p.shapes.max_effective_rank)}",
+        ),
+        check=_check_rank,
     ),
-}  # fmt: skip
+}
 """The device rules by name, in report order."""
 
 
@@ -555,8 +585,11 @@ def _same_params(a: QParams, b: QParams) -> bool:
     )
 
 
-def _activation_names(node: NodeInfo, graph: ModelGraph) -> list[str]:
-    return [n for n in (*node.inputs, *node.outputs) if n and n not in graph.constants]
+def _activation_names(q: NodeQuantization, graph: ModelGraph) -> list[str]:
+    """The node's activations, named as the device sees them: the integer tensor where Q/DQ wrap a float one."""
+    quantized = {**q.inputs, **q.outputs}
+    names = [n for n in (*q.node.inputs, *q.node.outputs) if n and n not in graph.constants]
+    return [quantized[n].tensor if n in quantized else n for n in names]
 
 
 def _values_text(values: np.ndarray) -> str:

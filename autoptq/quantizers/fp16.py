@@ -9,7 +9,8 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from onnx import GraphProto, ModelProto, NodeProto, numpy_helper
+import onnx
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from autoptq.activations import absolute_maxima
@@ -45,6 +46,7 @@ def quantize(
                 node_block_list=sorted(excluded) or None,
                 disable_shape_infer=False,
             )
+        _drop_round_trip_casts(converted)
         _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
     except Exception as exc:  # the converter raises plain exceptions on graphs it cannot handle
         raise QuantizationError(f"fp16 conversion failed: {exc}") from exc
@@ -81,6 +83,11 @@ def _weight_overflows(model: ModelProto) -> dict[str, str]:
 
 def _activation_overflows(model: ModelProto, calibration: Dataset) -> dict[str, str]:
     maxima = absolute_maxima(model, calibration)
+    for sample in calibration.take(32).samples:  # graph inputs: absolute_maxima covers node outputs only
+        for name, value in sample.items():
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating) and value.size:
+                maxima[name] = max(maxima.get(name, 0.0), float(np.max(np.abs(value.astype(np.float64)))))
     limit = FP16_MAX * HEADROOM
     found = {}
     for node in model.graph.node:
@@ -93,6 +100,49 @@ def _activation_overflows(model: ModelProto, calibration: Dataset) -> dict[str, 
                 )
                 break
     return found
+
+
+def _drop_round_trip_casts(model: ModelProto) -> None:
+    """Remove the converter's fp32 -> fp16 -> fp32 Cast pairs (it inserts them between two nodes kept in fp32, and
+    between a float graph input and a node kept in fp32): they would overflow exactly the large values the guard
+    keeps in fp32, and round the others."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    read_in_subgraphs = {name for node in graph.node for name in _reads(node)[len(node.input) :]}
+    renamed: dict[str, str] = {}
+    dropped: list[NodeProto] = []
+    firsts: list[NodeProto] = []
+    for node in graph.node:
+        first = producers.get(node.input[0]) if node.op_type == "Cast" else None
+        if (
+            first is None
+            or _cast_target(node) != TensorProto.FLOAT
+            or first.op_type != "Cast"
+            or _cast_target(first) != TensorProto.FLOAT16
+            or types.get(first.input[0]) != TensorProto.FLOAT
+        ):
+            continue
+        firsts.append(first)
+        if node.output[0] in outputs or node.output[0] in read_in_subgraphs:
+            node.CopyFrom(helper.make_node("Identity", [first.input[0]], [node.output[0]], name=node.name))
+        else:
+            renamed[node.output[0]] = first.input[0]
+            dropped.append(node)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    still_read = {name for node in graph.node if all(node is not d for d in dropped) for name in _reads(node)}
+    unused = [node for node in firsts if node.output[0] not in still_read and node.output[0] not in outputs]
+    kept = [node for node in graph.node if all(node is not d for d in [*dropped, *unused])]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _cast_target(node: NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 def _sort_topologically(graph: GraphProto) -> None:
@@ -113,7 +163,8 @@ def _sort_topologically(graph: GraphProto) -> None:
             waiting_on[consumer].discard(index)
             if not waiting_on[consumer]:
                 heapq.heappush(ready, consumer)
-    order += [index for index in range(len(graph.node)) if index not in set(order)]  # a cycle: leave as it was
+    placed = set(order)
+    order += [index for index in range(len(graph.node)) if index not in placed]  # a cycle: leave those as they were
     nodes = [graph.node[index] for index in order]
     del graph.node[:]
     graph.node.extend(nodes)

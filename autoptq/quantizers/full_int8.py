@@ -80,7 +80,7 @@ def static_qdq(model: ModelProto, recipe: Recipe, calibration: Dataset | None, t
     applied = AppliedRecipe(
         technique=technique,
         recipe=recipe,
-        quantized_nodes=_quantized_node_count(quantized),
+        quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude)),
         excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
         notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})"]
         + [f"fixed output quantization on {name}" for name in sorted(overrides)],
@@ -112,13 +112,16 @@ def fixed_output_overrides(model: ModelProto, recipe: Recipe) -> dict[str, list[
     return overrides
 
 
-def _quantized_node_count(model: ModelProto) -> int:
-    """Compute nodes fed by at least one DequantizeLinear (the ones that now run on quantized values)."""
+def _quantized_node_count(model: ModelProto, excluded: set[str]) -> int:
+    """Compute nodes fed by at least one DequantizeLinear (the ones that now run on quantized values); an excluded
+    node reading a quantized activation still computes in float."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return sum(
         1
         for node in model.graph.node
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized.intersection(node.input)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        and node.name not in excluded
+        and dequantized.intersection(node.input)
     )
 
 
@@ -155,9 +158,12 @@ def make_integer_io(model: ModelProto, applied: AppliedRecipe) -> tuple[ModelPro
         if dequant is None or dequant.op_type != "DequantizeLinear":
             notes.append(f"output {value.name!r} stays float: it is not produced by a DequantizeLinear")
             continue
-        params = _scale_zero_point(dequant, constants)
-        if params is None or len(consumers.get(value.name, [])) > 0:
+        if consumers.get(value.name):
             notes.append(f"output {value.name!r} stays float: it is also used inside the graph")
+            continue
+        params = _scale_zero_point(dequant, constants)
+        if params is None:
+            notes.append(f"output {value.name!r} stays float: its quantization parameters are not one constant pair")
             continue
         scale, zero_point, elem_type = params
         quantized_tensor = dequant.input[0]

@@ -31,6 +31,13 @@ def quantize(
     present = {node.op_type for node in model.graph.node}
     if op_types is not None and not present & set(op_types):
         raise QuantizationError(f"none of the op types {op_types} occurs in the model: nothing to quantize")
+    notes: list[str] = []
+    if op_types is not None and "Gemm" in op_types and "MatMul" not in op_types:
+        # onnxruntime's dynamic quantizer first rewrites Gemm into MatMul + Add, then quantizes only the listed
+        # types: without MatMul, a Gemm-only recipe would quantize nothing.
+        op_types = [*op_types, "MatMul"]
+        if "MatMul" in present:
+            notes.append("MatMul added to the op types (onnxruntime rewrites Gemm as MatMul + Add): MatMul nodes too")
     with scratch_dir() as folder, quiet():
         source = save_for_ort(model, folder)
         target = folder / "quantized.onnx"
@@ -54,6 +61,7 @@ def quantize(
         recipe=recipe,
         quantized_nodes=converted,
         excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
+        notes=notes,
     )
     if converted == 0:
         applied.notes.append("onnxruntime quantized no node (weights may not be constant initializers)")
