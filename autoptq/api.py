@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from onnx import ModelProto
@@ -20,11 +20,12 @@ from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
-from autoptq.produce import Outcome, produce
+from autoptq.produce import Outcome, produce, produce_tuned
 from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
+from autoptq.tuning import Budget
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, LatencyMeasurement
 
 ModelSource = str | Path | ModelProto | ModelGraph
@@ -86,6 +87,7 @@ class QuantizeOptions(BaseModel):
     measure_latency: bool = True
     synthetic_calibration: bool = False
     goals: UserGoals = Field(default_factory=UserGoals)
+    budget: Budget = Field(default_factory=Budget, description="accuracy/fidelity budget: set → accuracy-aware search")
 
 
 SYNTHETIC_SAMPLES = 32
@@ -140,6 +142,7 @@ def quantize(
     options: QuantizeOptions | None = None,
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
 ) -> tuple[Plan, Outcome]:
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
@@ -153,9 +156,34 @@ def quantize(
         options.synthetic_calibration,
     )
     chosen = plan_for(graph, profile, tree, calibration, options)
-    outcome = produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
     write_atomic(out_path, outcome.model_bytes)
     return chosen, outcome
+
+
+def _produce(
+    graph: ModelGraph,
+    profile: HardwareProfile,
+    chosen: Plan,
+    calibration: Dataset | None,
+    held_out: Dataset,
+    options: QuantizeOptions,
+    progress: Callable[[str], None],
+) -> Outcome:
+    """The accuracy-aware search when a budget is set, else the plan with verification and fallback."""
+    if options.budget.has_target:
+        return produce_tuned(
+            graph,
+            profile,
+            chosen,
+            calibration,
+            held_out,
+            options.budget,
+            options.goals.prefer,
+            progress,
+            options.measure_latency,
+        )
+    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
 
 
 def make_variants(
@@ -167,6 +195,7 @@ def make_variants(
     options: QuantizeOptions | None = None,
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
 ) -> tuple[Manifest, dict[str, LatencyMeasurement | None]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
     measurements.json (the only file that varies run to run: it holds timings)."""
@@ -192,7 +221,8 @@ def make_variants(
     variants, measurements = [], {}
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
-        outcome = produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+        progress(f"{profile.name}: {chosen.technique}")
+        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
@@ -212,7 +242,7 @@ def make_variants(
             source=Path(calibration.source).name if not calibration.synthetic else calibration.source,
             calibration_samples=len(calibration),
             validation_samples=len(held_out),
-            validation_source=held_out_source.replace(str(Path(calibration.source).parent) + "/", ""),
+            validation_source=_without_folders(held_out_source, [calibration.source, held_out.source]),
             synthetic=calibration.synthetic,
         ),
         variants=variants,
@@ -243,3 +273,12 @@ def check(
     if dataset is None:
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
     return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)
+
+
+def _without_folders(text: str, sources: list[str]) -> str:
+    """`text` with the folders of data files removed, so manifests carry no machine-specific paths."""
+    for source in sources:
+        folder = str(Path(source).parent)
+        if folder not in ("", "."):
+            text = text.replace(folder + "/", "")
+    return text

@@ -16,10 +16,13 @@ import typer
 from autoptq import api, report
 from autoptq.calibration import synthetic_dataset
 from autoptq.errors import AutoptqError
+from autoptq.manifest import outcome_failed
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
 from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
 from autoptq.resources import data_dir
+from autoptq.tuning import Budget
+from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 app = typer.Typer(
     name="autoptq",
@@ -164,6 +167,74 @@ SyntheticOpt = Annotated[
 ]
 
 
+MaxDropOpt = Annotated[
+    str | None,
+    typer.Option("--max-drop", help="Accuracy budget (labels needed): absolute 0.01 or relative 1%."),
+]
+MinSqnrOpt = Annotated[
+    float | None,
+    typer.Option("--min-sqnr", help="Fidelity budget in dB (also the verification floor; default floor 10)."),
+]
+MinAgreementOpt = Annotated[
+    float | None, typer.Option("--min-top1-agreement", help="Fidelity budget: share of top-1 predictions kept.")
+]
+TimeBudgetOpt = Annotated[
+    str | None, typer.Option("--time-budget", help="Stop the accuracy-aware search after this long: 90s, 10m, 1h.")
+]
+MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="Stop the accuracy-aware search after N trials.")]
+PreferOpt = Annotated[Objective, typer.Option("--prefer", help="Objective among candidates within budget.")]
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '1h', '45' (seconds) → seconds."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not match:
+        raise AutoptqError(f"--time-budget {text!r}: expected a duration such as 90s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def quantize_options(
+    max_drop: str | None,
+    min_sqnr: float | None,
+    min_agreement: float | None,
+    time_budget: str | None,
+    max_trials: int,
+    prefer: Objective,
+    synthetic_calibration: bool,
+    technique: str | None = None,
+) -> api.QuantizeOptions:
+    """Options of quantize/variants/plan --apply: a budget given on the command line turns on the accuracy loop."""
+    drop = parse_max_drop(max_drop)
+    budget = Budget(
+        max_drop=drop,
+        relative=bool(max_drop and max_drop.strip().endswith("%")),
+        min_sqnr_db=min_sqnr,
+        min_top1_agreement=min_agreement,
+        time_budget_s=parse_duration(time_budget),
+        max_trials=max_trials,
+    )
+    return api.QuantizeOptions(
+        technique=technique,
+        min_sqnr_db=min_sqnr if min_sqnr is not None else DEFAULT_MIN_SQNR_DB,
+        synthetic_calibration=synthetic_calibration,
+        goals=UserGoals(max_drop=drop, prefer=prefer.value),
+        budget=budget,
+    )
+
+
+def progress_line(line: str) -> None:
+    """Progress of long searches, on stderr so stdout stays a clean report."""
+    typer.echo(line, err=True)
+
+
+def warn_synthetic(synthetic: bool) -> None:
+    """The loud warning synthetic calibration deserves."""
+    if synthetic:
+        typer.echo("WARNING: calibrating on SYNTHETIC random data: the accuracy of the result is unknown.", err=True)
+
+
 class TechniqueChoice(str, Enum):
     weight_only_int8 = "weight_only_int8"
     full_int8 = "full_int8"
@@ -177,10 +248,8 @@ def plan(
     target: TargetOpt,
     data: DataOpt = None,
     preprocess: PreprocessOpt = None,
-    max_drop: Annotated[
-        str | None, typer.Option("--max-drop", help="Accuracy budget: absolute (0.01) or relative (1%).")
-    ] = None,
-    prefer: Annotated[Objective, typer.Option("--prefer", help="Objective.")] = Objective.speed,
+    max_drop: MaxDropOpt = None,
+    prefer: PreferOpt = Objective.speed,
     max_size: Annotated[str | None, typer.Option("--max-size", help="Size budget, e.g. 5MB.")] = None,
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
@@ -188,22 +257,30 @@ def plan(
     apply: Annotated[
         bool, typer.Option("--apply", help="Also produce the planned model (one target) into -o, like `quantize`.")
     ] = False,
+    min_sqnr: MinSqnrOpt = None,
+    min_agreement: MinAgreementOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    max_trials: MaxTrialsOpt = 40,
     synthetic_calibration: SyntheticOpt = False,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
     targets = split_targets(target)
     graph = api.as_graph(model)
+    warn_synthetic(synthetic_calibration and data is None)
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
-        options = api.QuantizeOptions(goals=goals, synthetic_calibration=synthetic_calibration)
-        chosen, outcome = api.quantize(
-            graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess
+        options = quantize_options(
+            max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
         )
-        typer.echo(report.render_plans([chosen], fmt.value), nl=False)
-        typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
-        raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
+        options = options.model_copy(update={"goals": goals})
+        chosen, outcome = api.quantize(
+            graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess,
+            progress=progress_line,
+        )  # fmt: skip
+        typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
+        raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
         check_output_path(output, protected=graph.source_files)
     data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
@@ -211,9 +288,9 @@ def plan(
     emit(report.render_plans(plans, fmt.value), output)
 
 
-def outcome_exit_code(planned: str, kept_float: bool) -> int:
-    """1 when quantization was planned but no candidate beat float; 0 otherwise."""
-    return 1 if planned != "none" and kept_float else 0
+def outcome_exit_code(outcome: api.Outcome) -> int:
+    """1 when quantization was planned but no candidate beat float, or a budget was set and not met; else 0."""
+    return 1 if outcome_failed(outcome) else 0
 
 
 @app.command()
@@ -227,24 +304,45 @@ def quantize(
     technique: Annotated[
         TechniqueChoice | None, typer.Option("--technique", help="Override the planned technique.")
     ] = None,
-    min_sqnr: Annotated[float, typer.Option("--min-sqnr", help="Fidelity floor of verification (dB).")] = 10.0,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: MinSqnrOpt = None,
+    min_agreement: MinAgreementOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    max_trials: MaxTrialsOpt = 40,
+    prefer: PreferOpt = Objective.speed,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
 
-    Exit 1 when quantization was planned but every candidate failed verification (the float model is written)."""
-    options = api.QuantizeOptions(
-        technique=technique.value if technique else None,
-        min_sqnr_db=min_sqnr,
-        synthetic_calibration=synthetic_calibration,
+    With a budget (--max-drop, --min-sqnr, --min-top1-agreement) the accuracy-aware search runs instead and returns
+    the best candidate found. Exit 1 when quantization was planned but nothing beat float, or the budget was not
+    met (the closest candidate is still written)."""
+    warn_synthetic(synthetic_calibration and data is None)
+    options = quantize_options(
+        max_drop,
+        min_sqnr,
+        min_agreement,
+        time_budget,
+        max_trials,
+        prefer,
+        synthetic_calibration,
+        technique.value if technique else None,
     )
-    chosen, outcome = api.quantize(
-        model, target, output, data=data, validation=validation, options=options, rules=rules
+    _, outcome = api.quantize(
+        model,
+        target,
+        output,
+        data=data,
+        validation=validation,
+        options=options,
+        rules=rules,
+        preprocess=preprocess,
+        progress=progress_line,
     )
     typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
-    raise typer.Exit(outcome_exit_code(chosen.technique, outcome.kept_float))
+    raise typer.Exit(outcome_exit_code(outcome))
 
 
 @app.command()
@@ -255,12 +353,20 @@ def variants(
     data: DataOpt = None,
     preprocess: PreprocessOpt = None,
     validation: ValidationOpt = None,
-    min_sqnr: Annotated[float, typer.Option("--min-sqnr", help="Fidelity floor of verification (dB).")] = 10.0,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: MinSqnrOpt = None,
+    min_agreement: MinAgreementOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    max_trials: MaxTrialsOpt = 40,
+    prefer: PreferOpt = Objective.speed,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
-    options = api.QuantizeOptions(min_sqnr_db=min_sqnr, synthetic_calibration=synthetic_calibration)
+    warn_synthetic(synthetic_calibration and data is None)
+    options = quantize_options(
+        max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
+    )
     manifest, _ = api.make_variants(
         model,
         split_targets([targets]),
@@ -270,12 +376,13 @@ def variants(
         options=options,
         rules=rules,
         preprocess=preprocess,
+        progress=progress_line,
     )
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
         typer.echo(f"{'':<14} {variant.reason}")
     typer.echo(f"Wrote {output / 'manifest.json'}, {output / 'report.md'} and {output / 'measurements.json'}")
-    failed = [v for v in manifest.variants if outcome_exit_code(v.planned_technique, v.kept_float)]
+    failed = [v for v in manifest.variants if v.failed]
     raise typer.Exit(1 if failed else 0)
 
 

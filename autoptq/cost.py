@@ -1,9 +1,10 @@
 """Estimates, labelled as such: latency as a roofline per device segment, and model size under a recipe.
 
-Latency of a segment = fixed overhead + max(MACs / effective throughput, bytes / bandwidth) + per-op overhead.
-Host segments are costed with the host profile, crossings with the device <-> host link, and parameters beyond an
-on-chip cache with the streaming bandwidth. Constants come from each profile's `cost` and `precisions` sections,
-fitted to published figures (see docs/cost-model.md); results are ranges, never promises.
+Latency of a segment = fixed overhead + sum over its nodes of (max(MACs / effective throughput, bytes / bandwidth)
++ per-op overhead). Host segments are costed with the host profile, crossings with the device <-> host link, and
+parameters beyond an on-chip cache with the streaming bandwidth (overlapping the device's compute). Constants come
+from each profile's `cost` and `precisions` sections: fitted to published figures for edgetpu and arm-a53, assumed
+for the others (each profile's `cost.basis` says which; see docs/cost-model.md). Results are ranges, never promises.
 """
 
 from __future__ import annotations

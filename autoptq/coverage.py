@@ -4,7 +4,7 @@ the model fits the device's memory. Vocabulary follows the Edge TPU compiler's l
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 import numpy as np
@@ -113,9 +113,14 @@ class CoverageReport(BaseModel):
     nodes: list[NodeCoverage]
 
 
-def analyse(graph: ModelGraph, profile: HardwareProfile) -> CoverageReport:
-    """Audit `graph` against `profile`: per-node status, partitioning, fractions and memory fit."""
-    verdicts = [_judge(node, graph, profile) for node in graph.compute_nodes()]
+def analyse(graph: ModelGraph, profile: HardwareProfile, float_nodes: Collection[str] = ()) -> CoverageReport:
+    """Audit `graph` against `profile`: per-node status, partitioning, fractions and memory fit.
+
+    `float_nodes` are nodes a recipe keeps in float: an integer-only device cannot run them (they go to the host,
+    and on a `first_cut` device everything after them too); a device with float arithmetic runs them at fp32.
+    """
+    kept_float = set(float_nodes)
+    verdicts = [_judge(node, graph, profile, node.name in kept_float) for node in graph.compute_nodes()]
     verdicts = _partition(verdicts, profile)
     total_macs = sum(v.macs for v in verdicts)
     on_device = [v for v in verdicts if v.on_device]
@@ -151,7 +156,7 @@ def _fraction(part: int, whole: int, part_count: int, whole_count: int) -> float
     return part_count / whole_count if whole_count else 1.0
 
 
-def _judge(node: NodeInfo, graph: ModelGraph, profile: HardwareProfile) -> NodeCoverage:
+def _judge(node: NodeInfo, graph: ModelGraph, profile: HardwareProfile, kept_float: bool = False) -> NodeCoverage:
     """Status of one node on the device, before partitioning."""
 
     def verdict(status: Status, reason: str, precision: Precision | None = None) -> NodeCoverage:
@@ -166,6 +171,12 @@ def _judge(node: NodeInfo, graph: ModelGraph, profile: HardwareProfile) -> NodeC
         )
 
     table = profile.precisions_for(node.key)
+    if kept_float:
+        if profile.integer_only:
+            return verdict("unsupported_dtype", "kept in float by the recipe: the device runs integers only")
+        table = {p: support for p, support in table.items() if p == "fp32"}
+        if not table:
+            return verdict("unsupported_dtype", "kept in float by the recipe: the device has no fp32 kernel for it")
     if not table:
         return verdict("unsupported_op", f"{node.key} is not in the {profile.name} op table")
     if profile.shapes.static:
@@ -453,13 +464,14 @@ def _transfers(graph: ModelGraph, verdicts: list[NodeCoverage], profile: Hardwar
     for producer, consumer, data in graph.graph.edges(data=True):
         if producer in place and consumer in place and place[producer] != place[consumer]:
             crossing.update((tensor, place[consumer]) for tensor in data["tensors"])
-    for tensor in graph.inputs:
-        if any(place.get(n) for n in _consumers(graph, tensor.name)):
-            crossing.add((tensor.name, True))
-    for tensor in graph.outputs:
-        producer = _producer(graph, tensor.name)
-        if producer is not None and place.get(producer):
-            crossing.add((tensor.name, False))
+    read_on_device: set[str] = set()
+    written_on_device: set[str] = set()
+    for node in graph.compute_nodes():
+        if place.get(node.name):
+            read_on_device.update(node.inputs)
+            written_on_device.update(node.outputs)
+    crossing.update((t.name, True) for t in graph.inputs if t.name in read_on_device)
+    crossing.update((t.name, False) for t in graph.outputs if t.name in written_on_device)
     itemsize = _weight_itemsize(profile)
     total = sum(
         (graph.tensors[t].numel() or 0) * (itemsize if graph.tensors[t].itemsize else 0)
@@ -468,14 +480,6 @@ def _transfers(graph: ModelGraph, verdicts: list[NodeCoverage], profile: Hardwar
     )
     internal = {(p, c) for p, c in graph.graph.edges() if p in place and c in place and place[p] != place[c]}
     return len(internal), total
-
-
-def _consumers(graph: ModelGraph, tensor: str) -> list[str]:
-    return [n.name for n in graph.compute_nodes() if tensor in n.inputs]
-
-
-def _producer(graph: ModelGraph, tensor: str) -> str | None:
-    return next((n.name for n in graph.compute_nodes() if tensor in n.outputs), None)
 
 
 def _weight_itemsize(profile: HardwareProfile) -> int:

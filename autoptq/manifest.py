@@ -14,6 +14,8 @@ from autoptq.metrics import OutputFidelity
 from autoptq.prepare import PreparationStep
 from autoptq.produce import Outcome
 from autoptq.recipe import Recipe, Technique
+from autoptq.sensitivity import NodeSensitivity
+from autoptq.tuning import Budget, TuningResult
 
 MANIFEST_VERSION = 1
 
@@ -45,6 +47,72 @@ class AttemptSummary(BaseModel):
     why_not: str | None = None
 
 
+class TrialSummary(BaseModel):
+    """One trial of the accuracy-aware search (timings left to measurements.json)."""
+
+    index: int
+    step: str
+    technique: Technique
+    excluded: list[str]
+    accuracy: float | None
+    accuracy_drop: float | None
+    min_sqnr_db: float | None
+    top1_agreement: float | None
+    size_bytes: int | None
+    latency_ms_estimate: list[float] | None
+    device_verdict: str
+    meets_budget: bool
+    error: str | None
+
+
+class TuningSummary(BaseModel):
+    """The accuracy-aware search of one variant."""
+
+    budget: Budget
+    tier: str
+    float_accuracy: float | None
+    within_budget: bool
+    message: str
+    stopped_by: str
+    chosen: int
+    pareto: list[int]
+    most_sensitive: list[NodeSensitivity]
+    trials: list[TrialSummary]
+
+
+def tuning_summary(result: TuningResult) -> TuningSummary:
+    """The deterministic part of a search, for the manifest."""
+    return TuningSummary(
+        budget=result.budget,
+        tier=result.tier,
+        float_accuracy=result.float_accuracy,
+        within_budget=result.within_budget,
+        message=result.message,
+        stopped_by="budget met" if result.stopped_by == "budget met" else result.stopped_by,
+        chosen=result.chosen,
+        pareto=result.pareto,
+        most_sensitive=result.sensitivity[:10],
+        trials=[
+            TrialSummary(
+                index=t.index,
+                step=t.step,
+                technique=t.technique,
+                excluded=t.excluded,
+                accuracy=t.accuracy,
+                accuracy_drop=t.accuracy_drop,
+                min_sqnr_db=t.min_sqnr_db,
+                top1_agreement=t.top1_agreement,
+                size_bytes=t.size_bytes,
+                latency_ms_estimate=t.latency_range_ms,
+                device_verdict=t.device_verdict,
+                meets_budget=t.meets_budget,
+                error=t.error,
+            )
+            for t in result.trials
+        ],
+    )
+
+
 class Variant(BaseModel):
     """One produced model."""
 
@@ -63,6 +131,8 @@ class Variant(BaseModel):
     attempts: list[AttemptSummary]
     preparation: list[PreparationStep]
     warnings: list[str]
+    failed: bool = Field(description="quantization was planned but nothing beat float, or the budget was not met")
+    tuning: TuningSummary | None = None
     check: dict[str, object] | None = Field(default=None, description="the emulator's check, when run")
 
 
@@ -136,4 +206,13 @@ def variant_from(outcome: Outcome, path: str, warnings: list[str]) -> Variant:
         attempts=attempts,
         preparation=outcome.preparation,
         warnings=warnings,
+        failed=outcome_failed(outcome),
+        tuning=tuning_summary(outcome.tuning) if outcome.tuning else None,
     )
+
+
+def outcome_failed(outcome: Outcome) -> bool:
+    """A budget set and not met, or quantization planned and float kept."""
+    if outcome.tuning is not None:
+        return not outcome.tuning.within_budget
+    return outcome.planned_technique != "none" and outcome.kept_float

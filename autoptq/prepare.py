@@ -22,6 +22,8 @@ from autoptq.calibration import Dataset
 from autoptq.graph import TensorInfo, build_graph, drop_unused_initializers, folds_to_constant
 from autoptq.quantizers.common import quiet, save_for_ort, scratch_dir
 
+PREPARATION_SAMPLES = 4
+"""Samples each preparation step is verified on: enough to catch a changed output."""
 RTOL = 1e-3
 ATOL_FRACTION = 1e-4
 """Outputs must agree within RTOL and ATOL_FRACTION x the largest reference magnitude."""

@@ -3,28 +3,24 @@ is better than float, or keep float and say why."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
+from autoptq.candidates import candidates
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
-from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, device_conformant_recipe
-from autoptq.prepare import PreparationStep, prepare
+from autoptq.intio import read_integer_io
+from autoptq.planner import Objective, Plan
+from autoptq.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.common import AppliedRecipe
 from autoptq.recipe import Recipe, Technique
+from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, verify
-
-PREPARATION_SAMPLES = 4
-
-
-class Candidate(BaseModel):
-    """One recipe to try: the plan's own, or one of its fallbacks."""
-
-    step: str = Field(description="'plan' or the fallback's name")
-    technique: Technique
-    recipe: Recipe
 
 
 class Attempt(BaseModel):
@@ -54,62 +50,8 @@ class Outcome(BaseModel):
     applied: AppliedRecipe | None = None
     verification: Verification | None = None
     synthetic_data: bool = False
+    tuning: TuningResult | None = Field(default=None, description="the accuracy-aware search, when a budget was set")
     model_bytes: bytes = Field(default=b"", exclude=True, repr=False)
-
-
-def candidates(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
-    """The plan's recipe followed by its fallbacks, each made device-conformant; those that cannot apply to this
-    device or data are left out."""
-    if plan.technique == "none":
-        return []
-    found = [Candidate(step="plan", technique=plan.technique, recipe=plan.recipe)]
-    for name in plan.fallbacks:
-        candidate = _fallback(name, plan, profile, graph, data)
-        if candidate is not None and all(
-            c.recipe != candidate.recipe or c.technique != candidate.technique for c in found
-        ):
-            found.append(candidate)
-    return found
-
-
-def _fallback(
-    name: str, plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
-) -> Candidate | None:
-    static = plan.technique in ("full_int8", "int16x8")
-    if name in ("percentile_calibration", "entropy_calibration") and static:
-        method = "percentile" if name == "percentile_calibration" else "entropy"
-        return Candidate(
-            step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"calibration_method": method})
-        )
-    if name == "per_channel" and not plan.recipe.per_channel:
-        return Candidate(
-            step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"per_channel": True})
-        )
-    if name == "int16x8" and "int16" in profile.precisions and data is not None:
-        return _conformant(name, "int16x8", Recipe(), profile, graph, data)
-    if name == "fp16" and "fp16" in profile.precisions:
-        return _conformant(name, "fp16", Recipe(), profile, graph, data)
-    if name == "weight_only_int8" and not profile.integer_only:
-        recipe = Recipe(
-            op_types_to_quantize=list(DYNAMIC_QUANT_OPS), per_channel=False, reduce_range=plan.recipe.reduce_range
-        )
-        return _conformant(name, "weight_only_int8", recipe, profile, graph, data)
-    if name == "full_int8" and data is not None:
-        recipe = Recipe(
-            activation_dtype="uint8", reduce_range=profile.quantization.int8_dot_product != "int32_accumulate"
-        )
-        return _conformant(name, "full_int8", recipe, profile, graph, data)
-    # "exclude_sensitive" needs per-node sensitivity (the accuracy-aware loop); "none" is the float model itself.
-    return None
-
-
-def _conformant(
-    step: str, technique: Technique, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
-) -> Candidate | None:
-    recipe = device_conformant_recipe(base, technique, profile, graph, data)
-    if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
-        return None  # no op of the types where dynamic quantization pays
-    return Candidate(step=step, technique=technique, recipe=recipe)
 
 
 def produce(
@@ -135,6 +77,12 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     for candidate in found:
+        if candidate.step in CALIBRATION_STEPS and _rejected_only_for_cost(attempts):
+            # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
+            attempts.append(
+                Attempt(**candidate.model_dump(), accepted=False, error="skipped: the last rejection was speed/size")
+            )
+            continue
         try:
             result = QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
         except AutoptqError as exc:
@@ -181,6 +129,18 @@ def produce(
     )
 
 
+CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
+_COST_PROBLEMS = ("slower than float", "not smaller than float")
+
+
+def _rejected_only_for_cost(attempts: list[Attempt]) -> bool:
+    """Whether the last verified attempt failed on speed or size alone."""
+    last = next((a for a in reversed(attempts) if a.verification is not None), None)
+    if last is None or not last.verification.problems:
+        return False
+    return all(any(p in problem for p in _COST_PROBLEMS) for problem in last.verification.problems)
+
+
 def _accepted_reason(attempt: Attempt, attempts: list[Attempt]) -> str:
     if attempt.step == "plan":
         return f"the planned {attempt.technique} passed verification"
@@ -200,3 +160,51 @@ def _float_reason(plan: Plan, profile: HardwareProfile, attempts: list[Attempt])
     tried = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts) or "no candidate applied"
     consequence = " This device runs integers only: the float model cannot run on it." if profile.integer_only else ""
     return f"no candidate beat float, so the output is the float model. Tried: {tried}.{consequence}"
+
+
+def produce_tuned(
+    graph: ModelGraph,
+    profile: HardwareProfile,
+    plan: Plan,
+    calibration: Dataset | None,
+    validation: Dataset,
+    budget: Budget,
+    prefer: Objective,
+    progress: Callable[[str], None],
+    measure_latency: bool = True,
+) -> Outcome:
+    """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.tuning), then verify the
+    chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
+    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress)
+    trial = result.trials[result.chosen]
+    float_bytes = graph.path.read_bytes() if graph.path else graph.model.SerializeToString(deterministic=True)
+    is_float = trial.technique == "none"
+    model_bytes = float_bytes if is_float else result.model_bytes
+    verification = None
+    reason = result.message
+    if not is_float:
+        candidate = onnx.load_from_string(model_bytes)
+        verification = verify(
+            graph.model,
+            candidate,
+            read_integer_io(candidate),
+            validation,
+            profile,
+            measure=measure_latency,
+            float_size_bytes=len(float_bytes),
+        )
+        if not verification.passed:
+            reason += "; verification found: " + "; ".join(verification.problems)
+    return Outcome(
+        target=profile.name,
+        planned_technique=plan.technique,
+        technique=trial.technique,
+        kept_float=is_float,
+        reason=reason,
+        attempts=[],
+        preparation=[],
+        verification=verification,
+        synthetic_data=bool(calibration is not None and calibration.synthetic),
+        tuning=result,
+        model_bytes=model_bytes,
+    )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from autoptq.manifest import Manifest
 from autoptq.planner import MatrixCell, Plan
 from autoptq.produce import Outcome
+from autoptq.tuning import TuningResult
 
 Format = Literal["table", "json", "markdown", "sarif"]
 JSON_SCHEMA_VERSION = 1
@@ -363,6 +364,21 @@ def render_variants_report(manifest: Manifest) -> str:
                     f"{io.name} {io.dtype} scale {io.scale:.6g} zero point {io.zero_point}" for io in v.integer_io
                 )
             )
+        if v.tuning is not None:
+            lines.append(f"- Accuracy-aware search: {v.tuning.message} (stopped: {v.tuning.stopped_by})")
+            lines += ["", "| # | step | technique | accuracy | SQNR dB | size | latency est. ms | device | budget |"]
+            lines.append("|---:|---|---|---:|---:|---:|---|---|---|")
+            for t in v.tuning.trials:
+                chosen = " **chosen**" if t.index == v.tuning.chosen else ""
+                accuracy = "—" if t.accuracy is None else f"{t.accuracy:.4f}"
+                sqnr = "—" if t.min_sqnr_db is None else f"{t.min_sqnr_db:.1f}"
+                latency = "—" if not t.latency_ms_estimate else "–".join(f"{x:.3g}" for x in t.latency_ms_estimate)
+                verdict = t.error or ("within" if t.meets_budget else "misses")
+                lines.append(
+                    f"| {t.index + 1}{chosen} | {t.step} | {t.technique} | {accuracy} | {sqnr} | {t.size_bytes or 0} | "
+                    f"{latency} | {t.device_verdict} | {verdict} |"
+                )
+            lines.append("")
         applied = [s for s in v.preparation if s.applied]
         if applied:
             lines.append("- Preparation: " + "; ".join(f"{s.name} ({s.note})" for s in applied))
@@ -398,6 +414,8 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
             )
         else:
             lines.append(f"  latency: {ver.latency_note}")
+    if outcome.tuning is not None:
+        lines += trials_lines(outcome.tuning)
     for attempt in outcome.attempts:
         if not attempt.accepted:
             why = attempt.error or "; ".join(attempt.verification.problems if attempt.verification else [])
@@ -534,3 +552,55 @@ def _device_rules_scope_table(result: DeviceRulesResult) -> Table:
     for scope in result.rules:
         table.add_row(scope.rule, "yes" if scope.applies else "no", scope.basis)
     return table
+
+
+def trials_lines(result: TuningResult) -> list[str]:
+    """The accuracy-aware search as a table: every trial with its metrics, estimate, device verdict and verdict."""
+    budget = result.budget
+    wanted = []
+    if budget.max_drop is not None:
+        wanted.append(f"accuracy drop <= {budget.max_drop:g}{' (relative)' if budget.relative else ''}")
+    if budget.min_sqnr_db is not None:
+        wanted.append(f"SQNR >= {budget.min_sqnr_db:g} dB")
+    if budget.min_top1_agreement is not None:
+        wanted.append(f"top-1 agreement >= {budget.min_top1_agreement:g}")
+    float_accuracy = "" if result.float_accuracy is None else f"; float accuracy {result.float_accuracy:.4f}"
+    lines = [
+        f"Accuracy-aware search on {result.target} ({result.tier} tier emulator): budget {', '.join(wanted)}"
+        f"{float_accuracy}; stopped: {result.stopped_by}",
+        "  #  step                           technique         accuracy  drop     SQNR dB  top1   size B     "
+        "x float latency   device",
+    ]
+    for t in result.trials:
+        mark = "*" if t.index == result.chosen else ("+" if t.index in result.pareto else " ")
+        if t.error:
+            lines.append(f"{mark}{t.index + 1:>2}  {t.step:<30} {t.technique:<17} failed: {t.error}")
+            continue
+        accuracy = "-" if t.accuracy is None else f"{t.accuracy:.4f}"
+        drop = "-" if t.accuracy_drop is None else f"{t.accuracy_drop:+.4f}"
+        sqnr = "-" if t.min_sqnr_db is None else f"{t.min_sqnr_db:.1f}"
+        agreement = "-" if t.top1_agreement is None else f"{t.top1_agreement:.3f}"
+        latency = "-" if t.latency_ratio is None else f"{t.latency_ratio:.2f} ({t.latency_ratio_source})"
+        verdict = "within budget" if t.meets_budget else "misses"
+        lines.append(
+            f"{mark}{t.index + 1:>2}  {t.step:<30} {t.technique:<17} {accuracy:<9} {drop:<8} {sqnr:<8} "
+            f"{agreement:<6} {t.size_bytes or 0:<10} {latency:<18} {t.device_verdict}; {verdict}"
+        )
+    lines.append("  (* chosen, + on the Pareto front of accuracy, estimated latency and size)")
+    if result.sensitivity:
+        ranked = ", ".join(f"{s.node} ({s.output_sqnr_db:.1f} dB)" for s in result.sensitivity[:8])
+        lines.append(f"Most sensitive nodes (output SQNR when quantized alone): {ranked}")
+    lines.append(("" if result.within_budget else "BUDGET NOT MET: ") + result.message)
+    return lines
+
+
+def render_plan_and_outcome(plan: Plan, outcome: Outcome, path: Path, fmt: Format) -> str:
+    """`plan --apply`: the plan, then what was produced; one JSON document for machines."""
+    if fmt == "json":
+        document = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "kind": "plan_apply",
+            "results": [{"plan": plan.model_dump(mode="json"), "outcome": outcome.model_dump(mode="json")}],
+        }
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return render_plans([plan], fmt) + render_outcome(outcome, path, fmt)

@@ -126,25 +126,43 @@ def _graph(work: Workload) -> ModelGraph:
     return work.graph
 
 
+def _model(work: Workload) -> ModelProto:
+    assert work.model is not None
+    return work.model
+
+
+def audit_stage(target: str) -> Stage:
+    """coverage.analyse of the loaded graph for one target."""
+
+    def run(work: Workload) -> object:
+        return analyse(_graph(work), work.profiles[target])
+
+    return Stage(f"coverage.analyse {target}", run)
+
+
+def plan_stage(target: str) -> Stage:
+    """plan_model with the default tree for one target (it runs its own coverage analysis)."""
+
+    def run(work: Workload) -> object:
+        return plan_model(_graph(work), work.profiles[target], work.tree)
+
+    return Stage(f"plan_model {target} (default tree, incl. its analyse)", run)
+
+
 def stages(many_outputs: bool) -> list[Stage]:
     """The stages in the order they run (later stages use what earlier ones kept)."""
-    build = "build (zoo.chain_of_blocks: onnx.helper + checker)"
-    if many_outputs:
-        build = "build (chain + one graph output per block)"
+    build = (
+        "build (chain + one graph output per block)"
+        if many_outputs
+        else "build (zoo.chain_of_blocks: onnx.helper + checker)"
+    )
     found = [
         Stage(build, lambda w: build_chain(w.blocks, w.many_outputs), keep="model"),
-        Stage("load_model (checker + shape inference + graph)", lambda w: load_model(w.model), keep="graph"),
+        Stage("load_model (checker + shape inference + graph)", lambda w: load_model(_model(w)), keep="graph"),
     ]
-    for target in AUDIT_TARGETS:
-        found.append(Stage(f"coverage.analyse {target}", lambda w, t=target: analyse(_graph(w), w.profiles[t])))
+    found.extend(audit_stage(target) for target in AUDIT_TARGETS)
     if not many_outputs:
-        for target in PLAN_TARGETS:
-            found.append(
-                Stage(
-                    f"plan_model {target} (default tree, incl. its analyse)",
-                    lambda w, t=target: plan_model(_graph(w), w.profiles[t], w.tree),
-                )
-            )
+        found.extend(plan_stage(target) for target in PLAN_TARGETS)
     return found
 
 

@@ -213,8 +213,11 @@ def run_autoptq(case: Case, folder: Path) -> Produced:
     plan, outcome = quantize(
         case.float_path, TARGET, target, data=case.calibration, validation=case.held_out, options=QuantizeOptions()
     )
-    if outcome.kept_float:
-        detail = f"kept float (plan: {plan.technique}, leaf {plan.leaf}; {len(outcome.attempts)} candidate(s) rejected)"
+    if outcome.kept_float and plan.technique == "none":
+        detail = f"kept float (the plan: none, leaf {plan.leaf})"
+    elif outcome.kept_float:
+        rejected = len(outcome.attempts)
+        detail = f"kept float (plan: {plan.technique}, leaf {plan.leaf}; all {rejected} candidates rejected)"
     elif outcome.technique == plan.technique:
         detail = f"{outcome.technique} (leaf {plan.leaf})"
     else:

@@ -156,6 +156,15 @@ def test_plan_apply_produces_the_planned_model(run_cli: RunCli, model: Path, tmp
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.xfail(strict=True, reason="cli.plan --apply -f json prints two JSON documents one after the other")
+def test_plan_apply_json_is_one_document(run_cli: RunCli, model: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = run_cli(
+        ["plan", model, "-t", "gpu-fp16", "-d", CALIB, "--apply", "-o", tmp_path / "a.onnx", "-f", "json"]
+    )
+    assert code == 0, stderr
+    json.loads(stdout)
+
+
 def test_plan_apply_needs_an_output(run_cli: RunCli, model: Path) -> None:
     code, _, stderr = run_cli(["plan", model, "-t", "gpu-fp16", "-d", CALIB, "--apply"])
     assert code == 2
@@ -210,6 +219,7 @@ def test_variants_writes_every_file_with_a_truthful_manifest(run_cli: RunCli, mo
     assert variants["x86-vnni"]["kept_float"] is True
     assert variants["x86-vnni"]["sha256"] == sha256_of(model), "float kept means the input bytes, unchanged"
     assert variants["x86-vnni"]["recipe"] is None
+    assert variants["x86-vnni"]["preparation"] == [], "the float model was handed back unprepared"
 
     report = (out / "report.md").read_text()
     assert report.startswith("# Variants of digits_cnn.onnx")

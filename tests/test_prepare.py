@@ -78,10 +78,11 @@ def test_plain_quantize_dynamic_leaves_the_unprepared_weight_path_in_float(tmp_p
     try:
         quantized = _dynamic(model, tmp_path)
     except Exception:  # some onnxruntime versions refuse a weight that is not an initializer: also a failure
-        return
-    fc1 = next(n for n in quantized.graph.node if n.name == "fc1")
-    assert fc1.op_type == "MatMul", "fc1's weight is not an initializer, so onnxruntime cannot quantize it"
-    assert fc1.input[1] == "weight_cast_out"
+        quantized = None
+    if quantized is not None:
+        fc1 = next(n for n in quantized.graph.node if n.name == "fc1")
+        assert fc1.op_type == "MatMul", "fc1's weight is not an initializer, so onnxruntime cannot quantize it"
+        assert fc1.input[1] == "weight_cast_out"
 
     prepared = prep.prepare(model, samples_for(model)).model
     requantized = _dynamic(prepared, tmp_path)

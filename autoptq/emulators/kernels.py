@@ -202,7 +202,7 @@ def conv_accumulate(
     Padding holds the input zero point, i.e. a real zero. `int16_pairs`: products of the raw (u8) activations and
     weights are summed in adjacent pairs along K taken in (kh, kw, C/group) order per group, each pair saturated to
     int16, then `zp_x · Σ w` is subtracted exactly (the u8×s8 kernels of x86 CPUs without VNNI)."""
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     out_c, c_g, kh, kw = w.shape
     sh, sw = strides
     dh, dw = dilations
@@ -363,20 +363,24 @@ def mean(
     zero_point: int,
     qmin: int,
     qmax: int,
-    multiplier: float | int,
+    multiplier: int = 0,
     shift: int = 0,
+    input_scale: float = 1.0,
+    output_scale: float = 1.0,
 ) -> np.ndarray:
     """Quantized mean over `axes` (kept), e.g. GlobalAveragePool.
 
-    TFLite (reference_integer_ops::Mean): `acc = Σ (q − zp_in)`, `acc = MBQM(acc, M, e)` for `s_in/s_out`, then the
-    pooling rounding division by the element count. `float_rne` (MLAS QLinearGlobalAveragePool model): one float32
-    multiplier `s_in / (s_out · n)` applied to the integer sum, rounded half to even."""
+    TFLite (reference_integer_ops::Mean, (M, e) = `multiplier`, `shift` for `s_in/s_out`): `acc = Σ (q − zp_in)`,
+    `acc = MBQM(acc, M, e)`, then the pooling rounding division by the element count n. `float_rne` (MLAS
+    QLinearGlobalAveragePool model): the integer sum times the float32 multiplier `s_in / (s_out · n)`, rounded half
+    to even."""
     total = np.sum(np.asarray(q, dtype=np.int64) - input_zero_point, axis=tuple(axes), keepdims=True)
-    if rounding == "float_rne":
-        scaled = np.rint(total.astype(np.float32) * np.float32(multiplier))
-        return np.clip(scaled + np.float32(zero_point), qmin, qmax).astype(np.int64)
     count = math.prod(q.shape[a] for a in axes)
-    scaled = multiply_by_quantized_multiplier(total, int(multiplier), shift, rounding)
+    if rounding == "float_rne":
+        factor = np.float32(input_scale) / (np.float32(output_scale) * np.float32(count))
+        scaled = np.rint(total.astype(np.float32) * factor)
+        return np.clip(scaled + np.float32(zero_point), qmin, qmax).astype(np.int64)
+    scaled = multiply_by_quantized_multiplier(total, multiplier, shift, rounding)
     return np.clip(_rounded_divide(scaled, count) + zero_point, qmin, qmax)
 
 

@@ -1,7 +1,7 @@
 """fp16: onnxruntime's float16 converter with the profile's block list and an overflow guard.
 
-The guard keeps in fp32 every node whose weights or calibrated activations exceed the fp16 range (65504), and says
-which and why; the converter would otherwise clamp or overflow to inf silently.
+The guard keeps in fp32 every node whose weights or calibrated activations (inputs or outputs) exceed the fp16 range
+(65504), and says which and why; the converter would otherwise clamp or overflow to inf silently.
 """
 
 from __future__ import annotations

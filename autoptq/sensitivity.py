@@ -1,0 +1,110 @@
+"""Per-node sensitivity to quantization, computed cheaply.
+
+Two measures: the error each activation carries once the whole model is quantized (SQNR along the graph, one run
+of each model), and the effect on the model's output of quantizing each node alone (one quantization per node,
+reusing one calibration through a cache). Nodes are ranked by the second, most damaging first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto
+from pydantic import BaseModel
+
+from autoptq.activations import expose, float_tensors, session
+from autoptq.calibration import Dataset
+from autoptq.errors import AutoptqError
+from autoptq.metrics import sqnr_db
+from autoptq.quantizers.full_int8 import static_qdq
+from autoptq.recipe import Recipe
+
+QUANTIZABLE_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "Softmax", "AveragePool",
+        "GlobalAveragePool", "MaxPool", "Concat", "LeakyRelu", "Resize", "Gather", "Split", "Pad", "Where",
+        "InstanceNormalization", "LayerNormalization",
+    }
+)  # fmt: skip
+"""Op types onnxruntime's static quantizer turns into quantized groups (data movement ops follow their inputs)."""
+MAX_CANDIDATES = 48
+"""Nodes quantized alone at most; beyond that the worst activations along the graph pick the candidates."""
+
+
+class NodeSensitivity(BaseModel):
+    """How much quantizing one node hurts."""
+
+    node: str
+    op_type: str
+    output_sqnr_db: float
+    activation_sqnr_db: float | None = None
+
+
+def _dequantized_names(qdq: ModelProto) -> dict[str, str]:
+    """Float tensor name → the name of its value after quantize-dequantize in a QDQ model."""
+    quantized_of = {n.output[0]: n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    mapping = {}
+    for node in qdq.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in quantized_of:
+            mapping.setdefault(quantized_of[node.input[0]], node.output[0])
+    return mapping
+
+
+def activation_sqnr(float_model: ModelProto, qdq: ModelProto, samples: Dataset) -> dict[str, float]:
+    """SQNR (dB) of each activation of the quantized model against the float model, over `samples`."""
+    names = [n for n in float_tensors(float_model)]
+    dequantized = _dequantized_names(qdq)
+    pairs = [(name, dequantized[name]) for name in names if name in dequantized]
+    if not pairs:
+        return {}
+    float_run = session(expose(float_model, [a for a, _ in pairs]), optimize=False)
+    qdq_run = session(expose(qdq, [b for _, b in pairs]), optimize=False)
+    reference: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    quantized: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    for feed in samples.samples:
+        for (a, _), value in zip(pairs, float_run.run([a for a, _ in pairs], feed), strict=True):
+            reference[a].append(np.asarray(value).reshape(-1))
+        for (a, _), value in zip(pairs, qdq_run.run([b for _, b in pairs], feed), strict=True):
+            quantized[a].append(np.asarray(value).reshape(-1))
+    return {a: sqnr_db(np.concatenate(reference[a]), np.concatenate(quantized[a])) for a, _ in pairs}
+
+
+def rank_nodes(
+    model: ModelProto,
+    recipe: Recipe,
+    technique: str,
+    calibration: Dataset,
+    samples: Dataset,
+    output_sqnr: Callable[[ModelProto], float],
+    cache: Path,
+) -> list[NodeSensitivity]:
+    """Rank the quantizable nodes of `model` by the output SQNR (`output_sqnr`, lower is worse) reached when only
+    that node is quantized; ties keep graph order. `cache` holds the shared calibration ranges."""
+    excluded = set(recipe.nodes_to_exclude)
+    candidates = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in excluded]
+    full = static_qdq(model, recipe, calibration, technique, calibration_cache=cache).model
+    along_graph = activation_sqnr(model, full, samples)
+    node_sqnr = {n.name: along_graph.get(n.output[0]) for n in candidates}
+    if len(candidates) > MAX_CANDIDATES:
+        candidates = sorted(candidates, key=lambda n: node_sqnr[n.name] if node_sqnr[n.name] is not None else 1e9)
+        candidates = candidates[:MAX_CANDIDATES]
+    ranked = []
+    for node in candidates:
+        try:
+            alone = static_qdq(
+                model, recipe, calibration, technique, calibration_cache=cache, nodes_to_quantize=[node.name]
+            )
+        except AutoptqError:
+            continue
+        ranked.append(
+            NodeSensitivity(
+                node=node.name,
+                op_type=node.op_type,
+                output_sqnr_db=round(output_sqnr(alone.model), 3),
+                activation_sqnr_db=None if node_sqnr[node.name] is None else round(node_sqnr[node.name], 3),
+            )
+        )
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    return sorted(ranked, key=lambda s: (s.output_sqnr_db, order[s.node]))
