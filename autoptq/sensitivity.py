@@ -82,6 +82,8 @@ def rank_nodes(
 ) -> list[NodeSensitivity]:
     """Rank the quantizable nodes of `model` by the output SQNR (`output_sqnr`, lower is worse) reached when only
     that node is quantized; ties keep graph order. `cache` holds the shared calibration ranges."""
+    # Ranking compares float tensors: integer graph I/O (a deployment detail) would only get in the way.
+    recipe = recipe.model_copy(update={"io_dtype": "float32"})
     excluded = set(recipe.nodes_to_exclude)
     candidates = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in excluded]
     full = static_qdq(model, recipe, calibration, technique, calibration_cache=cache).model

@@ -38,6 +38,9 @@ from autoptq.recipe import Recipe, Technique
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.verify import ModelRunner, measurable_here, measure_latency
 
+MIN_DEVICE_MAC_FRACTION = 0.5
+"""An integer-only device must run at least this share of MACs for a candidate to count as running on it (the
+default tree's `integer_runs_most` threshold)."""
 MAX_EXCLUDED = 8
 """Greedy exclusion stops after this many nodes: beyond it, a different technique is the better fallback."""
 
@@ -157,6 +160,9 @@ class _Search:
         float keeps the walk going: float itself, at the end, may be the better answer."""
         if self.exhaustive:
             return False
+        if self.profile.integer_only:
+            # Float is no option on the device: any candidate within budget is as good as the walk gets.
+            return any(t.meets_budget for t in self.trials)
         float_size = self.graph.model.ByteSize()
         return any(
             t.meets_budget
@@ -241,7 +247,14 @@ class _Search:
             return
         trial.runnable = coverage.runnable
         on_host = sum(1 for n in coverage.nodes if not n.on_device)
-        if not coverage.runnable:
+        if self.profile.integer_only and coverage.device_mac_fraction < MIN_DEVICE_MAC_FRACTION:
+            # Mostly-on-the-host is the float model by another name: the tree's own rule (integer_runs_most) says
+            # quantizing for the device cannot help then.
+            trial.runnable = False
+            trial.device_verdict = (
+                f"not a deployment on the device: only {100 * coverage.device_mac_fraction:.1f}% of MACs run on it"
+            )
+        elif not coverage.runnable:
             trial.device_verdict = "cannot run: nodes the device lacks have no host to fall back to"
         elif on_host == 0:
             trial.device_verdict = "all on the device"

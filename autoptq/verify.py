@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
+from autoptq.emulators import kernels
 from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity, accuracy, compare
 from autoptq.profiles import HardwareProfile
@@ -57,11 +58,10 @@ class Verification(BaseModel):
 
 
 def quantize_input(values: np.ndarray, io: IOQuantization) -> np.ndarray:
-    """Real → integer as TFLite does at a device's input: round half away from zero, then clamp."""
-    info = np.iinfo(np.dtype(io.dtype))
-    scaled = values.astype(np.float64) / io.scale
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-    return np.clip(rounded + io.zero_point, info.min, info.max).astype(io.dtype)
+    """Real → integer as TFLite does at a device's input: float32 division, round half away from zero, clamp."""
+    return kernels.quantize(
+        values, scale=io.scale, zero_point=io.zero_point, dtype=np.dtype(io.dtype), rounding="half_away"
+    )
 
 
 def dequantize_output(values: np.ndarray, io: IOQuantization) -> np.ndarray:
@@ -101,8 +101,8 @@ def fidelity(reference: ModelRunner, candidate: ModelRunner, data: Dataset) -> l
 
 
 def measurable_here(profile: HardwareProfile) -> bool:
-    """Whether this machine can stand in for the target's CPU when timing."""
-    return profile.emulator == "host" and profile.architecture == platform.machine()
+    """Whether this machine can stand in for the target's CPU when timing (a CPU profile of this architecture)."""
+    return profile.architecture is not None and profile.architecture == platform.machine()
 
 
 def measure_latency(

@@ -92,13 +92,26 @@ def test_quantize_with_a_technique_override(run_cli: RunCli, model: Path, tmp_pa
 
 
 def test_quantize_that_cannot_beat_float_writes_float_and_exits_1(run_cli: RunCli, model: Path, tmp_path: Path):
+    # The tiny digits model in int8 runs ~1.3x slower than float on this CPU: verification measures it and refuses;
+    # the calibration fallbacks cannot change speed, so they are skipped, not retried.
     out = tmp_path / "kept.onnx"
-    code, stdout, _ = run_cli(["quantize", model, "-t", "edgetpu", "-d", CALIB, "--min-sqnr", "200", "-o", out])
+    code, stdout, _ = run_cli(["quantize", model, "-t", "x86-vnni", "-d", CALIB, "--technique", "full_int8", "-o", out])
     assert code == 1
     assert "Produced: none (float model kept)" in stdout
-    for step in ("plan (full_int8)", "percentile_calibration (full_int8)", "entropy_calibration (full_int8)"):
-        assert f"rejected {step}" in stdout
+    assert "rejected plan (full_int8): slower than float on the host" in stdout
     assert out.read_bytes() == model.read_bytes()
+
+
+def test_quantize_with_an_unreachable_budget_writes_the_closest_and_exits_1(
+    run_cli: RunCli, model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "closest.onnx"
+    code, stdout, stderr = run_cli(["quantize", model, "-t", "edgetpu", "-d", CALIB, "--min-sqnr", "200", "-o", out])
+    assert code == 1
+    assert "BUDGET NOT MET" in stdout and "NO candidate meets the budget" in stdout
+    assert "trial 1: plan (full_int8)" in stderr  # progress goes to stderr
+    produced = onnx.load(str(out))
+    assert any(node.op_type == "QuantizeLinear" for node in produced.graph.node)  # a device model, not float
 
 
 def test_quantize_refuses_to_overwrite_the_input(run_cli: RunCli, model: Path) -> None:
@@ -156,7 +169,6 @@ def test_plan_apply_produces_the_planned_model(run_cli: RunCli, model: Path, tmp
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="cli.plan --apply -f json prints two JSON documents one after the other")
 def test_plan_apply_json_is_one_document(run_cli: RunCli, model: Path, tmp_path: Path) -> None:
     code, stdout, stderr = run_cli(
         ["plan", model, "-t", "gpu-fp16", "-d", CALIB, "--apply", "-o", tmp_path / "a.onnx", "-f", "json"]
@@ -285,7 +297,6 @@ def test_variants_with_synthetic_calibration_is_flagged(run_cli: RunCli, model: 
     assert "SYNTHETIC" in (out / "report.md").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.variants prints no warning for synthetic calibration (report.md does)")
 def test_variants_with_synthetic_calibration_warns_on_the_console(run_cli: RunCli, model: Path, tmp_path: Path):
     code, stdout, stderr = run_cli(
         ["variants", model, "--targets", "edgetpu", "--synthetic-calibration", "-o", tmp_path / "synthetic"]

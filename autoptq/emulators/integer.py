@@ -27,7 +27,7 @@ from onnx import ModelProto
 
 from autoptq.emulators import kernels
 from autoptq.emulators.base import EmulationResult, NodeFinding
-from autoptq.emulators.intgraph import DeviceGraph, EmulationError, build_device_graph
+from autoptq.emulators.intgraph import MOVEMENT_OPS, DeviceGraph, EmulationError, build_device_graph
 from autoptq.emulators.lowering import lower
 from autoptq.errors import AutoptqError, DataError
 from autoptq.intio import IOQuantization, read_integer_io
@@ -41,11 +41,7 @@ FAST_FIDELITY = (
     "within ~1 LSB per layer of TFLite-style devices (onnxruntime rounds half to even in float32 requantization)"
 )
 _INTEGER_KERNEL_PREFIXES = ("QLinear", "QGemm", "QAttention", "QEmbed", "DynamicQuantize")
-_QUIET_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad",
-     "Split", "Identity", "MaxPool", "Concat", "Gather", "Shape", "Cast", "DepthToSpace", "SpaceToDepth", "Resize",
-     "Expand", "Tile", "ReduceMax", "ReduceMin", "Max", "Min"}
-)  # fmt: skip
+_QUIET_OPS = MOVEMENT_OPS | {"QuantizeLinear", "DequantizeLinear", "Shape", "Cast"}
 """Ops that move or select values: running them on dequantized values loses nothing, so they are not reported."""
 _ARITHMETIC = {
     "tflite_double": "TFLite's reference integer kernels (int32 accumulation; gemmlowp double-rounding "
@@ -77,7 +73,7 @@ def emulate(
         raw = runner.run(output_names, _feeds(sample, inputs, io))
         outputs.append([_real(np.asarray(value), io.get(name)) for name, value in zip(output_names, raw, strict=True)])
     return EmulationResult(
-        tier=tier,  # type: ignore[arg-type]
+        tier="fast" if tier == "fast" else "exact",
         fidelity_statement=statement,
         output_names=output_names,
         outputs=outputs,
@@ -145,7 +141,8 @@ def exact_fidelity(device: DeviceGraph, profile: HardwareProfile) -> str:
     ops = ", ".join(sorted(device.exact_ops)) or "no op"
     parts = [
         f"exact tier: bit-exact with {_ARITHMETIC[rounding]} for {ops} in this model (rounding from the "
-        f"{profile.name} profile: {rounding}); verified bit for bit against a numpy reference of the same kernels."
+        f"{profile.name} profile: {rounding}), run in onnxruntime through a lowering that autoptq's tests hold bit "
+        "for bit to a numpy reference of the same kernels."
     ]
     if device.saturating_nodes:
         parts.append(
@@ -177,9 +174,10 @@ def exact_fidelity(device: DeviceGraph, profile: HardwareProfile) -> str:
         )
     else:
         parts.append(
-            "uint8 tensors are emulated as the int8 tensors a converter writes (q − 128). Reproduces the reference "
-            "kernels' arithmetic, not the silicon: vendor kernels can differ by a few LSB (the Edge TPU differs "
-            "from TFLite's CPU kernels by 2-5 LSB on MobileNet, coral issue #503)."
+            "Assumes what a TFLite converter writes: uint8 tensors as int8 (q − 128), and a requantization (QUANTIZE "
+            "int8 → int8) where an input of Concat, MaxPool or a reshape has other parameters than the output. "
+            "Reproduces the reference kernels' arithmetic, not the silicon: vendor kernels can differ by a few LSB "
+            "(the Edge TPU differs from TFLite's CPU kernels by 2-5 LSB on MobileNet, coral issue #503)."
         )
     parts.append("Integer inputs are quantized on the host with round half away from zero (float32 division).")
     return " ".join(parts)
@@ -231,15 +229,17 @@ def _kernel_inventory(optimized: ModelProto) -> tuple[list[onnx.NodeProto], list
     return integer, floats
 
 
-def _fast_statement(integer: Sequence[onnx.NodeProto], floats: Sequence[onnx.NodeProto], profile: HardwareProfile) -> str:
+def _fast_statement(
+    integer: Sequence[onnx.NodeProto], floats: Sequence[onnx.NodeProto], profile: HardwareProfile
+) -> str:
     counts: dict[str, int] = {}
     for node in integer:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     kernels_ran = ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items())) or "none"
     parts = [
         f"fast tier: the QDQ model in onnxruntime {ort.__version__} (CPU, all graph optimizations, one thread); "
-        f"integer kernels that ran: {kernels_ran}. {FAST_FIDELITY[0].upper()}{FAST_FIDELITY[1:]}, the device "
-        f"rounding {profile.quantization.rounding}; differences compound over chained layers (a few LSB after 5)."
+        f"integer kernels that ran: {kernels_ran}. Fidelity: {FAST_FIDELITY}, where the device rounds "
+        f"{profile.quantization.rounding}; differences compound over chained layers (a few LSB after 5)."
     ]
     if floats:
         parts.append(

@@ -74,6 +74,8 @@ _MOVEMENT_DATA_INPUTS: dict[str, tuple[int, ...] | None] = {
 }
 """Ops that only select, move or compare values (so run on integers of one scale): op → indices of the quantized
 inputs (None: all inputs). The other inputs (shapes, axes, pads) pass through unchanged."""
+MOVEMENT_OPS = frozenset(_MOVEMENT_DATA_INPUTS)
+"""Ops that only move or select values: exact on integers of one scale (and in float)."""
 _LOOKUP_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"Sigmoid": kernels.sigmoid, "Tanh": kernels.tanh}
 _QUIET_FLOAT_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Cast", *_MOVEMENT_DATA_INPUTS})
 """Float-path ops not worth a finding: shape arithmetic and data movement are exact in float too."""
@@ -255,7 +257,7 @@ class _Builder:
 
     def const(self, array: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)
-        self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         return name
 
     def declare(self, name: str, elem_type: int, like: str | None = None) -> None:
@@ -543,7 +545,7 @@ class _Builder:
         if pads is None:
             return "auto_pad needs a static input shape"
         x_name, x_params = x
-        out_channels, per_group = weights.values.shape[:2]
+        out_channels = weights.values.shape[0]
         w_scale, w_zero = weights.along(out_channels)
         w = weights.values.astype(np.int64) - w_zero.reshape(-1, 1, 1, 1)
         bias = self.bias(node, 2, x_params.scale, w_scale)
@@ -558,7 +560,7 @@ class _Builder:
             strides=strides,
             pads=pads,
             dilations=dilations,
-            accumulation=self.accumulation(x_params, weights, per_group, node),
+            accumulation=self.accumulation(x_params, weights.values, weights.zero_point, node),
         )
         self.declare(acc, TensorProto.INT32, like=consumer.target)
         self.requantize_product(acc, consumer, x_params.scale, w_scale, node.name, (-1, 1, 1))
@@ -589,7 +591,8 @@ class _Builder:
             if not weights.per_tensor and weights.axis != n_axis:
                 return "its weights are quantized along the reduction axis"
             w_scale, w_zero = weights.along(weights.values.shape[n_axis])
-            w = (weights.values.T if transpose else weights.values).astype(np.int64) - w_zero.reshape(1, -1)
+            w_raw = weights.values.T if transpose else weights.values
+            w = w_raw.astype(np.int64) - w_zero.reshape(1, -1)
             bias = self.bias(node, bias_index, a_params.scale, w_scale)
             self.emit(
                 "IntMatMul",
@@ -598,7 +601,7 @@ class _Builder:
                 node.name,
                 a_zero_point=a_params.zero_point,
                 b_zero_point=0,
-                accumulation=self.accumulation(a_params, weights, 2, node),
+                accumulation=self.accumulation(a_params, w_raw, weights.zero_point, node),
             )
             channel_shape: tuple[int, ...] = (-1,)
         else:
@@ -902,20 +905,24 @@ class _Builder:
         clipped = np.clip(quantized, kernels.INT32_MIN, kernels.INT32_MAX).astype(np.int32)
         return [self.const(clipped, f"{node.name}/bias")]
 
-    def accumulation(self, x: QParams, weights: _ConstQ, reduction_group: int, node: NodeProto) -> Accumulation:
-        """The int16 pair saturation of x86 without VNNI hits u8 × s8 GEMM kernels with symmetric weights; the
-        depthwise kernels (one input channel per group) and s8 × s8 kernels accumulate in int32 directly."""
-        saturating = (
-            self.pairs
-            and x.dtype == np.uint8
-            and weights.values.dtype == np.int8
-            and not np.any(weights.zero_point)
-            and reduction_group > 1
-        )
-        if saturating:
-            self.result.saturating_nodes.append(node.name)
-            return "int16_pairs"
-        return "int32"
+    def accumulation(self, x: QParams, weights: np.ndarray, zero_point: np.ndarray, node: NodeProto) -> Accumulation:
+        """int16 pair saturation (x86 without VNNI) hits u8 × s8 GEMM kernels with symmetric weights; depthwise
+        kernels (one input channel per group) and s8 × s8 kernels accumulate in int32 directly. `weights` are
+        convolution (O, C/g, kh, kw) or MatMul (K, N) integers; pairs that can saturate are reported."""
+        group = NodeAttributes(node).integer("group", 1)
+        depthwise = weights.ndim == 4 and group > 1 and weights.shape[1] == 1
+        if not self.pairs or x.dtype != np.uint8 or weights.dtype != np.int8 or np.any(zero_point) or depthwise:
+            return "int32"
+        self.result.saturating_nodes.append(node.name)
+        pairs = kernels.conv_pair_weights(weights, group) if weights.ndim == 4 else kernels.matmul_pair_weights(weights)
+        risky = int(kernels.saturable_pairs(pairs).sum())
+        if risky:
+            detail = (
+                f"{risky} (weight pair, output) combinations can saturate int16 in u8 × s8 pair sums (255 · "
+                "(|w_a| + |w_b|) > 32767); 7-bit weights (reduce_range) avoid it"
+            )
+            self.result.findings.append(NodeFinding(node=node.name, kind="saturation_risk", detail=detail, count=risky))
+        return "int16_pairs"
 
     def explicit_pads(
         self,
@@ -950,11 +957,18 @@ class _Builder:
             if name not in self.graph_outputs and elem_type != TensorProto.UNDEFINED
         ]
         source = self.source.graph
+        outputs = []
+        for value in source.output:  # an output declared without a type gets the one its device op gives it
+            output = onnx.ValueInfoProto()
+            output.CopyFrom(value)
+            if not output.type.tensor_type.elem_type and value.name in self.declared:
+                output.type.tensor_type.elem_type = self.declared[value.name][0]
+            outputs.append(output)
         graph = helper.make_graph(
             self.nodes,
             source.name or "device",
             list(source.input),
-            list(source.output),
+            outputs,
             list(self.initializers.values()),
             value_info=value_info,
         )

@@ -185,6 +185,29 @@ def _pair_sums(raw: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.clip(sums, INT16_MIN, INT16_MAX).sum(axis=-1)
 
 
+def conv_pair_weights(weights: np.ndarray, group: int) -> np.ndarray:
+    """Convolution weights (O, C/g, kh, kw) as the pairs a u8 × s8 kernel multiplies: (g, K/2, 2, O/g), K taken in
+    (kh, kw, C/g) order and padded to even with a zero."""
+    out_c, per_group, kh, kw = weights.shape
+    k = kh * kw * per_group
+    ordered = weights.astype(np.int64).reshape(group, out_c // group, per_group, kh, kw).transpose(0, 1, 3, 4, 2)
+    ordered = ordered.reshape(group, out_c // group, k)
+    ordered = np.concatenate([ordered, np.zeros((group, out_c // group, k % 2), np.int64)], axis=2)
+    return ordered.reshape(group, out_c // group, -1, 2).transpose(0, 2, 3, 1)
+
+
+def matmul_pair_weights(weights: np.ndarray) -> np.ndarray:
+    """MatMul weights (K, N) as pairs along K: (K/2, 2, N), K padded to even with a zero row."""
+    padded = np.concatenate([weights.astype(np.int64), np.zeros((weights.shape[0] % 2, weights.shape[1]), np.int64)])
+    return padded.reshape(-1, 2, weights.shape[1])
+
+
+def saturable_pairs(pair_weights: np.ndarray) -> np.ndarray:
+    """Which (pair, output) combinations of pair weights (..., K/2, 2, O) can leave int16 with u8 activations:
+    `255 · (|w_2p| + |w_2p+1|) > 32767` (never with 7-bit weights). Boolean (..., K/2, O)."""
+    return 255 * np.abs(pair_weights).sum(axis=-2) > INT16_MAX
+
+
 def conv_accumulate(
     x: np.ndarray,
     w: np.ndarray,

@@ -109,9 +109,9 @@ def static_qdq(
 
 
 ENTROPY_HISTOGRAM_BINS = 2048
-ENTROPY_QUANTIZED_BINS = 128
-"""KL-divergence calibration (TensorRT's): a 2048-bin histogram searched for the 128-level range losing least.
-onnxruntime's quantize_static fixes both at 128, which leaves a single candidate threshold: entropy = min/max."""
+"""KL-divergence calibration (TensorRT's): a 2048-bin histogram searched for the clipping range that loses least
+when squeezed into the quantized levels. onnxruntime's histogram is symmetric about zero, so an 8-bit tensor has
+256 levels across it. quantize_static fixes both at 128, which leaves one candidate threshold: entropy = min/max."""
 
 
 def entropy_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Path:
@@ -121,12 +121,17 @@ def entropy_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path,
         recipe.op_types_to_quantize or None,
         augmented_model_path=str(folder / "augmented.onnx"),
         calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+        extra_options={"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": _levels(recipe.activation_dtype)},
     )
     calibrator.collect_data(DatasetReader(samples, label="calibrating (entropy)"))
     path = cache or folder / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), path)
     return path
+
+
+def _levels(dtype: str) -> int:
+    # 16-bit tensors have more levels than the histogram has bins: the whole range is the only candidate then.
+    return 256 if dtype in ("int8", "uint8") else ENTROPY_HISTOGRAM_BINS
 
 
 def fixed_output_overrides(model: ModelProto, recipe: Recipe) -> dict[str, list[dict[str, object]]]:

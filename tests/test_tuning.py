@@ -1,0 +1,206 @@
+"""Accuracy-aware planning: sensitivity, the greedy walk, the Pareto choice, budgets and their limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autoptq.api import QuantizeOptions, plan_for
+from autoptq.calibration import Dataset, load_dataset
+from autoptq.graph import ModelGraph, load_model
+from autoptq.planner import Plan, load_tree
+from autoptq.profiles import load_profile
+from autoptq.tuning import Budget, Trial, choose, pareto_front, tune
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+WIDTH = 32
+
+
+def _one_bad_layer() -> tuple[ModelGraph, Dataset, Dataset]:
+    """Three dense layers; the first has one huge weight (fed by a near-silent input feature), so per-tensor int8
+    weights crush all its other weights: that one node explains the loss."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((WIDTH, WIDTH)) * 0.3).astype(np.float32)
+    w1[5, 7] = 100.0
+    w2 = (rng.standard_normal((WIDTH, WIDTH)) * 0.3).astype(np.float32)
+    w3 = (rng.standard_normal((WIDTH, 10)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one_bad_layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+
+    def sample() -> dict[str, np.ndarray]:
+        x = rng.standard_normal((1, WIDTH)).astype(np.float32)
+        x[0, 5] *= 0.003
+        return {"x": x}
+
+    samples = [sample() for _ in range(96)]
+    return load_model(model), Dataset(samples[:64], None, "calibration"), Dataset(samples[64:], None, "validation")
+
+
+def _per_tensor_plan(graph: ModelGraph, target: str, calibration: Dataset) -> Plan:
+    profile = load_profile(target)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
+    recipe = plan.recipe.model_copy(update={"per_channel": False})
+    return plan.model_copy(
+        update={"recipe": recipe, "fallbacks": ["percentile_calibration", "exclude_sensitive", "none"]}
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_layer() -> tuple[ModelGraph, Dataset, Dataset]:
+    return _one_bad_layer()
+
+
+def test_the_loop_finds_the_one_sensitive_node(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    result = tune(graph, load_profile("qualcomm-htp"), plan, calibration, validation, Budget(min_sqnr_db=20))
+    assert not result.trials[0].meets_budget  # the default recipe misses the budget
+    assert result.sensitivity[0].node == "fc1"  # ranked most sensitive
+    chosen = result.trials[result.chosen]
+    assert result.within_budget and chosen.excluded == ["fc1"]  # the fewest exclusions that meet the budget
+    assert chosen.min_sqnr_db is not None and chosen.min_sqnr_db >= 20
+    assert "exclude 1" in chosen.step and result.stopped_by == "budget met"
+    # Re-audited on the device: the float node moves the cut, so the verdict says where.
+    assert "first cut at fc1" in chosen.device_verdict
+    assert all(t.latency_ms is not None for t in result.trials)
+
+
+def test_an_unreachable_budget_returns_the_closest_and_marks_it(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    result = tune(graph, load_profile("qualcomm-htp"), plan, calibration, validation, Budget(min_sqnr_db=60))
+    assert not result.within_budget
+    assert "NO candidate meets the budget" in result.message
+    chosen = result.trials[result.chosen]
+    # Float (or every node on the host) is no deployment for an integer-only device: the closest quantized one wins.
+    assert chosen.technique == "full_int8" and chosen.runnable
+    best = max((t for t in result.trials if t.runnable and t.error is None), key=lambda t: t.min_sqnr_db or -1e9)
+    assert chosen.index == best.index
+    assert not any(t.meets_budget for t in result.trials)
+
+
+def test_trial_and_time_budgets_stop_the_search(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    profile = load_profile("qualcomm-htp")
+    by_trials = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=60, max_trials=2))
+    assert len(by_trials.trials) == 2 and by_trials.stopped_by == "trial budget"
+    by_time = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=60, time_budget_s=0.0))
+    assert len(by_time.trials) == 1 and by_time.stopped_by == "time budget"
+    assert not by_time.within_budget  # and still a result
+
+
+def test_exhaustive_search_agrees_with_the_greedy_choice(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    profile = load_profile("qualcomm-htp")
+    greedy = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20))
+    exhaustive = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20), exhaustive=True)
+    assert len(exhaustive.trials) > len(greedy.trials)
+    assert exhaustive.trials[exhaustive.chosen].excluded == greedy.trials[greedy.chosen].excluded
+
+
+def test_the_shipped_example_meets_a_tight_budget_with_the_fewest_exclusions() -> None:
+    graph = load_model(EXAMPLES / "digits_cnn.onnx")
+    calibration = load_dataset(EXAMPLES / "calib.npz", graph)
+    validation = load_dataset(EXAMPLES / "val.npz", graph)
+    profile = load_profile("edgetpu")
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    result = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=45, max_drop=0.0))
+    assert result.within_budget
+    chosen = result.trials[result.chosen]
+    assert len(chosen.excluded) == 1
+    # Fewest: no trial with fewer exclusions met the budget.
+    assert not any(t.meets_budget for t in result.trials if len(t.excluded) < len(chosen.excluded))
+    assert chosen.accuracy is not None and result.float_accuracy is not None
+    assert chosen.accuracy >= result.float_accuracy  # max_drop 0 met on the emulator
+
+
+def _trial(index: int, quality: float, latency: float, size: int, meets: bool = True) -> Trial:
+    return Trial(
+        index=index,
+        step=f"t{index}",
+        technique="full_int8",
+        recipe=None,
+        min_sqnr_db=quality,
+        latency_ms=latency,
+        latency_ratio=latency,
+        size_bytes=size,
+        meets_budget=meets,
+    )
+
+
+def test_pareto_front_and_objectives() -> None:
+    trials = [
+        _trial(0, quality=30, latency=1.0, size=100),  # fast and small
+        _trial(1, quality=40, latency=2.0, size=200),  # more accurate, slower, larger
+        _trial(2, quality=29, latency=1.5, size=150),  # dominated by 0
+        _trial(3, quality=45, latency=3.0, size=90, meets=False),  # smallest and best, but out of budget
+    ]
+    front = pareto_front(trials)
+    assert set(front) == {0, 1, 3}
+    assert choose(trials, front, "speed") == (0, True)
+    assert choose(trials, front, "accuracy") == (1, True)
+    assert choose(trials, front, "size") == (0, True)  # 3 is smaller but not within budget
+    nothing = [t.model_copy(update={"meets_budget": False}) for t in trials]
+    index, within = choose(nothing, pareto_front(nothing), "speed")
+    assert not within and index == 3  # the closest: best quality
+
+
+def test_cli_budget_writes_trials_to_output_and_manifest(run_cli, tmp_path: Path) -> None:
+    out = tmp_path / "variants"
+    code, _, stderr = run_cli(
+        [
+            "variants",
+            str(EXAMPLES / "digits_cnn.onnx"),
+            "--targets",
+            "edgetpu",
+            "--data",
+            str(EXAMPLES / "calib.npz"),
+            "--val",
+            str(EXAMPLES / "val.npz"),
+            "--min-sqnr",
+            "45",
+            "--time-budget",
+            "5m",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0, stderr
+    assert "trial 1: plan" in stderr  # progress
+    manifest = json.loads((out / "manifest.json").read_text())
+    tuning = manifest["variants"][0]["tuning"]
+    assert tuning["within_budget"] and tuning["budget"]["min_sqnr_db"] == 45
+    assert tuning["trials"][0]["step"] == "plan"
+    assert all("seconds" not in t for t in tuning["trials"])  # timings stay out of the deterministic manifest
+    assert "| # | step |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("text", "phrase"), [("10x", "duration"), ("-1m", "duration")])
+def test_bad_time_budget_is_a_usage_error(run_cli, tmp_path: Path, text: str, phrase: str) -> None:
+    code, _, stderr = run_cli(
+        ["quantize", str(EXAMPLES / "digits_cnn.onnx"), "-t", "edgetpu", "-d", str(EXAMPLES / "calib.npz"),
+         "--max-drop", "0.01", "--time-budget", text, "-o", str(tmp_path / "o.onnx")]
+    )  # fmt: skip
+    assert code == 2 and phrase in stderr and not (tmp_path / "o.onnx").exists()
