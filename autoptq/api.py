@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, Field
 
@@ -17,7 +18,7 @@ from autoptq.coverage import CoverageReport, analyse
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
 from autoptq.images import ImagePreprocessing, parse_preprocessing
-from autoptq.manifest import DataInfo, InputModel, Manifest, sha256, variant_from
+from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.produce import Outcome, produce, produce_tuned
@@ -26,7 +27,7 @@ from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
 from autoptq.tuning import Budget
-from autoptq.verify import DEFAULT_MIN_SQNR_DB, LatencyMeasurement
+from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 ModelSource = str | Path | ModelProto | ModelGraph
 TargetSource = str | Path | HardwareProfile
@@ -196,7 +197,7 @@ def make_variants(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
-) -> tuple[Manifest, dict[str, LatencyMeasurement | None]]:
+) -> tuple[Manifest, dict[str, dict[str, object]]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
     measurements.json (the only file that varies run to run: it holds timings)."""
     options = options or QuantizeOptions()
@@ -226,8 +227,18 @@ def make_variants(
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
-        variants.append(variant_from(outcome, relative, chosen.warnings))
-        measurements[profile.name] = outcome.verification.latency if outcome.verification else None
+        variant = variant_from(outcome, relative, chosen.warnings)
+        checked = None
+        if not outcome.kept_float:
+            progress(f"{profile.name}: checking on the {profile.emulator} emulator")
+            checked = run_check(onnx.load_from_string(outcome.model_bytes), profile, graph, held_out)
+            variant = variant.model_copy(update={"check": check_summary(checked)})
+        variants.append(variant)
+        measurements[profile.name] = {
+            "verification": outcome.verification.latency if outcome.verification else None,
+            "check_measured_latency_ratio": checked.latency.measured_ratio if checked else None,
+            "trial_seconds": [t.seconds for t in outcome.tuning.trials] if outcome.tuning else None,
+        }
     model_bytes = graph.path.read_bytes() if graph.path else graph.model.SerializeToString(deterministic=True)
     manifest = Manifest(
         autoptq_version=__version__,
@@ -249,7 +260,10 @@ def make_variants(
     )
     write_atomic(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
     write_atomic(folder / "report.md", render_variants_report(manifest))
-    timings = {name: (m.model_dump() if m else None) for name, m in measurements.items()}
+    timings = {
+        name: {key: (value.model_dump() if isinstance(value, BaseModel) else value) for key, value in m.items()}
+        for name, m in measurements.items()
+    }
     write_atomic(folder / "measurements.json", json.dumps(timings, indent=2, sort_keys=True) + "\n")
     return manifest, measurements
 

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime
 from pydantic import BaseModel, Field
 
+from autoptq.check import CheckReport
 from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity
 from autoptq.prepare import PreparationStep
@@ -133,7 +134,9 @@ class Variant(BaseModel):
     warnings: list[str]
     failed: bool = Field(description="quantization was planned but nothing beat float, or the budget was not met")
     tuning: TuningSummary | None = None
-    check: dict[str, object] | None = Field(default=None, description="the emulator's check, when run")
+    check: dict[str, object] | None = Field(
+        default=None, description="`autoptq check` on the target's emulator (measured timings left out)"
+    )
 
 
 class InputModel(BaseModel):
@@ -216,3 +219,11 @@ def outcome_failed(outcome: Outcome) -> bool:
     if outcome.tuning is not None:
         return not outcome.tuning.within_budget
     return outcome.planned_technique != "none" and outcome.kept_float
+
+
+def check_summary(result: CheckReport) -> dict[str, object]:
+    """The deterministic part of a check report for the manifest (the measured latency varies run to run)."""
+    summary = result.model_dump(mode="json")
+    summary["latency"].pop("measured_ratio", None)
+    summary["latency"].pop("measured_note", None)
+    return summary

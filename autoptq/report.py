@@ -304,6 +304,25 @@ def _size(value: int) -> str:
     return _bytes(value)
 
 
+def _check_sentence(check: dict[str, object]) -> str:
+    """One line of a variant's `autoptq check`: tier, rules, emulated fidelity and accuracy, latency estimate."""
+    rules = check["device_rules"]
+    violations = len(rules["violations"])
+    parts = [f"{check['tier']} tier; device rules {'passed' if rules['passed'] else f'FAILED ({violations})'}"]
+    fidelity = check["fidelity"]
+    if fidelity:
+        parts.append(f"emulated SQNR {min(f['sqnr_db'] for f in fidelity):.1f} dB")
+    accuracy = check.get("accuracy")
+    if accuracy:
+        parts.append(f"emulated accuracy {accuracy['emulated']:.4f} (float {accuracy['float']:.4f})")
+    low, high = check["latency"]["estimate_ms"]
+    parts.append(f"latency estimate {low:.3g}-{high:.3g} ms")
+    findings = check.get("findings") or []
+    if findings:
+        parts.append(f"{len(findings)} emulator findings (see manifest)")
+    return "; ".join(parts)
+
+
 def render_variants_report(manifest: Manifest) -> str:
     """report.md of `autoptq variants`: the variants side by side, then each one's story."""
     lines = [
@@ -379,6 +398,8 @@ def render_variants_report(manifest: Manifest) -> str:
                     f"{latency} | {t.device_verdict} | {verdict} |"
                 )
             lines.append("")
+        if v.check is not None:
+            lines.append(f"- Device check: {_check_sentence(v.check)}")
         applied = [s for s in v.preparation if s.applied]
         if applied:
             lines.append("- Preparation: " + "; ".join(f"{s.name} ({s.note})" for s in applied))
