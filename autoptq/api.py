@@ -239,7 +239,7 @@ def make_variants(
             "check_measured_latency_ratio": checked.latency.measured_ratio if checked else None,
             "trial_seconds": [t.seconds for t in outcome.tuning.trials] if outcome.tuning else None,
         }
-    model_bytes = graph.path.read_bytes() if graph.path else graph.model.SerializeToString(deterministic=True)
+    model_bytes = graph.original_bytes()
     manifest = Manifest(
         autoptq_version=__version__,
         input_model=InputModel(

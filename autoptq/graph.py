@@ -154,6 +154,12 @@ class ModelGraph:
             self._constant_cache[name] = None if source is None else _to_array(source)
         return self._constant_cache[name]
 
+    def original_bytes(self) -> bytes:
+        """The model as given: the file's bytes, or the ModelProto serialized deterministically."""
+        if self.path is not None:
+            return self.path.read_bytes()
+        return self.model.SerializeToString(deterministic=True)
+
     def node(self, name: str) -> NodeInfo:
         """The NodeInfo of node `name`."""
         return self.graph.nodes[name]["info"]

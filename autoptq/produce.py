@@ -66,7 +66,7 @@ def produce(
     """Prepare, quantize and verify along the plan's candidates; return the first verified one, or float."""
     float_model = graph.model
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
-    float_bytes = graph.path.read_bytes() if graph.path else float_model.SerializeToString(deterministic=True)
+    float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
@@ -177,7 +177,7 @@ def produce_tuned(
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
     result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress)
     trial = result.trials[result.chosen]
-    float_bytes = graph.path.read_bytes() if graph.path else graph.model.SerializeToString(deterministic=True)
+    float_bytes = graph.original_bytes()
     is_float = trial.technique == "none"
     model_bytes = float_bytes if is_float else result.model_bytes
     verification = None
