@@ -11,7 +11,6 @@ Everything is loaded with `allow_pickle=False`; problems are reported in one lin
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,8 +242,3 @@ def synthetic_dataset(graph: ModelGraph, count: int, seed: int = 0) -> Dataset:
                 sample[tensor.name] = rng.integers(0, 2, size=shape).astype(dtype)
         samples.append(sample)
     return Dataset(samples, None, f"synthetic (seed {seed})", synthetic=True)
-
-
-def iterate_batches(dataset: Dataset) -> Iterator[dict[str, np.ndarray]]:
-    """Samples one at a time, as onnxruntime feeds."""
-    yield from dataset.samples

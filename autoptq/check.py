@@ -17,7 +17,7 @@ from autoptq.calibration import Dataset
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
 from autoptq.emulators.base import NodeFinding
-from autoptq.emulators.device_rules import DeviceRulesResult, RuleViolation, check_device_rules
+from autoptq.emulators.device_rules import DeviceRulesResult, check_device_rules
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -26,13 +26,6 @@ from autoptq.planner import predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
 from autoptq.verify import ModelRunner, measurable_here, measure_latency
-
-
-class DeviceRules(BaseModel):
-    """Whether the quantized graph obeys the device's rules."""
-
-    passed: bool
-    violations: list[RuleViolation]
 
 
 class AccuracyCheck(BaseModel):
@@ -72,7 +65,7 @@ class CheckReport(BaseModel):
     target: str
     tier: str
     fidelity_statement: str
-    device_rules: DeviceRules
+    device_rules: DeviceRulesResult = Field(description="passed, violations, the rules that apply, op table, memory")
     op_summary: list[dict[str, object]]
     fidelity: list[OutputFidelity]
     accuracy: AccuracyCheck | None
@@ -136,7 +129,7 @@ def check(
         target=profile.name,
         tier=emulated.tier,
         fidelity_statement=emulated.fidelity_statement,
-        device_rules=DeviceRules(passed=rules.passed, violations=rules.violations),
+        device_rules=rules,
         op_summary=[row.model_dump() for row in rules.op_summary],
         fidelity=fidelity,
         accuracy=accuracy_check,

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -449,11 +448,6 @@ def plans(
 ) -> list[Plan]:
     """One plan per target."""
     return [plan_model(graph, profile, tree, data, goals) for profile in profiles]
-
-
-def fact_catalogue() -> Mapping[str, FactSpec]:
-    """The facts rules may use, for documentation."""
-    return FACTS
 
 
 class MatrixCell(BaseModel):

@@ -490,13 +490,7 @@ def render_check(results: Sequence[CheckReport], fmt: Format) -> str:
     parts: list[Table | str] = []
     for result in results:
         parts.append("\n".join(check_lines(result)))
-        if result.op_summary:
-            ops = Table(title=f"{result.target}: quantized model operators", title_justify="left")
-            for column in ("Operator", "Count", "Status"):
-                ops.add_column(column)
-            for row in result.op_summary:
-                ops.add_row(str(row["operator"]), str(row["count"]), str(row["status"]))
-            parts.append(ops)
+        parts.append(render_device_rules(result.device_rules))
     if fmt == "markdown":
         return "\n".join(
             f"## Check: {r.target}\n\n" + "\n".join(f"    {line}" for line in check_lines(r)) for r in results

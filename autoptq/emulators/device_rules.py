@@ -85,7 +85,9 @@ class DeviceRulesResult(BaseModel):
     )
     streamed_param_bytes: int = Field(description="parameter bytes beyond the cache, streamed at every inference")
     parameter_cache_bytes: int | None
-    coverage: CoverageReport | None = Field(description="partitioning of the quantized graph on the device")
+    coverage: CoverageReport | None = Field(
+        default=None, exclude=True, description="partitioning of the quantized graph (in memory only: large)"
+    )
 
 
 @dataclass(eq=False)

@@ -133,13 +133,3 @@ def load_result(path: Path) -> ModelProto:
     if not path.is_file():
         raise QuantizationError("the quantizer wrote no model")
     return onnx.load(str(path))
-
-
-def count_ops(model: ModelProto, op_types: set[str]) -> int:
-    """How many nodes of the main graph have one of `op_types`."""
-    return sum(1 for node in model.graph.node if node.op_type in op_types)
-
-
-def node_names_by_type(model: ModelProto, op_types: set[str]) -> list[str]:
-    """Names of the nodes whose type is in `op_types`."""
-    return [node.name for node in model.graph.node if node.op_type in op_types]
