@@ -148,7 +148,7 @@ def quantize(
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
     graph = as_graph(model)
-    out_path = check_output_path(Path(output), protected=graph.source_files)
+    out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
     profile, tree = as_profile(target), load_tree(rules)
     calibration, held_out, _ = split_data(
         graph,
@@ -217,7 +217,9 @@ def make_variants(
         graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
     )
     for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
-        check_output_path(folder.resolve() / name, protected=graph.source_files, must_exist_parent=False)
+        check_output_path(
+            folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
+        )
     folder.mkdir(parents=True, exist_ok=True)
     variants, measurements = [], {}
     for profile in profiles:
@@ -296,3 +298,8 @@ def _without_folders(text: str, sources: list[str]) -> str:
         if folder not in ("", "."):
             text = text.replace(folder + "/", "")
     return text
+
+
+def _paths(*sources: object) -> list[Path]:
+    """The file paths among data arguments (a Dataset or None is no file): outputs must not overwrite them."""
+    return [Path(s) for s in sources if isinstance(s, (str, Path))]

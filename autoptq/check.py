@@ -104,10 +104,12 @@ def check(
     chosen_tier = tier or tiers[0]
     if chosen_tier not in tiers:
         raise AutoptqError(f"tier {chosen_tier!r} does not apply to {profile.name} (its tiers: {', '.join(tiers)})")
+    _check_inputs(quantized, reference)
+    order = _reference_order([o.name for o in quantized.graph.output], [o.name for o in reference.model.graph.output])
     rules = check_device_rules(quantized, profile)
     emulated = emulator_for(family)(quantized, profile, list(data.samples), chosen_tier)
     reference_runner = ModelRunner(reference.model)
-    reference_outputs = [reference_runner.run(sample) for sample in data.samples]
+    reference_outputs = [[outputs[i] for i in order] for outputs in map(reference_runner.run, data.samples)]
     fidelity = [
         compare(name, [r[i] for r in reference_outputs], [e[i] for e in emulated.outputs])
         for i, name in enumerate(emulated.output_names)
@@ -117,6 +119,7 @@ def check(
     latency = _latency(quantized, profile, reference, coverage, data)
     memory = _memory(rules, coverage, profile)
     failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
+    failures += [f"output {f.name!r} is NaN or inf under the emulator" for f in fidelity if not f.finite]
     if min_sqnr_db is not None:
         failures += [
             f"output {f.name!r}: SQNR {f.sqnr_db:.1f} dB below --min-sqnr {min_sqnr_db}"
@@ -138,6 +141,32 @@ def check(
         findings=emulated.findings,
         passed=not failures,
         failures=failures,
+    )
+
+
+def _check_inputs(quantized: ModelProto, reference: ModelGraph) -> None:
+    """The quantized model must take the reference's inputs (the data was validated against the reference)."""
+    initializers = {init.name for init in quantized.graph.initializer}
+    wanted = [value.name for value in quantized.graph.input if value.name not in initializers]
+    given = [value.name for value in reference.model.graph.input]
+    missing = [name for name in wanted if name not in given]
+    if missing:
+        raise AutoptqError(
+            f"the quantized model's input {missing[0]!r} is not an input of the reference model (quantized: {wanted}, "
+            f"reference: {given}): is this the model it was made from?"
+        )
+
+
+def _reference_order(names: Sequence[str], reference_names: Sequence[str]) -> list[int]:
+    """For each quantized output, the index of the reference output to compare it with: the same name, or the same
+    position when the quantized model renamed its outputs (same count)."""
+    if all(name in reference_names for name in names):
+        return [list(reference_names).index(name) for name in names]
+    if len(names) == len(reference_names):
+        return list(range(len(names)))
+    raise AutoptqError(
+        f"the quantized model's outputs {list(names)} do not match the reference model's {list(reference_names)}: "
+        "is this the model it was made from?"
     )
 
 

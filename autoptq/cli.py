@@ -64,6 +64,11 @@ def split_targets(values: list[str]) -> list[str]:
     return targets
 
 
+def input_paths(*paths: Path | None) -> list[Path]:
+    """Data inputs an output must never overwrite."""
+    return [p for p in paths if p is not None]
+
+
 def emit(text: str, output: Path | None) -> None:
     """Print a report and, when asked, write it atomically to a file."""
     if output is not None:
@@ -282,7 +287,7 @@ def plan(
         typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
-        check_output_path(output, protected=graph.source_files)
+        check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
     data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
     emit(report.render_plans(plans, fmt.value), output)
@@ -403,7 +408,7 @@ def check(
 ) -> None:
     """What will this quantized model do on the device? Exit 1 when device rules or budgets fail."""
     if output is not None:
-        check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files])
+        check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data)])
     drop = parse_max_drop(max_drop)
     results = [
         api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 SQNR_CAP_DB = 200.0
 """Identical outputs have infinite SQNR; it is reported as this cap so JSON stays finite."""
@@ -15,7 +15,7 @@ class OutputFidelity(BaseModel):
     name: str
     sqnr_db: float
     cosine: float
-    max_abs_diff: float
+    max_abs_diff: float | None = Field(description="largest |difference|; null when the candidate is not finite")
     top1_agreement: float | None = None
     finite: bool = True
 
@@ -60,7 +60,7 @@ def compare(name: str, reference: list[np.ndarray], candidate: list[np.ndarray])
     finite = bool(np.all(np.isfinite(cand)))
     if not finite:
         return OutputFidelity(
-            name=name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=float("inf"), finite=False, top1_agreement=0.0
+            name=name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=None, finite=False, top1_agreement=0.0
         )
     agreement = None
     if looks_like_classifier(np.asarray(reference[0])):

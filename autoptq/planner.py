@@ -246,6 +246,8 @@ def device_conformant_recipe(
         update["weight_dtype"] = next((d for d in rules.weights.dtype if d in ("int8", "uint8")), "int8")
         update["weight_symmetric"] = rules.weights.symmetric or base.weight_symmetric
         update["activation_symmetric"] = rules.activations.symmetric
+        if rules.int8_dot_product == "int16_pair_saturating":
+            update["reduce_range"] = True  # 7-bit weights: u8 x s8 pair sums then fit int16
         if base.per_channel and "per_channel" not in rules.weights.granularity:
             update["per_channel"] = False
         if technique == "full_int8":
@@ -260,6 +262,8 @@ def device_conformant_recipe(
         if data is not None:
             update["calibration_samples"] = min(base.calibration_samples, len(data))
     if technique == "weight_only_int8":
+        if rules.int8_dot_product == "int16_pair_saturating":
+            update["reduce_range"] = True
         update["op_types_to_quantize"] = sorted(
             op for op in (base.op_types_to_quantize or DYNAMIC_QUANT_OPS) if op in present_ops
         )

@@ -183,6 +183,10 @@ def _audit_sarif(reports: Sequence[CoverageReport], artifact: str) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
+def _diff(value: float | None) -> str:
+    return "n/a (not finite)" if value is None else f"{value:.4g}"
+
+
 def _fact(value: object) -> str:
     if value is None:
         return "unknown"
@@ -423,7 +427,7 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
         for f in ver.fidelity:
             agreement = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
             lines.append(
-                f"  output {f.name}: SQNR {f.sqnr_db:.1f} dB, cosine {f.cosine:.4f}, max |diff| {f.max_abs_diff:.4g}"
+                f"  output {f.name}: SQNR {f.sqnr_db:.1f} dB, cosine {f.cosine:.4f}, max |diff| {_diff(f.max_abs_diff)}"
                 f"{agreement} over {ver.samples} held-out samples"
             )
         if ver.accuracy_float is not None and ver.accuracy_candidate is not None:
@@ -459,7 +463,7 @@ def check_lines(result: CheckReport) -> list[str]:
         agreement = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
         lines.append(
             f"Output {f.name}: SQNR {f.sqnr_db:.1f} dB, cosine {f.cosine:.4f}, "
-            f"max |diff| {f.max_abs_diff:.4g}{agreement}"
+            f"max |diff| {_diff(f.max_abs_diff)}{agreement}"
         )
     if result.accuracy is not None:
         a = result.accuracy
