@@ -183,6 +183,7 @@ def _produce(
             options.goals.prefer,
             progress,
             options.measure_latency,
+            options.min_sqnr_db,
         )
     return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
 

@@ -89,7 +89,7 @@ def tuning_summary(result: TuningResult) -> TuningSummary:
         float_accuracy=result.float_accuracy,
         within_budget=result.within_budget,
         message=result.message,
-        stopped_by="budget met" if result.stopped_by == "budget met" else result.stopped_by,
+        stopped_by=result.stopped_by,
         chosen=result.chosen,
         pareto=result.pareto,
         most_sensitive=result.sensitivity[:10],

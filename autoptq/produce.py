@@ -172,6 +172,7 @@ def produce_tuned(
     prefer: Objective,
     progress: Callable[[str], None],
     measure_latency: bool = True,
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
 ) -> Outcome:
     """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.tuning), then verify the
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
@@ -190,6 +191,7 @@ def produce_tuned(
             read_integer_io(candidate),
             validation,
             profile,
+            min_sqnr_db,
             measure=measure_latency,
             float_size_bytes=len(float_bytes),
         )

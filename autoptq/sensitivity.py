@@ -90,7 +90,8 @@ def rank_nodes(
     along_graph = activation_sqnr(model, full, samples)
     node_sqnr = {n.name: along_graph.get(n.output[0]) for n in candidates}
     if len(candidates) > MAX_CANDIDATES:
-        candidates = sorted(candidates, key=lambda n: node_sqnr[n.name] if node_sqnr[n.name] is not None else 1e9)
+        # Unknown (a fused activation, a renamed graph output) counts as worst: better to measure than to drop it.
+        candidates = sorted(candidates, key=lambda n: node_sqnr[n.name] if node_sqnr[n.name] is not None else -1e9)
         candidates = candidates[:MAX_CANDIDATES]
     ranked = []
     for node in candidates:

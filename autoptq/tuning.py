@@ -12,6 +12,7 @@ marked.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
-from autoptq.verify import ModelRunner, measurable_here, measure_latency
+from autoptq.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 
 MIN_DEVICE_MAC_FRACTION = 0.5
 """An integer-only device must run at least this share of MACs for a candidate to count as running on it (the
@@ -109,7 +110,7 @@ class TuningResult(BaseModel):
     chosen: int
     within_budget: bool
     message: str
-    stopped_by: str = Field(description="'budget met', 'exhausted', 'time budget' or 'trial budget'")
+    stopped_by: str = Field(description="'walk complete', 'time budget' or 'trial budget'")
     model_bytes: bytes = Field(default=b"", exclude=True, repr=False)
 
 
@@ -141,7 +142,7 @@ class _Search:
         self.trials: list[Trial] = []
         self.models: dict[int, bytes] = {}
         self.sensitivity: list[NodeSensitivity] = []
-        self.stopped_by = "exhausted"
+        self.stopped_by = "walk complete"
 
     # --- limits -------------------------------------------------------------------------------------------------
 
@@ -154,22 +155,35 @@ class _Search:
             return True
         return False
 
-    def satisfied(self) -> bool:
-        """A candidate within budget exists that beats float on the objective, so nothing left in the order can beat
-        it (candidates come cheapest first: the plan, then ever more float). One that is slower (or larger) than
-        float keeps the walk going: float itself, at the end, may be the better answer."""
-        if self.exhaustive:
-            return False
-        if self.profile.integer_only:
-            # Float is no option on the device: any candidate within budget is as good as the walk gets.
-            return any(t.meets_budget for t in self.trials)
-        float_size = self.graph.model.ByteSize()
-        return any(
-            t.meets_budget
-            and (t.latency_ratio is None or t.latency_ratio <= 1.0 or self.prefer != "speed")
-            and (t.size_bytes is None or t.size_bytes < float_size or self.prefer != "size")
-            for t in self.trials
-        )
+    def best_within(self) -> Trial | None:
+        """The best trial within budget so far for the objective (None if there is none)."""
+        within = [t for t in self.trials if t.meets_budget]
+        if not within:
+            return None
+        index, _ = choose(within, choice_front(within), self.prefer)
+        return next(t for t in within if t.index == index)
+
+    def worth_trying(self, technique: Technique, recipe: Recipe | None) -> bool:
+        """Whether a candidate could beat the best within budget on the objective, judged from the cost model's
+        predictions (cheap: nothing is quantized). Before anything meets the budget every candidate is worth it."""
+        best = self.best_within()
+        if best is None or self.exhaustive:
+            return True
+        if technique == "none" and self.profile.integer_only:
+            return False  # float is no deployment on an integer-only device
+        if self.prefer == "accuracy":
+            return technique != "none"  # a more faithful quantized candidate may exist; float is the last resort
+        size, estimate, baseline = predict(self.graph, analyse(self.graph, self.profile), self.profile, technique,
+                                           recipe or Recipe())  # fmt: skip
+        if self.prefer == "size":
+            return best.size_bytes is None or size.size_bytes < best.size_bytes
+        if technique == "none":
+            ratio = 1.0
+        elif baseline is not None and baseline.estimate_ms:
+            ratio = estimate.estimate_ms / baseline.estimate_ms
+        else:
+            return best.latency_ms is None or estimate.estimate_ms < best.latency_ms
+        return best.latency_ratio is None or ratio < best.latency_ratio / (1 + SLOWER_TOLERANCE)
 
     # --- one trial ----------------------------------------------------------------------------------------------
 
@@ -278,21 +292,28 @@ class _Search:
     # --- the walk -----------------------------------------------------------------------------------------------
 
     def walk(self) -> None:
-        """The plan, then its fallbacks in order, stopping when the budget is met or the limits are reached."""
+        """The plan, then its fallbacks in order. Once a candidate meets the budget, only candidates the cost model
+        says could beat it are tried (so the walk returns the best, not the first); limits stop it at any point."""
         if self.plan.technique == "none":
             self.run("plan (keep float)", "none", None)
             return
         self.run("plan", self.plan.technique, self.plan.recipe)
-        for name in [*self.plan.fallbacks, "none"]:
-            if self.satisfied() or self.out_of_budget():
+        steps = [*self.plan.fallbacks, *([] if "none" in self.plan.fallbacks else ["none"])]
+        for name in steps:
+            if self.out_of_budget():
                 return
             if name == "exclude_sensitive":
-                self._exclude_greedily()
+                # Exclusions only add float work to a recipe already tried: once within budget, none can be faster.
+                if self.best_within() is None or self.exhaustive:
+                    self._exclude_greedily()
             elif name == "none":
-                self.run("float (none)", "none", None)
+                if self.worth_trying("none", None):
+                    self.run("float (none)", "none", None)
             else:
                 candidate = self._fallback(name)
-                if candidate is not None and not self._tried(candidate):
+                if candidate is None or self._tried(candidate):
+                    continue
+                if self.worth_trying(candidate.technique, candidate.recipe):
                     self.run(name, candidate.technique, candidate.recipe)
 
     def _fallback(self, name: str) -> Candidate | None:
@@ -329,11 +350,13 @@ class _Search:
             self.cache_dir / f"sensitivity-{base.calibration_method}.json",
         )
         for count in range(1, min(MAX_EXCLUDED, len(self.sensitivity)) + 1):
-            if self.satisfied() or self.out_of_budget():
+            if (self.best_within() is not None and not self.exhaustive) or self.out_of_budget():
                 return
             excluded = [s.node for s in self.sensitivity[:count]]
             recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *excluded]})
-            self.run(f"exclude {count} most sensitive", self.plan.technique, recipe)
+            trial = self.run(f"exclude {count} most sensitive", self.plan.technique, recipe)
+            if not trial.runnable and self.profile.integer_only and not self.exhaustive:
+                return  # more exclusions only move more of the model off the device
 
     def _output_sqnr(self, model: ModelProto) -> float:
         """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
@@ -403,6 +426,13 @@ def pareto_front(trials: list[Trial]) -> list[int]:
     return [t.index for t in usable if not any(dominates(o, t) for o in usable if o is not t)]
 
 
+def choice_front(trials: list[Trial]) -> list[int]:
+    """The Pareto front the choice is made on: of the trials within budget when there are any (one that misses the
+    budget must not knock out one that meets it), else of all."""
+    within = [t for t in trials if t.meets_budget]
+    return pareto_front(within or trials)
+
+
 def choose(trials: list[Trial], front: list[int], prefer: Objective) -> tuple[int, bool]:
     """The trial the objective picks among those within budget on the front, or the closest if none is.
 
@@ -440,11 +470,17 @@ def tune(
 
     `exhaustive` evaluates every candidate of the same search (no early stop), for benchmarking the greedy walk.
     """
+    if budget.max_drop is not None and validation.labels is None:
+        raise AutoptqError(
+            "--max-drop needs labelled validation data (a 'labels' array in --val or --data); "
+            "without labels, budget fidelity with --min-sqnr or --min-top1-agreement"
+        )
     search = _Search(graph, profile, plan, calibration, validation, budget, progress, exhaustive, prefer)
-    search.walk()
-    if search.stopped_by == "exhausted" and any(t.meets_budget for t in search.trials) and not exhaustive:
-        search.stopped_by = "budget met"
-    front = pareto_front(search.trials)
+    try:
+        search.walk()
+    finally:
+        shutil.rmtree(search.cache_dir, ignore_errors=True)
+    front = choice_front(search.trials)
     chosen, within = choose(search.trials, front, prefer)
     trial = search.trials[chosen]
     if within:

@@ -79,7 +79,7 @@ def test_the_loop_finds_the_one_sensitive_node(bad_layer: tuple[ModelGraph, Data
     chosen = result.trials[result.chosen]
     assert result.within_budget and chosen.excluded == ["fc1"]  # the fewest exclusions that meet the budget
     assert chosen.min_sqnr_db is not None and chosen.min_sqnr_db >= 20
-    assert "exclude 1" in chosen.step and result.stopped_by == "budget met"
+    assert "exclude 1" in chosen.step and result.stopped_by == "walk complete"
     # Re-audited on the device: the float node moves the cut, so the verdict says where.
     assert "first cut at fc1" in chosen.device_verdict
     assert all(t.latency_ms is not None for t in result.trials)
