@@ -26,6 +26,7 @@ from autoptq.calibration import Dataset
 from autoptq.candidates import Candidate, fallback_candidate
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
+from autoptq.emulators.device_rules import check_device_rules
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -224,8 +225,19 @@ class _Search:
         if trial.accuracy is not None and self.float_accuracy is not None:
             trial.accuracy_drop = round(self.float_accuracy - trial.accuracy, 6)
         trial.size_bytes = model.ByteSize()
-        coverage = analyse(self.graph, self.profile, float_nodes=trial.excluded if quantized else ())
+        violations = check_device_rules(model, self.profile).violations if quantized else []
+        # Nodes left computing in float (the excluded ones and what the quantizer leaves float around them) run on
+        # the host of an integer-only device: the partitioning is re-audited with them there.
+        in_float = {v.node for v in violations if v.rule == "integer_compute"} | set(trial.excluded)
+        coverage = analyse(self.graph, self.profile, float_nodes=in_float if quantized else ())
         self._judge_device(trial, coverage)
+        broken = [v for v in violations if v.rule != "integer_compute"]
+        if broken and trial.runnable:
+            # Any other broken rule is a model the device cannot run at all (not a matter of placement).
+            trial.runnable = False
+            trial.device_verdict = (
+                f"breaks {len(broken)} device rule(s), e.g. {broken[0].rule} at {broken[0].node}: {broken[0].detail}"
+            )
         _, estimate, baseline = predict(self.graph, coverage, self.profile, trial.technique, trial.recipe or Recipe())
         chosen = estimate if quantized or baseline is None else baseline
         trial.latency_ms = round(chosen.estimate_ms, 5)

@@ -2,18 +2,19 @@
 
 For each MobileNet-style model (autoptq.zoo) and integer-only target (edgetpu, qualcomm-htp: the latency of every
 candidate is the cost model's estimate there, so the choice is deterministic), `autoptq.tuning.tune` runs twice on
-the same plan, data and budget: greedy (`exhaustive=False`, autoptq's behaviour: stop once the walk is satisfied)
-and exhaustive (`exhaustive=True`: every candidate of the same walk, then the same Pareto choice). The two runs of a
-case are timed side by side in this one process, alternating which goes first from case to case, after an untimed
-probe run (one trial) that warms the process up and measures the plan's own SQNR.
+the same plan, data and budget: greedy (`exhaustive=False`, autoptq's behaviour: once a candidate meets the budget,
+later candidates are tried only if the cost model says they could beat it on the objective, no further exclusions,
+no float on an integer-only device) and exhaustive (`exhaustive=True`: every candidate of the same walk, then the
+same choice). The two runs of a case are timed side by side in this one process, alternating which goes first from
+case to case, after an untimed probe run (one trial) that warms the process up and measures the plan's own SQNR.
 
 The data are RANDOM: N(0, 1) inputs from `autoptq.calibration.synthetic_dataset` (seeded), so there are no labels
 and the budget is a fidelity budget: the minimum output SQNR against float, set a few dB above what the plan's
 default recipe reaches, so the default misses it and the walk has to look further. Every number except the wall
 times is deterministic.
 
-A third, clearly labelled what-if run walks the same candidates in a cheap-first order (int16x8 and the exclusions
-before entropy calibration); it is not autoptq's behaviour, only evidence for the order's cost.
+A third, clearly labelled what-if run is the same greedy walk with `entropy_calibration` removed from the plan's
+fallbacks; it is not autoptq's behaviour, only evidence for what that one trial costs and whether it ever decides.
 
 Run: python bench/bench_tuning.py [--quick]
 """
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchlib import environment, markdown_table, parse_args, write_result
 from onnx import ModelProto
@@ -38,8 +40,8 @@ from autoptq.profiles import load_profile
 from autoptq.tuning import Budget, Trial, TuningResult, tune
 
 NAME = "tuning"
-CHEAP_FIRST = ("percentile_calibration", "int16x8", "exclude_sensitive", "entropy_calibration", "weight_only_int8")
-"""The what-if order of the fallbacks; any other fallback of the plan follows them, and "none" (float) stays last."""
+WHAT_IF_DROPPED = "entropy_calibration"
+"""The fallback the what-if run leaves out of the plan (the costliest trial of the walk)."""
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,16 @@ class Run:
 
 @dataclass(frozen=True)
 class Case:
-    """One model x target x budget, searched greedily, exhaustively and in the what-if order."""
+    """One model x target x budget, searched greedily, exhaustively and greedily without entropy calibration."""
 
     model: str
     target: str
+    fallbacks: tuple[str, ...]
     plan_sqnr_db: float
     budget_db: float
     greedy: Run
     exhaustive: Run
-    cheap_first: Run
+    what_if: Run
 
 
 def timed_tune(
@@ -129,6 +132,11 @@ def same_candidate(a: Trial, b: Trial) -> bool:
     return a.technique == b.technique and a.recipe == b.recipe
 
 
+def find(trial: Trial, run: Run) -> Trial | None:
+    """The trial of `run` that tried the same candidate as `trial`, if any."""
+    return next((t for t in run.result.trials if same_candidate(t, trial)), None)
+
+
 def bench_model(model: Model, target: str, config: Config, case_index: int) -> list[Case]:
     """The cases of one model on one target: probe the plan's SQNR, then each budget greedy vs exhaustive."""
     graph = load_model(model.build())
@@ -137,10 +145,7 @@ def bench_model(model: Model, target: str, config: Config, case_index: int) -> l
     plan = plan_for(graph, load_profile(target), load_tree(), calibration, QuantizeOptions())
     probe = timed_tune(graph, target, plan, (calibration, validation), Budget(min_sqnr_db=1e9, max_trials=1))
     plan_sqnr = probe.result.trials[0].min_sqnr_db or 0.0
-    rest = [f for f in plan.fallbacks if f not in CHEAP_FIRST and f != "none"]
-    cheap_plan = plan.model_copy(
-        update={"fallbacks": [*(f for f in CHEAP_FIRST if f in plan.fallbacks), *rest, "none"]},
-    )
+    what_if_plan = plan.model_copy(update={"fallbacks": [f for f in plan.fallbacks if f != WHAT_IF_DROPPED]})
     cases = []
     for offset in model.offsets_db:
         budget = Budget(min_sqnr_db=round(plan_sqnr + offset, 1), max_trials=40)
@@ -150,9 +155,18 @@ def bench_model(model: Model, target: str, config: Config, case_index: int) -> l
             print(f"{model.label} on {target}, budget {budget.min_sqnr_db} dB: {mode}", file=sys.stderr, flush=True)
             runs[mode] = timed_tune(graph, target, plan, (calibration, validation), budget, exhaustive=mode != "greedy")
         print(f"{model.label} on {target}, budget {budget.min_sqnr_db} dB: what-if", file=sys.stderr, flush=True)
-        cheap = timed_tune(graph, target, cheap_plan, (calibration, validation), budget)
+        what_if = timed_tune(graph, target, what_if_plan, (calibration, validation), budget)
         cases.append(
-            Case(model.label, target, plan_sqnr, budget.min_sqnr_db, runs["greedy"], runs["exhaustive"], cheap)
+            Case(
+                model.label,
+                target,
+                tuple(plan.fallbacks),
+                plan_sqnr,
+                budget.min_sqnr_db,
+                runs["greedy"],
+                runs["exhaustive"],
+                what_if,
+            )
         )
     return cases
 
@@ -210,52 +224,56 @@ def summary_table(cases: list[Case]) -> str:
     return markdown_table(headers, rows)
 
 
-def cheap_first_table(cases: list[Case]) -> str:
-    rows = [
-        [
-            c.model,
-            c.target,
-            f">= {c.budget_db:g}",
-            str(len(c.cheap_first.result.trials)),
-            f"{c.cheap_first.wall_s:.1f} s",
-            f"{c.cheap_first.wall_s / c.exhaustive.wall_s:.2f}",
-            describe(c.cheap_first.chosen),
-            verdict(c.cheap_first, c.exhaustive),
-        ]
-        for c in cases
+def what_if_table(cases: list[Case]) -> str:
+    rows = []
+    for c in cases:
+        entropy = next((t for t in c.greedy.result.trials if t.step == WHAT_IF_DROPPED), None)
+        rows.append(
+            [
+                c.model,
+                c.target,
+                f">= {c.budget_db:g}",
+                "-"
+                if entropy is None
+                else f"{entropy.seconds:.1f} s ({entropy.min_sqnr_db:.1f} dB, "
+                f"{'within' if entropy.meets_budget else 'misses'})",
+                str(len(c.what_if.result.trials)),
+                f"{c.what_if.wall_s:.1f} s",
+                f"{c.what_if.wall_s / c.exhaustive.wall_s:.2f}",
+                describe(c.what_if.chosen),
+                verdict(c.what_if, c.exhaustive),
+            ]
+        )
+    headers = [
+        "model",
+        "target",
+        "budget dB",
+        f"greedy's {WHAT_IF_DROPPED} trial",
+        "trials",
+        "wall",
+        "time / exhaustive",
+        "choice",
+        "matches exhaustive",
     ]
-    headers = ["model", "target", "budget dB", "trials", "wall", "time / exhaustive", "choice", "matches exhaustive"]
     return markdown_table(headers, rows)
 
 
-def walked_by_greedy(case: Case) -> int:
-    """How many leading trials of the exhaustive run the greedy run also made (the same walk, stopped early)."""
-    count = 0
-    for g, e in zip(case.greedy.result.trials, case.exhaustive.result.trials, strict=False):
-        if not same_candidate(g, e):
-            break
-        count += 1
-    return count
-
-
 def trials_table(case: Case) -> str:
-    """The exhaustive run's trials, marking what greedy also ran and what each search chose."""
-    shared = walked_by_greedy(case)
-    greedy_chosen = case.greedy.result.chosen
+    """The exhaustive run's trials, with the number greedy gave the same candidate (or that it skipped it)."""
     rows = []
     for t in case.exhaustive.result.trials:
+        mine = find(t, case.greedy)
         marks = []
-        if t.index < shared:
-            marks.append("greedy ran")
-        if t.index == greedy_chosen and t.index < shared:
+        if mine is not None and mine.index == case.greedy.result.chosen:
             marks.append("**greedy choice**")
         if t.index == case.exhaustive.result.chosen:
             marks.append("**exhaustive best**")
         if t.index in case.exhaustive.result.pareto:
-            marks.append("Pareto")
+            marks.append("front")
         rows.append(
             [
                 str(t.index + 1),
+                "skipped" if mine is None else str(mine.index + 1),
                 t.step,
                 t.technique,
                 ", ".join(t.excluded) or "-",
@@ -268,8 +286,30 @@ def trials_table(case: Case) -> str:
                 ", ".join(marks),
             ]
         )
-    headers = ["#", "step", "technique", "excluded", "SQNR dB", "x float latency", "size B", "device", "budget", "s"]
-    return markdown_table([*headers, "notes"], rows)
+    headers = [
+        "#",
+        "greedy #",
+        "step",
+        "technique",
+        "excluded",
+        "SQNR dB",
+        "x float latency",
+        "size B",
+        "device",
+        "budget",
+        "s",
+        "notes",
+    ]
+    return markdown_table(headers, rows)
+
+
+def why_skipped(trial: Trial) -> str:
+    """The rule of the greedy walk that leaves a candidate out once something meets the budget."""
+    if trial.excluded:
+        return "no more exclusions once one meets the budget"
+    if trial.technique == "none":
+        return "no float on an integer-only device once something meets the budget"
+    return "the cost model says it cannot beat the best within budget (`_Search.worth_trying`)"
 
 
 def explain(case: Case) -> str:
@@ -277,40 +317,60 @@ def explain(case: Case) -> str:
     greedy, best = case.greedy.chosen, case.exhaustive.chosen
     trials = case.exhaustive.result.trials
     slowest = max(trials, key=lambda t: t.seconds)
+    skipped = [t for t in trials if find(t, case.greedy) is None]
+    saved = sum(t.seconds for t in skipped)
     overhead = case.greedy.wall_s - sum(t.seconds for t in case.greedy.result.trials)
+    ran_slowest = find(slowest, case.greedy) is not None
+    first_within = next((t for t in case.greedy.result.trials if t.meets_budget), None)
     lines = [
-        f"Greedy ran {len(case.greedy.result.trials)} trials (stopped: {case.greedy.result.stopped_by}); the "
-        f"exhaustive search ran {len(trials)} (stopped: {case.exhaustive.result.stopped_by}). The slowest trial is "
-        f"#{slowest.index + 1} {slowest.step} at {slowest.seconds:.1f} s of the exhaustive "
-        f"{case.exhaustive.wall_s:.1f} s ({100 * slowest.seconds / case.exhaustive.wall_s:.0f}%); greedy spent "
-        f"{overhead:.1f} s outside its trials (preparation, float reference outputs, the sensitivity ranking)."
+        f"Greedy ran {len(case.greedy.result.trials)} trials (stopped: {case.greedy.result.stopped_by}), the "
+        f"exhaustive search {len(trials)} (stopped: {case.exhaustive.result.stopped_by}).",
+        (
+            f"The first trial within budget is greedy's #{first_within.index + 1} ({first_within.step})."
+            if first_within
+            else "Greedy found no trial within budget."
+        ),
+        f"Greedy skipped {len(skipped)} of the exhaustive trials ({saved:.2f} s of trial time"
+        + (f": {', '.join(t.step for t in skipped)}" if skipped else "")
+        + ").",
+        f"The slowest trial is #{slowest.index + 1} {slowest.step} at {slowest.seconds:.1f} s of the exhaustive "
+        f"{case.exhaustive.wall_s:.1f} s ({100 * slowest.seconds / case.exhaustive.wall_s:.0f}%)"
+        + (
+            f"; greedy ran it too ({slowest.min_sqnr_db:.1f} dB, it "
+            f"{'meets' if slowest.meets_budget else 'misses'} the budget)"
+            if ran_slowest
+            else "; greedy skipped it"
+        )
+        + f". Greedy spent {overhead:.1f} s outside its trials (preparation, float reference outputs, the "
+        "sensitivity ranking).",
     ]
     if not case.greedy.result.within_budget:
-        lines.append("Greedy did not meet the budget.")
+        lines.append("**Greedy did not meet the budget.**")
     elif same_candidate(greedy, best):
-        lines.append(f"Both chose #{greedy.index + 1} ({greedy.step}).")
+        lines.append(f"Both chose the same candidate ({greedy.step}).")
     else:
-        slower = (
-            f"its estimated latency is {best.latency_ratio:.3f}x float against {greedy.latency_ratio:.3f}x"
-            if best.latency_ratio is not None and greedy.latency_ratio is not None
-            else "it wins on the objective"
+        mine = find(best, case.greedy)
+        reason = (
+            f"greedy skipped it: {why_skipped(best)}"
+            if mine is None
+            else f"greedy ran it as #{mine.index + 1} but chose otherwise"
         )
-        rule = (
-            "on an integer-only device the walk ends at the first one"
-            if load_profile(case.target).integer_only
-            else "it beat float on the objective, which ends the walk"
+        ratio = (
+            f"{best.latency_ratio:.3f}x float against {greedy.latency_ratio:.3f}x"
+            if best.latency_ratio is not None and greedy.latency_ratio is not None
+            else "better on the objective"
         )
         lines.append(
-            f"**Mismatch.** Greedy stopped at #{greedy.index + 1} ({greedy.step}), the first candidate within "
-            f"budget: {rule} (`_Search.satisfied`). The exhaustive "
-            f"best is #{best.index + 1} ({best.step}, {best.technique}), which the walk only reaches later; {slower} "
-            f"({best.min_sqnr_db:.1f} dB vs {greedy.min_sqnr_db:.1f} dB)."
+            f"**Mismatch.** Greedy chose #{greedy.index + 1} ({greedy.step}); the exhaustive best is "
+            f"#{best.index + 1} ({best.step}, {best.technique}: {ratio}, {best.min_sqnr_db:.1f} dB vs "
+            f"{greedy.min_sqnr_db:.1f} dB); {reason}."
         )
     return " ".join(lines)
 
 
-def render(config: Config, quick: bool, cases: list[Case]) -> str:
+def render(config: Config, quick: bool, cases: list[Case], leftover: int) -> str:
     models = ", ".join(f"`zoo.{m.label}`" for m in config.models)
+    orders = sorted({", ".join(c.fallbacks) for c in cases})
     sections = [
         f"# Accuracy-aware search: greedy vs exhaustive{' (quick configuration)' if quick else ''}",
         "",
@@ -322,24 +382,31 @@ def render(config: Config, quick: bool, cases: list[Case]) -> str:
         "validation samples, no labels, so the budget is the minimum output SQNR against float, set the given "
         "number of dB above the plan trial's own SQNR (offsets: "
         + "; ".join(f"{m.label}: +{', +'.join(f'{o:g}' for o in m.offsets_db)} dB" for m in config.models)
-        + "). Objective: speed. Both searches walk the same candidates in the same order (the plan, its calibration "
-        "fallbacks, the 1..8 most sensitive nodes kept in float, int16x8 where the device runs it, float); "
-        "exhaustive does not stop early. Wall times are of one `tune` call each, side by side in one process.",
+        + "). Objective: speed. Both searches walk the plan, then its fallbacks in the default tree's order ("
+        + "; ".join(f"`{o}`" for o in orders)
+        + "; `exclude_sensitive` is the 1..8 most sensitive nodes kept in float, `int16x8` only where the device "
+        "runs it). The exhaustive search tries every candidate; the greedy one, once a candidate meets the budget, "
+        "tries a later one only if the cost model predicts it could beat the best within budget on the objective "
+        "(`_Search.worth_trying`), tries no further exclusions and no float on an integer-only device. Both then "
+        "choose on the Pareto front of the trials within budget. Wall times are of one `tune` call each, side by "
+        "side in one process. "
+        + f"Calibration-cache folders (`autoptq-tune-*`) left in the temporary directory by all the runs: {leftover}.",
         "",
         summary_table(cases),
         "",
-        "Choices read `#trial step [nodes kept in float]: output SQNR, estimated latency relative to float`. "
-        "A walk that runs to its end (every exhaustive run) tries float twice (see the note below).",
+        "Choices read `#trial step [nodes kept in float]: output SQNR, estimated latency relative to float`; the "
+        "trial numbers are each run's own (greedy skips candidates, so its numbers differ from the exhaustive "
+        "run's for the same candidate).",
         "",
-        "## What-if: the same candidates, cheap first (not autoptq's behaviour)",
+        f"## What-if: the greedy walk without {WHAT_IF_DROPPED} (not autoptq's behaviour)",
         "",
-        "The same greedy walk with the plan's fallbacks reordered to "
-        f"`{', '.join(CHEAP_FIRST)}` (those the plan has), then float: int16x8 and the exclusions before entropy "
-        "calibration.",
+        f"The same greedy walk with `{WHAT_IF_DROPPED}` removed from the plan's fallbacks: what the walk costs "
+        "without its one expensive trial, and whether that trial ever decides the choice. The fourth column is the "
+        "trial as greedy ran it.",
         "",
-        cheap_first_table(cases),
+        what_if_table(cases),
         "",
-        "## Trials of each case (the exhaustive run; greedy ran a prefix of it)",
+        "## Trials of each case (the exhaustive run, with greedy's number for the same candidate)",
     ]
     for case in cases:
         sections += [
@@ -350,29 +417,24 @@ def render(config: Config, quick: bool, cases: list[Case]) -> str:
             "",
             trials_table(case),
         ]
-    sections += [
-        "",
-        "Note: `float (none)` appears twice in every full walk: `_Search.walk` appends `none` to the plan's "
-        "fallbacks, which already end with it.",
-    ]
     return "\n".join(sections) + "\n"
+
+
+def tune_folders() -> set[Path]:
+    """The calibration-cache folders `tune` creates in the temporary directory (it should remove them)."""
+    return set(Path(tempfile.gettempdir()).glob("autoptq-tune-*"))
 
 
 def main() -> None:
     """Run the benchmark, print the Markdown report and write it to bench/results/tuning.md."""
     args = parse_args(__doc__.splitlines()[0] if __doc__ else NAME)
     config = QUICK if args.quick else FULL
+    before = tune_folders()
     cases: list[Case] = []
-    # tune() leaves a calibration-cache folder per call in the temp folder: keep them in one we remove.
-    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as scratch:
-        tempfile.tempdir = scratch
-        try:
-            for model in config.models:
-                for target in config.targets:
-                    cases += bench_model(model, target, config, len(cases))
-        finally:
-            tempfile.tempdir = None
-    report = render(config, args.quick, cases)
+    for model in config.models:
+        for target in config.targets:
+            cases += bench_model(model, target, config, len(cases))
+    report = render(config, args.quick, cases, len(tune_folders() - before))
     print(report, flush=True)
     print(f"written to {write_result(NAME, report)}", file=sys.stderr)
 
