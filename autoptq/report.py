@@ -605,7 +605,7 @@ def trials_lines(result: TuningResult) -> list[str]:
             f"{mark}{t.index + 1:>2}  {t.step:<30} {t.technique:<17} {accuracy:<9} {drop:<8} {sqnr:<8} "
             f"{agreement:<6} {t.size_bytes or 0:<10} {latency:<18} {t.device_verdict}; {verdict}"
         )
-    lines.append("  (* chosen, + on the Pareto front of accuracy, estimated latency and size)")
+    lines.append("  (* chosen, + on the Pareto front (accuracy, latency ratio, size) the choice was made on)")
     if result.sensitivity:
         ranked = ", ".join(f"{s.node} ({s.output_sqnr_db:.1f} dB)" for s in result.sensitivity[:8])
         lines.append(f"Most sensitive nodes (output SQNR when quantized alone): {ranked}")

@@ -287,7 +287,7 @@ class _Search:
         else:
             cut = f"; first cut at {coverage.first_cut.node}" if coverage.first_cut else ""
             trial.device_verdict = (
-                f"{on_host} nodes on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
+                f"{on_host} node{'s' if on_host != 1 else ''} on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
                 f"{coverage.transitions} device<->host transitions"
             )
 
@@ -379,6 +379,11 @@ class _Search:
             compare(str(i), [r[i] for r in reference], [o[i] for o in outputs]).sqnr_db
             for i in range(len(reference[0]))
         )
+
+
+def _is_classifier(graph: ModelGraph) -> bool:
+    shape = graph.outputs[0].shape if graph.outputs else None
+    return shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
 
 
 def _search_tier(profile: HardwareProfile) -> str:
@@ -482,10 +487,10 @@ def tune(
 
     `exhaustive` evaluates every candidate of the same search (no early stop), for benchmarking the greedy walk.
     """
-    if budget.max_drop is not None and validation.labels is None:
+    if budget.max_drop is not None and (validation.labels is None or not _is_classifier(graph)):
         raise AutoptqError(
-            "--max-drop needs labelled validation data (a 'labels' array in --val or --data); "
-            "without labels, budget fidelity with --min-sqnr or --min-top1-agreement"
+            "--max-drop needs a classifier ([batch, classes] first output) and labelled validation data (a 'labels' "
+            "array in --val or --data); otherwise budget fidelity with --min-sqnr or --min-top1-agreement"
         )
     search = _Search(graph, profile, plan, calibration, validation, budget, progress, exhaustive, prefer)
     try:

@@ -29,6 +29,7 @@ from autoptq.quantizers.common import (
     save_for_ort,
     scratch_dir,
 )
+from autoptq.quantizers.entropy import entropy_threshold
 from autoptq.recipe import Recipe
 
 _ZERO_POINT_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
@@ -110,8 +111,9 @@ def static_qdq(
 
 ENTROPY_HISTOGRAM_BINS = 2048
 """KL-divergence calibration (TensorRT's): a 2048-bin histogram searched for the clipping range that loses least
-when squeezed into the quantized levels. onnxruntime's histogram is symmetric about zero, so an 8-bit tensor has
-256 levels across it. quantize_static fixes both at 128, which leaves one candidate threshold: entropy = min/max."""
+when squeezed into the quantized levels (autoptq.quantizers.entropy). onnxruntime's histogram is symmetric about
+zero, so an 8-bit tensor has 256 levels across it. quantize_static fixes both at 128, which leaves one candidate
+threshold: entropy = min/max."""
 
 
 def entropy_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Path:
@@ -124,6 +126,8 @@ def entropy_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path,
         extra_options={"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": _levels(recipe.activation_dtype)},
     )
     calibrator.collect_data(DatasetReader(samples, label="calibrating (entropy)"))
+    # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's.
+    calibrator.collector.get_entropy_threshold = entropy_threshold
     path = cache or folder / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), path)
     return path
