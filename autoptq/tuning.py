@@ -286,8 +286,9 @@ class _Search:
             trial.device_verdict = "all on the device"
         else:
             cut = f"; first cut at {coverage.first_cut.node}" if coverage.first_cut else ""
+            nodes = "1 node" if on_host == 1 else f"{on_host} nodes"
             trial.device_verdict = (
-                f"{on_host} node{'s' if on_host != 1 else ''} on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
+                f"{nodes} on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
                 f"{coverage.transitions} device<->host transitions"
             )
 
