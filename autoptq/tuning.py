@@ -12,6 +12,7 @@ marked.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
@@ -129,8 +130,10 @@ class _Search:
         progress: Callable[[str], None],
         exhaustive: bool,
         prefer: Objective,
+        subsets: int = 0,
     ) -> None:
         self.graph, self.profile, self.plan, self.prefer = graph, profile, plan, prefer
+        self.subsets = subsets
         self.calibration, self.validation, self.budget = calibration, validation, budget
         self.progress, self.exhaustive = progress, exhaustive
         self.started = time.perf_counter()
@@ -362,14 +365,44 @@ class _Search:
             self._output_sqnr,
             self.cache_dir / f"sensitivity-{base.calibration_method}.json",
         )
+        if self.subsets:
+            self._exclude_every_subset(base)
+            return
         for count in range(1, min(MAX_EXCLUDED, len(self.sensitivity)) + 1):
             if (self.best_within() is not None and not self.exhaustive) or self.out_of_budget():
                 return
             excluded = [s.node for s in self.sensitivity[:count]]
             recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *excluded]})
             trial = self.run(f"exclude {count} most sensitive", self.plan.technique, recipe)
+            if trial.meets_budget and count > 1 and not self.exhaustive:
+                self._prune(base, excluded)
+                return
             if not trial.runnable and self.profile.integer_only and not self.exhaustive:
                 return  # more exclusions only move more of the model off the device
+
+    def _prune(self, base: Recipe, excluded: list[str]) -> None:
+        """Backward pass over a set that meets the budget: put each node back (least sensitive first) and keep it
+        quantized if the budget still holds. Ranking order is only a guide: a later node can make an earlier one
+        unnecessary, and every node kept quantized is latency and size saved."""
+        kept = list(excluded)
+        for node in reversed(excluded[:-1]):
+            if self.out_of_budget():
+                return
+            trial_set = [n for n in kept if n != node]
+            recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *trial_set]})
+            trial = self.run(f"exclude {len(trial_set)}: without {node}", self.plan.technique, recipe)
+            if trial.meets_budget:
+                kept = trial_set
+
+    def _exclude_every_subset(self, base: Recipe) -> None:
+        """Benchmark baseline: every non-empty subset of the `subsets` most sensitive nodes kept in float."""
+        ranked = [s.node for s in self.sensitivity[: self.subsets]]
+        for size in range(1, len(ranked) + 1):
+            for chosen in itertools.combinations(ranked, size):
+                if self.out_of_budget():
+                    return
+                recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *chosen]})
+                self.run(f"exclude {{{', '.join(chosen)}}}", self.plan.technique, recipe)
 
     def _output_sqnr(self, model: ModelProto) -> float:
         """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
@@ -483,17 +516,21 @@ def tune(
     prefer: Objective = "speed",
     progress: Callable[[str], None] = lambda _line: None,
     exhaustive: bool = False,
+    subsets: int = 0,
 ) -> TuningResult:
     """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
 
-    `exhaustive` evaluates every candidate of the same search (no early stop), for benchmarking the greedy walk.
+    For benchmarking the greedy walk: `exhaustive` evaluates every candidate of the same search (no early stop);
+    with `subsets=K` as well, the exclusions are every subset of the K most sensitive nodes, not the greedy prefixes.
     """
     if budget.max_drop is not None and (validation.labels is None or not _is_classifier(graph)):
         raise AutoptqError(
             "--max-drop needs a classifier ([batch, classes] first output) and labelled validation data (a 'labels' "
             "array in --val or --data); otherwise budget fidelity with --min-sqnr or --min-top1-agreement"
         )
-    search = _Search(graph, profile, plan, calibration, validation, budget, progress, exhaustive, prefer)
+    search = _Search(
+        graph, profile, plan, calibration, validation, budget, progress, exhaustive or bool(subsets), prefer, subsets
+    )
     try:
         search.walk()
     finally:

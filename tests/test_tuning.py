@@ -120,6 +120,16 @@ def test_exhaustive_search_agrees_with_the_greedy_choice(bad_layer: tuple[ModelG
     assert exhaustive.trials[exhaustive.chosen].excluded == greedy.trials[greedy.chosen].excluded
 
 
+def test_greedy_matches_an_exhaustive_search_over_every_subset(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    profile = load_profile("qualcomm-htp")
+    greedy = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20))
+    every = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20, max_trials=100), subsets=3)
+    assert sum(1 for t in every.trials if t.step.startswith("exclude {")) == 7  # 2^3 - 1 subsets
+    assert every.trials[every.chosen].excluded == greedy.trials[greedy.chosen].excluded == ["fc1"]
+
+
 def test_the_shipped_example_meets_a_tight_budget_with_the_fewest_exclusions() -> None:
     graph = load_model(EXAMPLES / "digits_cnn.onnx")
     calibration = load_dataset(EXAMPLES / "calib.npz", graph)
