@@ -1,20 +1,26 @@
-"""Accuracy-aware search: autoptq's greedy walk against an exhaustive search over the same candidates.
+"""Accuracy-aware search: autoptq's greedy walk against an exhaustive search over subsets of sensitive nodes.
 
 For each MobileNet-style model (autoptq.zoo) and integer-only target (edgetpu, qualcomm-htp: the latency of every
 candidate is the cost model's estimate there, so the choice is deterministic), `autoptq.tuning.tune` runs twice on
-the same plan, data and budget: greedy (`exhaustive=False`, autoptq's behaviour: once a candidate meets the budget,
-later candidates are tried only if the cost model says they could beat it on the objective, no further exclusions,
-no float on an integer-only device) and exhaustive (`exhaustive=True`: every candidate of the same walk, then the
-same choice). The two runs of a case are timed side by side in this one process, alternating which goes first from
-case to case, after an untimed probe run (one trial) that warms the process up and measures the plan's own SQNR.
+the same plan and data:
+
+- greedy (autoptq's behaviour, the default `Budget(max_trials=40)`): once a candidate meets the budget, later
+  candidates are tried only if the cost model says they could beat it on the objective; the exclusions are prefixes
+  of the sensitivity ranking (1, 2, ... most sensitive nodes kept in float) until one meets the budget, then a
+  backward pruning pass puts each of the first k-1 nodes back (least sensitive first) and keeps it quantized if the
+  budget still holds; no float on an integer-only device once something meets the budget;
+- exhaustive (`tune(..., subsets=6)`, `Budget(max_trials=1000)` so that nothing truncates it): every candidate of
+  the walk with no early stop and, instead of the greedy prefixes, every non-empty subset of the 6 most sensitive
+  nodes kept in float (63 exclusion trials), then the same choice.
+
+A choice matches when both runs chose the same technique, calibration method and set of excluded nodes. The two
+runs of a case are timed side by side in this one process, alternating which goes first from case to case, after an
+untimed probe run (one trial) that warms the process up and measures the plan's own SQNR.
 
 The data are RANDOM: N(0, 1) inputs from `autoptq.calibration.synthetic_dataset` (seeded), so there are no labels
 and the budget is a fidelity budget: the minimum output SQNR against float, set a few dB above what the plan's
 default recipe reaches, so the default misses it and the walk has to look further. Every number except the wall
 times is deterministic.
-
-A third, clearly labelled what-if run is the same greedy walk with `entropy_calibration` removed from the plan's
-fallbacks; it is not autoptq's behaviour, only evidence for what that one trial costs and whether it ever decides.
 
 Run: python bench/bench_tuning.py [--quick]
 """
@@ -40,8 +46,10 @@ from autoptq.profiles import load_profile
 from autoptq.tuning import Budget, Trial, TuningResult, tune
 
 NAME = "tuning"
-WHAT_IF_DROPPED = "entropy_calibration"
-"""The fallback the what-if run leaves out of the plan (the costliest trial of the walk)."""
+SUBSETS = 6
+"""The exhaustive run tries every non-empty subset of this many most sensitive nodes (2^6 - 1 = 63 exclusions)."""
+EXHAUSTIVE_MAX_TRIALS = 1000
+"""The exhaustive run's trial budget: high enough that it never truncates the search (the default is 40)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Case:
-    """One model x target x budget, searched greedily, exhaustively and greedily without entropy calibration."""
+    """One model x target x budget, searched greedily and exhaustively."""
 
     model: str
     target: str
@@ -109,7 +117,6 @@ class Case:
     budget_db: float
     greedy: Run
     exhaustive: Run
-    what_if: Run
 
 
 def timed_tune(
@@ -118,18 +125,23 @@ def timed_tune(
     plan: Plan,
     data: tuple[Dataset, Dataset],
     budget: Budget,
-    exhaustive: bool = False,
+    subsets: int = 0,
 ) -> Run:
-    """`tune` on the target (objective: speed) with its wall time."""
+    """`tune` on the target (objective: speed) with its wall time; `subsets` > 0 is the exhaustive baseline."""
     profile = load_profile(target)
     start = time.perf_counter()
-    result = tune(graph, profile, plan, data[0], data[1], budget, "speed", exhaustive=exhaustive)
+    result = tune(graph, profile, plan, data[0], data[1], budget, "speed", exhaustive=subsets > 0, subsets=subsets)
     return Run(result, time.perf_counter() - start)
 
 
+def key(trial: Trial) -> tuple[str, str | None, tuple[str, ...]]:
+    """What makes two trials the same candidate: technique, calibration method and the set of excluded nodes."""
+    method = trial.recipe.calibration_method if trial.recipe is not None else None
+    return trial.technique, method, tuple(sorted(trial.excluded))
+
+
 def same_candidate(a: Trial, b: Trial) -> bool:
-    """Whether two trials tried the same candidate (technique and full recipe, so the same excluded nodes)."""
-    return a.technique == b.technique and a.recipe == b.recipe
+    return key(a) == key(b)
 
 
 def find(trial: Trial, run: Run) -> Trial | None:
@@ -145,28 +157,21 @@ def bench_model(model: Model, target: str, config: Config, case_index: int) -> l
     plan = plan_for(graph, load_profile(target), load_tree(), calibration, QuantizeOptions())
     probe = timed_tune(graph, target, plan, (calibration, validation), Budget(min_sqnr_db=1e9, max_trials=1))
     plan_sqnr = probe.result.trials[0].min_sqnr_db or 0.0
-    what_if_plan = plan.model_copy(update={"fallbacks": [f for f in plan.fallbacks if f != WHAT_IF_DROPPED]})
     cases = []
     for offset in model.offsets_db:
-        budget = Budget(min_sqnr_db=round(plan_sqnr + offset, 1), max_trials=40)
+        floor = round(plan_sqnr + offset, 1)
+        budgets = {
+            "greedy": Budget(min_sqnr_db=floor),
+            "exhaustive": Budget(min_sqnr_db=floor, max_trials=EXHAUSTIVE_MAX_TRIALS),
+        }
         runs: dict[str, Run] = {}
         order = ("greedy", "exhaustive") if (case_index + len(cases)) % 2 == 0 else ("exhaustive", "greedy")
         for mode in order:
-            print(f"{model.label} on {target}, budget {budget.min_sqnr_db} dB: {mode}", file=sys.stderr, flush=True)
-            runs[mode] = timed_tune(graph, target, plan, (calibration, validation), budget, exhaustive=mode != "greedy")
-        print(f"{model.label} on {target}, budget {budget.min_sqnr_db} dB: what-if", file=sys.stderr, flush=True)
-        what_if = timed_tune(graph, target, what_if_plan, (calibration, validation), budget)
+            print(f"{model.label} on {target}, budget {floor} dB: {mode}", file=sys.stderr, flush=True)
+            subsets = 0 if mode == "greedy" else SUBSETS
+            runs[mode] = timed_tune(graph, target, plan, (calibration, validation), budgets[mode], subsets)
         cases.append(
-            Case(
-                model.label,
-                target,
-                tuple(plan.fallbacks),
-                plan_sqnr,
-                budget.min_sqnr_db,
-                runs["greedy"],
-                runs["exhaustive"],
-                what_if,
-            )
+            Case(model.label, target, tuple(plan.fallbacks), plan_sqnr, floor, runs["greedy"], runs["exhaustive"])
         )
     return cases
 
@@ -176,7 +181,7 @@ def bench_model(model: Model, target: str, config: Config, case_index: int) -> l
 
 def describe(trial: Trial) -> str:
     """A chosen trial: number, step, excluded nodes, SQNR and estimated latency relative to float."""
-    excluded = f" [{', '.join(trial.excluded)}]" if trial.excluded else ""
+    excluded = f" [{', '.join(trial.excluded)}]" if trial.excluded and "{" not in trial.step else ""
     ratio = "-" if trial.latency_ratio is None else f"{trial.latency_ratio:.3f}x"
     return f"#{trial.index + 1} {trial.step}{excluded}: {trial.min_sqnr_db:.1f} dB, {ratio}"
 
@@ -224,71 +229,42 @@ def summary_table(cases: list[Case]) -> str:
     return markdown_table(headers, rows)
 
 
-def what_if_table(cases: list[Case]) -> str:
-    rows = []
-    for c in cases:
-        entropy = next((t for t in c.greedy.result.trials if t.step == WHAT_IF_DROPPED), None)
-        rows.append(
-            [
-                c.model,
-                c.target,
-                f">= {c.budget_db:g}",
-                "-"
-                if entropy is None
-                else f"{entropy.seconds:.1f} s ({entropy.min_sqnr_db:.1f} dB, "
-                f"{'within' if entropy.meets_budget else 'misses'})",
-                str(len(c.what_if.result.trials)),
-                f"{c.what_if.wall_s:.1f} s",
-                f"{c.what_if.wall_s / c.exhaustive.wall_s:.2f}",
-                describe(c.what_if.chosen),
-                verdict(c.what_if, c.exhaustive),
-            ]
-        )
-    headers = [
-        "model",
-        "target",
-        "budget dB",
-        f"greedy's {WHAT_IF_DROPPED} trial",
-        "trials",
-        "wall",
-        "time / exhaustive",
-        "choice",
-        "matches exhaustive",
+def trial_cells(t: Trial, notes: list[str]) -> list[str]:
+    """The columns of one trial after its two numbers."""
+    return [
+        t.step,
+        t.technique,
+        ", ".join(t.excluded) or "-",
+        "-" if t.min_sqnr_db is None else f"{t.min_sqnr_db:.1f}",
+        "-" if t.latency_ratio is None else f"{t.latency_ratio:.3f} ({t.latency_ratio_source})",
+        str(t.size_bytes or 0),
+        t.device_verdict,
+        "within" if t.meets_budget else "misses",
+        f"{t.seconds:.2f}",
+        ", ".join(notes),
     ]
-    return markdown_table(headers, rows)
 
 
 def trials_table(case: Case) -> str:
-    """The exhaustive run's trials, with the number greedy gave the same candidate (or that it skipped it)."""
+    """Greedy's trials, each with the exhaustive run's number for the same candidate, then the exhaustive best if
+    greedy did not try it."""
     rows = []
-    for t in case.exhaustive.result.trials:
-        mine = find(t, case.greedy)
-        marks = []
-        if mine is not None and mine.index == case.greedy.result.chosen:
-            marks.append("**greedy choice**")
-        if t.index == case.exhaustive.result.chosen:
-            marks.append("**exhaustive best**")
-        if t.index in case.exhaustive.result.pareto:
-            marks.append("front")
-        rows.append(
-            [
-                str(t.index + 1),
-                "skipped" if mine is None else str(mine.index + 1),
-                t.step,
-                t.technique,
-                ", ".join(t.excluded) or "-",
-                "-" if t.min_sqnr_db is None else f"{t.min_sqnr_db:.1f}",
-                "-" if t.latency_ratio is None else f"{t.latency_ratio:.3f} ({t.latency_ratio_source})",
-                str(t.size_bytes or 0),
-                t.device_verdict,
-                "within" if t.meets_budget else "misses",
-                f"{t.seconds:.2f}",
-                ", ".join(marks),
-            ]
-        )
+    best = case.exhaustive.chosen
+    for t in case.greedy.result.trials:
+        theirs = find(t, case.exhaustive)
+        notes = []
+        if t.index == case.greedy.result.chosen:
+            notes.append("**greedy choice**")
+        if same_candidate(t, best):
+            notes.append("**exhaustive best**")
+        if t.index in case.greedy.result.pareto:
+            notes.append("front")
+        rows.append([str(t.index + 1), "-" if theirs is None else str(theirs.index + 1), *trial_cells(t, notes)])
+    if find(best, case.greedy) is None:
+        rows.append(["not tried", str(best.index + 1), *trial_cells(best, ["**exhaustive best**"])])
     headers = [
-        "#",
         "greedy #",
+        "exhaustive #",
         "step",
         "technique",
         "excluded",
@@ -303,58 +279,41 @@ def trials_table(case: Case) -> str:
     return markdown_table(headers, rows)
 
 
-def why_skipped(trial: Trial) -> str:
-    """The rule of the greedy walk that leaves a candidate out once something meets the budget."""
-    if trial.excluded:
-        return "no more exclusions once one meets the budget"
-    if trial.technique == "none":
-        return "no float on an integer-only device once something meets the budget"
-    return "the cost model says it cannot beat the best within budget (`_Search.worth_trying`)"
-
-
 def explain(case: Case) -> str:
-    """Why greedy and exhaustive agree or differ, and where the time went, from the trial data."""
+    """How the two searches went and why they agree or differ, from the trial data."""
     greedy, best = case.greedy.chosen, case.exhaustive.chosen
     trials = case.exhaustive.result.trials
-    slowest = max(trials, key=lambda t: t.seconds)
-    skipped = [t for t in trials if find(t, case.greedy) is None]
-    saved = sum(t.seconds for t in skipped)
-    overhead = case.greedy.wall_s - sum(t.seconds for t in case.greedy.result.trials)
-    ran_slowest = find(slowest, case.greedy) is not None
+    subsets = [t for t in trials if "{" in t.step]
+    within = [t for t in subsets if t.meets_budget]
+    faster = [t for t in within if (t.latency_ratio or 0) < (greedy.latency_ratio or 0) - 1e-9]
     first_within = next((t for t in case.greedy.result.trials if t.meets_budget), None)
+    pruned = [t for t in case.greedy.result.trials if ": without " in t.step]
+    kept = [t for t in pruned if t.meets_budget]
     lines = [
-        f"Greedy ran {len(case.greedy.result.trials)} trials (stopped: {case.greedy.result.stopped_by}), the "
-        f"exhaustive search {len(trials)} (stopped: {case.exhaustive.result.stopped_by}).",
+        f"Greedy ran {len(case.greedy.result.trials)} trials in {case.greedy.wall_s:.1f} s (stopped: "
+        f"{case.greedy.result.stopped_by}), the exhaustive search {len(trials)} in {case.exhaustive.wall_s:.1f} s "
+        f"(stopped: {case.exhaustive.result.stopped_by}), {len(subsets)} of them exclusion subsets, "
+        f"{len(within)} of those within budget.",
         (
             f"The first trial within budget is greedy's #{first_within.index + 1} ({first_within.step})."
             if first_within
             else "Greedy found no trial within budget."
         ),
-        f"Greedy skipped {len(skipped)} of the exhaustive trials ({saved:.2f} s of trial time"
-        + (f": {', '.join(t.step for t in skipped)}" if skipped else "")
-        + ").",
-        f"The slowest trial is #{slowest.index + 1} {slowest.step} at {slowest.seconds:.1f} s of the exhaustive "
-        f"{case.exhaustive.wall_s:.1f} s ({100 * slowest.seconds / case.exhaustive.wall_s:.0f}%)"
-        + (
-            f"; greedy ran it too ({slowest.min_sqnr_db:.1f} dB, it "
-            f"{'meets' if slowest.meets_budget else 'misses'} the budget)"
-            if ran_slowest
-            else "; greedy skipped it"
-        )
-        + f". Greedy spent {overhead:.1f} s outside its trials (preparation, float reference outputs, the "
-        "sensitivity ranking).",
     ]
+    if pruned:
+        lines.append(
+            f"The pruning pass made {len(pruned)} trial(s) and put back {len(kept)} node(s)"
+            + (f" ({', '.join(t.step.split(': without ')[1] for t in kept)})" if kept else "")
+            + "."
+        )
     if not case.greedy.result.within_budget:
         lines.append("**Greedy did not meet the budget.**")
     elif same_candidate(greedy, best):
-        lines.append(f"Both chose the same candidate ({greedy.step}).")
-    else:
-        mine = find(best, case.greedy)
-        reason = (
-            f"greedy skipped it: {why_skipped(best)}"
-            if mine is None
-            else f"greedy ran it as #{mine.index + 1} but chose otherwise"
+        lines.append(
+            f"Both chose the same candidate ({greedy.technique}, "
+            f"{'excluding ' + ', '.join(sorted(greedy.excluded)) if greedy.excluded else 'no exclusions'})."
         )
+    else:
         ratio = (
             f"{best.latency_ratio:.3f}x float against {greedy.latency_ratio:.3f}x"
             if best.latency_ratio is not None and greedy.latency_ratio is not None
@@ -363,7 +322,8 @@ def explain(case: Case) -> str:
         lines.append(
             f"**Mismatch.** Greedy chose #{greedy.index + 1} ({greedy.step}); the exhaustive best is "
             f"#{best.index + 1} ({best.step}, {best.technique}: {ratio}, {best.min_sqnr_db:.1f} dB vs "
-            f"{greedy.min_sqnr_db:.1f} dB); {reason}."
+            f"{greedy.min_sqnr_db:.1f} dB); {len(faster)} exclusion subset(s) within budget are faster than greedy's "
+            "choice."
         )
     return " ".join(lines)
 
@@ -384,29 +344,30 @@ def render(config: Config, quick: bool, cases: list[Case], leftover: int) -> str
         + "; ".join(f"{m.label}: +{', +'.join(f'{o:g}' for o in m.offsets_db)} dB" for m in config.models)
         + "). Objective: speed. Both searches walk the plan, then its fallbacks in the default tree's order ("
         + "; ".join(f"`{o}`" for o in orders)
-        + "; `exclude_sensitive` is the 1..8 most sensitive nodes kept in float, `int16x8` only where the device "
-        "runs it). The exhaustive search tries every candidate; the greedy one, once a candidate meets the budget, "
-        "tries a later one only if the cost model predicts it could beat the best within budget on the objective "
-        "(`_Search.worth_trying`), tries no further exclusions and no float on an integer-only device. Both then "
-        "choose on the Pareto front of the trials within budget. Wall times are of one `tune` call each, side by "
-        "side in one process. "
+        + "; `int16x8` only where the device runs it).",
+        "",
+        "- **Greedy** is autoptq's walk with the default budget of 40 trials: `exclude_sensitive` keeps the 1, 2, ... "
+        "8 most sensitive nodes in float until one prefix of the ranking meets the budget, then a pruning pass puts "
+        "each of the first k-1 nodes back (least sensitive first; steps `exclude N: without NODE`) and keeps it "
+        "quantized if the budget still holds. Once a candidate meets the budget, a later fallback is tried only if "
+        "the cost model predicts it could beat the best within budget on the objective (`_Search.worth_trying`); no "
+        "float on an integer-only device.",
+        f"- **Exhaustive** is `tune(..., subsets={SUBSETS})` with `max_trials={EXHAUSTIVE_MAX_TRIALS}` (never "
+        "reached): every candidate of the walk with no early stop and, in place of the prefixes, every non-empty "
+        f"subset of the {SUBSETS} most sensitive nodes kept in float ({2**SUBSETS - 1} exclusion trials, steps "
+        "`exclude {nodes}`).",
+        "",
+        "Both then choose on the Pareto front of their trials within budget. A choice matches when technique, "
+        "calibration method and the set of excluded nodes are the same. Wall times are of one `tune` call each, "
+        "side by side in one process. "
         + f"Calibration-cache folders (`autoptq-tune-*`) left in the temporary directory by all the runs: {leftover}.",
         "",
         summary_table(cases),
         "",
         "Choices read `#trial step [nodes kept in float]: output SQNR, estimated latency relative to float`; the "
-        "trial numbers are each run's own (greedy skips candidates, so its numbers differ from the exhaustive "
-        "run's for the same candidate).",
+        "trial numbers are each run's own.",
         "",
-        f"## What-if: the greedy walk without {WHAT_IF_DROPPED} (not autoptq's behaviour)",
-        "",
-        f"The same greedy walk with `{WHAT_IF_DROPPED}` removed from the plan's fallbacks: what the walk costs "
-        "without its one expensive trial, and whether that trial ever decides the choice. The fourth column is the "
-        "trial as greedy ran it.",
-        "",
-        what_if_table(cases),
-        "",
-        "## Trials of each case (the exhaustive run, with greedy's number for the same candidate)",
+        "## Trials of each case (greedy's, with the exhaustive run's number for the same candidate)",
     ]
     for case in cases:
         sections += [
