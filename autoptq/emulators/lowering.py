@@ -250,15 +250,25 @@ def _risky_pairs(pair_weights: np.ndarray) -> np.ndarray:
     return np.flatnonzero(risky.reshape(-1, *risky.shape[-2:]).any(axis=(0, 2)))
 
 
-def _reduce_pairs(lowering: _Lowering, sums: str, axis: int, hint: str, excess: bool) -> str:
-    """Over `axis` of exact float32 pair sums s, in float64 (exact): `Σ clamp_int16(s)`, or with `excess` the
-    saturation excess `Σ (s − clamp_int16(s))`."""
+FLOAT32_EXACT_PAIRS = (1 << 24) // (1 << 16)
+"""Up to this many pair terms, each below 2^16 in magnitude (a clamped sum, or the excess of a u8 x s8 pair sum over
+int16), their total stays below 2^24 and float32 adds them exactly in any order."""
+
+
+def _reduce_pairs(lowering: _Lowering, sums: str, axis: int, hint: str, excess: bool, count: int) -> str:
+    """Over `axis` of `count` exact float32 pair sums s, exactly, as float64: `Σ clamp_int16(s)`, or with `excess`
+    the saturation excess `Σ (s − clamp_int16(s))`. Summed in float32 while that is exact (it halves the traffic of
+    the largest tensor of the lowering), else in float64."""
     bounds = [lowering.const(kernels.INT16_MIN, np.float32), lowering.const(kernels.INT16_MAX, np.float32)]
     reduced = lowering.op("Clip", [sums, *bounds], hint)
     if excess:
         reduced = lowering.op("Sub", [sums, reduced], hint)
+    axes = lowering.const([axis], np.int64)
+    if count <= FLOAT32_EXACT_PAIRS:
+        total = lowering.op("ReduceSum", [reduced, axes], hint, keepdims=0)
+        return lowering.op("Cast", [total], hint, to=TensorProto.DOUBLE)
     wide = lowering.op("Cast", [reduced], hint, to=TensorProto.DOUBLE)
-    return lowering.op("ReduceSum", [wide, lowering.const([axis], np.int64)], hint, keepdims=0)
+    return lowering.op("ReduceSum", [wide, axes], hint, keepdims=0)
 
 
 def _use_excess(risky: np.ndarray, pair_count: int) -> bool:
@@ -386,7 +396,7 @@ def _conv_pair_reduction(
     split = op("Reshape", [raw, const([0, group, count, 2, -1], np.int64)], output)
     pair_values = op("Transpose", [split], output, perm=[0, 1, 2, 4, 3])  # (N, G, P, L, 2)
     sums = op("MatMul", [pair_values, const(pair_weights, np.float32)], output)  # (N, G, P, L, O/G)
-    reduced = op("Transpose", [_reduce_pairs(lowering, sums, 2, output, excess)], output, perm=[0, 1, 3, 2])
+    reduced = op("Transpose", [_reduce_pairs(lowering, sums, 2, output, excess, count)], output, perm=[0, 1, 3, 2])
     patch_shape = op("Shape", [patches], output)
     batch = op("Slice", [patch_shape, const([0], np.int64), const([1], np.int64)], output)
     spatial = op("Slice", [patch_shape, const([2], np.int64), const([4], np.int64)], output)
@@ -447,7 +457,7 @@ def _matmul_pair_reduction(
     sums = op("MatMul", [pair_values, const(pair_weights[pairs], np.float32)], output)  # (P, R, N)
     prefix = op("Slice", [op("Shape", [a], output), const([0], np.int64), const([-1], np.int64)], output)
     shape = op("Concat", [prefix, const([n], np.int64)], output, axis=0)
-    return op("Reshape", [_reduce_pairs(lowering, sums, 0, output, excess), shape], output)
+    return op("Reshape", [_reduce_pairs(lowering, sums, 0, output, excess, len(pairs)), shape], output)
 
 
 def _mul(lowering: _Lowering, node: NodeProto) -> None:
