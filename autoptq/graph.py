@@ -719,3 +719,11 @@ def drop_unused_initializers(graph: GraphProto) -> None:
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def remove_nodes(graph: GraphProto, removed: Iterable[NodeProto]) -> None:
+    """Delete `removed` (the node objects themselves) from `graph`, keeping the others in order."""
+    gone = {id(node) for node in removed}
+    kept = [node for node in graph.node if id(node) not in gone]
+    del graph.node[:]
+    graph.node.extend(kept)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
-from autoptq.graph import TensorInfo, build_graph, drop_unused_initializers, folds_to_constant
+from autoptq.graph import TensorInfo, build_graph, drop_unused_initializers, folds_to_constant, remove_nodes
 from autoptq.quantizers.common import quiet, save_for_ort, scratch_dir
 
 PREPARATION_SAMPLES = 4
@@ -139,9 +139,7 @@ def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
         folded.append(node)
     if not folded:
         return None, "not needed: no constant weight paths"
-    kept = [node for node in graph.node if all(node is not f for f in folded)]
-    del graph.node[:]
-    graph.node.extend(kept)
+    remove_nodes(graph, folded)
     drop_unused_initializers(graph)
     counts = Counter(node.op_type for node in folded)
     return result, "folded " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
@@ -213,9 +211,7 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
         removed.append(bn)
     if not removed:
         return None, "not needed: no Conv -> BatchNormalization pair"
-    kept = [node for node in graph.node if all(node is not r for r in removed)]
-    del graph.node[:]
-    graph.node.extend(kept)
+    remove_nodes(graph, removed)
     drop_unused_initializers(graph)
     return result, f"folded {len(removed)} BatchNormalization into Conv"
 

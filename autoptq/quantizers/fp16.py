@@ -15,6 +15,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 
 from autoptq.activations import absolute_maxima
 from autoptq.calibration import Dataset
+from autoptq.graph import remove_nodes
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers.common import AppliedRecipe, QuantizationError, QuantizationResult, quiet
 from autoptq.recipe import Recipe
@@ -134,11 +135,10 @@ def _drop_round_trip_casts(model: ModelProto) -> None:
             dropped.append(node)
     for node in graph.node:
         node.input[:] = [renamed.get(name, name) for name in node.input]
-    still_read = {name for node in graph.node if all(node is not d for d in dropped) for name in _reads(node)}
+    dropped_ids = {id(node) for node in dropped}
+    still_read = {name for node in graph.node if id(node) not in dropped_ids for name in _reads(node)}
     unused = [node for node in firsts if node.output[0] not in still_read and node.output[0] not in outputs]
-    kept = [node for node in graph.node if all(node is not d for d in [*dropped, *unused])]
-    del graph.node[:]
-    graph.node.extend(kept)
+    remove_nodes(graph, [*dropped, *unused])
 
 
 def _cast_target(node: NodeProto) -> int | None:

@@ -12,7 +12,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, create_cali
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from autoptq.calibration import Dataset
-from autoptq.graph import drop_unused_initializers
+from autoptq.graph import drop_unused_initializers, remove_nodes
 from autoptq.intio import write_integer_io
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers.common import (
@@ -223,9 +223,7 @@ def make_integer_io(model: ModelProto, applied: AppliedRecipe) -> tuple[ModelPro
         value.type.tensor_type.elem_type = elem_type
         removed.append(dequant)
         io.append(IOQuantization(name=value.name, dtype=_ONNX_INT_TYPES[elem_type], scale=scale, zero_point=zero_point))
-    kept = [node for node in graph.node if all(node is not r for r in removed)]
-    del graph.node[:]
-    graph.node.extend(kept)
+    remove_nodes(graph, removed)
     drop_unused_initializers(graph)
     write_integer_io(model, io)
     return model, applied.model_copy(update={"integer_io": io, "notes": notes})
