@@ -26,16 +26,27 @@ from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
+from autoptq.shapes import apply_user_shapes, bind, parse_input_shapes
 from autoptq.tuning import Budget
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 ModelSource = str | Path | ModelProto | ModelGraph
+InputShapes = dict[str, list[int]] | list[str]
 TargetSource = str | Path | HardwareProfile
 
 
-def as_graph(model: ModelSource) -> ModelGraph:
-    """Accept a path, a ModelProto or an already loaded ModelGraph."""
-    return model if isinstance(model, ModelGraph) else load_model(model)
+def as_graph(model: ModelSource, input_shapes: InputShapes | None = None) -> ModelGraph:
+    """Accept a path, a ModelProto or an already loaded ModelGraph; apply `--input-shape` style shapes
+    (`{"x": [1, 3, 480, 640]}` or `["x=1,3,480,640"]`)."""
+    graph = model if isinstance(model, ModelGraph) else load_model(model)
+    shapes = parse_input_shapes(input_shapes) if isinstance(input_shapes, list) else dict(input_shapes or {})
+    return apply_user_shapes(graph, shapes)
+
+
+def bound(graph: ModelGraph, *datasets: Dataset | None) -> ModelGraph:
+    """`graph` with its open input dims bound from the user's shapes and the samples of `datasets`."""
+    samples = [s for d in datasets if d is not None and not d.synthetic for s in d.samples]
+    return bind(graph, samples or None)
 
 
 def as_profile(target: TargetSource) -> HardwareProfile:
@@ -43,12 +54,21 @@ def as_profile(target: TargetSource) -> HardwareProfile:
     return target if isinstance(target, HardwareProfile) else load_profile(target)
 
 
-def audit(model: ModelSource, targets: TargetSource | Sequence[TargetSource]) -> list[CoverageReport]:
-    """Audit a model against one or more devices: what maps, where it falls back, memory fit."""
-    graph = as_graph(model)
+def audit(
+    model: ModelSource,
+    targets: TargetSource | Sequence[TargetSource],
+    data: str | Path | Dataset | None = None,
+    input_shapes: InputShapes | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
+) -> list[CoverageReport]:
+    """Audit a model against one or more devices: what maps, where it falls back, memory fit.
+
+    Open input dims are bound from `input_shapes` and `data` first (see autoptq.shapes)."""
+    graph = as_graph(model, input_shapes)
     if isinstance(targets, (str, Path, HardwareProfile)):
         targets = [targets]
     profiles = [as_profile(t) for t in targets]  # validate every target before any analysis
+    graph = bound(graph, load_data(data, graph, preprocess))
     return [analyse(graph, profile) for profile in profiles]
 
 
@@ -69,15 +89,16 @@ def plan(
     goals: UserGoals | None = None,
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> list[Plan]:
     """Plan the post-training quantization of a model for one or more targets (one Plan each)."""
     tree = load_tree(rules)
-    graph = as_graph(model)
+    graph = as_graph(model, input_shapes)
     if isinstance(targets, (str, Path, HardwareProfile)):
         targets = [targets]
     profiles = [as_profile(t) for t in targets]
     dataset = load_data(data, graph, preprocess)
-    return plans(graph, profiles, tree, dataset, goals)
+    return plans(bound(graph, dataset), profiles, tree, dataset, goals)
 
 
 class QuantizeOptions(BaseModel):
@@ -144,18 +165,16 @@ def quantize(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
+    input_shapes: InputShapes | None = None,
 ) -> tuple[Plan, Outcome]:
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
-    graph = as_graph(model)
+    graph = as_graph(model, input_shapes)
     out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
     profile, tree = as_profile(target), load_tree(rules)
-    calibration, held_out, _ = split_data(
-        graph,
-        load_data(data, graph, preprocess),
-        load_data(validation, graph, preprocess),
-        options.synthetic_calibration,
-    )
+    dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
+    graph = bound(graph, dataset, validation_set)
+    calibration, held_out, _ = split_data(graph, dataset, validation_set, options.synthetic_calibration)
     chosen = plan_for(graph, profile, tree, calibration, options)
     outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
     write_atomic(out_path, outcome.model_bytes)
@@ -198,11 +217,12 @@ def make_variants(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
+    input_shapes: InputShapes | None = None,
 ) -> tuple[Manifest, dict[str, dict[str, object]]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
     measurements.json (the only file that varies run to run: it holds timings)."""
     options = options or QuantizeOptions()
-    graph = as_graph(model)
+    graph = as_graph(model, input_shapes)
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a directory")
@@ -213,9 +233,10 @@ def make_variants(
     if len(set(names)) != len(names):
         raise AutoptqError(f"targets repeat: {names}")
     tree = load_tree(rules)
-    dataset = load_data(data, graph, preprocess)
+    dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
+    graph = bound(graph, dataset, validation_set)
     calibration, held_out, held_out_source = split_data(
-        graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
+        graph, dataset, validation_set, options.synthetic_calibration
     )
     for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
         check_output_path(
@@ -280,15 +301,17 @@ def check(
     min_sqnr_db: float | None = None,
     max_drop: float | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> CheckReport:
     """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
 
     profile = as_profile(target)
-    reference_graph = as_graph(reference)
+    reference_graph = as_graph(reference, input_shapes)
     quantized_model = quantized if isinstance(quantized, ModelProto) else load_model(quantized).model
     dataset = load_data(data, reference_graph, preprocess)
     if dataset is None:
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
+    reference_graph = bound(reference_graph, dataset)
     return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)
 
 

@@ -54,6 +54,20 @@ TargetOpt = Annotated[
     typer.Option("--target", "-t", help="Shipped profile name or path to a profile YAML; repeat or comma-separate."),
 ]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report to this file.")]
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="For a folder of images: size=224x224,layout=NCHW,color=RGB,scale=1/255,mean=a/b/c,std=a/b/c.",
+    ),
+]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        help="Bind an input's shape, e.g. x=1,3,480,640 (repeatable). Open dims are otherwise bound from --data.",
+    ),
+]
 
 
 def split_targets(values: list[str]) -> list[str]:
@@ -107,13 +121,18 @@ def audit(
     target: TargetOpt,
     fmt: Annotated[AuditFormat, typer.Option("--format", "-f", help="Output format.")] = AuditFormat.table,
     output: OutputOpt = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Representative data: binds open input dims (batch, H, W).")
+    ] = None,
+    preprocess: PreprocessOpt = None,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Can each target run the model, and where does it fall back? Exit 1 if any target is not compatible."""
     targets = split_targets(target)
-    graph = api.as_graph(model)
+    graph = api.as_graph(model, input_shape)
     if output is not None:
-        check_output_path(output, protected=graph.source_files)
-    reports = api.audit(graph, targets)
+        check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
+    reports = api.audit(graph, targets, data=data, preprocess=preprocess)
     emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
@@ -158,13 +177,6 @@ RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Decision tree YA
 ValidationOpt = Annotated[
     Path | None,
     typer.Option("--val", help="Held-out data for verification (default: the last fifth of --data)."),
-]
-PreprocessOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--preprocess",
-        help="For a folder of images: size=224x224,layout=NCHW,color=RGB,scale=1/255,mean=a/b/c,std=a/b/c.",
-    ),
 ]
 SyntheticOpt = Annotated[
     bool,
@@ -267,11 +279,12 @@ def plan(
     time_budget: TimeBudgetOpt = None,
     max_trials: MaxTrialsOpt = 40,
     synthetic_calibration: SyntheticOpt = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
     targets = split_targets(target)
-    graph = api.as_graph(model)
+    graph = api.as_graph(model, input_shape)
     warn_synthetic(synthetic_calibration and data is None)
     if apply:
         if output is None or len(targets) != 1:
@@ -288,7 +301,9 @@ def plan(
         raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
         check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
-    data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
+    data_set = (
+        synthetic_dataset(api.bound(graph), api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
+    )
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
     emit(report.render_plans(plans, fmt.value), output)
 
@@ -318,6 +333,7 @@ def quantize(
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
 
@@ -345,6 +361,7 @@ def quantize(
         rules=rules,
         preprocess=preprocess,
         progress=progress_line,
+        input_shapes=input_shape,
     )
     typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
     raise typer.Exit(outcome_exit_code(outcome))
@@ -366,6 +383,7 @@ def variants(
     prefer: PreferOpt = Objective.speed,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
     warn_synthetic(synthetic_calibration and data is None)
@@ -382,6 +400,7 @@ def variants(
         rules=rules,
         preprocess=preprocess,
         progress=progress_line,
+        input_shapes=input_shape,
     )
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
@@ -405,13 +424,17 @@ def check(
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: OutputOpt = None,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """What will this quantized model do on the device? Exit 1 when device rules or budgets fail."""
     if output is not None:
         check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data)])
     drop = parse_max_drop(max_drop)
     results = [
-        api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess)
+        api.check(
+            quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess,
+            input_shapes=input_shape,
+        )  # fmt: skip
         for t in split_targets(target)
     ]
     emit(report.render_check(results, fmt.value), output)

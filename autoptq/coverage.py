@@ -108,7 +108,8 @@ class CoverageReport(BaseModel):
     transfer_bytes: int = Field(description="bytes crossing device <-> host per inference, graph I/O included")
     memory: MemoryReport
     total_macs: int
-    dynamic_dims: list[str]
+    dynamic_dims: list[str] = Field(description="input dims still open after binding (unknown sizes)")
+    shape_notes: list[str] = Field(default_factory=list, description="how open input dims were bound")
     op_summary: list[OpSummary]
     nodes: list[NodeCoverage]
 
@@ -144,6 +145,7 @@ def analyse(graph: ModelGraph, profile: HardwareProfile, float_nodes: Collection
         memory=_memory(graph, verdicts, profile),
         total_macs=total_macs,
         dynamic_dims=graph.symbolic_dims,
+        shape_notes=graph.binding.notes() if graph.binding else [],
         op_summary=_op_summary(verdicts, profile),
         nodes=verdicts,
     )

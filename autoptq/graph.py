@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -19,6 +20,9 @@ from onnx import helper as onnx_helper
 from pydantic import BaseModel, Field
 
 from autoptq.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from autoptq.shapes import ShapeBinding
 
 WEIGHT_PATH_OPS = frozenset(
     {
@@ -142,8 +146,18 @@ class ModelGraph:
     symbolic_dims: list[str] = field(default_factory=list)
     source_files: list[Path] = field(default_factory=list)
     """The model file and its external data files: outputs must never overwrite them."""
+    declared_model: ModelProto | None = None
+    """The model as exported (with any --input-shape applied) when `model` has shapes bound for analysis."""
+    user_shapes: dict[str, list[int]] = field(default_factory=dict)
+    binding: ShapeBinding | None = None
+    """How open input dimensions were bound (autoptq.shapes), once data or the user has been consulted."""
     _constant_cache: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
     _constant_sources: dict[str, TensorProto | NodeProto] = field(default_factory=dict, repr=False)
+
+    @property
+    def declared(self) -> ModelProto:
+        """The model to produce from: as exported, with the user's input shapes, without analysis-only bindings."""
+        return self.model if self.declared_model is None else self.declared_model
 
     def constant_value(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (initializer or Constant output), or None if it is not a plain constant."""
@@ -207,11 +221,12 @@ def load_model(source: str | Path | ModelProto) -> ModelGraph:
     External data must sit inside the model's folder. Raises ModelLoadError with one line on any problem.
     """
     if isinstance(source, ModelProto):
-        proto, path, data_files = _copy_proto(source), None, []
+        proto, path, data_files = copy_model(source), None, []
     else:
         path = Path(source)
         proto, data_files = read_model(path)
     check_model(proto, path)
+    open_sizes_as_symbols(proto)
     inferred = infer_shapes(proto)
     graph = build_graph(inferred, path)
     graph.source_files = [*([path] if path else []), *data_files]
@@ -299,10 +314,46 @@ def infer_shapes(proto: ModelProto) -> ModelProto:
         return proto
 
 
-def _copy_proto(proto: ModelProto) -> ModelProto:
+def copy_model(proto: ModelProto) -> ModelProto:
+    """A deep copy of a ModelProto."""
     copy = ModelProto()
     copy.CopyFrom(proto)
     return copy
+
+
+def open_sizes_as_symbols(proto: ModelProto) -> None:
+    """Treat `-1` and `0` written as sizes (paddle2onnx, some tf2onnx graphs) as what they mean: open dimensions.
+
+    Graph inputs get a name per open dim (`x_dim2`) so that reports can point at it; intermediate and output dims
+    become unknown."""
+    graph = proto.graph
+    for value in graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.dim_param = f"{value.name}_dim{axis}"
+    for value in [*graph.value_info, *graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.Clear()
+
+
+def set_input_dims(proto: ModelProto, dims: dict[str, list[int | None]]) -> ModelProto:
+    """A copy of `proto` whose graph inputs have the given sizes (None keeps a dim as it is), with intermediate
+    shapes dropped so that shape inference recomputes them from the new sizes."""
+    result = copy_model(proto)
+    for value in result.graph.input:
+        sizes = dims.get(value.name)
+        if sizes is None:
+            continue
+        shape = value.type.tensor_type.shape
+        if len(shape.dim) != len(sizes):
+            continue
+        for dim, size in zip(shape.dim, sizes, strict=True):
+            if size is not None:
+                dim.Clear()
+                dim.dim_value = size
+    del result.graph.value_info[:]
+    return result
 
 
 def build_graph(proto: ModelProto, path: Path | None = None) -> ModelGraph:
@@ -395,7 +446,7 @@ def _tensor_info(value: ValueInfoProto) -> TensorInfo:
     if tensor_type.HasField("shape"):
         shape = []
         for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
                 shape.append(int(dim.dim_value))
             elif dim.HasField("dim_param"):
                 shape.append(dim.dim_param)

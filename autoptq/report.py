@@ -98,6 +98,7 @@ def audit_summary_lines(report: CoverageReport) -> list[str]:
             f"Weights in flash: {_bytes(mem.device_param_bytes)} of {_bytes(mem.flash_bytes)} "
             f"({'fits' if mem.fits_flash else 'does NOT fit'})"
         )
+    lines.extend(f"Shapes: {note}" for note in report.shape_notes)
     if report.dynamic_dims:
         lines.append(f"Dynamic dimensions: {', '.join(report.dynamic_dims)}")
     return lines

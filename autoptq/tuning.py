@@ -38,6 +38,7 @@ from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe, Technique
+from autoptq.shapes import model_for_target
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 
@@ -138,10 +139,11 @@ class _Search:
         self.progress, self.exhaustive = progress, exhaustive
         self.started = time.perf_counter()
         self.tier = _search_tier(profile)
-        self.prepared = prepare(graph.model, validation.take(PREPARATION_SAMPLES)).model
+        self.float_model = model_for_target(graph, profile.shapes.static)
+        self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
         self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
-        self.float_outputs = _run_float(graph.model, validation)
-        self.float_runner = ModelRunner(graph.model) if measurable_here(profile) else None
+        self.float_outputs = _run_float(self.float_model, validation)
+        self.float_runner = ModelRunner(self.float_model) if measurable_here(profile) else None
         self.float_accuracy = _accuracy_of(self.float_outputs, validation)
         self.trials: list[Trial] = []
         self.models: dict[int, bytes] = {}
@@ -209,7 +211,7 @@ class _Search:
 
     def _build(self, technique: Technique, recipe: Recipe | None) -> ModelProto:
         if technique == "none" or recipe is None:
-            return self.graph.model
+            return self.float_model
         if technique in ("full_int8", "int16x8"):
             cache = self.cache_dir / f"{technique}-{recipe.calibration_method}-{recipe.calibration_percentile}.json"
             return static_qdq(self.prepared, recipe, self.calibration, technique, calibration_cache=cache).model
@@ -218,7 +220,7 @@ class _Search:
     def _measure(self, trial: Trial, model: ModelProto) -> None:
         quantized = trial.technique != "none"
         outputs = self._emulate(model) if quantized else self.float_outputs
-        names = [o.name for o in self.graph.model.graph.output]
+        names = [o.name for o in self.float_model.graph.output]
         fidelity = [
             compare(name, [r[i] for r in self.float_outputs], [c[i] for c in outputs]) for i, name in enumerate(names)
         ]

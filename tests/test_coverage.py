@@ -19,6 +19,7 @@ from autoptq.coverage import CHECKS, STATUS_TEXT, CoverageReport, analyse, peak_
 from autoptq.graph import ModelGraph, load_model
 from autoptq.profiles import ConstraintCheck, load_profile, shipped_profile_names
 from autoptq.report import render_audit
+from autoptq.shapes import bind
 
 # Sizes pinned: the hand-computed numbers below depend on them.
 MOBILENET = {"size": 64, "width": 16, "blocks": 6, "classes": 10}
@@ -109,6 +110,13 @@ def test_a_late_unsupported_op_is_harmless() -> None:
     assert [s.on for s in report.segments] == ["device", "host"]
 
 
+def test_open_batch_is_bound_to_one_for_the_audit() -> None:
+    graph = bind(family_graph("mobilenet dynamic batch"), None)
+    edgetpu = audit(graph, "edgetpu")
+    assert edgetpu.compatible and edgetpu.dynamic_dims == []
+    assert edgetpu.device_mac_fraction == 1.0
+
+
 def test_dynamic_batch_is_flagged_on_edgetpu_but_runs_on_x86() -> None:
     graph = family_graph("mobilenet dynamic batch")
     edgetpu = audit(graph, "edgetpu")
@@ -123,6 +131,7 @@ def test_dynamic_batch_is_flagged_on_edgetpu_but_runs_on_x86() -> None:
     assert x86.compatible
     assert x86.device_mac_fraction == 1.0
     assert x86.dynamic_dims == ["N"]  # reported even where it does no harm
+
 
 
 def test_rank_rule_on_edgetpu() -> None:
