@@ -235,9 +235,7 @@ def make_variants(
     tree = load_tree(rules)
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
-    calibration, held_out, held_out_source = split_data(
-        graph, dataset, validation_set, options.synthetic_calibration
-    )
+    calibration, held_out, held_out_source = split_data(graph, dataset, validation_set, options.synthetic_calibration)
     for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
         check_output_path(
             folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False

@@ -431,10 +431,7 @@ def check(
         check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data)])
     drop = parse_max_drop(max_drop)
     results = [
-        api.check(
-            quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess,
-            input_shapes=input_shape,
-        )  # fmt: skip
+        api.check(quantized, t, reference, data, tier, min_sqnr, drop, preprocess, input_shape)
         for t in split_targets(target)
     ]
     emit(report.render_check(results, fmt.value), output)

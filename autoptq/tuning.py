@@ -38,8 +38,8 @@ from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe, Technique
-from autoptq.shapes import model_for_target
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
+from autoptq.shapes import model_for_target
 from autoptq.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 
 MIN_DEVICE_MAC_FRACTION = 0.5

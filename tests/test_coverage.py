@@ -133,7 +133,6 @@ def test_dynamic_batch_is_flagged_on_edgetpu_but_runs_on_x86() -> None:
     assert x86.dynamic_dims == ["N"]  # reported even where it does no harm
 
 
-
 def test_rank_rule_on_edgetpu() -> None:
     model = zoo.mobilenet_style(**MOBILENET, batch=2)
     report = audit(model, "edgetpu")
