@@ -399,7 +399,7 @@ def build_graph(proto: ModelProto, path: Path | None = None) -> ModelGraph:
         inputs=_io(g.input, tensors, constants),
         outputs=[tensors.get(o.name) or _tensor_info(o) for o in g.output],
         constants=constants,
-        opset=_default_opset(proto),
+        opset=model_opset(proto),
         path=path,
         symbolic_dims=symbolic,
     )
@@ -760,7 +760,12 @@ def _one_line(exc: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def _default_opset(proto: ModelProto) -> int:
+PER_AXIS_OPSET = 13
+"""Per-axis QuantizeLinear/DequantizeLinear (per-channel weights) exist from this opset on."""
+
+
+def model_opset(proto: ModelProto) -> int:
+    """The default-domain opset a model imports (0 when it imports none)."""
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 

@@ -24,8 +24,11 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref−cand)²), capped at SQNR_CAP_DB."""
     ref = reference.astype(np.float64).reshape(-1)
     noise = ref - candidate.astype(np.float64).reshape(-1)
-    noise_power = float(np.dot(noise, noise))
-    signal_power = float(np.dot(ref, ref))
+    return sqnr_from_powers(float(np.dot(ref, ref)), float(np.dot(noise, noise)))
+
+
+def sqnr_from_powers(signal_power: float, noise_power: float) -> float:
+    """SQNR in dB from summed powers Σref² and Σ(ref−cand)², capped at ±SQNR_CAP_DB."""
     if noise_power == 0.0:
         return SQNR_CAP_DB
     if signal_power == 0.0:
@@ -54,27 +57,42 @@ def top1(outputs: np.ndarray) -> np.ndarray:
 
 
 def compare(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> OutputFidelity:
-    """Fidelity of one output over matching per-sample lists."""
-    ref = np.concatenate([np.asarray(r, np.float64).reshape(1, -1) for r in reference], axis=0)
-    cand = np.concatenate([np.asarray(c, np.float64).reshape(1, -1) for c in candidate], axis=0)
-    finite = bool(np.all(np.isfinite(cand)))
-    if not finite:
-        return OutputFidelity(
-            name=name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=None, finite=False, top1_agreement=0.0
-        )
-    agreement = None
-    if looks_like_classifier(np.asarray(reference[0])):
-        agreement = float(np.mean(top1(ref) == top1(cand)))
+    """Fidelity of one output over matching per-sample lists.
+
+    Sums run sample by sample, so outputs whose shape varies between samples (a recogniser's width) are never
+    stacked: SQNR and cosine are those of all samples' values taken together."""
+    signal = noise = cross = candidate_power = max_diff = 0.0
+    agreeing = predictions = 0
+    classifier = looks_like_classifier(np.asarray(reference[0]))
+    for ref_sample, cand_sample in zip(reference, candidate, strict=True):
+        ref = np.asarray(ref_sample, np.float64)
+        cand = np.asarray(cand_sample, np.float64)
+        if not np.all(np.isfinite(cand)) or ref.shape != cand.shape:
+            return OutputFidelity(
+                name=name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=None, finite=False, top1_agreement=0.0
+            )
+        flat_ref, flat_cand = ref.reshape(-1), cand.reshape(-1)
+        difference = flat_ref - flat_cand
+        signal += float(np.dot(flat_ref, flat_ref))
+        noise += float(np.dot(difference, difference))
+        cross += float(np.dot(flat_ref, flat_cand))
+        candidate_power += float(np.dot(flat_cand, flat_cand))
+        max_diff = max(max_diff, float(np.max(np.abs(difference))) if difference.size else 0.0)
+        if classifier:
+            agreeing += int(np.sum(top1(ref) == top1(cand)))
+            predictions += top1(ref).size
+    norms = float(np.sqrt(signal * candidate_power))
+    similarity = (1.0 if noise == 0.0 else 0.0) if norms == 0.0 else cross / norms
     return OutputFidelity(
         name=name,
-        sqnr_db=round(sqnr_db(ref, cand), 3),
-        cosine=round(cosine(ref, cand), 6),
-        max_abs_diff=float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
-        top1_agreement=agreement,
+        sqnr_db=round(sqnr_from_powers(signal, noise), 3),
+        cosine=round(similarity, 6),
+        max_abs_diff=max_diff,
+        top1_agreement=agreeing / predictions if classifier and predictions else None,
     )
 
 
 def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
-    """Top-1 accuracy of classifier outputs against integer labels."""
-    predictions = top1(np.concatenate([np.asarray(o).reshape(1, -1) for o in outputs], axis=0))
+    """Top-1 accuracy of classifier outputs (one per sample, arg-max over all its values) against integer labels."""
+    predictions = np.array([int(np.argmax(np.asarray(o).reshape(-1))) for o in outputs])
     return float(np.mean(predictions == labels.reshape(-1)))

@@ -1,9 +1,10 @@
 """Bring a model into the form the quantizers expect, on a copy, checking every step.
 
-Steps: name every node, fold constant weight paths into initializers, fold BatchNormalization into the preceding
-convolution, infer shapes, and run onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step
-the result must load in onnxruntime and reproduce the previous outputs within float tolerance; a step that fails or
-changes outputs is skipped with a note, never trusted.
+Steps: name every node, upgrade opsets below 13 (per-channel weights need it), fold constant weight paths into
+initializers, fold BatchNormalization into the preceding convolution, infer shapes, and run onnxruntime's
+`quant_pre_process` when symbolic shapes need it. After each step the result must load in onnxruntime and reproduce
+the previous outputs within float tolerance; a step that fails or changes outputs is skipped with a note, never
+trusted.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import ModelProto, NodeProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from pydantic import BaseModel, ConfigDict
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
-from autoptq.graph import TensorInfo, build_graph, drop_unused_initializers, folds_to_constant, remove_nodes
+from autoptq.graph import (
+    PER_AXIS_OPSET,
+    TensorInfo,
+    build_graph,
+    drop_unused_initializers,
+    folds_to_constant,
+    model_opset,
+    remove_nodes,
+)
 from autoptq.quantizers.common import quiet, save_for_ort, scratch_dir
 
 PREPARATION_SAMPLES = 4
@@ -243,6 +253,16 @@ def symbolic_shapes(model: ModelProto) -> tuple[ModelProto | None, str]:
         return onnx.load(str(target)), f"symbolic shape inference for dims {sorted(set(dims))}"
 
 
+def upgrade_opset(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Convert a model below opset 13 with onnx's version converter: onnxruntime's quantizers write per-axis
+    DequantizeLinear nodes without upgrading, and opset 11/12 (Paddle's default) rejects their `axis`."""
+    opset = model_opset(model)
+    if opset >= PER_AXIS_OPSET:
+        return None, f"not needed: opset {opset}"
+    converted = onnx.version_converter.convert_version(model, PER_AXIS_OPSET)
+    return converted, f"opset {opset} -> {PER_AXIS_OPSET} (onnx version converter), for per-channel weights"
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:200] + ("..." if len(text) > 200 else "")
@@ -250,6 +270,7 @@ def _one_line(exc: BaseException) -> str:
 
 STEPS: list[tuple[str, Callable[[ModelProto], tuple[ModelProto | None, str]]]] = [
     ("name nodes", name_nodes),
+    ("upgrade opset", upgrade_opset),
     ("fold constant weight paths", fold_constant_paths),
     ("fold BatchNormalization", fold_batchnorm),
     ("infer shapes", infer_shapes),

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from autoptq.activations import expose, float_tensors, session
 from autoptq.calibration import Dataset
 from autoptq.errors import AutoptqError
-from autoptq.metrics import sqnr_db
+from autoptq.metrics import sqnr_from_powers
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe
 
@@ -61,14 +61,18 @@ def activation_sqnr(float_model: ModelProto, qdq: ModelProto, samples: Dataset) 
         return {}
     float_run = session(expose(float_model, [a for a, _ in pairs]), optimize=False)
     qdq_run = session(expose(qdq, [b for _, b in pairs]), optimize=False)
-    reference: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
-    quantized: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    # Powers are summed sample by sample: memory stays one sample's activations, whatever the sample count.
+    signal = dict.fromkeys((a for a, _ in pairs), 0.0)
+    noise = dict.fromkeys((a for a, _ in pairs), 0.0)
     for feed in samples.samples:
-        for (a, _), value in zip(pairs, float_run.run([a for a, _ in pairs], feed), strict=True):
-            reference[a].append(np.asarray(value).reshape(-1))
-        for (a, _), value in zip(pairs, qdq_run.run([b for _, b in pairs], feed), strict=True):
-            quantized[a].append(np.asarray(value).reshape(-1))
-    return {a: sqnr_db(np.concatenate(reference[a]), np.concatenate(quantized[a])) for a, _ in pairs}
+        float_values = float_run.run([a for a, _ in pairs], feed)
+        qdq_values = qdq_run.run([b for _, b in pairs], feed)
+        for (a, _), ref, got in zip(pairs, float_values, qdq_values, strict=True):
+            ref = np.asarray(ref, np.float64).reshape(-1)
+            difference = ref - np.asarray(got, np.float64).reshape(-1)
+            signal[a] += float(np.dot(ref, ref))
+            noise[a] += float(np.dot(difference, difference))
+    return {a: sqnr_from_powers(signal[a], noise[a]) for a, _ in pairs}
 
 
 def rank_nodes(

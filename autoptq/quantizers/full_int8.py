@@ -8,11 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, create_calibrator, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    create_calibrator,
+    quantize_static,
+)
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from autoptq.calibration import Dataset
-from autoptq.graph import drop_unused_initializers, remove_nodes
+from autoptq.graph import PER_AXIS_OPSET, drop_unused_initializers, model_opset, remove_nodes
 from autoptq.intio import write_integer_io
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers.common import (
@@ -63,6 +69,7 @@ def static_qdq(
     calibration method skip calibration; `nodes_to_quantize` restricts quantization to those nodes (sensitivity).
     """
     samples = calibration_samples(calibration, recipe, technique)
+    recipe, opset_notes = per_tensor_below_opset_13(model, recipe)
     overrides = fixed_output_overrides(model, recipe)
     extra_options: dict[str, object] = {
         "ActivationSymmetric": recipe.activation_symmetric,
@@ -75,12 +82,12 @@ def static_qdq(
         source = save_for_ort(model, folder)
         target = folder / "quantized.onnx"
         try:
-            if recipe.calibration_method == "entropy" and not (calibration_cache and calibration_cache.is_file()):
-                calibration_cache = entropy_ranges(source, samples, recipe, folder, calibration_cache)
+            if not (calibration_cache and calibration_cache.is_file()):
+                calibration_cache = collect_ranges(source, samples, recipe, folder, calibration_cache)
             quantize_static(
                 str(source),
                 str(target),
-                DatasetReader(samples, label=f"calibrating ({recipe.calibration_method})"),
+                None,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=recipe.op_types_to_quantize or None,
                 per_channel=recipe.per_channel,
@@ -101,12 +108,22 @@ def static_qdq(
         recipe=recipe,
         quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude)),
         excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
-        notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})"]
+        notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})", *opset_notes]
         + [f"fixed output quantization on {name}" for name in sorted(overrides)],
     )
     if recipe.io_dtype != "float32":
         quantized, applied = make_integer_io(quantized, applied)
     return QuantizationResult(model=quantized, applied=applied)
+
+
+def per_tensor_below_opset_13(model: ModelProto, recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """Per-channel weights need per-axis DequantizeLinear (opset 13). Preparation upgrades older models; where the
+    upgrade failed, the weights are quantized per tensor instead, and the recipe says so."""
+    opset = model_opset(model)
+    if not recipe.per_channel or opset >= PER_AXIS_OPSET:
+        return recipe, []
+    note = f"weights per tensor: the model stays at opset {opset} (the upgrade to 13 failed) and per-axis needs 13"
+    return recipe.model_copy(update={"per_channel": False}), [note]
 
 
 ENTROPY_HISTOGRAM_BINS = 2048
@@ -116,21 +133,49 @@ zero, so an 8-bit tensor has 256 levels across it. quantize_static fixes both at
 threshold: entropy = min/max."""
 
 
-def entropy_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Path:
-    """Calibrate with entropy at proper histogram resolution; write the ranges where quantize_static reads them."""
+def collect_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Path:
+    """Calibrate one sample at a time with onnxruntime's own calibrators; write the ranges where quantize_static
+    reads its calibration cache.
+
+    onnxruntime's quantize_static keeps every intermediate output of every sample before computing a range:
+    memory grows with samples x activations, and samples of different shapes (a recogniser's line widths) cannot
+    be stacked for the histograms. Its calibrators merge ranges and histograms across `collect_data` calls, so
+    feeding them one sample per call keeps one sample's activations in memory, whatever the sample count."""
+    method = CALIBRATION_METHODS[recipe.calibration_method]
+    options: dict[str, object] = {}
+    if recipe.calibration_method == "entropy":
+        options = {"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": _levels(recipe.activation_dtype)}
+    elif recipe.calibration_method == "percentile":
+        options = {"percentile": recipe.calibration_percentile}
     calibrator = create_calibrator(
         source,
         recipe.op_types_to_quantize or None,
         augmented_model_path=str(folder / "augmented.onnx"),
-        calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": _levels(recipe.activation_dtype)},
+        calibrate_method=method,
+        extra_options=options,
     )
-    calibrator.collect_data(DatasetReader(samples, label="calibrating (entropy)"))
-    # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's.
-    calibrator.collector.get_entropy_threshold = entropy_threshold
-    path = cache or folder / "entropy-ranges.json"
-    save_tensors_data(calibrator.compute_data(), path)
+    progress = DatasetReader(samples, label=f"calibrating ({recipe.calibration_method})")
+    while (sample := progress.get_next()) is not None:
+        calibrator.collect_data(_OneSample(sample))
+    if recipe.calibration_method == "entropy":
+        # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's.
+        calibrator.collector.get_entropy_threshold = entropy_threshold
+    ranges = calibrator.compute_data() if method != CalibrationMethod.MinMax else calibrator.calibrate_tensors_range
+    path = cache or folder / f"{recipe.calibration_method}-ranges.json"
+    save_tensors_data(ranges, path)
+    del calibrator
     return path
+
+
+class _OneSample(CalibrationDataReader):
+    """A reader of a single sample: one `collect_data` call per sample."""
+
+    def __init__(self, sample: dict[str, np.ndarray]) -> None:
+        self._sample: dict[str, np.ndarray] | None = sample
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        sample, self._sample = self._sample, None
+        return sample
 
 
 def _levels(dtype: str) -> int:
