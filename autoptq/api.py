@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from autoptq._version import __version__
 from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.canonical import device_graph
 from autoptq.check import CheckReport
 from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
@@ -60,16 +61,21 @@ def audit(
     data: str | Path | Dataset | None = None,
     input_shapes: InputShapes | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    as_exported: bool = False,
 ) -> list[CoverageReport]:
     """Audit a model against one or more devices: what maps, where it falls back, memory fit.
 
-    Open input dims are bound from `input_shapes` and `data` first (see autoptq.shapes)."""
+    By default the audit judges the graph the device toolchain compiles: open input dims bound from `input_shapes`
+    and `data` (autoptq.shapes), then the rewrites the device's converter applies (autoptq.canonical).
+    `as_exported` judges the file literally instead."""
     graph = as_graph(model, input_shapes)
     if isinstance(targets, (str, Path, HardwareProfile)):
         targets = [targets]
     profiles = [as_profile(t) for t in targets]  # validate every target before any analysis
+    if as_exported:
+        return [analyse(graph, profile) for profile in profiles]
     graph = bound(graph, load_data(data, graph, preprocess))
-    return [analyse(graph, profile) for profile in profiles]
+    return [analyse(device_graph(graph, profile), profile) for profile in profiles]
 
 
 def load_data(

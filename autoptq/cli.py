@@ -126,13 +126,20 @@ def audit(
     ] = None,
     preprocess: PreprocessOpt = None,
     input_shape: InputShapeOpt = None,
+    as_exported: Annotated[
+        bool,
+        typer.Option("--as-exported", help="Judge the file literally: no shape binding, no converter rewrites."),
+    ] = False,
 ) -> None:
-    """Can each target run the model, and where does it fall back? Exit 1 if any target is not compatible."""
+    """Can each target run the model, and where does it fall back? Exit 1 if any target is not compatible.
+
+    The audit judges what the device toolchain compiles: open dims bound (from --input-shape, --data, batch 1),
+    then the rewrites its converter applies (a Div by a constant is a Mul, HardSigmoid is Mul/Add/Clip)."""
     targets = split_targets(target)
     graph = api.as_graph(model, input_shape)
     if output is not None:
         check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
-    reports = api.audit(graph, targets, data=data, preprocess=preprocess)
+    reports = api.audit(graph, targets, data=data, preprocess=preprocess, as_exported=as_exported)
     emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from autoptq.canonical import Rewrite
 from autoptq.graph import ModelGraph, NodeInfo, TensorInfo
 from autoptq.profiles import Constraint, HardwareProfile, Precision
 
@@ -110,6 +111,7 @@ class CoverageReport(BaseModel):
     total_macs: int
     dynamic_dims: list[str] = Field(description="input dims still open after binding (unknown sizes)")
     shape_notes: list[str] = Field(default_factory=list, description="how open input dims were bound")
+    rewrites: list[Rewrite] = Field(default_factory=list, description="nodes the device's converter rewrites")
     op_summary: list[OpSummary]
     nodes: list[NodeCoverage]
 
@@ -146,6 +148,7 @@ def analyse(graph: ModelGraph, profile: HardwareProfile, float_nodes: Collection
         total_macs=total_macs,
         dynamic_dims=graph.symbolic_dims,
         shape_notes=graph.binding.notes() if graph.binding else [],
+        rewrites=graph.rewrites,
         op_summary=_op_summary(verdicts, profile),
         nodes=verdicts,
     )

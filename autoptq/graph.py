@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from autoptq.errors import ModelLoadError
 
 if TYPE_CHECKING:
+    from autoptq.canonical import Rewrite
     from autoptq.shapes import ShapeBinding
 
 WEIGHT_PATH_OPS = frozenset(
@@ -151,6 +152,8 @@ class ModelGraph:
     user_shapes: dict[str, list[int]] = field(default_factory=dict)
     binding: ShapeBinding | None = None
     """How open input dimensions were bound (autoptq.shapes), once data or the user has been consulted."""
+    rewrites: list[Rewrite] = field(default_factory=list)
+    """The converter rewrites applied to this analysis graph (autoptq.canonical)."""
     _constant_cache: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
     _constant_sources: dict[str, TensorProto | NodeProto] = field(default_factory=dict, repr=False)
 

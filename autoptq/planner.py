@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from autoptq.calibration import Dataset
+from autoptq.canonical import device_graph
 from autoptq.cost import LatencyEstimate, SizeEstimate, estimate_latency, estimate_size, float_latency
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.graph import ModelGraph, load_model
@@ -366,6 +367,7 @@ def plan_model(
 ) -> Plan:
     """Walk the decision tree for one target and return the plan with its trace and predictions."""
     goals = goals or UserGoals()
+    graph = device_graph(graph, profile)
     coverage = coverage or analyse(graph, profile)
     facts: dict[str, FactValue | None] = {
         **device_facts(profile),

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
 from autoptq.candidates import candidates
+from autoptq.canonical import float_model_for
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -19,7 +20,6 @@ from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.common import AppliedRecipe
 from autoptq.recipe import Recipe, Technique
-from autoptq.shapes import model_for_target
 from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, verify
 
@@ -65,7 +65,7 @@ def produce(
     measure_latency: bool = True,
 ) -> Outcome:
     """Prepare, quantize and verify along the plan's candidates; return the first verified one, or float."""
-    float_model = model_for_target(graph, profile.shapes.static)
+    float_model = float_model_for(graph, profile)
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
     float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
@@ -187,7 +187,7 @@ def produce_tuned(
     if not is_float:
         candidate = onnx.load_from_string(model_bytes)
         verification = verify(
-            model_for_target(graph, profile.shapes.static),
+            float_model_for(graph, profile),
             candidate,
             read_integer_io(candidate),
             validation,

@@ -157,6 +157,10 @@ class HardwareProfile(StrictModel):
     quantization: QuantizationRules
     ops: dict[str, dict[Precision, PrecisionSupport]] = Field(default_factory=dict)
     shapes: ShapeRules = Field(default_factory=ShapeRules)
+    converter_rewrites: list[Literal["div_by_constant", "hard_sigmoid", "hard_swish"]] = Field(
+        default_factory=list,
+        description="rewrites the device's converter applies before mapping ops (autoptq.canonical)",
+    )
     partitioning: Literal["first_cut", "any_subgraph"] = "any_subgraph"
     memory: MemorySpec = Field(default_factory=MemorySpec)
     cost: CostSpec = Field(default_factory=CostSpec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,7 +39,8 @@ def render_table(tables: Sequence[Table | str], width: int = 120) -> str:
     """Render rich tables and text lines to plain text."""
     console = Console(width=width, record=True, force_terminal=False, color_system=None, file=_NullFile())
     for table in tables:
-        console.print(table)
+        # Text lines are printed as written: a shape such as [x_dim0, 3] is no style tag.
+        console.print(table, markup=False, highlight=False) if isinstance(table, str) else console.print(table)
     return console.export_text()
 
 
@@ -99,6 +101,10 @@ def audit_summary_lines(report: CoverageReport) -> list[str]:
             f"({'fits' if mem.fits_flash else 'does NOT fit'})"
         )
     lines.extend(f"Shapes: {note}" for note in report.shape_notes)
+    if report.rewrites:
+        counts = Counter(f"{r.op_type} -> {'/'.join(r.into)}" for r in report.rewrites)
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        lines.append(f"Converter rewrites (as the device's converter does before mapping): {summary}")
     if report.dynamic_dims:
         lines.append(f"Dynamic dimensions: {', '.join(report.dynamic_dims)}")
     return lines

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
 from autoptq.candidates import Candidate, fallback_candidate
+from autoptq.canonical import device_graph, float_model_for
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
 from autoptq.emulators.device_rules import check_device_rules
@@ -39,7 +40,6 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
-from autoptq.shapes import model_for_target
 from autoptq.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 
 MIN_DEVICE_MAC_FRACTION = 0.5
@@ -133,13 +133,13 @@ class _Search:
         prefer: Objective,
         subsets: int = 0,
     ) -> None:
-        self.graph, self.profile, self.plan, self.prefer = graph, profile, plan, prefer
+        self.graph, self.profile, self.plan, self.prefer = device_graph(graph, profile), profile, plan, prefer
         self.subsets = subsets
         self.calibration, self.validation, self.budget = calibration, validation, budget
         self.progress, self.exhaustive = progress, exhaustive
         self.started = time.perf_counter()
         self.tier = _search_tier(profile)
-        self.float_model = model_for_target(graph, profile.shapes.static)
+        self.float_model = float_model_for(graph, profile)
         self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
         self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
         self.float_outputs = _run_float(self.float_model, validation)

@@ -7,13 +7,14 @@ The guard keeps in fp32 every node whose weights or calibrated activations (inpu
 from __future__ import annotations
 
 import heapq
+import re
 
 import numpy as np
 import onnx
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from autoptq.activations import absolute_maxima
+from autoptq.activations import absolute_maxima, session
 from autoptq.calibration import Dataset
 from autoptq.graph import remove_nodes
 from autoptq.profiles import HardwareProfile
@@ -37,20 +38,10 @@ def quantize(
         excluded.update(_activation_overflows(model, calibration))
     else:
         notes.append("no data: the overflow guard checked weights only, not activations")
-    try:
-        with quiet():
-            converted = convert_float_to_float16(
-                model,
-                keep_io_types=True,
-                # Always an explicit list: None would silently switch to the converter's own defaults instead.
-                op_block_list=sorted(set(recipe.fp16_op_block_list) | set(DEFAULT_OP_BLOCK_LIST)),
-                node_block_list=sorted(excluded) or None,
-                disable_shape_infer=False,
-            )
-        _drop_round_trip_casts(converted)
-        _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
-    except Exception as exc:  # the converter raises plain exceptions on graphs it cannot handle
-        raise QuantizationError(f"fp16 conversion failed: {exc}") from exc
+    # Always an explicit list: None would silently switch to the converter's own defaults instead.
+    op_block_list = sorted(set(recipe.fp16_op_block_list) | set(DEFAULT_OP_BLOCK_LIST))
+    converted, repaired = _convert_checked(model, op_block_list, excluded)
+    excluded.update(repaired)
     blocked = set(recipe.fp16_op_block_list)
     kept = [n.name for n in model.graph.node if n.op_type in blocked and n.name not in excluded]
     excluded.update({name: "op type has no fp16 kernel on the device" for name in kept})
@@ -66,6 +57,47 @@ def quantize(
             notes=notes,
         ),
     )
+
+
+MAX_REPAIRS = 32
+"""Nodes the converter's type errors may send back to fp32 before the conversion is given up."""
+
+
+def _convert_checked(
+    model: ModelProto, op_block_list: list[str], excluded: dict[str, str]
+) -> tuple[ModelProto, dict[str, str]]:
+    """Convert, then load the result in onnxruntime; a node that onnxruntime names in a type error (Resize scales,
+    Cast targets, tensors whose declared type the converter left stale) is kept in fp32 and the conversion rerun,
+    so one awkward node costs that node, not the whole model."""
+    names = {node.name for node in model.graph.node}
+    repaired: dict[str, str] = {}
+    for _ in range(MAX_REPAIRS):
+        problem = None
+        try:
+            with quiet():
+                converted = convert_float_to_float16(
+                    model,
+                    keep_io_types=True,
+                    op_block_list=op_block_list,
+                    node_block_list=sorted({*excluded, *repaired}) or None,
+                    disable_shape_infer=False,
+                )
+            _drop_round_trip_casts(converted)
+            _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
+            session(converted)
+        except Exception as exc:  # the converter and onnxruntime raise plain exceptions naming the node
+            problem = " ".join(str(exc).split())
+        if problem is None:
+            return converted, repaired
+        node = next((n for n in NODE_IN_MESSAGE.findall(problem) if n in names and n not in repaired), None)
+        if node is None:
+            raise QuantizationError(f"fp16 conversion failed: {problem[:300]}")
+        repaired[node] = f"kept in fp32: the fp16 graph failed to load here ({problem[:160]})"
+    raise QuantizationError(f"fp16 conversion failed: still rejected after keeping {len(repaired)} nodes in fp32")
+
+
+NODE_IN_MESSAGE = re.compile(r"[Nn]ode \(([^()]+)\)")
+"""How onnxruntime and onnx name the node in a load or type-inference error: `Node (Resize_12) Op (Resize)`."""
 
 
 def _weight_overflows(model: ModelProto) -> dict[str, str]:
