@@ -14,10 +14,12 @@ from onnx import ModelProto, TensorProto
 from pydantic import BaseModel, Field
 
 from autoptq.calibration import Dataset
+from autoptq.canonical import float_model_for
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
-from autoptq.emulators.base import NodeFinding
+from autoptq.emulators.base import EmulationResult, NodeFinding
 from autoptq.emulators.device_rules import DeviceRulesResult, check_device_rules
+from autoptq.emulators.intgraph import EmulationError
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -107,8 +109,8 @@ def check(
     _check_inputs(quantized, reference)
     order = _reference_order([o.name for o in quantized.graph.output], [o.name for o in reference.model.graph.output])
     rules = check_device_rules(quantized, profile)
-    emulated = emulator_for(family)(quantized, profile, list(data.samples), chosen_tier)
-    reference_runner = ModelRunner(reference.model)
+    emulated = _emulate(quantized, profile, data, chosen_tier, explicit=tier is not None)
+    reference_runner = ModelRunner(float_model_for(reference, profile))
     reference_outputs = [[outputs[i] for i in order] for outputs in map(reference_runner.run, data.samples)]
     fidelity = [
         compare(name, [r[i] for r in reference_outputs], [e[i] for e in emulated.outputs])
@@ -142,6 +144,22 @@ def check(
         passed=not failures,
         failures=failures,
     )
+
+
+def _emulate(
+    quantized: ModelProto, profile: HardwareProfile, data: Dataset, tier: str, explicit: bool
+) -> EmulationResult:
+    """Emulate on `tier`; when the default tier cannot represent the model, the next tier, saying why."""
+    tiers = TIERS[profile.emulator]
+    try:
+        return emulator_for(profile.emulator)(quantized, profile, list(data.samples), tier)
+    except EmulationError as exc:
+        following = tiers[tiers.index(tier) + 1 :]
+        if explicit or not following:
+            raise
+        emulated = emulator_for(profile.emulator)(quantized, profile, list(data.samples), following[0])
+        note = f"The {tier} tier cannot emulate this model ({exc}), so the {following[0]} tier was used instead: "
+        return emulated.model_copy(update={"fidelity_statement": note + emulated.fidelity_statement})
 
 
 def _check_inputs(quantized: ModelProto, reference: ModelGraph) -> None:
@@ -192,7 +210,9 @@ def _latency(
     measured, note = None, "not measured: this machine does not stand in for the target"
     if measurable_here(profile) and data.samples:
         timing = measure_latency(
-            ModelRunner(reference.model), ModelRunner(quantized, read_integer_io(quantized)), data.samples[0]
+            ModelRunner(float_model_for(reference, profile)),
+            ModelRunner(quantized, read_integer_io(quantized)),
+            data.samples[0],
         )
         measured, note = timing.ratio, f"measured side by side on this machine ({timing.machine}), {timing.runs} runs"
     return LatencyCheck(

@@ -393,6 +393,14 @@ def plan_model(
         warnings.append(
             f"the model has no {'/'.join(recipe.op_types_to_quantize)} node: weight-only int8 would change nothing"
         )
+    if profile.shapes.static and graph.binding is not None:
+        warnings += [
+            f"input {i.name!r} dim {a.axis} varies in the data ({min(a.seen)}..{max(a.seen)}) but {profile.name} "
+            f"compiles one shape: counted at {a.value}; pass --input-shape to choose the size to deploy"
+            for i in graph.binding.inputs
+            for a in i.axes
+            if a.source == "data-max"
+        ]
     return Plan(
         target=profile.name,
         technique=leaf.technique,

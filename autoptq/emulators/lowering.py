@@ -336,6 +336,14 @@ def _conv_accumulator(
         if bias.size:
             inputs.append(lowering.const(bias, np.float32, f"{output}/b"))
         return lowering.op("Conv", inputs, output, **conv_attrs), TensorProto.FLOAT
+    if np.max(reach * per_channel.sum(axis=1)) < FLOAT32_EXACT:
+        # Only the bias is beyond float32's exact range (a tiny weight scale makes it large): sum the products in
+        # float32, exactly, and add the bias in int64.
+        conv = lowering.op("Conv", [centred, lowering.const(weights, np.float32, f"{output}/w")], output, **conv_attrs)
+        total = lowering.op("Cast", [conv], output, to=TensorProto.INT64)
+        return lowering.op(
+            "Add", [total, lowering.const(bias.reshape(-1, *[1] * (weights.ndim - 2)), np.int64)], output
+        ), TensorProto.INT64
     if conv_attrs["group"] != 1:
         raise EmulationError(f"exact tier: grouped convolution {node.name!r} has too long a reduction for float32")
     total = None
@@ -347,7 +355,9 @@ def _conv_accumulator(
         total = chunk if total is None else lowering.op("Add", [total, chunk], output)
     assert total is not None
     if bias.size:
-        total = lowering.op("Add", [total, lowering.const(bias.reshape(-1, 1, 1), np.int64)], output)
+        total = lowering.op(
+            "Add", [total, lowering.const(bias.reshape(-1, *[1] * (weights.ndim - 2)), np.int64)], output
+        )
     return total, TensorProto.INT64
 
 

@@ -82,8 +82,11 @@ def _convert_checked(
                     node_block_list=sorted({*excluded, *repaired}) or None,
                     disable_shape_infer=False,
                 )
-            _drop_round_trip_casts(converted)
+            # The converter leaves declared types that its own Casts contradict (a node kept in fp32 whose output
+            # is still declared fp16): drop them all and let inference derive them from the nodes.
+            del converted.graph.value_info[:]
             _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
+            _drop_round_trip_casts(converted)
             session(converted)
         except Exception as exc:  # the converter and onnxruntime raise plain exceptions naming the node
             problem = " ".join(str(exc).split())
