@@ -175,7 +175,7 @@ class ModelGraph:
         """The model as given: the file's bytes, or the ModelProto serialized deterministically."""
         if self.path is not None:
             return self.path.read_bytes()
-        return self.model.SerializeToString(deterministic=True)
+        return self.declared.SerializeToString(deterministic=True)
 
     def node(self, name: str) -> NodeInfo:
         """The NodeInfo of node `name`."""
