@@ -142,7 +142,12 @@ def sensitivity_svg(salt: str, view: SensitivityView) -> str:
         ax.invert_yaxis()
         ax.set_xlabel("output SQNR when only this node is quantized (dB; lower hurts more)")
         handles = [_patch(QUANTIZED), _patch(KEPT_FLOAT)]
-        ax.legend(handles, ["quantized", "kept in float by the chosen candidate"], loc="lower right", frameon=False)
+        ax.legend(handles, ["quantized", "kept in float by the chosen candidate"], loc="lower right",
+                  bbox_to_anchor=(1, 1), ncols=2, frameon=False, fontsize=8)  # fmt: skip
+        values = [s.output_sqnr_db for s in shown]
+        if values:
+            # dB differences between nodes are what matters: start the axis near the worst, not at 0 dB.
+            ax.set_xlim(max(0.0, min(values) - 5) if min(values) > 0 else min(values) - 5, max(values) + 2)
         ax.grid(axis="x", linewidth=0.4, alpha=0.6)
     return out[0]
 
