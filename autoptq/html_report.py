@@ -27,6 +27,8 @@ from autoptq.report_models import (
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 WORST_LAYERS = 10
 """Rows of the SQNR table: the worst activations (the figure shows them all)."""
+FOLD_ROWS = 20
+"""Longer lists of nodes off the device are folded (the figure already shows where they are)."""
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
        color: #1a1a1a; background: #fafafa; line-height: 1.4; }
@@ -187,7 +189,10 @@ def _coverage_table(view: CoverageMap) -> str:
     if not off:
         return summary
     rows = [[layer.name, layer.op_type, layer.place.replace("_", " "), layer.reason] for layer in off]
-    return summary + _table(["node not on the device", "op", "runs on", "why"], rows)
+    table = _table(["node not on the device", "op", "runs on", "why"], rows)
+    if len(off) <= FOLD_ROWS:
+        return summary + table
+    return summary + f"<details><summary>{len(off)} nodes not on the device</summary>{table}</details>"
 
 
 def _sqnr_table(view: SqnrAlongGraph) -> str:

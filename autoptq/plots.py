@@ -141,9 +141,10 @@ def sensitivity_svg(salt: str, view: SensitivityView) -> str:
         ax.set_yticks(positions, [f"{_short(s.node)} ({s.op_type})" for s in shown], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("output SQNR when only this node is quantized (dB; lower hurts more)")
-        handles = [_patch(QUANTIZED), _patch(KEPT_FLOAT)]
-        ax.legend(handles, ["quantized", "kept in float by the chosen candidate"], loc="lower right",
-                  bbox_to_anchor=(1, 1), ncols=2, frameon=False, fontsize=8)  # fmt: skip
+        if any(s.kept_float for s in view.nodes):
+            handles = [_patch(QUANTIZED), _patch(KEPT_FLOAT)]
+            ax.legend(handles, ["quantized", "kept in float by the chosen candidate"], loc="lower right",
+                      bbox_to_anchor=(1, 1), ncols=2, frameon=False, fontsize=8)  # fmt: skip
         values = [s.output_sqnr_db for s in shown]
         if values:
             # dB differences between nodes are what matters: start the axis near the worst, not at 0 dB.

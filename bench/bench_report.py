@@ -103,15 +103,16 @@ def main() -> None:
         ["empty page laid out, same probe", f"{laid_out['blank']:.3f} s"],
         ["page in Chromium: wall time of one `--screenshot` process (start-up included)", f"{page_wall:.2f} s"],
         ["empty page in Chromium: wall time of one `--screenshot` process", f"{blank_wall:.2f} s"],
+        ["what the page adds to a `--screenshot` process (difference of medians)", f"{page_wall - blank_wall:.2f} s"],
         ["`variants` with the budget search (for scale, not part of the render)", f"{variants_s:.1f} s"],
     ]
-    verdict = "meets" if laid_out["page"] < TARGET_S else "MISSES"
+    verdict = "meets" if max(laid_out["page"], page_wall - blank_wall) < TARGET_S else "MISSES"
     text = "\n".join(
         [
             "# report.html render time",
             "",
             f"Model: `zoo.chain_of_blocks({blocks})`, {nodes} nodes; page {size:,} bytes, {shown} figures (edgetpu). "
-            f"Median of {runs} runs of headless Chromium at 1280 px. Target: laid out in under {TARGET_S:g} s: "
+            f"Median of {runs} runs of headless Chromium at 1280 px. Target: under {TARGET_S:g} s on both measures: "
             f"{verdict}. Process wall times include Chromium's start-up and vary a lot on a shared machine.",
             f"Environment: {environment()}.",
             "",

@@ -17,6 +17,22 @@ from PIL import Image
 
 from autoptq import html_report, plots
 from autoptq.cli import main
+from autoptq.report_models import (
+    CoverageMap,
+    HtmlReport,
+    LatencyBreakdown,
+    LatencyPart,
+    LayerPlacement,
+    LayerSqnr,
+    Ratio,
+    SensitivityBar,
+    SensitivityView,
+    SqnrAlongGraph,
+    SummaryCard,
+    TargetSection,
+    TrialPoint,
+    TrialsView,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples"
@@ -256,3 +272,84 @@ def test_other_commands_render_html(
     assert code == 0 and page.read_text() == stdout
     figures = _parse(stdout).figures
     assert len(figures) == 3 and min(figures) > 10  # coverage, SQNR along the graph, latency
+
+
+def _hand_made_report(node: str) -> HtmlReport:
+    """A page's models written out by hand: a first cut, two nodes kept in float, three trials."""
+    layers = [
+        LayerPlacement(name=f"n{i}", op_type="Conv", place=place, reason="r", macs=10)
+        for i, place in enumerate(["device", "device", "host", "after_cut"])
+    ]
+    layers.append(LayerPlacement(name=node, op_type="Relu", place="after_cut", reason="after the cut", macs=0))
+    points = [
+        TrialPoint(index=i, step=f"s{i}", technique="full_int8", metric=0.9 + i / 100, latency=1.0 - i / 10,
+                   size_bytes=1000 * (i + 1), meets_budget=i > 0, on_front=i > 0, chosen=i == 2)
+        for i in range(3)
+    ]  # fmt: skip
+    section = TargetSection(
+        summary=SummaryCard(
+            target="edgetpu",
+            technique="full_int8",
+            size_ratio=Ratio(value=0.3, kind="measured", basis="file size"),
+            latency_ratio=Ratio(value=0.5, kind="estimated", basis="cost model"),
+            metric="accuracy 0.95 → 0.94",
+            device_verdict="2 of 5 nodes on the host",
+            passed=True,
+        ),
+        coverage=CoverageMap(
+            layers=layers,
+            first_cut="n2",
+            first_cut_reason="Conv: shape",
+            transfer_bytes=4096,
+            transitions=1,
+            device_mac_fraction=0.5,
+            basis="float graph",
+        ),
+        sqnr=SqnrAlongGraph(
+            layers=[LayerSqnr(tensor=f"t{i}", node=f"n{i}", op_type="Conv", sqnr_db=40.0 - i) for i in range(4)],
+            samples=8,
+            basis="host",
+        ),
+        sensitivity=SensitivityView(
+            nodes=[
+                SensitivityBar(node="n3", op_type="Conv", output_sqnr_db=20.0, kept_float=True),
+                SensitivityBar(node=node, op_type="Relu", output_sqnr_db=25.0, kept_float=True),
+                SensitivityBar(node="n1", op_type="Conv", output_sqnr_db=45.0),
+            ],
+            basis="alone",
+        ),
+        trials=TrialsView(
+            metric_name="accuracy",
+            latency_name="estimated latency / float",
+            budget="drop ≤ 0.01",
+            points=points,
+            message="trial 3 meets the budget",
+            tier="fast",
+        ),
+        latency=LatencyBreakdown(
+            parts=[
+                LatencyPart(label="1. device: n0 … n1", part="device", ms=1.0),
+                LatencyPart(label="2. host: n2 … n4", part="host", ms=2.0),
+                LatencyPart(label="transfers", part="transfers", ms=0.5),
+            ],
+            estimate_ms=3.5,
+            low_ms=3.0,
+            high_ms=4.0,
+            basis="roofline",
+        ),
+    )
+    return HtmlReport(title=f"Report of {node}", context=["made by hand"], targets=[section])
+
+
+def test_renderer_marks_the_choice_and_escapes_names() -> None:
+    name = "<script>alert(1)</script>"
+    text = html_report.render_html(_hand_made_report(name))
+    assert text == html_report.render_html(_hand_made_report(name))  # deterministic
+    assert "<script>" not in text and escape(name) in text
+    page = _parse(text)
+    assert len(page.figures) == len(SECTIONS) and min(page.figures) > 10
+    assert text.count('<tr class="kept">') == 2  # both nodes kept in float are highlighted in the table ...
+    sensitivity = text.split("<h3>Sensitivity</h3>")[1].split("<h3>")[0]
+    assert f"fill: {plots.KEPT_FLOAT}" in sensitivity  # ... and in the figure
+    assert text.count('<tr class="chosen">') == 1 and "first cut: n2" in text
+    assert "4,096 bytes" in text
