@@ -28,7 +28,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 WORST_LAYERS = 10
 """Rows of the SQNR table: the worst activations (the figure shows them all)."""
 FOLD_ROWS = 20
-"""Longer lists of nodes off the device are folded (the figure already shows where they are)."""
+"""Longer tables (nodes off the device, latency parts) are folded: the figure already shows them."""
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
        color: #1a1a1a; background: #fafafa; line-height: 1.4; }
@@ -250,4 +250,7 @@ def _trials_table(view: TrialsView) -> str:
 def _latency_table(view: LatencyBreakdown) -> str:
     rows = [[p.label, p.part, f"{p.ms:.4g}"] for p in view.parts]
     rows.append(["total", "estimate", f"{view.estimate_ms:.4g}"])
-    return _table(["part", "runs on", "estimated ms"], rows)
+    table = _table(["part", "runs on", "estimated ms"], rows)
+    if len(rows) <= FOLD_ROWS:
+        return table
+    return f"<details><summary>{len(view.parts)} parts (the figure shows the longest)</summary>{table}</details>"

@@ -72,37 +72,46 @@ def _short(name: str, limit: int = 28) -> str:
 
 def coverage_svg(salt: str, view: CoverageMap) -> str:
     """One cell per node in execution order, coloured by where it runs, the first cut marked."""
-    with _figure(salt, 1.6 if len(view.layers) <= MAX_NAMED_TICKS else 1.2) as (figure, out):
+    with _figure(salt, 2.0 if len(view.layers) <= MAX_NAMED_TICKS else 1.2) as (figure, out):
         ax = figure.add_subplot()
-        colours = [PLACE_COLOURS[layer.place] for layer in view.layers]
-        positions = range(len(view.layers))
-        ax.bar(positions, 1.0, width=1.0, color=colours, edgecolor="white", linewidth=0.3, align="edge")
         names = [layer.name for layer in view.layers]
         if len(names) <= MAX_NAMED_TICKS:
-            ticks = [p + 0.5 for p in positions]
-            ax.set_xticks(ticks, [_short(n, 18) for n in names], rotation=60, ha="right", fontsize=7)
+            # One cell per node, named.
+            positions = range(len(view.layers))
+            colours = [PLACE_COLOURS[layer.place] for layer in view.layers]
+            ax.bar(positions, 1.0, width=1.0, color=colours, edgecolor="white", linewidth=0.3, align="edge")
+            ax.set_xticks([p + 0.5 for p in positions], [_short(n, 18) for n in names], rotation=60, ha="right",
+                          fontsize=7)  # fmt: skip
+        else:
+            # One rectangle per run of nodes in the same place: the figure stays small for any graph size.
+            for place, runs in _runs([layer.place for layer in view.layers]).items():
+                ax.broken_barh(runs, (0, 1), facecolors=PLACE_COLOURS[place])
         if view.first_cut in names:
             cut = names.index(view.first_cut)
             ax.axvline(cut, color="black", linewidth=2.5)
-            ax.annotate(f"first cut: {_short(view.first_cut)}", (cut, 1.04), xycoords=("data", "axes fraction"),
-                        ha="left", va="bottom", fontsize=9)  # fmt: skip
+            ax.text(1.0, 1.04, f"first cut (black line): {_short(view.first_cut)}, node {cut + 1}",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=9)  # fmt: skip
         ax.set_xlim(0, max(1, len(view.layers)))
         ax.set_ylim(0, 1)
         ax.set_yticks([])
         ax.spines["left"].set_visible(False)
+        # The counts and the bytes crossing are in the text under the figure; the figure keeps to the picture.
         present = [place for place in PLACE_COLOURS if any(layer.place == place for layer in view.layers)]
-        ax.set_title(
-            f"{len(view.layers)} nodes in execution order: "
-            + ", ".join(f"{PLACE_TEXT[p]} {sum(1 for layer in view.layers if layer.place == p)}" for p in present)
-            + f"; {view.transfer_bytes:,} bytes crossing per inference",
-            loc="left",
-            fontsize=9,
-            pad=16 if view.first_cut else 6,
-        )
         handles = [_patch(PLACE_COLOURS[p]) for p in present]
-        ax.legend(handles, [PLACE_TEXT[p] for p in present], loc="lower right", bbox_to_anchor=(1, 1.0), ncols=3,
-                  frameon=False, fontsize=8)  # fmt: skip
+        ax.legend(handles, [PLACE_TEXT[p] for p in present], loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3,
+                  frameon=False, fontsize=8, borderaxespad=0.2)  # fmt: skip
     return out[0]
+
+
+def _runs(places: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """(start, length) of each maximal run of equal places, by place."""
+    runs: dict[str, list[tuple[int, int]]] = {}
+    start = 0
+    for index in range(1, len(places) + 1):
+        if index == len(places) or places[index] != places[start]:
+            runs.setdefault(places[start], []).append((start, index - start))
+            start = index
+    return runs
 
 
 def _patch(colour: str) -> object:
@@ -189,8 +198,11 @@ def trials_svg(salt: str, view: TrialsView) -> str:
 
 
 def latency_svg(salt: str, view: LatencyBreakdown) -> str:
-    """The estimate part by part, in execution order."""
+    """The estimate part by part, in execution order (the longest MAX_BARS parts when there are more)."""
     parts = view.parts
+    if len(parts) > MAX_BARS:
+        longest = set(sorted(range(len(parts)), key=lambda i: -parts[i].ms)[:MAX_BARS])
+        parts = [part for i, part in enumerate(parts) if i in longest]
     with _figure(salt, 0.9 + 0.3 * max(1, len(parts))) as (figure, out):
         ax = figure.add_subplot()
         positions = list(range(len(parts)))

@@ -351,5 +351,5 @@ def test_renderer_marks_the_choice_and_escapes_names() -> None:
     assert text.count('<tr class="kept">') == 2  # both nodes kept in float are highlighted in the table ...
     sensitivity = text.split("<h3>Sensitivity</h3>")[1].split("<h3>")[0]
     assert f"fill: {plots.KEPT_FLOAT}" in sensitivity  # ... and in the figure
-    assert text.count('<tr class="chosen">') == 1 and "first cut: n2" in text
+    assert text.count('<tr class="chosen">') == 1 and "first cut (black line): n2, node 3" in text
     assert "4,096 bytes" in text
