@@ -145,8 +145,9 @@ def trials_view(result: TuningResult, float_ms: float | None) -> TrialsView:
     """Every trial of the accuracy loop with the front and the choice. Latency is the cost model's estimate against
     the float model's (`float_ms`; absolute milliseconds when the target cannot run float): the search may also
     have timed trials on this machine, but timings vary run to run and the page must not."""
-    with_accuracy = result.float_accuracy is not None
     budget = result.budget
+    # Plot the metric the budget is on: accuracy for an accuracy budget, else fidelity (min output SQNR).
+    with_accuracy = result.float_accuracy is not None and budget.max_drop is not None
     wanted = []
     if budget.max_drop is not None:
         wanted.append(f"accuracy drop ≤ {budget.max_drop:g}{' (relative)' if budget.relative else ''}")
