@@ -72,7 +72,7 @@ def _short(name: str, limit: int = 28) -> str:
 
 def coverage_svg(salt: str, view: CoverageMap) -> str:
     """One cell per node in execution order, coloured by where it runs, the first cut marked."""
-    with _figure(salt, 2.0 if len(view.layers) <= MAX_NAMED_TICKS else 1.2) as (figure, out):
+    with _figure(salt, 1.8 if len(view.layers) <= MAX_NAMED_TICKS else 1.2) as (figure, out):
         ax = figure.add_subplot()
         names = [layer.name for layer in view.layers]
         if len(names) <= MAX_NAMED_TICKS:

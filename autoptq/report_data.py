@@ -196,11 +196,12 @@ def decision_path(plan: Plan) -> list[DecisionStep]:
 
 
 def _metric(fidelity: list[OutputFidelity], accuracy: tuple[float, float] | None, where: str) -> str:
+    found = []
     if accuracy is not None:
-        return f"accuracy {accuracy[0]:.4f} float → {accuracy[1]:.4f} ({where})"
+        found.append(f"accuracy {accuracy[0]:.4f} float → {accuracy[1]:.4f}")
     if fidelity:
-        return f"min output SQNR {min(f.sqnr_db for f in fidelity):.1f} dB against float ({where})"
-    return "not measured"
+        found.append(f"min output SQNR {min(f.sqnr_db for f in fidelity):.1f} dB against float")
+    return f"{'; '.join(found)} ({where})" if found else "not measured"
 
 
 def _estimated_ratio(estimate: LatencyEstimate, baseline: LatencyEstimate | None) -> Ratio:
