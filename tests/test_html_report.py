@@ -357,3 +357,20 @@ def test_renderer_marks_the_choice_and_escapes_names() -> None:
     assert f"fill: {plots.KEPT_FLOAT}" in sensitivity  # ... and in the figure
     assert text.count('<tr class="chosen">') == 1 and "first cut (black line): n2, node 3" in text
     assert "4,096 bytes" in text
+
+
+@pytest.mark.parametrize("family", ["transformer_block", "mobilenet_style"])
+def test_sensitivity_on_other_model_families(family: str) -> None:
+    """Beyond the example: a transformer block (MatMul of two activations, Softmax, Erf-GELU) and depthwise
+    convolutions, with synthetic inputs; the ranking is ordered and the page draws every section it has."""
+    from autoptq import api, zoo
+    from autoptq.calibration import synthetic_dataset
+    from autoptq.graph import load_model
+
+    graph = load_model(getattr(zoo, family)())
+    result = api.sensitivity(graph, "edgetpu", synthetic_dataset(graph, 20))
+    sqnrs = [n.output_sqnr_db for n in result.nodes]
+    assert len(sqnrs) >= 5 and sqnrs == sorted(sqnrs)
+    assert len(result.along_graph) >= len(result.nodes) // 2
+    page = _parse(api.sensitivity_html(graph, [result]))
+    assert len(page.figures) == 4 and min(page.figures) > 10  # coverage, SQNR, sensitivity, latency
