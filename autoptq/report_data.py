@@ -16,6 +16,7 @@ from autoptq.calibration import Dataset
 from autoptq.check import CheckReport, detect_technique
 from autoptq.cost import LatencyEstimate, estimate_latency
 from autoptq.coverage import CoverageReport, analyse
+from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.manifest import Manifest, sha256
 from autoptq.metrics import OutputFidelity
@@ -309,8 +310,12 @@ def outcome_section(
         if outcome.tuning.sensitivity:
             section.sensitivity = sensitivity_view(outcome.tuning.sensitivity, kept_by_choice, SEARCH_RANKING)
         elif plan.technique in STATIC_TECHNIQUES and calibration is not None:
-            ranking = _rank(graph, plan, calibration, held_out)
-            section.sensitivity = sensitivity_view(ranking.nodes, kept_by_choice, ranking.basis)
+            try:
+                ranking = _rank(graph, plan, calibration, held_out)
+            except AutoptqError as exc:  # the plan's recipe does not quantize this model: the page says so
+                section.absent["sensitivity"] = f"the nodes could not be ranked: {exc}"
+            else:
+                section.sensitivity = sensitivity_view(ranking.nodes, kept_by_choice, ranking.basis)
         else:
             section.absent["sensitivity"] = f"nodes are ranked for static quantization; the plan is {plan.technique}"
     else:
