@@ -12,21 +12,34 @@ from pydantic import BaseModel, Field
 
 from autoptq._version import __version__
 from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
-from autoptq.canonical import device_graph
+from autoptq.canonical import device_graph, float_model_for
 from autoptq.check import CheckReport
 from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
+from autoptq.html_report import render_html
 from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.produce import Outcome, produce, produce_tuned
 from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
+from autoptq.report_data import (
+    STATIC_TECHNIQUES,
+    audit_section,
+    check_section,
+    model_context,
+    outcome_section,
+    sensitivity_section,
+    variants_page,
+)
+from autoptq.report_models import HtmlReport
 from autoptq.rules import RuleSet
+from autoptq.sensitivity import SensitivityReport, sensitivity_report
 from autoptq.shapes import apply_user_shapes, bind, parse_input_shapes
 from autoptq.tuning import Budget
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
@@ -225,8 +238,8 @@ def make_variants(
     progress: Callable[[str], None] = lambda _line: None,
     input_shapes: InputShapes | None = None,
 ) -> tuple[Manifest, dict[str, dict[str, object]]]:
-    """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
-    measurements.json (the only file that varies run to run: it holds timings)."""
+    """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md,
+    report.html and measurements.json (the only file that varies run to run: it holds timings)."""
     options = options or QuantizeOptions()
     graph = as_graph(model, input_shapes)
     folder = Path(output_dir)
@@ -242,12 +255,13 @@ def make_variants(
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, held_out_source = split_data(graph, dataset, validation_set, options.synthetic_calibration)
-    for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
+    outputs = ["manifest.json", "report.md", "report.html", "measurements.json"]
+    for name in [*(f"{p.name}/model.onnx" for p in profiles), *outputs]:
         check_output_path(
             folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
         )
     folder.mkdir(parents=True, exist_ok=True)
-    variants, measurements = [], {}
+    variants, measurements, sections = [], {}, []
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
         progress(f"{profile.name}: {chosen.technique}")
@@ -262,6 +276,7 @@ def make_variants(
             checked = run_check(onnx.load_from_string(outcome.model_bytes), profile, graph, held_out)
             variant = variant.model_copy(update={"check": check_summary(checked)})
         variants.append(variant)
+        sections.append(outcome_section(graph, profile, chosen, outcome, calibration, held_out, checked))
         measurements[profile.name] = {
             "verification": outcome.verification.latency if outcome.verification else None,
             "check_measured_latency_ratio": checked.latency.measured_ratio if checked else None,
@@ -288,6 +303,7 @@ def make_variants(
     )
     write_atomic(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
     write_atomic(folder / "report.md", render_variants_report(manifest))
+    write_atomic(folder / "report.html", render_html(variants_page(manifest, sections)))
     timings = {
         name: {key: (value.model_dump() if isinstance(value, BaseModel) else value) for key, value in m.items()}
         for name, m in measurements.items()
@@ -317,6 +333,100 @@ def check(
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
     reference_graph = bound(reference_graph, dataset)
     return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)
+
+
+def sensitivity(
+    model: ModelSource,
+    target: TargetSource,
+    data: str | Path | Dataset,
+    validation: str | Path | Dataset | None = None,
+    technique: Technique | None = None,
+    rules: str | Path | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
+    input_shapes: InputShapes | None = None,
+) -> SensitivityReport:
+    """Rank the nodes of a model by how much quantizing each alone hurts the output, for the target's planned
+    static technique (full_int8 when the plan is not a static one), without any budget search."""
+    graph, profile = as_graph(model, input_shapes), as_profile(target)
+    dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
+    if dataset is None:
+        raise AutoptqError("sensitivity needs data: pass --data calib.npz with arrays named after the model's inputs")
+    graph = bound(graph, dataset, validation_set)
+    calibration, held_out, _ = split_data(graph, dataset, validation_set, False)
+    assert calibration is not None  # data was given
+    planned = plan_model(graph, profile, load_tree(rules), calibration)
+    if technique is not None and technique not in STATIC_TECHNIQUES:
+        raise AutoptqError(f"--technique {technique}: sensitivity ranks static quantization (full_int8 or int16x8)")
+    chosen = technique or (planned.technique if planned.technique in STATIC_TECHNIQUES else "full_int8")
+    if chosen == planned.technique:
+        recipe, note = planned.recipe, f"the plan's technique for {profile.name}, under its recipe"
+    else:
+        recipe = device_conformant_recipe(Recipe(), chosen, profile, graph, calibration)
+        note = f"the plan for {profile.name} is {planned.technique}; ranked for {chosen} " + (
+            "as requested" if technique else "(per-node ranking applies to static quantization)"
+        )
+    prepared = prepare(float_model_for(graph, profile), held_out.take(PREPARATION_SAMPLES)).model
+    return sensitivity_report(prepared, profile.name, chosen, note, recipe, calibration, held_out.take(16))
+
+
+def audit_html(model: ModelSource, reports: Sequence[CoverageReport]) -> str:
+    """The audit as a self-contained HTML page."""
+    graph = as_graph(model)
+    sections = [audit_section(graph, as_profile(r.target), r) for r in reports]
+    return render_html(HtmlReport(title=f"Audit of {_name(graph)}", context=model_context(graph), targets=sections))
+
+
+def sensitivity_html(model: ModelSource, reports: Sequence[SensitivityReport]) -> str:
+    """The sensitivity ranking as a self-contained HTML page."""
+    graph = as_graph(model)
+    sections = [sensitivity_section(graph, as_profile(r.target), r) for r in reports]
+    title = f"Sensitivity of {_name(graph)}"
+    return render_html(HtmlReport(title=title, context=model_context(graph), targets=sections))
+
+
+def check_html(
+    quantized: str | Path | ModelProto,
+    reference: ModelSource,
+    data: str | Path | Dataset,
+    reports: Sequence[CheckReport],
+    preprocess: str | ImagePreprocessing | None = None,
+) -> str:
+    """Check reports as a self-contained HTML page (SQNR along the graph measured on the first few samples)."""
+    reference_graph = as_graph(reference)
+    quantized_model = quantized if isinstance(quantized, ModelProto) else load_model(quantized).model
+    dataset = load_data(data, reference_graph, preprocess)
+    assert dataset is not None  # check required it
+    sections = [check_section(quantized_model, as_profile(r.target), reference_graph, r, dataset) for r in reports]
+    title = f"Check of a quantized {_name(reference_graph)}"
+    return render_html(HtmlReport(title=title, context=model_context(reference_graph), targets=sections))
+
+
+def quantize_html(
+    model: ModelSource,
+    target: TargetSource,
+    plan: Plan,
+    outcome: Outcome,
+    data: str | Path | Dataset | None = None,
+    validation: str | Path | Dataset | None = None,
+    options: QuantizeOptions | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
+) -> str:
+    """What `quantize` produced as a self-contained HTML page (the same held-out split as the run)."""
+    options = options or QuantizeOptions()
+    graph = as_graph(model)
+    calibration, held_out, _ = split_data(
+        graph,
+        load_data(data, graph, preprocess),
+        load_data(validation, graph, preprocess),
+        options.synthetic_calibration,
+    )
+    section = outcome_section(graph, as_profile(target), plan, outcome, calibration, held_out)
+    title = f"{_name(graph)} quantized for {outcome.target}"
+    return render_html(HtmlReport(title=title, context=model_context(graph), targets=[section]))
+
+
+def _name(graph: ModelGraph) -> str:
+    return graph.path.name if graph.path else "model.onnx"
 
 
 def _without_folders(text: str, sources: list[str]) -> str:

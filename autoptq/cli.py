@@ -46,6 +46,22 @@ class AuditFormat(str, Enum):
     json = "json"
     markdown = "markdown"
     sarif = "sarif"
+    html = "html"
+
+
+class ReportFormat(str, Enum):
+    """Formats of the commands that also render a self-contained HTML page."""
+
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    html = "html"
+
+
+class SensitivityFormat(str, Enum):
+    table = "table"
+    json = "json"
+    html = "html"
 
 
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model file (never modified).", show_default=False)]
@@ -140,7 +156,10 @@ def audit(
     if output is not None:
         check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
     reports = api.audit(graph, targets, data=data, preprocess=preprocess, as_exported=as_exported)
-    emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
+    if fmt == AuditFormat.html:
+        emit(api.audit_html(graph, reports), output)
+    else:
+        emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
 
@@ -339,7 +358,7 @@ def quantize(
     prefer: PreferOpt = Objective.speed,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
     input_shape: InputShapeOpt = None,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
@@ -358,7 +377,7 @@ def quantize(
         synthetic_calibration,
         technique.value if technique else None,
     )
-    _, outcome = api.quantize(
+    chosen, outcome = api.quantize(
         model,
         target,
         output,
@@ -370,7 +389,11 @@ def quantize(
         progress=progress_line,
         input_shapes=input_shape,
     )
-    typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
+    if fmt == ReportFormat.html:
+        text = api.quantize_html(model, target, chosen, outcome, data, validation, options, preprocess)
+    else:
+        text = report.render_outcome(outcome, output, fmt.value)
+    typer.echo(text, nl=False)
     raise typer.Exit(outcome_exit_code(outcome))
 
 
@@ -412,7 +435,10 @@ def variants(
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
         typer.echo(f"{'':<14} {variant.reason}")
-    typer.echo(f"Wrote {output / 'manifest.json'}, {output / 'report.md'} and {output / 'measurements.json'}")
+    typer.echo(
+        f"Wrote {output / 'manifest.json'}, {output / 'report.md'}, {output / 'report.html'} and "
+        f"{output / 'measurements.json'}"
+    )
     failed = [v for v in manifest.variants if v.failed]
     raise typer.Exit(1 if failed else 0)
 
@@ -429,7 +455,7 @@ def check(
     max_drop: Annotated[
         str | None, typer.Option("--max-drop", help="Fail above this accuracy drop: 0.01 or 1%.")
     ] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
 ) -> None:
@@ -441,8 +467,43 @@ def check(
         api.check(quantized, t, reference, data, tier, min_sqnr, drop, preprocess, input_shape)
         for t in split_targets(target)
     ]
-    emit(report.render_check(results, fmt.value), output)
+    if fmt == ReportFormat.html:
+        emit(api.check_html(quantized, reference, data, results, preprocess), output)
+    else:
+        emit(report.render_check(results, fmt.value), output)
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
+class StaticTechnique(str, Enum):
+    full_int8 = "full_int8"
+    int16x8 = "int16x8"
+
+
+@app.command()
+def sensitivity(
+    model: ModelArg,
+    target: TargetOpt,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Calibration data (.npz or a folder of .npz).")],
+    validation: ValidationOpt = None,
+    technique: Annotated[
+        StaticTechnique | None, typer.Option("--technique", help="Rank for this technique (default: the plan's).")
+    ] = None,
+    preprocess: PreprocessOpt = None,
+    rules: RulesOpt = None,
+    fmt: Annotated[SensitivityFormat, typer.Option("--format", "-f", help="Output format.")] = SensitivityFormat.table,
+    output: OutputOpt = None,
+) -> None:
+    """Which nodes hurt accuracy when quantized: each node quantized alone, ranked, without a budget search."""
+    targets = split_targets(target)
+    graph = api.as_graph(model)
+    if output is not None:
+        check_output_path(output, protected=[*graph.source_files, *input_paths(data, validation)])
+    chosen = technique.value if technique else None
+    results = [api.sensitivity(graph, t, data, validation, chosen, rules, preprocess) for t in targets]
+    if fmt == SensitivityFormat.html:
+        emit(api.sensitivity_html(graph, results), output)
+    else:
+        emit(report.render_sensitivity(results, fmt.value), output)
 
 
 @app.command()

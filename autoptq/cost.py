@@ -24,6 +24,17 @@ DYNAMIC_QUANT_ELEMENT_OPS = 3
 """Dynamic quantization scans an activation for min/max, then quantizes it: about three element operations."""
 
 
+class SegmentCost(BaseModel):
+    """Estimated time of one part of an inference: a device or host segment (in execution order), the
+    quantize/dequantize work, or the transfers."""
+
+    part: str = Field(description="'device', 'host', 'quantize/dequantize' or 'transfers'")
+    first_node: str | None = None
+    last_node: str | None = None
+    nodes: int = 0
+    ms: float
+
+
 class LatencyEstimate(BaseModel):
     """Estimated latency of one inference, in milliseconds, with the range and what it rests on."""
 
@@ -35,6 +46,7 @@ class LatencyEstimate(BaseModel):
     transfer_ms: float = Field(description="device <-> host transfers and parameter streaming")
     basis: str
     label: str = "estimate"
+    parts: list[SegmentCost] = Field(default_factory=list, description="where the estimate goes, part by part")
 
 
 class SizeEstimate(BaseModel):
@@ -90,13 +102,16 @@ def estimate_latency(
     host = host_profile(profile)
     host_precision: Precision = "fp32" if "fp32" in host.precisions else _slowest(host)
     device_s = host_s = 0.0
+    parts: list[SegmentCost] = []
     for verdict in coverage.nodes:
         node = graph.node(verdict.name)
         if verdict.on_device:
-            device_s += _node_seconds(node, precision_of.get(node.name, "fp32"), profile)
-            device_s += profile.cost.per_op_overhead_s
+            seconds = _node_seconds(node, precision_of.get(node.name, "fp32"), profile) + profile.cost.per_op_overhead_s
+            device_s += seconds
         else:
-            host_s += _node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
+            seconds = _node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
+            host_s += seconds
+        _add_to_segment(parts, "device" if verdict.on_device else "host", node.name, seconds)
     qdq_processor = profile if profile.runs_any_op_at else host
     qdq_s = qdq_elements * QDQ_ELEMENT_OPS / qdq_processor.precisions[_slowest(qdq_processor)].effective_macs_per_s
     qdq_s += qdq_ops * qdq_processor.cost.per_op_overhead_s
@@ -118,6 +133,22 @@ def estimate_latency(
         host_s += host.cost.fixed_overhead_s
     total = device_s + host_s + transfer_s
     spread = profile.cost.uncertainty
+    # Per-invocation overheads belong to their segments: each device segment's, and the host's once (on its first
+    # segment, or on the quantize/dequantize work when that is all the host does). The parts sum to the estimate.
+    for part in parts:
+        if part.part == "device":
+            part.ms += profile.cost.fixed_overhead_s
+    host_fixed = host.cost.fixed_overhead_s if host_s and host is not profile else 0.0
+    host_parts = [p for p in parts if p.part == "host"]
+    if host_parts:
+        host_parts[0].ms += host_fixed
+        host_fixed = 0.0
+    if qdq_s or host_fixed:
+        parts.append(SegmentCost(part="quantize/dequantize", ms=qdq_s + host_fixed))
+    if transfer_s:
+        parts.append(SegmentCost(part="transfers", ms=transfer_s))
+    for part in parts:
+        part.ms = part.ms * 1e3
     return LatencyEstimate(
         estimate_ms=total * 1e3,
         low_ms=total * 1e3 / (1 + spread),
@@ -128,7 +159,17 @@ def estimate_latency(
         basis=f"roofline of {profile.name}"
         + (f" with host {host.name}" if host is not profile else "")
         + (f"; constants: {profile.cost.basis}" if profile.cost.basis else ""),
+        parts=parts,
     )
+
+
+def _add_to_segment(parts: list[SegmentCost], place: str, node: str, seconds: float) -> None:
+    """Add a node's time to the current segment when it runs on the same processor, else open a new segment (the
+    segments of coverage.py: maximal runs in execution order). Times are seconds until the estimate is final."""
+    if parts and parts[-1].part == place:
+        parts[-1].last_node, parts[-1].nodes, parts[-1].ms = node, parts[-1].nodes + 1, parts[-1].ms + seconds
+    else:
+        parts.append(SegmentCost(part=place, first_node=node, last_node=node, nodes=1, ms=seconds))
 
 
 def _transfer_seconds(coverage: CoverageReport, profile: HardwareProfile) -> float:

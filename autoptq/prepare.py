@@ -9,8 +9,11 @@ trusted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -245,12 +248,24 @@ def symbolic_shapes(model: ModelProto) -> tuple[ModelProto | None, str]:
         return None, "not needed: all input shapes are static"
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with scratch_dir() as folder, quiet():
+    with scratch_dir() as folder, quiet(), working_directory(folder):
         source = save_for_ort(model, folder)
         target = folder / "preprocessed.onnx"
         # Graph optimizations would rename and merge nodes, which breaks node-level recipes: shapes only.
         quant_pre_process(str(source), str(target), skip_optimization=True)
         return onnx.load(str(target)), f"symbolic shape inference for dims {sorted(set(dims))}"
+
+
+@contextlib.contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    """Run in `folder`: onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx` and its external
+    data into the current directory when inference is incomplete, which must never be the user's folder."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def upgrade_opset(model: ModelProto) -> tuple[ModelProto | None, str]:

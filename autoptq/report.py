@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 from autoptq.manifest import Manifest
 from autoptq.planner import MatrixCell, Plan
 from autoptq.produce import Outcome
+from autoptq.recipe import Recipe
+from autoptq.sensitivity import SensitivityReport
 from autoptq.tuning import TuningResult
 
 Format = Literal["table", "json", "markdown", "sarif"]
@@ -194,7 +196,8 @@ def _diff(value: float | None) -> str:
     return "n/a (not finite)" if value is None else f"{value:.4g}"
 
 
-def _fact(value: object) -> str:
+def fact_text(value: object) -> str:
+    """A fact or recipe value as a reader sees it."""
     if value is None:
         return "unknown"
     if isinstance(value, bool):
@@ -222,15 +225,19 @@ def _recipe_value(key: str, value: object) -> str:
         return "none"
     if key == "fixed_output_params" and value == {}:
         return "none needed (no such op in the model)"
-    return _fact(value)
+    return fact_text(value)
+
+
+def recipe_fields(technique: str, recipe: Recipe) -> dict[str, str]:
+    """The recipe settings that matter for `technique`, as text (empty for float)."""
+    if technique == "none":
+        return {}
+    values = recipe.model_dump(mode="json")
+    return {key: _recipe_value(key, values[key]) for key in _RECIPE_KEYS.get(technique, _STATIC_KEYS)}
 
 
 def _recipe_lines(plan: Plan) -> list[str]:
-    if plan.technique == "none":
-        return []
-    recipe = plan.recipe.model_dump(mode="json")
-    keys = _RECIPE_KEYS.get(plan.technique, _STATIC_KEYS)
-    return [f"{key}: {_recipe_value(key, recipe[key])}" for key in keys]
+    return [f"{key}: {value}" for key, value in recipe_fields(plan.technique, plan.recipe).items()]
 
 
 def _latency_text(plan: Plan) -> str:
@@ -253,7 +260,7 @@ def plan_lines(plan: Plan) -> list[str]:
         "Decision path:",
     ]
     for index, step in enumerate(plan.trace, 1):
-        facts = ", ".join(f"{name}={_fact(value)}" for name, value in step.facts.items())
+        facts = ", ".join(f"{name}={fact_text(value)}" for name, value in step.facts.items())
         lines.append(f"  {index}. [{step.node}] {step.question} -> {'yes' if step.answer else 'no'}  ({facts})")
     recipe = _recipe_lines(plan)
     if recipe:
@@ -630,3 +637,23 @@ def render_plan_and_outcome(plan: Plan, outcome: Outcome, path: Path, fmt: Forma
         }
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
     return render_plans([plan], fmt) + render_outcome(outcome, path, fmt)
+
+
+def render_sensitivity(results: Sequence[SensitivityReport], fmt: Literal["table", "json"]) -> str:
+    """The per-node ranking of `autoptq sensitivity`, most damaging first."""
+    if fmt == "json":
+        return to_json(results, "sensitivity")
+    parts: list[Table | str] = []
+    for result in results:
+        parts.append(
+            f"Target: {result.target}  technique: {result.technique} ({result.technique_note})\n"
+            f"Output SQNR with every node quantized: {result.full_output_sqnr_db:.1f} dB\nBasis: {result.basis}"
+        )
+        table = Table(title=f"{result.target}: nodes, most damaging first", title_justify="left")
+        for column in ("#", "Node", "Op", "Output SQNR dB (alone)", "Activation SQNR dB (all quantized)"):
+            table.add_column(column, overflow="fold")
+        for rank, node in enumerate(result.nodes, 1):
+            activation = "-" if node.activation_sqnr_db is None else f"{node.activation_sqnr_db:.1f}"
+            table.add_row(str(rank), node.node, node.op_type, f"{node.output_sqnr_db:.1f}", activation)
+        parts.append(table)
+    return render_table(parts)

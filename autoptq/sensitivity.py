@@ -7,19 +7,22 @@ reusing one calibration through a cache). Nodes are ranked by the second, most d
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autoptq.activations import expose, float_tensors, session
 from autoptq.calibration import Dataset
 from autoptq.errors import AutoptqError
-from autoptq.metrics import sqnr_from_powers
+from autoptq.intio import read_integer_io
+from autoptq.metrics import compare, sqnr_db, sqnr_from_powers
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe
+from autoptq.verify import ModelRunner, quantize_input
 
 QUANTIZABLE_OPS = frozenset(
     {
@@ -40,6 +43,30 @@ class NodeSensitivity(BaseModel):
     op_type: str
     output_sqnr_db: float
     activation_sqnr_db: float | None = None
+
+
+class LayerSqnrValue(BaseModel):
+    """SQNR of one activation of the fully quantized model against float."""
+
+    tensor: str
+    node: str
+    op_type: str
+    sqnr_db: float
+
+
+class SensitivityReport(BaseModel):
+    """`autoptq sensitivity`: the per-node ranking on its own, without a budget search."""
+
+    target: str
+    technique: str
+    technique_note: str
+    recipe: Recipe = Field(description="the recipe each node was quantized under")
+    calibration_samples: int
+    samples: int = Field(description="held-out samples the SQNRs are measured on")
+    full_output_sqnr_db: float = Field(description="output SQNR with every node quantized")
+    basis: str
+    nodes: list[NodeSensitivity] = Field(description="most damaging first")
+    along_graph: list[LayerSqnrValue] = Field(description="activation SQNR of the fully quantized model, in order")
 
 
 def _dequantized_names(qdq: ModelProto) -> dict[str, str]:
@@ -73,6 +100,40 @@ def activation_sqnr(float_model: ModelProto, qdq: ModelProto, samples: Dataset) 
             signal[a] += float(np.dot(ref, ref))
             noise[a] += float(np.dot(difference, difference))
     return {a: sqnr_from_powers(signal[a], noise[a]) for a, _ in pairs}
+
+
+def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Dataset) -> list[tuple[str, float]]:
+    """SQNR (dB) of each float activation of `float_model` that the quantized model of any technique still has,
+    in execution order, over `samples`: after quantize-dequantize where the activation is quantized (QDQ), else the
+    tensor of the same name (fp16, weight-only, kept in float). Integer graph inputs are fed as the device would."""
+    quantized_outputs = {out for node in quantized.graph.node for out in node.output}
+    dequantized = _dequantized_names(quantized)
+    pairs = []
+    for name in float_tensors(float_model):
+        if name in dequantized:
+            pairs.append((name, dequantized[name]))
+        elif name in quantized_outputs:
+            pairs.append((name, name))
+    if not pairs:
+        return []
+    float_run = session(expose(float_model, [a for a, _ in pairs]), optimize=False)
+    quantized_run = session(expose(quantized, [b for _, b in pairs]), optimize=False)
+    integer_io = {io.name: io for io in read_integer_io(quantized)}
+    reference: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    candidate: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    for feed in samples.samples:
+        quantized_feed = {k: quantize_input(v, integer_io[k]) if k in integer_io else v for k, v in feed.items()}
+        for (a, _), value in zip(pairs, float_run.run([a for a, _ in pairs], feed), strict=True):
+            reference[a].append(np.asarray(value).reshape(-1))
+        for (a, _), value in zip(pairs, quantized_run.run([b for _, b in pairs], quantized_feed), strict=True):
+            candidate[a].append(np.asarray(value).reshape(-1))
+    # A same-named tensor that is integer in the quantized graph (e.g. a weight-only MatMulInteger) is no activation
+    # to compare: only float values on both sides are.
+    return [
+        (a, sqnr_db(np.concatenate(reference[a]), np.concatenate(candidate[a])))
+        for a, _ in pairs
+        if candidate[a] and np.issubdtype(candidate[a][0].dtype, np.floating)
+    ]
 
 
 def rank_nodes(
@@ -115,3 +176,57 @@ def rank_nodes(
         )
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     return sorted(ranked, key=lambda s: (s.output_sqnr_db, order[s.node]))
+
+
+def sensitivity_report(
+    model: ModelProto,
+    target: str,
+    technique: str,
+    technique_note: str,
+    recipe: Recipe,
+    calibration: Dataset,
+    samples: Dataset,
+) -> SensitivityReport:
+    """Rank the nodes of `model` (prepared for quantization) for `technique` under `recipe`, and measure the SQNR
+    along the graph of the fully quantized model; every SQNR is on the host (onnxruntime), over `samples`."""
+    float_runner = ModelRunner(model)
+    reference = [float_runner.run(sample) for sample in samples.samples]
+
+    def output_sqnr(candidate: ModelProto) -> float:
+        runner = ModelRunner(candidate)
+        outputs = [runner.run(sample) for sample in samples.samples]
+        return min(
+            compare(str(i), [r[i] for r in reference], [o[i] for o in outputs]).sqnr_db
+            for i in range(len(reference[0]))
+        )
+
+    float_io = recipe.model_copy(update={"io_dtype": "float32"})
+    with tempfile.TemporaryDirectory(prefix="autoptq-sensitivity-") as folder:
+        cache = Path(folder) / "calibration.json"
+        ranked = rank_nodes(model, recipe, technique, calibration, samples, output_sqnr, cache)
+        full = static_qdq(model, float_io, calibration, technique, calibration_cache=cache).model
+    producers = {out: node for node in model.graph.node for out in node.output}
+    along = [
+        LayerSqnrValue(tensor=name, node=producers[name].name, op_type=producers[name].op_type, sqnr_db=round(value, 3))
+        for name, value in sqnr_along_graph(model, full, samples)
+    ]
+    capped = (
+        f"; the {MAX_CANDIDATES} nodes with the worst activation SQNR were ranked"
+        if len(ranked) >= MAX_CANDIDATES
+        else ""
+    )
+    return SensitivityReport(
+        target=target,
+        technique=technique,
+        technique_note=technique_note,
+        recipe=recipe,
+        calibration_samples=len(calibration),
+        samples=len(samples),
+        full_output_sqnr_db=round(output_sqnr(full), 3),
+        basis=(
+            f"each quantizable node quantized alone ({technique}, the rest float), output SQNR against float on "
+            f"{len(samples)} held-out samples in onnxruntime on this machine{capped}"
+        ),
+        nodes=ranked,
+        along_graph=along,
+    )

@@ -200,7 +200,13 @@ def test_variants_writes_every_file_with_a_truthful_manifest(run_cli: RunCli, mo
     assert snapshot(model) == before
     for target in TARGETS:
         assert (out / target / "model.onnx").is_file()
-    assert {p.name for p in out.iterdir()} == {*TARGETS, "manifest.json", "report.md", "measurements.json"}
+    assert {p.name for p in out.iterdir()} == {
+        *TARGETS,
+        "manifest.json",
+        "report.md",
+        "report.html",
+        "measurements.json",
+    }
     assert leftovers(out) == []
 
     manifest = json.loads((out / "manifest.json").read_text())

@@ -198,3 +198,18 @@ def test_streaming_bound_models_are_costed_by_their_parameters() -> None:
         features, bench.constants_of(tpu), tpu.memory.host_link_bandwidth_bytes_per_s, tpu.cost.transfer_overhead_s
     )
     assert result.estimate_ms == pytest.approx(closed, rel=1e-9)
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+def test_parts_follow_the_segments_and_sum_to_the_estimate(leaky: bool) -> None:
+    """The per-part breakdown the HTML report draws: one part per coverage segment in order, then the transfers."""
+    tpu = load_profile("edgetpu")
+    graph = mobilenet(224, leaky=leaky)
+    coverage = analyse(graph, tpu)
+    result = estimate(graph, tpu, coverage)
+    segments = [p for p in result.parts if p.part in ("device", "host")]
+    assert [(p.part, p.first_node, p.last_node, p.nodes) for p in segments] == [
+        (s.on, s.first_node, s.last_node, s.nodes) for s in coverage.segments
+    ]
+    assert math.isclose(sum(p.ms for p in result.parts), result.estimate_ms, rel_tol=1e-9)
+    assert math.isclose(sum(p.ms for p in result.parts if p.part == "host"), result.host_ms, rel_tol=1e-9)
