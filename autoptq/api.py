@@ -15,6 +15,7 @@ from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.check import CheckReport
 from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
+from autoptq.device_file import device_file
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
 from autoptq.images import ImagePreprocessing, parse_preprocessing
@@ -150,6 +151,7 @@ def quantize(
     graph = as_graph(model)
     out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
     profile, tree = as_profile(target), load_tree(rules)
+    tflite_path = _tflite_path(out_path, profile, [*graph.source_files, *_paths(data, validation)])
     calibration, held_out, _ = split_data(
         graph,
         load_data(data, graph, preprocess),
@@ -158,8 +160,22 @@ def quantize(
     )
     chosen = plan_for(graph, profile, tree, calibration, options)
     outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+    if tflite_path is not None:
+        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path))
+        outcome = outcome.model_copy(update={"device_file": summary})
     write_atomic(out_path, outcome.model_bytes)
+    if tflite_path is not None and content is not None:
+        write_atomic(tflite_path, content)
     return chosen, outcome
+
+
+def _tflite_path(out_path: Path, profile: HardwareProfile, protected: list[Path]) -> Path | None:
+    """Where `quantize` writes the .tflite of a `format: tflite` target: beside the ONNX, same stem."""
+    if profile.format != "tflite":
+        return None
+    if out_path.suffix == ".tflite":
+        raise OutputError(f"{out_path}: the output is the QDQ ONNX model; name it .onnx (the .tflite goes beside it)")
+    return check_output_path(out_path.with_suffix(".tflite"), protected=protected)
 
 
 def _produce(
@@ -217,7 +233,14 @@ def make_variants(
     calibration, held_out, held_out_source = split_data(
         graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
     )
-    for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
+    tflites = [f"{p.name}/model.tflite" for p in profiles if p.format == "tflite"]
+    for name in [
+        *(f"{p.name}/model.onnx" for p in profiles),
+        *tflites,
+        "manifest.json",
+        "report.md",
+        "measurements.json",
+    ]:
         check_output_path(
             folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
         )
@@ -230,6 +253,10 @@ def make_variants(
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
+        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, f"{profile.name}/model.tflite")
+        if content is not None:
+            write_atomic(folder / profile.name / "model.tflite", content)
+        outcome = outcome.model_copy(update={"device_file": summary})
         variant = variant_from(outcome, relative, chosen.warnings)
         checked = None
         if not outcome.kept_float:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from autoptq.calibration import Dataset
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
-from autoptq.emulators.base import NodeFinding
+from autoptq.emulators.base import EmulationResult, NodeFinding, TierAgreement
 from autoptq.emulators.device_rules import DeviceRulesResult, check_device_rules
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
@@ -57,6 +57,8 @@ class MemoryCheck(BaseModel):
     fits_ram: bool | None
     flash_bytes: int | None
     fits_flash: bool | None
+    arena_bytes: int | None = Field(default=None, description="tflm tier: the tensor arena TFLite Micro needs")
+    ram_basis: str = Field(default="peak activation estimate", description="what fits_ram compares with ram_bytes")
 
 
 class CheckReport(BaseModel):
@@ -72,6 +74,9 @@ class CheckReport(BaseModel):
     latency: LatencyCheck
     memory: MemoryCheck
     findings: list[NodeFinding]
+    agreement: list[TierAgreement] = Field(
+        default_factory=list, description="litert / tflm tiers: the .tflite's outputs vs the exact tier's"
+    )
     passed: bool
     failures: list[str]
 
@@ -117,8 +122,14 @@ def check(
     accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
     coverage = analyse(reference, profile)
     latency = _latency(quantized, profile, reference, coverage, data)
-    memory = _memory(rules, coverage, profile)
+    memory = _memory(rules, coverage, profile, emulated)
     failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
+    failures += [
+        f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
+        f"(tolerance {a.tolerance_lsb})"
+        for a in emulated.agreement
+        if not a.within_tolerance
+    ]
     failures += [f"output {f.name!r} is NaN or inf under the emulator" for f in fidelity if not f.finite]
     if min_sqnr_db is not None:
         failures += [
@@ -139,6 +150,7 @@ def check(
         latency=latency,
         memory=memory,
         findings=emulated.findings,
+        agreement=emulated.agreement,
         passed=not failures,
         failures=failures,
     )
@@ -203,17 +215,26 @@ def _latency(
     )
 
 
-def _memory(rules: DeviceRulesResult, coverage: CoverageReport, profile: HardwareProfile) -> MemoryCheck:
+def _memory(
+    rules: DeviceRulesResult, coverage: CoverageReport, profile: HardwareProfile, emulated: EmulationResult
+) -> MemoryCheck:
     flash = profile.memory.flash_bytes
     mem = coverage.memory
     on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
+    if emulated.arena_bytes is not None:  # TFLite Micro measured the arena: the RAM check uses it
+        fits = None if mem.ram_bytes is None else emulated.arena_bytes <= mem.ram_bytes
+        basis = "tensor arena measured in TFLite Micro (tflm tier)"
+    else:
+        fits, basis = mem.fits_ram, "peak activation estimate"
     return MemoryCheck(
         on_chip_param_bytes=on_chip,
         streamed_param_bytes=streamed,
         parameter_cache_bytes=profile.memory.parameter_cache_bytes,
         peak_activation_bytes=mem.peak_activation_bytes,
         ram_bytes=mem.ram_bytes,
-        fits_ram=mem.fits_ram,
+        fits_ram=fits,
         flash_bytes=flash,
         fits_flash=None if flash is None else on_chip + streamed <= flash,
+        arena_bytes=emulated.arena_bytes,
+        ram_basis=basis,
     )

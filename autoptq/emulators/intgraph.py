@@ -148,7 +148,7 @@ class DeviceGraph:
     params: dict[str, QParams] = field(default_factory=dict)
     """Quantization of each integer activation (and per-tensor constant operand), for writers of device files."""
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
-    """Per-channel float32 scales of each IntConv / IntMatMul weight initializer."""
+    """Float32 scales of each IntConv / IntMatMul weight initializer (one per channel, or one per tensor)."""
     functions: dict[str, str] = field(default_factory=dict)
     """Lut node name → the ONNX function its table holds (Sigmoid, Tanh)."""
 
@@ -566,7 +566,7 @@ class _Builder:
         bias = self.bias(node, 2, x_params.scale, w_scale)
         acc = self.fresh(f"{node.name}/acc")
         w_name = self.const(_narrow(w), f"{node.name}/w")
-        self.result.weight_scales[w_name] = w_scale
+        self.result.weight_scales[w_name] = weights.scale.reshape(-1).astype(np.float32)
         self.emit(
             "IntConv",
             [x_name, w_name, *bias],
@@ -612,7 +612,7 @@ class _Builder:
             w = w_raw.astype(np.int64) - w_zero.reshape(1, -1)
             bias = self.bias(node, bias_index, a_params.scale, w_scale)
             w_name = self.const(_narrow(w), f"{node.name}/w")
-            self.result.weight_scales[w_name] = w_scale
+            self.result.weight_scales[w_name] = weights.scale.reshape(-1).astype(np.float32)
             self.emit(
                 "IntMatMul",
                 [a_name, w_name, *bias],
