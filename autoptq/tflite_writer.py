@@ -415,8 +415,11 @@ class _Writer:
             out = self.activation(node.output[0], shape, None, x.nhwc)
             self.op("DEQUANTIZE", [x.index], [out.index], version=2)
             return
-        if not users or any(u.domain == DEVICE_DOMAIN or u.op_type not in _FLOAT_OPS for u in users):
-            raise self.error(node, "the quantized model computes in float after it (no int8 kernel)")
+        unwritable = [u for u in users if u.domain == DEVICE_DOMAIN or u.op_type not in _FLOAT_OPS]
+        if unwritable:
+            raise self.error(unwritable[0], "no TFLite int8 kernel is written for it (it runs in float in the model)")
+        if not users:
+            raise self.error(node, "its float result is not used")
 
     def int_conv(self, node: NodeProto) -> None:
         attrs = NodeAttributes(node)
@@ -953,7 +956,7 @@ class _Writer:
                 tfl.SoftmaxOptionsAddBeta(b, 1.0)
                 return tfl.BuiltinOptions.SoftmaxOptions, tfl.SoftmaxOptionsEnd(b)
 
-        self.op(code, [x.index], [out.index], 2, options)
+        self.op(code, [x.index], [out.index], 1 if code == "HARD_SWISH" else 2, options)
         self.done.add(quantize.name)
 
     # --- serialization -----------------------------------------------------------------------------------------------
@@ -1093,7 +1096,7 @@ def _data_buffer(tfl: object, b: object, data: bytes) -> int:
     b.StartVector(1, len(data), 16)
     b.head -= len(data)
     b.Bytes[b.head : b.head + len(data)] = data
-    vector = b.EndVector(len(data))
+    vector = b.EndVector()
     tfl.BufferStart(b)
     tfl.BufferAddData(b, vector)
     return tfl.BufferEnd(b)
@@ -1125,7 +1128,7 @@ def _table_vector(b: object, offsets: Sequence[int]) -> int:
     b.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         b.PrependUOffsetTRelative(offset)
-    return b.EndVector(len(offsets))
+    return b.EndVector()
 
 
 _HANDLERS: dict[str, Callable[[_Writer, NodeProto], None]] = {
