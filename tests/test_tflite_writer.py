@@ -21,7 +21,7 @@ pytest.importorskip("tflite", reason="the tflite extra is not installed: pip ins
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 pytest.importorskip("tflite_micro", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 
-from autoptq.emulators.tflite_runtime import run_litert, run_tflm  # noqa: E402
+from autoptq.emulators.tflite_runtime import run_litert, run_tflm
 
 PROFILE = load_profile("tflite-int8")
 FIXED = {
