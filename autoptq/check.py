@@ -122,7 +122,7 @@ def check(
     accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
     coverage = analyse(reference, profile)
     latency = _latency(quantized, profile, reference, coverage, data)
-    memory = _memory(rules, coverage, profile, emulated)
+    memory = _memory(rules, coverage, profile, emulated, quantized)
     failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
     failures += [
         f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
@@ -216,16 +216,19 @@ def _latency(
 
 
 def _memory(
-    rules: DeviceRulesResult, coverage: CoverageReport, profile: HardwareProfile, emulated: EmulationResult
+    rules: DeviceRulesResult,
+    coverage: CoverageReport,
+    profile: HardwareProfile,
+    emulated: EmulationResult,
+    quantized: ModelProto,
 ) -> MemoryCheck:
     flash = profile.memory.flash_bytes
     mem = coverage.memory
     on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
-    if emulated.arena_bytes is not None:  # TFLite Micro measured the arena: the RAM check uses it
-        fits = None if mem.ram_bytes is None else emulated.arena_bytes <= mem.ram_bytes
-        basis = "tensor arena measured in TFLite Micro (tflm tier)"
-    else:
-        fits, basis = mem.fits_ram, "peak activation estimate"
+    arena, basis = emulated.arena_bytes, "tensor arena measured in TFLite Micro (tflm tier)"
+    if arena is None and profile.kind == "mcu" and profile.format == "tflite":
+        arena, basis = _arena_estimate(quantized, profile)
+    fits = mem.fits_ram if arena is None else (None if mem.ram_bytes is None else arena <= mem.ram_bytes)
     return MemoryCheck(
         on_chip_param_bytes=on_chip,
         streamed_param_bytes=streamed,
@@ -235,6 +238,18 @@ def _memory(
         fits_ram=fits,
         flash_bytes=flash,
         fits_flash=None if flash is None else on_chip + streamed <= flash,
-        arena_bytes=emulated.arena_bytes,
+        arena_bytes=arena,
         ram_basis=basis,
     )
+
+
+def _arena_estimate(quantized: ModelProto, profile: HardwareProfile) -> tuple[int | None, str]:
+    """TFLM's arena estimated from the .tflite autoptq would write (None without the tflite extra, or when the
+    model cannot be written), with its basis."""
+    from autoptq.tflite_writer import export_tflite  # needs the tflite extra
+
+    try:
+        estimate = export_tflite(quantized, profile).arena_estimate
+    except AutoptqError:
+        return None, "peak activation estimate"
+    return estimate.total_bytes, f"TFLM tensor arena {estimate.basis}"

@@ -56,6 +56,33 @@ class TfliteTensorIO(BaseModel):
     zero_point: int | None = None
 
 
+class ArenaEstimate(BaseModel):
+    """TFLite Micro's tensor arena for a written file, estimated without running it (bytes)."""
+
+    planned_activation_bytes: int = Field(
+        description="peak of the file's live activations, 16-byte aligned (or Prepare's temporaries, if larger)"
+    )
+    bookkeeping_bytes: int = Field(description="TFLM's per-tensor / per-op structures and kernel data (see basis)")
+    total_bytes: int
+    basis: str
+
+
+# TFLM's own allocations, measured with tflite-micro 0.dev20261023 (x86-64 Python build) on 8 small models
+# (bench/bench_tflite.py lists them): TfLiteEvalTensor 24 B per tensor, NodeAndRegistration 64 B per op, 96 B per graph
+# input/output (persistent TfLiteTensor and its quantization), kernel data ~100 B per convolution / fully connected op
+# plus 8 B per output channel (per-channel multiplier and shift), ~32 B per other op, and ~560 B of fixed overhead;
+# Prepare's temporaries (~256 B + 64 B per activation tensor) share the head with the planned activations.
+_TFLM_PER_TENSOR, _TFLM_PER_OP, _TFLM_PER_IO, _TFLM_FIXED = 24, 64, 96, 560
+_TFLM_WEIGHTED_OP, _TFLM_PER_CHANNEL, _TFLM_OTHER_OP = 100, 8, 32
+_TFLM_PREPARE_FIXED, _TFLM_PREPARE_PER_ACTIVATION = 256, 64
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+ARENA_BASIS = (
+    "estimated from the written file: liveness peak of its activations (16-byte aligned, as TFLM's planner) plus "
+    "TFLM's bookkeeping constants measured with tflite-micro on an x86-64 host (a 32-bit MCU build has smaller "
+    "structures, so this errs high there)"
+)
+
+
 class TfliteExport(BaseModel):
     """A written TFLite model: the flatbuffer, its I/O, and which ops it holds."""
 
@@ -71,6 +98,7 @@ class TfliteExport(BaseModel):
     per_channel_fully_connected: bool = Field(
         default=False, description="a FULLY_CONNECTED has per-channel weights (LiteRT rounds those once)"
     )
+    arena_estimate: ArenaEstimate
 
 
 def tflite_modules() -> tuple[object, object]:
@@ -1029,6 +1057,53 @@ class _Writer:
             op_counts=dict(sorted(counts.items())),
             approximate_ops=sorted(self.approximate),
             per_channel_fully_connected=self.per_channel_fc,
+            arena_estimate=self.arena_estimate(names),
+        )
+
+    def arena_estimate(self, names: dict[int, str]) -> ArenaEstimate:
+        """TFLM's arena: the peak of live activations over the op sequence plus its bookkeeping (ARENA_BASIS)."""
+        tensors, ops = self.flat.tensors, self.flat.ops
+        last_use = {index: len(ops) for index in self.flat.outputs}
+        for position, op in enumerate(ops):
+            for index in op.inputs:
+                last_use[index] = max(last_use.get(index, position), position)
+        first = {index: -1 for index in self.flat.inputs}
+        for position, op in enumerate(ops):
+            for index in op.outputs:
+                first.setdefault(index, position)
+
+        def size(index: int) -> int:
+            tensor = tensors[index]
+            width = {self.tfl.TensorType.INT32: 4, self.tfl.TensorType.FLOAT32: 4}.get(tensor.dtype, 1)
+            return -(-int(np.prod(tensor.shape, dtype=np.int64)) * width // 16) * 16
+
+        planned = max(
+            (
+                sum(size(i) for i, start in first.items() if start <= position <= last_use.get(i, start))
+                for position in range(len(ops))
+            ),
+            default=0,
+        )
+        kernel_data = sum(
+            _TFLM_WEIGHTED_OP + _TFLM_PER_CHANNEL * tensors[op.outputs[0]].shape[-1]
+            if names[op.code] in _WEIGHTED
+            else _TFLM_OTHER_OP
+            for op in ops
+        )
+        # Before planning, TFLM's Prepare and planner take temporary space from the same head: ~64 B per activation.
+        planned = max(planned, _TFLM_PREPARE_FIXED + _TFLM_PREPARE_PER_ACTIVATION * len(first))
+        bookkeeping = (
+            _TFLM_PER_TENSOR * len(tensors)
+            + _TFLM_PER_OP * len(ops)
+            + _TFLM_PER_IO * (len(self.flat.inputs) + len(self.flat.outputs))
+            + kernel_data
+            + _TFLM_FIXED
+        )
+        return ArenaEstimate(
+            planned_activation_bytes=planned,
+            bookkeeping_bytes=bookkeeping,
+            total_bytes=planned + bookkeeping,
+            basis=ARENA_BASIS,
         )
 
 

@@ -4,10 +4,17 @@ element with the exact tier's integers."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from onnx import ModelProto, helper
 
+from autoptq import api
 from autoptq.calibration import Dataset
 from autoptq.emulators.integer import build_exact_model, exact_session, quantize_inputs
 from autoptq.errors import AutoptqError
@@ -331,3 +338,130 @@ def test_a_wrong_fixed_output_is_refused() -> None:
     qdq = static_qdq(model, recipe, Dataset(data, None, "test"), "full_int8").model
     with pytest.raises(TfliteExportError, match="LOGISTIC needs output scale"):
         export_tflite(qdq, PROFILE)
+
+
+# --- the shipped example, end to end ---------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def example_variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`autoptq variants` of the shipped example for the two TFLite devices and one ONNX target."""
+    folder = tmp_path_factory.mktemp("variants")
+    for name in ("digits_cnn.onnx", "calib.npz", "val.npz"):
+        shutil.copy2(EXAMPLES / name, folder / name)
+    api.make_variants(
+        folder / "digits_cnn.onnx",
+        ["edgetpu", "mcu-cortex-m", "x86-vnni"],
+        folder / "out",
+        data=folder / "calib.npz",
+        validation=folder / "val.npz",
+    )
+    return folder
+
+
+def test_variants_write_model_tflite_beside_the_onnx_for_tflite_targets(example_variants: Path) -> None:
+    out = example_variants / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_target = {v["target"]: v for v in manifest["variants"]}
+    for target in ("edgetpu", "mcu-cortex-m"):
+        content = (out / target / "model.tflite").read_bytes()
+        entry = by_target[target]["device_file"]
+        assert entry["path"] == f"{target}/model.tflite" and (out / target / "model.onnx").is_file()
+        assert entry["sha256"] == hashlib.sha256(content).hexdigest() and entry["size_bytes"] == len(content)
+        assert by_target[target]["sha256"] == hashlib.sha256((out / target / "model.onnx").read_bytes()).hexdigest()
+    assert by_target["edgetpu"]["device_file"]["next_step"] == "edgetpu_compiler model.tflite"
+    assert "next step: `edgetpu_compiler model.tflite`" in (out / "report.md").read_text()
+    assert by_target["x86-vnni"]["device_file"] is None and not (out / "x86-vnni" / "model.tflite").exists()
+
+
+def test_the_example_on_litert_keeps_float_accuracy(example_variants: Path) -> None:
+    report = api.check(
+        example_variants / "out" / "edgetpu" / "model.onnx",
+        "edgetpu",
+        example_variants / "digits_cnn.onnx",
+        example_variants / "val.npz",
+        tier="litert",
+    )
+    assert report.tier == "litert" and report.passed, report.failures
+    assert report.accuracy is not None and report.accuracy.float - report.accuracy.emulated <= 0.01
+    (agreement,) = report.agreement
+    assert agreement.elements == 3600 and agreement.within_tolerance and agreement.bit_exact_fraction > 0.99
+
+
+def test_tflm_runs_the_mcu_variant_and_the_ram_estimate_is_within_20_percent(example_variants: Path) -> None:
+    quantized = example_variants / "out" / "mcu-cortex-m" / "model.onnx"
+    reference, data = example_variants / "digits_cnn.onnx", example_variants / "val.npz"
+    measured = api.check(quantized, "mcu-cortex-m", reference, data, tier="tflm")
+    assert measured.passed and measured.agreement[0].max_abs_lsb == 0  # TFLM rounds as the exact tier: bit for bit
+    assert measured.memory.ram_basis.startswith("tensor arena measured in TFLite Micro")
+    estimated = api.check(quantized, "mcu-cortex-m", reference, data)  # exact tier: the arena is estimated
+    assert estimated.memory.ram_basis.startswith("TFLM tensor arena estimated")
+    ratio = estimated.memory.arena_bytes / measured.memory.arena_bytes
+    assert 0.8 <= ratio <= 1.2, (estimated.memory.arena_bytes, measured.memory.arena_bytes)
+
+
+def test_quantize_writes_the_tflite_beside_its_output(example_variants: Path, run_cli) -> None:
+    folder = example_variants
+    output = folder / "digits.mcu.onnx"
+    code, out, _ = run_cli(
+        [
+            "quantize",
+            folder / "digits_cnn.onnx",
+            "-t",
+            "mcu-cortex-m",
+            "--data",
+            folder / "calib.npz",
+            "--val",
+            folder / "val.npz",
+            "-o",
+            output,
+        ]
+    )
+    assert code == 0 and output.is_file() and output.with_suffix(".tflite").is_file()
+    assert "device file:" in out
+
+
+def test_check_tier_litert_on_an_onnx_target_is_a_usage_error(example_variants: Path, run_cli) -> None:
+    folder = example_variants
+    code, _, err = run_cli(
+        [
+            "check",
+            folder / "out" / "x86-vnni" / "model.onnx",
+            "-t",
+            "qualcomm-htp",
+            "--reference",
+            folder / "digits_cnn.onnx",
+            "--data",
+            folder / "val.npz",
+            "--tier",
+            "litert",
+        ]
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_without_the_extra_the_tiers_say_what_to_install(
+    example_variants: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if LiteRT were not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    folder = example_variants
+    code, _, err = run_cli(
+        [
+            "check",
+            folder / "out" / "edgetpu" / "model.onnx",
+            "-t",
+            "edgetpu",
+            "--reference",
+            folder / "digits_cnn.onnx",
+            "--data",
+            folder / "val.npz",
+            "--tier",
+            "litert",
+        ]
+    )
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "pip install 'autoptq[tflite]'" in line
