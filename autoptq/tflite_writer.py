@@ -37,6 +37,33 @@ _FROM_NHWC = (0, 3, 1, 2)
 _ACTIVATIONS = {"NONE": (None, None), "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
 _FLOAT_OPS = {"Softmax", "HardSwish", "Resize", "Sigmoid", "Tanh"}
 """Ops the exact tier computes in float between dequantize and quantize that TFLite has an int8 kernel for."""
+_SHAPE_OPS = frozenset(
+    {
+        "Shape",
+        "Gather",
+        "Cast",
+        "Range",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "ConstantOfShape",
+        "Slice",
+        "Mul",
+        "Add",
+        "Sub",
+        "Div",
+        "Equal",
+        "Where",
+        "Expand",
+        "Reshape",
+        "Identity",
+        "Constant",
+        "Floor",
+        "Ceil",
+        "Size",
+    }
+)
+"""Ops that, fed only constants and shapes, compute parameters (skipped: the writer reads static shapes)."""
 _FIXED_OUTPUTS = {"SOFTMAX": (1 / 256, -128), "LOGISTIC": (1 / 256, -128), "TANH": (1 / 128, 0)}
 """Output parameters the TFLite int8 kernels require (quantization spec)."""
 
@@ -317,6 +344,8 @@ class _Writer:
         for node in self.graph.node:
             if node.name in self.done:
                 continue
+            if self.shape_arithmetic(node):
+                continue
             handler = _HANDLERS.get(node.op_type) if node.domain == DEVICE_DOMAIN else _STANDARD.get(node.op_type)
             if handler is None:
                 if node.domain != DEVICE_DOMAIN and node.op_type in _FLOAT_OPS:
@@ -330,6 +359,13 @@ class _Writer:
         for value in self.graph.output:
             self.graph_output(value.name)
         return self.serialize()
+
+    def shape_arithmetic(self, node: NodeProto) -> bool:
+        """A float-graph node computing only on constants and shapes (Shape → Gather → Concat → a Reshape's shape):
+        the file is static, so ops that read such values take them from the inferred static shapes instead."""
+        if node.domain == DEVICE_DOMAIN or node.op_type not in _SHAPE_OPS:
+            return False
+        return not any(name in self.values for name in node.input) and not any(o in self.outputs for o in node.output)
 
     def graph_input(self, name: str) -> None:
         node = NodeProto(name=name, op_type="input")
@@ -883,6 +919,59 @@ class _Writer:
         self.flat.tensors[index].shape = [rank, 2]
         self.op("PAD", [x.index, index], [out.index], 2)
 
+    def slice(self, node: NodeProto) -> None:
+        """Slice with constant starts/ends/axes/steps → STRIDED_SLICE (axes remapped to NHWC)."""
+        x = self.value(node.input[0], node)
+        shape = self.shape(node.input[0], node)
+        rank = len(shape)
+        params = [self.inits.get(name) if name else None for name in [*node.input[1:], "", "", ""][:4]]
+        starts, ends, axes, steps = params
+        if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None):
+            raise self.error(node, "its starts/ends/axes/steps are not constant")
+        axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
+        steps = [1] * len(axes) if steps is None else [int(s) for s in steps.reshape(-1)]
+        begin, end, stride = [0] * rank, list(shape), [1] * rank
+        for axis, start, stop, step in zip(axes, starts.reshape(-1), ends.reshape(-1), steps, strict=True):
+            if step <= 0:
+                raise self.error(node, "only positive slice steps are written")
+            size = shape[axis]
+            start = int(start) + size if start < 0 else int(start)
+            stop = int(stop) + size if stop < 0 else int(stop)
+            begin[axis], end[axis], stride[axis] = min(max(start, 0), size), min(max(stop, 0), size), step
+        order = list(TO_NHWC) if x.nhwc else list(range(rank))
+        out = self.output(node.output[0], node, nhwc=x.nhwc)
+        vectors = [
+            self.int32(f"{node.name}/{what}", [v[a] for a in order])
+            for what, v in (("begin", begin), ("end", end), ("strides", stride))
+        ]
+        tfl = self.tfl
+
+        def options(b: object) -> tuple[int, int]:
+            tfl.StridedSliceOptionsStart(b)
+            return tfl.BuiltinOptions.StridedSliceOptions, tfl.StridedSliceOptionsEnd(b)
+
+        self.op("STRIDED_SLICE", [x.index, *vectors], [out.index], 2, options)
+
+    def split(self, node: NodeProto) -> None:
+        """Split along one axis → SPLIT_V (sizes from the outputs' static shapes)."""
+        x = self.value(node.input[0], node)
+        rank = len(self.shape(node.input[0], node))
+        axis = NodeAttributes(node).integer("axis", 0) % rank
+        outs = [self.output(name, node, nhwc=x.nhwc) for name in node.output]
+        sizes = [self.shape(name, node)[axis] for name in node.output]
+        tflite_axis = _FROM_NHWC[axis] if x.nhwc else axis
+        size_index = self.int32(f"{node.name}/sizes", sizes)
+        axis_index = self.int32(f"{node.name}/axis", [tflite_axis])
+        self.flat.tensors[axis_index].shape = []
+        tfl, count = self.tfl, len(outs)
+
+        def options(b: object) -> tuple[int, int]:
+            tfl.SplitVOptionsStart(b)
+            tfl.SplitVOptionsAddNumSplits(b, count)
+            return tfl.BuiltinOptions.SplitVOptions, tfl.SplitVOptionsEnd(b)
+
+        self.op("SPLIT_V", [x.index, size_index, axis_index], [o.index for o in outs], 2, options)
+
     def min_max(self, node: NodeProto) -> None:
         if len(node.input) != 2:
             raise self.error(node, "only two operands are written")
@@ -1229,6 +1318,8 @@ _STANDARD: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "MaxPool": _Writer.max_pool,
     "Concat": _Writer.concat,
     "Pad": _Writer.pad,
+    "Slice": _Writer.slice,
+    "Split": _Writer.split,
     "Max": _Writer.min_max,
     "Min": _Writer.min_max,
     "Clip": _Writer.clip,

@@ -177,6 +177,26 @@ def movement_model() -> ModelProto:
     return build(nodes, [tensor("x", [1, 2, 4, 5])], [tensor("y", [1, 8, 35])], inits)
 
 
+def slice_split_model() -> ModelProto:
+    """STRIDED_SLICE (a window of H and W, steps of 2 on W) and SPLIT_V along channels, then CONCATENATION."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes", "steps"], ["s"], name="slice"),
+        helper.make_node("Split", ["s", "sizes"], ["a", "b2"], name="split", axis=1),
+        helper.make_node("Concat", ["b2", "a"], ["y"], name="concat", axis=1),
+    ]
+    inits = [
+        const("w", weights(6, 3, 1, 1)),
+        const("b", weights(6)),
+        const("starts", [1, 0], np.int64),
+        const("ends", [-1, 7], np.int64),
+        const("axes", [2, 3], np.int64),
+        const("steps", [1, 2], np.int64),
+        const("sizes", [2, 4], np.int64),
+    ]
+    return build(nodes, [tensor("x", [1, 3, 6, 7])], [tensor("y", [1, 6, 4, 4])], inits, opset=13)
+
+
 def softmax_model() -> ModelProto:
     """SOFTMAX after a FULLY_CONNECTED."""
     nodes = [
@@ -254,6 +274,12 @@ def test_pools_and_mean_are_bit_exact() -> None:
 def test_data_movement_keeps_onnx_element_order() -> None:
     ops, litert, tflm = written_ops(movement_model())
     assert ops["CONCATENATION"] == ops["PAD"] == 1 and ops["RESHAPE"] == 1
+    assert (litert, tflm) == (0, 0)
+
+
+def test_slice_and_split_are_bit_exact() -> None:
+    ops, litert, tflm = written_ops(slice_split_model())
+    assert ops["STRIDED_SLICE"] == ops["SPLIT_V"] == ops["CONCATENATION"] == 1
     assert (litert, tflm) == (0, 0)
 
 
