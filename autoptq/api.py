@@ -161,7 +161,8 @@ def quantize(
     chosen = plan_for(graph, profile, tree, calibration, options)
     outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
     if tflite_path is not None:
-        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path))
+        shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
+        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path), shapes)
         outcome = outcome.model_copy(update={"device_file": summary})
     write_atomic(out_path, outcome.model_bytes)
     if tflite_path is not None and content is not None:
@@ -253,7 +254,10 @@ def make_variants(
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
-        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, f"{profile.name}/model.tflite")
+        shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
+        summary, content = device_file(
+            outcome.model_bytes, outcome.kept_float, profile, f"{profile.name}/model.tflite", shapes
+        )
         if content is not None:
             write_atomic(folder / profile.name / "model.tflite", content)
         outcome = outcome.model_copy(update={"device_file": summary})

@@ -122,7 +122,7 @@ def check(
     accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
     coverage = analyse(reference, profile)
     latency = _latency(quantized, profile, reference, coverage, data)
-    memory = _memory(rules, coverage, profile, emulated, quantized)
+    memory = _memory(rules, coverage, profile, emulated, quantized, data)
     failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
     failures += [
         f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
@@ -221,13 +221,15 @@ def _memory(
     profile: HardwareProfile,
     emulated: EmulationResult,
     quantized: ModelProto,
+    data: Dataset,
 ) -> MemoryCheck:
     flash = profile.memory.flash_bytes
     mem = coverage.memory
     on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
     arena, basis = emulated.arena_bytes, "tensor arena measured in TFLite Micro (tflm tier)"
     if arena is None and profile.kind == "mcu" and profile.format == "tflite":
-        arena, basis = _arena_estimate(quantized, profile)
+        shapes = {k: list(np.shape(v)) for k, v in data.samples[0].items()} if data.samples else None
+        arena, basis = _arena_estimate(quantized, profile, shapes)
     fits = mem.fits_ram if arena is None else (None if mem.ram_bytes is None else arena <= mem.ram_bytes)
     return MemoryCheck(
         on_chip_param_bytes=on_chip,
@@ -243,13 +245,15 @@ def _memory(
     )
 
 
-def _arena_estimate(quantized: ModelProto, profile: HardwareProfile) -> tuple[int | None, str]:
+def _arena_estimate(
+    quantized: ModelProto, profile: HardwareProfile, shapes: dict[str, list[int]] | None
+) -> tuple[int | None, str]:
     """TFLM's arena estimated from the .tflite autoptq would write (None without the tflite extra, or when the
     model cannot be written), with its basis."""
     from autoptq.tflite_writer import export_tflite  # needs the tflite extra
 
     try:
-        estimate = export_tflite(quantized, profile).arena_estimate
+        estimate = export_tflite(quantized, profile, shapes).arena_estimate
     except AutoptqError:
         return None, "peak activation estimate"
     return estimate.total_bytes, f"TFLM tensor arena {estimate.basis}"

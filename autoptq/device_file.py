@@ -29,11 +29,16 @@ class DeviceFile(BaseModel):
 
 
 def device_file(
-    model_bytes: bytes, kept_float: bool, profile: HardwareProfile, path: str
+    model_bytes: bytes,
+    kept_float: bool,
+    profile: HardwareProfile,
+    path: str,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> tuple[DeviceFile | None, bytes | None]:
     """(summary, bytes) of the `.tflite` of a produced model on a `format: tflite` profile; (None, None) for other
     formats. A quantized model the writer cannot express gets a summary with the error and no bytes; a float model
-    (nothing beat float) gets no file either, since these devices run integers only."""
+    (nothing beat float) gets no file either, since these devices run integers only. `input_shapes` (the data's)
+    fix a dynamic model's dimensions."""
     if profile.format != "tflite":
         return None, None
     if kept_float:
@@ -41,7 +46,7 @@ def device_file(
     from autoptq.tflite_writer import export_tflite  # the tflite extra is needed only here
 
     try:
-        exported = export_tflite(onnx.load_from_string(model_bytes), profile)
+        exported = export_tflite(onnx.load_from_string(model_bytes), profile, input_shapes)
     except AutoptqError as exc:
         return DeviceFile(error=f"no .tflite: {exc}"), None
     name = path.rsplit("/", 1)[-1]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 from onnx import ModelProto, NodeProto, numpy_helper
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +36,7 @@ TO_NHWC = (0, 2, 3, 1)
 _FROM_NHWC = (0, 3, 1, 2)
 """ONNX axis a is TFLite axis _FROM_NHWC[a] of an NHWC tensor."""
 _ACTIVATIONS = {"NONE": (None, None), "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
-_FLOAT_OPS = {"Softmax", "HardSwish", "Resize", "Sigmoid", "Tanh"}
+_FLOAT_OPS = {"Softmax", "HardSwish", "Resize", "Sigmoid", "Tanh", "Identity", "Dropout"}
 """Ops the exact tier computes in float between dequantize and quantize that TFLite has an int8 kernel for."""
 _SHAPE_OPS = frozenset(
     {
@@ -138,14 +139,45 @@ def tflite_modules() -> tuple[object, object]:
     return tflite, flatbuffers
 
 
-def export_tflite(model: ModelProto, profile: HardwareProfile) -> TfliteExport:
-    """Write the QDQ `model` as an int8 TFLite flatbuffer under `profile`'s integer arithmetic."""
+def export_tflite(
+    model: ModelProto, profile: HardwareProfile, input_shapes: dict[str, Sequence[int]] | None = None
+) -> TfliteExport:
+    """Write the QDQ `model` as an int8 TFLite flatbuffer under `profile`'s integer arithmetic. `input_shapes` (those
+    of the data, batch of one) fix the symbolic dimensions of a dynamic model: a TFLite file here is static."""
     if profile.quantization.rounding != "tflite_double":
         raise TfliteExportError(
             f"profile {profile.name!r} rounds {profile.quantization.rounding}; TFLite kernels round tflite_double"
         )
+    if input_shapes:
+        model = with_static_inputs(model, input_shapes)
     device = build_device_graph(model, profile)
     return _Writer(device, float_io=profile.quantization.io_dtype == "float32").write()
+
+
+def with_static_inputs(model: ModelProto, input_shapes: dict[str, Sequence[int]]) -> ModelProto:
+    """A copy of `model` whose inputs have the given shapes, shapes re-inferred (constant shape arithmetic
+    propagated); an input whose static dims disagree is an error."""
+    static = ModelProto()
+    static.CopyFrom(model)
+    for value in static.graph.input:
+        if value.name not in input_shapes:
+            continue
+        shape = [int(d) for d in input_shapes[value.name]]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shape) or any(
+            d.HasField("dim_value") and d.dim_value not in (0, s) for d, s in zip(dims, shape, strict=True)
+        ):
+            raise TfliteExportError(f"input {value.name!r}: data shape {shape} does not fit the model's")
+        del dims[:]
+        for size in shape:
+            dims.add().dim_value = size
+    del static.graph.value_info[:]
+    for value in static.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    try:
+        return onnx.shape_inference.infer_shapes(static, strict_mode=False, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise TfliteExportError(f"shape inference with static inputs failed: {exc}") from exc
 
 
 # --- the model being built -------------------------------------------------------------------------------------------
@@ -479,11 +511,10 @@ class _Writer:
             out = self.activation(node.output[0], shape, None, x.nhwc)
             self.op("DEQUANTIZE", [x.index], [out.index], version=2)
             return
+        users = [u for u in users if u.op_type not in ("Shape", "Size")]  # they read the static shape only
         unwritable = [u for u in users if u.domain == DEVICE_DOMAIN or u.op_type not in _FLOAT_OPS]
         if unwritable:
             raise self.error(unwritable[0], "no TFLite int8 kernel is written for it (it runs in float in the model)")
-        if not users:
-            raise self.error(node, "its float result is not used")
 
     def int_conv(self, node: NodeProto) -> None:
         attrs = NodeAttributes(node)
@@ -796,9 +827,23 @@ class _Writer:
     # --- standard ops on integers ------------------------------------------------------------------------------------
 
     def identity(self, node: NodeProto) -> None:
-        self.values[node.output[0]] = self.value(node.input[0], node)
+        """A copy: an alias of an integer tensor, or (dequantize → Identity → quantize) a requantization."""
         if node.output[0] in self.outputs:
             raise self.error(node, "an output that is a copy of another tensor is not written")
+        if node.input[0] in self.values:
+            self.values[node.output[0]] = self.values[node.input[0]]
+            return
+        if self.producer_op(node.input[0]) != "Dequantize":
+            raise self.error(node, "its input is not a dequantized int8 tensor")
+        x = self.value(self.producer(node.input[0]).input[0], node)
+        quantize = self.single_consumer(node.output[0], "Quantize", node)
+        params = self.device.params[quantize.output[0]]
+        if _int8(params) == x.params:
+            self.values[quantize.output[0]] = x
+        else:
+            out = self.output(quantize.output[0], quantize, nhwc=x.nhwc)
+            self.op("QUANTIZE", [x.index], [out.index])
+        self.done.add(quantize.name)
 
     def reshape(self, node: NodeProto) -> None:
         x = self.value(node.input[0], node)
@@ -1310,6 +1355,7 @@ _HANDLERS: dict[str, Callable[[_Writer, NodeProto], None]] = {
 """Device op → the TFLite op(s) it becomes (a Requantize after IntConv/IntMatMul/IntMul is fused into them)."""
 _STANDARD: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "Identity": _Writer.identity,
+    "Dropout": _Writer.identity,
     "Reshape": _Writer.reshape,
     "Flatten": _Writer.reshape,
     "Squeeze": _Writer.reshape,

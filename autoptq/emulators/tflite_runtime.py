@@ -59,7 +59,7 @@ def emulate(
             f"tier {tier!r} runs the .tflite file of a 'format: tflite' profile; {profile.name} deploys "
             f"{profile.format}"
         )
-    exported = export_tflite(model, profile)
+    exported = export_tflite(model, profile, sample_shapes(samples))
     arena = None
     if tier == "litert":
         raw = run_litert(exported, samples)
@@ -134,6 +134,11 @@ def agreement(
             )
         )
     return found
+
+
+def sample_shapes(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, list[int]]:
+    """The input shapes of the first sample (they fix a dynamic model's dimensions in the file)."""
+    return {name: list(np.shape(value)) for name, value in samples[0].items()} if samples else {}
 
 
 # --- LiteRT ----------------------------------------------------------------------------------------------------------
