@@ -259,6 +259,7 @@ class _Writer:
         self.io_in: list[TfliteTensorIO] = []
         self.io_out: list[TfliteTensorIO] = []
         self.per_channel_fc = False
+        self.row_order: dict[str, np.ndarray] = {}  # flattened NHWC tensor → ONNX index of each of its elements
 
     # --- tensors -----------------------------------------------------------------------------------------------------
 
@@ -639,6 +640,8 @@ class _Writer:
         if node.input[1] not in self.inits:
             raise self.error(node, "a MatMul of two activations (BATCH_MATMUL) is not written")
         weights = self.inits[node.input[1]]
+        if node.input[0] in self.row_order:
+            weights = weights[self.row_order[node.input[0]], :]
         if weights.dtype != np.int8:
             raise self.error(node, "its weights have a non-zero zero point (TFLite needs symmetric int8 weights)")
         if a.nhwc:
@@ -848,6 +851,14 @@ class _Writer:
     def reshape(self, node: NodeProto) -> None:
         x = self.value(node.input[0], node)
         shape = self.shape(node.output[0], node)
+        if x.nhwc and self.flattens_into_dense(node, shape):
+            # Flatten → FULLY_CONNECTED: flatten NHWC as is and permute the weights' rows instead (no TRANSPOSE,
+            # which the Edge TPU does not map), as TFLite converters do.
+            _, h, w, c = self.flat.tensors[x.index].shape
+            self.row_order[node.output[0]] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+            out = self.output(node.output[0], node, nhwc=False)
+            self.reshape_op(node, x.index, out.index, shape)
+            return
         source = x.index
         if x.nhwc:  # back to ONNX's element order before flattening
             source = self.transposed(node, x.index, list(_FROM_NHWC), "nchw")
@@ -868,6 +879,22 @@ class _Writer:
             return
         out = self.output(node.output[0], node, nhwc=False)
         self.reshape_op(node, source, out.index, shape)
+
+    def flattens_into_dense(self, node: NodeProto, shape: list[int]) -> bool:
+        """A [N, C·H·W] flatten read only as the input of FULLY_CONNECTEDs with constant weights."""
+        users = self.consumers.get(node.output[0], [])
+        return (
+            len(shape) == 2
+            and node.output[0] not in self.outputs
+            and bool(users)
+            and all(
+                u.domain == DEVICE_DOMAIN
+                and u.op_type == "IntMatMul"
+                and u.input[0] == node.output[0]
+                and u.input[1] in self.inits
+                for u in users
+            )
+        )
 
     def reshape_op(self, node: NodeProto, source: int, out: int, shape: list[int]) -> None:
         self.op("RESHAPE", [source, self.int32(f"{node.name}/shape", shape)], [out])

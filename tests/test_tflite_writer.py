@@ -398,6 +398,13 @@ def test_variants_write_model_tflite_beside_the_onnx_for_tflite_targets(example_
         assert entry["sha256"] == hashlib.sha256(content).hexdigest() and entry["size_bytes"] == len(content)
         assert by_target[target]["sha256"] == hashlib.sha256((out / target / "model.onnx").read_bytes()).hexdigest()
     assert by_target["edgetpu"]["device_file"]["next_step"] == "edgetpu_compiler model.tflite"
+    # Flatten → Gemm: the weights' rows are permuted to NHWC order instead of a TRANSPOSE (which the Edge TPU lacks)
+    assert by_target["edgetpu"]["device_file"]["op_counts"] == {
+        "CONV_2D": 3,
+        "FULLY_CONNECTED": 1,
+        "PAD": 1,
+        "RESHAPE": 1,
+    }
     assert "next step: `edgetpu_compiler model.tflite`" in (out / "report.md").read_text()
     assert by_target["x86-vnni"]["device_file"] is None and not (out / "x86-vnni" / "model.tflite").exists()
 
