@@ -372,7 +372,7 @@ class _Writer:
 
     def write(self) -> TfliteExport:
         for value in self.graph.input:
-            if value.name not in self.inits:
+            if value.name not in self.inits and value.name in self.consumers:  # (an unused input is left out)
                 self.graph_input(value.name)
         for node in self.graph.node:
             if node.name in self.done:
