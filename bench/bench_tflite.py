@@ -5,11 +5,11 @@ TFLM's arena against autoptq's estimate, and the task metric on LiteRT against f
 
 Models: the shipped example (examples/digits_cnn.onnx, labelled) and the CNNs of the real-model corpus under
 ~/.cache/autoptq-corpus when present (onnx's `light_*` models are left out: their weights are ConstantOfShape fills
-fed by IR-3 graph inputs, which the device graph does not keep constant). Each is prepared and quantized to full int8 for the `tflite-int8` profile with its device-conformant
-recipe, whatever the planner would pick (the writer is measured here, not the planner), then written, run in LiteRT
+fed by IR-3 graph inputs, which the device graph does not keep constant). Each is prepared and quantized to full
+int8 for the `tflite-int8` profile with its device-conformant recipe, every op onnxruntime can quantize included,
+whatever the planner would pick (the writer is measured here, not the planner), then written, run in LiteRT
 (BUILTIN_REF) over the validation samples and compared with the exact tier element by element; TFLM runs models up
-to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes
-bench/results/tflite.md.
+to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md.
 """
 
 from __future__ import annotations
