@@ -36,7 +36,18 @@ TO_NHWC = (0, 2, 3, 1)
 _FROM_NHWC = (0, 3, 1, 2)
 """ONNX axis a is TFLite axis _FROM_NHWC[a] of an NHWC tensor."""
 _ACTIVATIONS = {"NONE": (None, None), "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
-_FLOAT_OPS = {"Softmax", "HardSwish", "Resize", "Sigmoid", "Tanh", "Identity", "Dropout"}
+_FLOAT_OPS = {
+    "Softmax",
+    "HardSwish",
+    "Resize",
+    "Sigmoid",
+    "Tanh",
+    "Identity",
+    "Dropout",
+    "HardSigmoid",
+    "Div",
+    "ConvTranspose",
+}
 """Ops the exact tier computes in float between dequantize and quantize that TFLite has an int8 kernel for."""
 _SHAPE_OPS = frozenset(
     {
@@ -248,9 +259,12 @@ class _Writer:
             if value.type.tensor_type.HasField("shape"):
                 self.shapes[value.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
         self.consumers: dict[str, list[NodeProto]] = {}
+        self.producers: dict[str, NodeProto] = {}
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                self.producers[name] = node
         self.outputs = {o.name for o in graph.output}
         self.flat = _Flat()
         self.values: dict[str, _Value] = {}
@@ -398,7 +412,11 @@ class _Writer:
         the file is static, so ops that read such values take them from the inferred static shapes instead."""
         if node.domain == DEVICE_DOMAIN or node.op_type not in _SHAPE_OPS:
             return False
-        return not any(name in self.values for name in node.input) and not any(o in self.outputs for o in node.output)
+        if node.op_type in ("Shape", "Size"):  # reads the (static) shape of any tensor
+            return not any(o in self.outputs for o in node.output)
+        return not any(
+            name in self.values or self.producer_op(name) == "Dequantize" for name in node.input
+        ) and not any(o in self.outputs for o in node.output)
 
     def graph_input(self, name: str) -> None:
         node = NodeProto(name=name, op_type="input")
@@ -1112,11 +1130,10 @@ class _Writer:
         raise self.error(node, f"nearest resizing with {coordinate!r}/{nearest!r} picks other pixels than TFLite's")
 
     def producer(self, name: str) -> NodeProto:
-        return next(n for n in self.graph.node if name in n.output)
+        return self.producers[name]
 
     def producer_op(self, name: str) -> str | None:
-        found = [n for n in self.graph.node if name in n.output]
-        return found[0].op_type if found else None
+        return self.producers[name].op_type if name in self.producers else None
 
     def float_op(self, node: NodeProto) -> None:
         """Dequantize → Softmax / HardSwish / bilinear Resize / Sigmoid / Tanh → Quantize: one int8 TFLite op."""
@@ -1128,6 +1145,13 @@ class _Writer:
         x = self.value(self.producer(node.input[0]).input[0], node)
         quantize = self.single_consumer(node.output[0], "Quantize", node)
         out = self.output(quantize.output[0], quantize, nhwc=x.nhwc)
+        self.done.add(quantize.name)
+        if node.op_type in ("HardSigmoid", "Div"):
+            self.affine(node, x, out)
+            return
+        if node.op_type == "ConvTranspose":
+            self.transpose_conv(node, x, out)
+            return
         code = {"Softmax": "SOFTMAX", "HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Tanh": "TANH"}[node.op_type]
         self.approximate.add(code)
         options = None
@@ -1146,7 +1170,153 @@ class _Writer:
                 return tfl.BuiltinOptions.SoftmaxOptions, tfl.SoftmaxOptionsEnd(b)
 
         self.op(code, [x.index], [out.index], 1 if code == "HARD_SWISH" else 2, options)
-        self.done.add(quantize.name)
+
+    def transpose_conv(self, node: NodeProto, x: _Value, out: _Value) -> None:
+        """ConvTranspose (the exact tier computes it in float) → TRANSPOSE_CONV with the quantizer's int8 weights
+        (ONNX [I, O/g, kh, kw] → [O, kh, kw, I]) and an int32 bias at `s_in · s_w[o]`; SAME or VALID geometry only."""
+        attrs = NodeAttributes(node)
+        weights = self.device.float_weights.get(node.input[1])
+        if weights is None or attrs.integer("group", 1) != 1:
+            raise self.error(node, "only an ungrouped ConvTranspose with quantized constant weights is written")
+        values, scales, axis = weights
+        if values.min() < -128 or values.max() > 127 or (axis != 1 and scales.size > 1):
+            raise self.error(node, "its weights are not symmetric int8 per output channel")
+        _, out_channels, kh, kw = values.shape
+        strides = attrs.integers("strides", [1, 1])
+        if any(d != 1 for d in attrs.integers("dilations", [1, 1])) or any(attrs.integers("output_padding", [0, 0])):
+            raise self.error(node, "dilations and output_padding are not written")
+        in_shape, out_shape = self.flat.tensors[x.index].shape, self.flat.tensors[out.index].shape
+        valid = [(i - 1) * s + k for i, s, k in zip(in_shape[1:3], strides, (kh, kw), strict=True)]
+        same = [i * s for i, s in zip(in_shape[1:3], strides, strict=True)]
+        pads = attrs.integers("pads", [0, 0, 0, 0])
+        totals = [v - o for v, o in zip(valid, out_shape[1:3], strict=True)]
+        if out_shape[1:3] == valid and not any(pads):
+            padding = self.tfl.Padding.VALID
+        elif out_shape[1:3] == same and pads == [
+            totals[0] // 2,
+            totals[1] // 2,
+            totals[0] - totals[0] // 2,
+            totals[1] - totals[1] // 2,
+        ]:
+            padding = self.tfl.Padding.SAME
+        else:
+            raise self.error(node, f"pads {pads} give neither TFLite's SAME nor VALID output size")
+        w_scale = np.broadcast_to(scales, (out_channels,)).astype(np.float32)
+        w_index = self.constant(
+            node.input[1],
+            values.transpose(1, 2, 3, 0).astype(np.int8),
+            self.tfl.TensorType.INT8,
+            w_scale,
+            np.zeros(out_channels, np.int64),
+            0,
+        )
+        bias_scale = np.float64(x.params.scale) * w_scale.astype(np.float64)
+        inputs = [self.int32(f"{node.name}/output_shape", out_shape), w_index, x.index]
+        if len(node.input) > 2 and node.input[2]:
+            real = self.inits[node.input[2]].astype(np.float64).reshape(-1)
+            bias = np.clip(kernels.round_half_away(real / bias_scale), kernels.INT32_MIN, kernels.INT32_MAX)
+            inputs.append(
+                self.constant(
+                    f"{node.name}/bias",
+                    bias.astype(np.int32),
+                    self.tfl.TensorType.INT32,
+                    bias_scale.astype(np.float32),
+                    np.zeros(out_channels, np.int64),
+                )
+            )
+        tfl, (sh, sw) = self.tfl, strides
+
+        def options(b: object) -> tuple[int, int]:
+            tfl.TransposeConvOptionsStart(b)
+            tfl.TransposeConvOptionsAddPadding(b, padding)
+            tfl.TransposeConvOptionsAddStrideH(b, sh)
+            tfl.TransposeConvOptionsAddStrideW(b, sw)
+            return tfl.BuiltinOptions.TransposeConvOptions, tfl.TransposeConvOptionsEnd(b)
+
+        self.approximate.add("TRANSPOSE_CONV")
+        self.op("TRANSPOSE_CONV", inputs, [out.index], 3 if len(inputs) > 3 else 2, options)
+
+    def affine(self, node: NodeProto, x: _Value, out: _Value) -> None:
+        """HardSigmoid → MUL by alpha, ADD beta, clamped to [0, 1]; Div by a positive constant → MUL by its inverse.
+        Each constant is int8 127 at scale v/127, so the MUL is a pure rescale; TFLite converters decompose them
+        alike (there is no HARD_SIGMOID builtin, no int8 DIV)."""
+        attrs = NodeAttributes(node)
+        if node.op_type == "Div":
+            divisor = self.inits.get(node.input[1]) if len(node.input) > 1 else None
+            if divisor is None or divisor.size != 1 or float(divisor.reshape(-1)[0]) <= 0:
+                raise self.error(node, "only a division by one positive constant is written (as a MUL)")
+            factor, offset, clamp = 1.0 / float(divisor.reshape(-1)[0]), 0.0, None
+        else:
+            factor, offset, clamp = attrs.real("alpha", 0.2), attrs.real("beta", 0.5), (0.0, 1.0)
+            if factor <= 0 or offset <= 0:
+                raise self.error(node, "only HardSigmoid with positive alpha and beta is written")
+        self.approximate.add("MUL")
+        scaled = out if offset == 0 and clamp is None else self.scaled(node, x, factor)
+        self.mul_constant(node, x, factor, scaled)
+        if scaled is out:
+            return
+        top = out.params.scale * (127 - out.params.zero_point)
+        bias = self.constant(
+            f"{node.name}/beta",
+            np.array([127], np.int8),
+            self.tfl.TensorType.INT8,
+            np.array([offset / 127], np.float32),
+            np.zeros(1, np.int64),
+        )
+        relu = self.tfl.ActivationFunctionType.RELU
+        if top <= 1.0 + out.params.scale / 2:  # the output's own range already stops at 1
+            self.binary(node, "ADD", scaled.index, bias, out.index, relu)
+            return
+        summed = self.add_tensor(
+            _Tensor(
+                f"{node.name}/sum",
+                list(self.flat.tensors[out.index].shape),
+                self.tfl.TensorType.INT8,
+                None,
+                self.flat.tensors[out.index].scale,
+                self.flat.tensors[out.index].zero_point,
+            )
+        )
+        self.binary(node, "ADD", scaled.index, bias, summed, relu)
+        one = out.params.zero_point + int(kernels.round_half_away(np.asarray(1.0 / out.params.scale)))
+        limit = self.constant(
+            f"{node.name}/one",
+            np.array([one], np.int8),
+            self.tfl.TensorType.INT8,
+            self.flat.tensors[out.index].scale,
+            self.flat.tensors[out.index].zero_point,
+        )
+        self.op("MINIMUM", [summed, limit], [out.index], 2)
+
+    def scaled(self, node: NodeProto, x: _Value, factor: float) -> _Value:
+        params = QParams(float(np.float32(x.params.scale * factor)), x.params.zero_point, np.dtype(np.int8))
+        shape = self.flat.tensors[x.index].shape
+        stored = [shape[i] for i in _FROM_NHWC] if x.nhwc else shape
+        return self.activation(f"{node.name}/scaled", stored, params, x.nhwc)
+
+    def mul_constant(self, node: NodeProto, x: _Value, factor: float, out: _Value) -> None:
+        constant = self.constant(
+            f"{node.name}/factor",
+            np.array([127], np.int8),
+            self.tfl.TensorType.INT8,
+            np.array([factor / 127], np.float32),
+            np.zeros(1, np.int64),
+        )
+        self.binary(node, "MUL", x.index, constant, out.index, self.tfl.ActivationFunctionType.NONE)
+
+    def binary(self, node: NodeProto, code: str, a: int, b: int, out: int, act: int) -> None:
+        tfl = self.tfl
+
+        def options(builder: object) -> tuple[int, int]:
+            if code == "MUL":
+                tfl.MulOptionsStart(builder)
+                tfl.MulOptionsAddFusedActivationFunction(builder, act)
+                return tfl.BuiltinOptions.MulOptions, tfl.MulOptionsEnd(builder)
+            tfl.AddOptionsStart(builder)
+            tfl.AddOptionsAddFusedActivationFunction(builder, act)
+            return tfl.BuiltinOptions.AddOptions, tfl.AddOptionsEnd(builder)
+
+        self.op(code, [a, b], [out], 2, options)
 
     # --- serialization -----------------------------------------------------------------------------------------------
 

@@ -283,6 +283,38 @@ def test_slice_and_split_are_bit_exact() -> None:
     assert (litert, tflm) == (0, 0)
 
 
+def test_hard_sigmoid_and_division_by_a_constant_within_the_stated_tolerance() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("HardSigmoid", ["c"], ["h"], name="hardsigmoid", alpha=1 / 6, beta=0.5),
+        helper.make_node("Div", ["h", "six"], ["y"], name="div"),
+    ]
+    inits = [const("w", weights(4, 3, 1, 1) * 5), const("b", weights(4)), const("six", np.float32(6.0))]
+    model = build(nodes, [tensor("x", [1, 3, 5, 5])], [tensor("y", [1, 4, 5, 5])], inits)
+    ops, litert, tflm = written_ops(model)
+    assert ops == {"ADD": 1, "CONV_2D": 1, "MUL": 2} or ops == {"ADD": 1, "CONV_2D": 1, "MINIMUM": 1, "MUL": 2}
+    assert litert <= 1 and tflm <= 1
+
+
+@pytest.mark.parametrize(("pads", "kernel"), [([0, 0, 0, 0], 2), ([1, 1, 1, 1], 4)])
+def test_transpose_conv_within_the_stated_tolerance(pads: list[int], kernel: int) -> None:
+    """TRANSPOSE_CONV, VALID (k 2, s 2, no pads) and SAME (k 4, s 2, pads 1): computed in float by the exact tier."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], name="tconv", strides=[2, 2], pads=pads),
+    ]
+    inits = [
+        const("w", weights(4, 3, 1, 1)),
+        const("b", weights(4)),
+        const("wt", weights(4, 5, kernel, kernel)),
+        const("bt", weights(5)),
+    ]
+    model = build(nodes, [tensor("x", [1, 3, 4, 5])], [tensor("y", [1, 5, 8, 10])], inits)
+    ops, litert, tflm = written_ops(model)
+    assert ops == {"CONV_2D": 1, "TRANSPOSE_CONV": 1}
+    assert litert <= 1 and tflm <= 1
+
+
 def test_softmax_within_the_stated_tolerance() -> None:
     ops, litert, tflm = written_ops(softmax_model(), per_channel=False)
     assert ops == {"FULLY_CONNECTED": 1, "SOFTMAX": 1}

@@ -151,6 +151,8 @@ class DeviceGraph:
     """Float32 scales of each IntConv / IntMatMul weight initializer (one per channel, or one per tensor)."""
     functions: dict[str, str] = field(default_factory=dict)
     """Lut node name → the ONNX function its table holds (Sigmoid, Tanh)."""
+    float_weights: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    """A quantized constant a float op reads dequantized → (integers − zero point, scales, axis)."""
 
     @property
     def approximate_nodes(self) -> list[str]:
@@ -451,6 +453,7 @@ class _Builder:
             centred = constant.values.astype(np.int64) - constant.zero_point.reshape(shape)
             real = centred.astype(np.float32) * constant.scale.reshape(shape)
             self.initializers[name] = numpy_helper.from_array(real.astype(np.float32), name)
+            self.result.float_weights[name] = (centred, constant.scale.reshape(-1).astype(np.float32), constant.axis)
         elif name in self.constants:
             self.initializers[name] = numpy_helper.from_array(self.constants[name], name)
         self.float_ready.add(name)
