@@ -547,9 +547,8 @@ class _Writer:
         group = attrs.integer("group", 1)
         in_channels = per_group * group
         strides, dilations = attrs.integers("strides"), attrs.integers("dilations")
-        if attrs.integer("x_zero_point") != (
-            x.params.zero_point if x.params.dtype == np.int8 else x.params.zero_point + 128
-        ):
+        source = self.device.params.get(node.input[0])
+        if source is None or attrs.integer("x_zero_point") != source.zero_point:
             raise self.error(node, "its input zero point disagrees with the device graph")
         x_index = self.padded(node, x, attrs.integers("pads"), [kh, kw], strides, dilations)
         padding = self.tfl.Padding.SAME if x_index is None else self.tfl.Padding.VALID

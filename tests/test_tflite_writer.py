@@ -55,12 +55,12 @@ def samples(model: ModelProto, count: int, seed: int) -> list[dict[str, np.ndarr
     return out
 
 
-def quantize(model: ModelProto, per_channel: bool = True) -> ModelProto:
+def quantize(model: ModelProto, per_channel: bool = True, dtype: str = "int8") -> ModelProto:
     data = samples(model, 16, 1)
     recipe = Recipe(
-        activation_dtype="int8",
+        activation_dtype=dtype,
         calibration_samples=len(data),
-        io_dtype="int8",
+        io_dtype=dtype,
         per_channel=per_channel,
         fixed_output_params=FIXED,
         # Every op of the model, including those onnxruntime leaves in float by default (Max, Min, Tanh, HardSwish).
@@ -338,6 +338,19 @@ def test_bilinear_resize_within_the_stated_tolerance() -> None:
     ops, litert, tflm = written_ops(resize_model("linear", "half_pixel"))
     assert ops == {"CONV_2D": 1, "RESIZE_BILINEAR": 1}
     assert litert <= 1 and tflm <= 1
+
+
+@pytest.mark.parametrize("model", [conv_model, arithmetic_model, pooling_model])
+def test_uint8_models_are_written_as_int8_with_uint8_io(model) -> None:
+    """uint8 tensors become int8 (q − 128) inside the file, with a QUANTIZE at the uint8 input and output."""
+    float_model = model()
+    qdq = quantize(float_model, dtype="uint8")
+    exported = export_tflite(qdq, PROFILE)
+    assert [io.dtype for io in (*exported.inputs, *exported.outputs)] == ["uint8", "uint8"]
+    assert exported.op_counts["QUANTIZE"] >= 2
+    feeds = samples(float_model, 4, 2)
+    exact = exact_outputs(qdq, feeds)
+    assert max_lsb(run_litert(exported, feeds), exact) == max_lsb(run_tflm(exported, feeds), exact) == 0
 
 
 # --- the file itself -------------------------------------------------------------------------------------------------
