@@ -49,6 +49,8 @@ def device_file(
         exported = export_tflite(onnx.load_from_string(model_bytes), profile, input_shapes)
     except AutoptqError as exc:
         return DeviceFile(error=f"no .tflite: {exc}"), None
+    except Exception as exc:  # a writer bug must not cost the user the verified ONNX model: say so instead
+        return DeviceFile(error=f"no .tflite: the writer failed ({type(exc).__name__}: {exc}); please report it"), None
     name = path.rsplit("/", 1)[-1]
     step = NEXT_STEPS.get(profile.name)
     summary = DeviceFile(
