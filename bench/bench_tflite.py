@@ -14,6 +14,7 @@ to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -167,6 +168,8 @@ def main() -> None:
     max_val = 50 if args.quick else 360
     rows = []
     with tempfile.TemporaryDirectory(prefix="autoptq-bench-tflite-") as folder:
+        # onnxruntime's calibration leaves temporary files in the working directory: keep them out of the repository
+        os.chdir(folder)
         for case in cases(args.quick):
             try:
                 rows.append(run_case(case, Path(folder), max_val if case.name.startswith("digits") else 16))
