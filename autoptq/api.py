@@ -16,6 +16,7 @@ from autoptq.canonical import device_graph, float_model_for
 from autoptq.check import CheckReport
 from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
+from autoptq.device_file import device_file
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.graph import ModelGraph, load_model
 from autoptq.html_report import render_html
@@ -191,13 +192,29 @@ def quantize(
     graph = as_graph(model, input_shapes)
     out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
     profile, tree = as_profile(target), load_tree(rules)
+    tflite_path = _tflite_path(out_path, profile, [*graph.source_files, *_paths(data, validation)])
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, _ = split_data(graph, dataset, validation_set, options.synthetic_calibration)
     chosen = plan_for(graph, profile, tree, calibration, options)
     outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+    if tflite_path is not None:
+        shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
+        summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path), shapes)
+        outcome = outcome.model_copy(update={"device_file": summary})
     write_atomic(out_path, outcome.model_bytes)
+    if tflite_path is not None and content is not None:
+        write_atomic(tflite_path, content)
     return chosen, outcome
+
+
+def _tflite_path(out_path: Path, profile: HardwareProfile, protected: list[Path]) -> Path | None:
+    """Where `quantize` writes the .tflite of a `format: tflite` target: beside the ONNX, same stem."""
+    if profile.format != "tflite":
+        return None
+    if out_path.suffix == ".tflite":
+        raise OutputError(f"{out_path}: the output is the QDQ ONNX model; name it .onnx (the .tflite goes beside it)")
+    return check_output_path(out_path.with_suffix(".tflite"), protected=protected)
 
 
 def _produce(
@@ -255,8 +272,9 @@ def make_variants(
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, held_out_source = split_data(graph, dataset, validation_set, options.synthetic_calibration)
+    tflites = [f"{p.name}/model.tflite" for p in profiles if p.format == "tflite"]
     outputs = ["manifest.json", "report.md", "report.html", "measurements.json"]
-    for name in [*(f"{p.name}/model.onnx" for p in profiles), *outputs]:
+    for name in [*(f"{p.name}/model.onnx" for p in profiles), *tflites, *outputs]:
         check_output_path(
             folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
         )
@@ -269,6 +287,13 @@ def make_variants(
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
+        shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
+        summary, content = device_file(
+            outcome.model_bytes, outcome.kept_float, profile, f"{profile.name}/model.tflite", shapes
+        )
+        if content is not None:
+            write_atomic(folder / profile.name / "model.tflite", content)
+        outcome = outcome.model_copy(update={"device_file": summary})
         variant = variant_from(outcome, relative, chosen.warnings)
         checked = None
         if not outcome.kept_float:

@@ -17,7 +17,7 @@ from autoptq.calibration import Dataset
 from autoptq.canonical import float_model_for
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
-from autoptq.emulators.base import EmulationResult, NodeFinding
+from autoptq.emulators.base import EmulationResult, NodeFinding, TierAgreement
 from autoptq.emulators.device_rules import DeviceRulesResult, check_device_rules
 from autoptq.emulators.intgraph import EmulationError
 from autoptq.errors import AutoptqError
@@ -59,6 +59,8 @@ class MemoryCheck(BaseModel):
     fits_ram: bool | None
     flash_bytes: int | None
     fits_flash: bool | None
+    arena_bytes: int | None = Field(default=None, description="tflm tier: the tensor arena TFLite Micro needs")
+    ram_basis: str = Field(default="peak activation estimate", description="what fits_ram compares with ram_bytes")
 
 
 class CheckReport(BaseModel):
@@ -74,6 +76,9 @@ class CheckReport(BaseModel):
     latency: LatencyCheck
     memory: MemoryCheck
     findings: list[NodeFinding]
+    agreement: list[TierAgreement] = Field(
+        default_factory=list, description="litert / tflm tiers: the .tflite's outputs vs the exact tier's"
+    )
     passed: bool
     failures: list[str]
 
@@ -119,8 +124,14 @@ def check(
     accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
     coverage = analyse(reference, profile)
     latency = _latency(quantized, profile, reference, coverage, data)
-    memory = _memory(rules, coverage, profile)
+    memory = _memory(rules, coverage, profile, emulated, quantized, data)
     failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
+    failures += [
+        f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
+        f"(tolerance {a.tolerance_lsb})"
+        for a in emulated.agreement
+        if not a.within_tolerance
+    ]
     failures += [f"output {f.name!r} is NaN or inf under the emulator" for f in fidelity if not f.finite]
     if min_sqnr_db is not None:
         failures += [
@@ -141,6 +152,7 @@ def check(
         latency=latency,
         memory=memory,
         findings=emulated.findings,
+        agreement=emulated.agreement,
         passed=not failures,
         failures=failures,
     )
@@ -223,17 +235,45 @@ def _latency(
     )
 
 
-def _memory(rules: DeviceRulesResult, coverage: CoverageReport, profile: HardwareProfile) -> MemoryCheck:
+def _memory(
+    rules: DeviceRulesResult,
+    coverage: CoverageReport,
+    profile: HardwareProfile,
+    emulated: EmulationResult,
+    quantized: ModelProto,
+    data: Dataset,
+) -> MemoryCheck:
     flash = profile.memory.flash_bytes
     mem = coverage.memory
     on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
+    arena, basis = emulated.arena_bytes, "tensor arena measured in TFLite Micro (tflm tier)"
+    if arena is None and profile.kind == "mcu" and profile.format == "tflite":
+        shapes = {k: list(np.shape(v)) for k, v in data.samples[0].items()} if data.samples else None
+        arena, basis = _arena_estimate(quantized, profile, shapes)
+    fits = mem.fits_ram if arena is None else (None if mem.ram_bytes is None else arena <= mem.ram_bytes)
     return MemoryCheck(
         on_chip_param_bytes=on_chip,
         streamed_param_bytes=streamed,
         parameter_cache_bytes=profile.memory.parameter_cache_bytes,
         peak_activation_bytes=mem.peak_activation_bytes,
         ram_bytes=mem.ram_bytes,
-        fits_ram=mem.fits_ram,
+        fits_ram=fits,
         flash_bytes=flash,
         fits_flash=None if flash is None else on_chip + streamed <= flash,
+        arena_bytes=arena,
+        ram_basis=basis,
     )
+
+
+def _arena_estimate(
+    quantized: ModelProto, profile: HardwareProfile, shapes: dict[str, list[int]] | None
+) -> tuple[int | None, str]:
+    """TFLM's arena estimated from the .tflite autoptq would write (None without the tflite extra, or when the
+    model cannot be written), with its basis."""
+    from autoptq.tflite_writer import export_tflite  # needs the tflite extra
+
+    try:
+        estimate = export_tflite(quantized, profile, shapes).arena_estimate
+    except Exception:  # not writable (or a writer bug): the ONNX-based estimate still stands
+        return None, "peak activation estimate"
+    return estimate.total_bytes, f"TFLM tensor arena {estimate.basis}"

@@ -450,7 +450,10 @@ def check(
     reference: Annotated[Path, typer.Option("--reference", "-r", help="The float model it was made from.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Validation data (.npz, optional 'labels').")],
     preprocess: PreprocessOpt = None,
-    tier: Annotated[str | None, typer.Option("--tier", help="fast | exact (integer devices).")] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option("--tier", help="exact | fast | litert | tflm (integer devices; litert/tflm run the .tflite)."),
+    ] = None,
     min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Fail below this SQNR (dB).")] = None,
     max_drop: Annotated[
         str | None, typer.Option("--max-drop", help="Fail above this accuracy drop: 0.01 or 1%.")

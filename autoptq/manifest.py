@@ -10,6 +10,7 @@ import onnxruntime
 from pydantic import BaseModel, Field
 
 from autoptq.check import CheckReport
+from autoptq.device_file import DeviceFile
 from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity
 from autoptq.prepare import PreparationStep
@@ -137,6 +138,7 @@ class Variant(BaseModel):
     check: dict[str, object] | None = Field(
         default=None, description="`autoptq check` on the target's emulator (measured timings left out)"
     )
+    device_file: DeviceFile | None = Field(default=None, description="the .tflite beside the ONNX (format: tflite)")
 
 
 class InputModel(BaseModel):
@@ -211,6 +213,7 @@ def variant_from(outcome: Outcome, path: str, warnings: list[str]) -> Variant:
         warnings=warnings,
         failed=outcome_failed(outcome),
         tuning=tuning_summary(outcome.tuning) if outcome.tuning else None,
+        device_file=outcome.device_file,
     )
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoptq.calibration import Dataset
 from autoptq.candidates import candidates
 from autoptq.canonical import float_model_for
+from autoptq.device_file import DeviceFile
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -53,6 +54,7 @@ class Outcome(BaseModel):
     synthetic_data: bool = False
     tuning: TuningResult | None = Field(default=None, description="the accuracy-aware search, when a budget was set")
     model_bytes: bytes = Field(default=b"", exclude=True, repr=False)
+    device_file: DeviceFile | None = Field(default=None, description="the .tflite of a 'format: tflite' target")
 
 
 def produce(

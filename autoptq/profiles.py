@@ -168,6 +168,10 @@ class HardwareProfile(StrictModel):
     architecture: Literal["x86_64", "aarch64"] | None = Field(
         default=None, description="instruction set of a CPU profile: latency is measured when this machine matches"
     )
+    format: Literal["onnx", "tflite"] = Field(
+        default="onnx",
+        description="the deployable file: onnx (the QDQ model), or tflite (model.tflite written beside it)",
+    )
     emulator: Literal["integer", "fp16", "host"]
     sources: list[str] = Field(default_factory=list, description="public facts this profile encodes")
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoptq.coverage import CoverageReport
+from autoptq.device_file import describe as describe_device_file
 
 if TYPE_CHECKING:
     from autoptq.check import CheckReport
@@ -384,7 +385,7 @@ def render_variants_report(manifest: Manifest) -> str:
         "",
         "Latency: host targets are timed side by side with float in measurements.json (timings vary run to run);",
         "device latencies are estimates from `autoptq plan`. Integer-only targets get a device-conformant QDQ ONNX",
-        "model; converting it to the device's own format (e.g. TFLite + edgetpu_compiler) is outside autoptq.",
+        "model; targets whose profile says `format: tflite` also get the fully int8 `model.tflite` beside it.",
     ]
     for v in manifest.variants:
         lines += ["", f"## {v.target}: {v.technique}", "", f"- Path: `{v.path}` (sha256 `{v.sha256[:16]}...`)"]
@@ -416,6 +417,8 @@ def render_variants_report(manifest: Manifest) -> str:
                     f"{latency} | {t.device_verdict} | {verdict} |"
                 )
             lines.append("")
+        if v.device_file is not None:
+            lines.append(f"- Device file: {describe_device_file(v.device_file)}")
         if v.check is not None:
             lines.append(f"- Device check: {_check_sentence(v.check)}")
         applied = [s for s in v.preparation if s.applied]
@@ -433,6 +436,8 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
         f"Produced: {outcome.technique}" + (" (float model kept)" if outcome.kept_float else "") + f" -> {path}",
         f"  {outcome.reason}",
     ]
+    if outcome.device_file is not None:
+        lines.append(f"  device file: {describe_device_file(outcome.device_file)}")
     if outcome.synthetic_data:
         lines.append("  WARNING: calibrated on SYNTHETIC data: accuracy is unknown")
     ver = outcome.verification

@@ -17,8 +17,12 @@ from autoptq.profiles import HardwareProfile
 
 Emulator = Callable[[ModelProto, HardwareProfile, list[dict[str, np.ndarray]], str], EmulationResult]
 
-TIERS: dict[str, tuple[str, ...]] = {"integer": ("exact", "fast"), "fp16": ("fp16-storage",), "host": ("host",)}
-"""Tiers of each family, the default first."""
+TIERS: dict[str, tuple[str, ...]] = {
+    "integer": ("exact", "fast", "litert", "tflm"),
+    "fp16": ("fp16-storage",),
+    "host": ("host",),
+}
+"""Tiers of each family, the default first (litert / tflm run the .tflite of a `format: tflite` profile)."""
 
 
 def emulator_for(family: str) -> Emulator:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.intio import IOQuantization, read_integer_io, write_integer_io
 
-Tier = Literal["fast", "exact", "fp16-storage", "host"]
+Tier = Literal["fast", "exact", "fp16-storage", "host", "litert", "tflm"]
 
 
 class NodeFinding(BaseModel):
@@ -19,6 +19,18 @@ class NodeFinding(BaseModel):
     kind: str
     detail: str
     count: int = 0
+
+
+class TierAgreement(BaseModel):
+    """One output of the device file compared with the exact tier over all samples."""
+
+    output: str
+    elements: int
+    bit_exact_fraction: float
+    max_abs_lsb: float
+    tolerance_lsb: int
+    reason: str
+    within_tolerance: bool
 
 
 class EmulationResult(BaseModel):
@@ -32,6 +44,19 @@ class EmulationResult(BaseModel):
     output_names: list[str]
     outputs: list[list[np.ndarray]] = Field(repr=False)
     findings: list[NodeFinding] = Field(default_factory=list)
+    agreement: list[TierAgreement] = Field(
+        default_factory=list, description="a device-file tier (litert, tflm): its outputs vs the exact tier's"
+    )
+    arena_bytes: int | None = Field(default=None, description="tflm tier: the tensor arena the model needs")
+    arena_recorded_bytes: int | None = Field(default=None, description="tflm tier: TFLM's recorded allocations")
 
 
-__all__ = ["EmulationResult", "IOQuantization", "NodeFinding", "Tier", "read_integer_io", "write_integer_io"]
+__all__ = [
+    "EmulationResult",
+    "IOQuantization",
+    "NodeFinding",
+    "Tier",
+    "TierAgreement",
+    "read_integer_io",
+    "write_integer_io",
+]

@@ -33,7 +33,7 @@ from autoptq.errors import AutoptqError, DataError
 from autoptq.intio import IOQuantization, read_integer_io
 from autoptq.profiles import HardwareProfile
 
-TIERS = ("exact", "fast")
+TIERS = ("exact", "fast", "litert", "tflm")
 VALUE_CHANGING_FUSIONS = ("ConvMulFusion", "MatMulScaleFusion")
 """onnxruntime graph rewrites that fold a following multiply into float weights: they would turn the exact tier's
 integer-valued float sums into rounded ones, so its session disables them (the rest of ORT_ENABLE_ALL stays on)."""
@@ -59,6 +59,10 @@ def emulate(
     """Outputs of a quantized QDQ model under `profile`'s integer arithmetic, one list per float sample."""
     if tier not in TIERS:
         raise AutoptqError(f"unknown tier {tier!r} for the integer emulator (its tiers: {', '.join(TIERS)})")
+    if tier in ("litert", "tflm"):  # the device file in a real TFLite runtime (autoptq.emulators.tflite_runtime)
+        from autoptq.emulators import tflite_runtime
+
+        return tflite_runtime.emulate(model, profile, samples, tier)
     io = {item.name: item for item in read_integer_io(model)}
     inputs = [value.name for value in model.graph.input]
     if tier == "fast":

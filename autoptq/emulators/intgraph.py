@@ -145,6 +145,14 @@ class DeviceGraph:
     findings: list[NodeFinding] = field(default_factory=list)
     exact_ops: set[str] = field(default_factory=set)
     saturating_nodes: list[str] = field(default_factory=list)
+    params: dict[str, QParams] = field(default_factory=dict)
+    """Quantization of each integer activation (and per-tensor constant operand), for writers of device files."""
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    """Float32 scales of each IntConv / IntMatMul weight initializer (one per channel, or one per tensor)."""
+    functions: dict[str, str] = field(default_factory=dict)
+    """Lut node name → the ONNX function its table holds (Sigmoid, Tanh)."""
+    float_weights: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    """A quantized constant a float op reads dequantized → (integers − zero point, scales, axis)."""
 
     @property
     def approximate_nodes(self) -> list[str]:
@@ -260,14 +268,18 @@ class _Builder:
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         return name
 
-    def declare(self, name: str, elem_type: int, like: str | None = None) -> None:
-        """Record a device tensor's type, and its shape (that of `like` in the QDQ graph, default itself)."""
+    def declare(self, name: str, elem_type: int, like: str | None = None, params: QParams | None = None) -> None:
+        """Record a device tensor's type, its shape (that of `like` in the QDQ graph, default itself) and the
+        quantization `params` of an integer activation."""
         self.declared[name] = (elem_type, self.shapes.get(like or name))
+        if params is not None:
+            self.result.params[name] = params
 
-    def emit(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, **attrs: object) -> None:
+    def emit(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, **attrs: object) -> str:
         node = helper.make_node(op_type, list(inputs), list(outputs), name=self.fresh(name), **attrs)
         node.domain = DEVICE_DOMAIN
         self.nodes.append(node)
+        return node.name
 
     def finding(self, node: NodeProto, kind: str, detail: str) -> None:
         self.result.findings.append(NodeFinding(node=node.name or node.op_type, kind=kind, detail=detail))
@@ -313,7 +325,11 @@ class _Builder:
         """The integer tensor of an operand accepted by `operand_params` (a constant becomes an initializer)."""
         if name in self.views:
             return self.views[name][0]
-        return self.const(self.const_q[name].values, name)
+        constant = self.const(self.const_q[name].values, name)
+        params = self.operand_params(name)
+        if params is not None:
+            self.result.params[constant] = params
+        return constant
 
     def quantize_consumer(self, output: str, fuse: bool) -> _Consumer | None:
         """The single per-tensor QuantizeLinear fed by `output` (through a Relu/Clip with constant bounds when
@@ -401,7 +417,7 @@ class _Builder:
             qmax=bounds[1],
             to=out.elem_type,
         )
-        self.declare(target, out.elem_type)
+        self.declare(target, out.elem_type, params=out)
 
     def rescale(self, source: str, params: QParams, out: QParams, hint: str, target: str | None = None) -> str:
         """`source` in `out`'s parameters: itself (or an Identity to `target`) when they match, else a
@@ -410,7 +426,7 @@ class _Builder:
             return source
         if params == out:
             self.nodes.append(helper.make_node("Identity", [source], [target], name=self.fresh(f"{hint}/identity")))
-            self.declare(target, out.elem_type, like=source)
+            self.declare(target, out.elem_type, like=source, params=out)
             return target
         target = target or self.fresh(f"{hint}/rescaled")
         real = np.array([np.float64(params.scale) / np.float64(out.scale)])
@@ -437,6 +453,7 @@ class _Builder:
             centred = constant.values.astype(np.int64) - constant.zero_point.reshape(shape)
             real = centred.astype(np.float32) * constant.scale.reshape(shape)
             self.initializers[name] = numpy_helper.from_array(real.astype(np.float32), name)
+            self.result.float_weights[name] = (centred, constant.scale.reshape(-1).astype(np.float32), constant.axis)
         elif name in self.constants:
             self.initializers[name] = numpy_helper.from_array(self.constants[name], name)
         self.float_ready.add(name)
@@ -473,6 +490,7 @@ class _Builder:
         if params is None:
             raise EmulationError(f"exact tier: DequantizeLinear {node.name!r} of an activation is not per-tensor")
         self.views[output] = (source, self.require_8bit(params, node))
+        self.result.params.setdefault(source, params)
 
     def quantize_linear(self, node: NodeProto) -> None:
         params = self.qparams(node)
@@ -494,7 +512,7 @@ class _Builder:
             to=params.elem_type,
             rounding=rounding,
         )
-        self.declare(target, params.elem_type)
+        self.declare(target, params.elem_type, params=params)
 
     def compute(self, node: NodeProto, standard: bool) -> None:
         handler = _HANDLERS.get(node.op_type) if standard else None
@@ -550,9 +568,11 @@ class _Builder:
         w = weights.values.astype(np.int64) - w_zero.reshape(-1, 1, 1, 1)
         bias = self.bias(node, 2, x_params.scale, w_scale)
         acc = self.fresh(f"{node.name}/acc")
+        w_name = self.const(_narrow(w), f"{node.name}/w")
+        self.result.weight_scales[w_name] = weights.scale.reshape(-1).astype(np.float32)
         self.emit(
             "IntConv",
-            [x_name, self.const(_narrow(w), f"{node.name}/w"), *bias],
+            [x_name, w_name, *bias],
             [acc],
             node.name,
             x_zero_point=x_params.zero_point,
@@ -594,9 +614,11 @@ class _Builder:
             w_raw = weights.values.T if transpose else weights.values
             w = w_raw.astype(np.int64) - w_zero.reshape(1, -1)
             bias = self.bias(node, bias_index, a_params.scale, w_scale)
+            w_name = self.const(_narrow(w), f"{node.name}/w")
+            self.result.weight_scales[w_name] = weights.scale.reshape(-1).astype(np.float32)
             self.emit(
                 "IntMatMul",
-                [a_name, self.const(_narrow(w), f"{node.name}/w"), *bias],
+                [a_name, w_name, *bias],
                 [acc],
                 node.name,
                 a_zero_point=a_params.zero_point,
@@ -673,7 +695,7 @@ class _Builder:
             shifts=[e for _, e in encoded],
             scale_ratios=[float(_float32_ratio(p.scale, out.scale)) for p in (a_params, b_params)],
         )
-        self.declare(consumer.target, out.elem_type)
+        self.declare(consumer.target, out.elem_type, params=out)
         self.absorb(consumer.quantize, consumer.activation)
         return None
 
@@ -706,7 +728,7 @@ class _Builder:
         if params == out:
             bounds = [self.const(np.array(v, dtype=out.dtype), f"{node.name}/bound") for v in (low, high)]
             self.nodes.append(helper.make_node("Clip", [source, *bounds], [consumer.target], name=node.name))
-            self.declare(consumer.target, out.elem_type)
+            self.declare(consumer.target, out.elem_type, params=out)
         else:
             real = np.array([np.float64(params.scale) / np.float64(out.scale)])
             floats = _float32_ratio(params.scale, out.scale).reshape(1)
@@ -733,8 +755,9 @@ class _Builder:
             output_dtype=out.dtype,
             rounding=self.rounding,
         )
-        self.emit("Lut", [source, self.const(table, f"{node.name}/table")], [consumer.target], node.name)
-        self.declare(consumer.target, out.elem_type)
+        lut = self.emit("Lut", [source, self.const(table, f"{node.name}/table")], [consumer.target], node.name)
+        self.result.functions[lut] = node.op_type
+        self.declare(consumer.target, out.elem_type, params=out)
         self.absorb(consumer.quantize)
         return None
 
@@ -786,7 +809,7 @@ class _Builder:
             input_scale=params.scale,
             output_scale=out.scale,
         )
-        self.declare(consumer.target, out.elem_type)
+        self.declare(consumer.target, out.elem_type, params=out)
         self.absorb(consumer.quantize)
         return None
 
@@ -824,7 +847,7 @@ class _Builder:
             qmin=low,
             qmax=high,
         )
-        self.declare(pooled, params.elem_type, like=consumer.target)
+        self.declare(pooled, params.elem_type, like=consumer.target, params=params)
         if pooled != consumer.target:
             self.rescale(pooled, params, out, node.name, target=consumer.target)
         self.absorb(consumer.quantize)
@@ -859,7 +882,7 @@ class _Builder:
         copy.attribute.extend(node.attribute)
         self.nodes.append(copy)
         for c in present:
-            self.declare(c.target, out.elem_type)
+            self.declare(c.target, out.elem_type, params=out)
             self.absorb(c.quantize)
         return None
 

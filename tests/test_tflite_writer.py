@@ -1,0 +1,545 @@
+"""The TFLite writer held to the exact tier: small models of each op family built here, quantized for a `format:
+tflite` profile, written as .tflite, run in LiteRT (reference kernels) and TFLite Micro, and compared element by
+element with the exact tier's integers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import ModelProto, helper
+
+from autoptq import api
+from autoptq.calibration import Dataset
+from autoptq.emulators.integer import build_exact_model, exact_session, quantize_inputs
+from autoptq.errors import AutoptqError
+from autoptq.profiles import load_profile
+from autoptq.quantizers.full_int8 import static_qdq
+from autoptq.recipe import FixedOutputParams, Recipe
+from autoptq.tflite_writer import TfliteExportError, export_tflite
+from tests.conftest import build, const, tensor
+
+pytest.importorskip("tflite", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
+pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
+pytest.importorskip("tflite_micro", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
+
+from autoptq.emulators.tflite_runtime import run_litert, run_tflm
+
+PROFILE = load_profile("tflite-int8")
+FIXED = {
+    "Softmax": FixedOutputParams(scale=1 / 256, zero_point=-128),
+    "Sigmoid": FixedOutputParams(scale=1 / 256, zero_point=-128),
+    "Tanh": FixedOutputParams(scale=1 / 128, zero_point=0),
+}
+RNG = np.random.default_rng(0)
+
+
+def weights(*shape: int) -> np.ndarray:
+    return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def samples(model: ModelProto, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        sample = {}
+        for value in model.graph.input:
+            shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            sample[value.name] = rng.standard_normal(shape).astype(np.float32)
+        out.append(sample)
+    return out
+
+
+def quantize(model: ModelProto, per_channel: bool = True, dtype: str = "int8") -> ModelProto:
+    data = samples(model, 16, 1)
+    recipe = Recipe(
+        activation_dtype=dtype,
+        calibration_samples=len(data),
+        io_dtype=dtype,
+        per_channel=per_channel,
+        fixed_output_params=FIXED,
+        # Every op of the model, including those onnxruntime leaves in float by default (Max, Min, Tanh, HardSwish).
+        op_types_to_quantize=sorted({node.op_type for node in model.graph.node}),
+    )
+    return static_qdq(model, recipe, Dataset(data, None, "test"), "full_int8").model
+
+
+def exact_outputs(qdq: ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    session = exact_session(build_exact_model(qdq, PROFILE))
+    return [session.run(None, quantize_inputs(qdq, sample)) for sample in feeds]
+
+
+def max_lsb(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> int:
+    return max(
+        int(np.abs(x.astype(np.int64) - y.astype(np.int64)).max())
+        for sample_a, sample_b in zip(a, b, strict=True)
+        for x, y in zip(sample_a, sample_b, strict=True)
+    )
+
+
+def written_ops(model: ModelProto, per_channel: bool = True) -> tuple[dict[str, int], int, int]:
+    """(ops written, max LSB LiteRT vs exact tier, max LSB TFLM vs exact tier) on fresh samples."""
+    qdq = quantize(model, per_channel)
+    exported = export_tflite(qdq, PROFILE)
+    feeds = samples(model, 6, 2)
+    exact = exact_outputs(qdq, feeds)
+    return exported.op_counts, max_lsb(run_litert(exported, feeds), exact), max_lsb(run_tflm(exported, feeds), exact)
+
+
+# --- models, one per op family ---------------------------------------------------------------------------------------
+
+
+def conv_model() -> ModelProto:
+    """CONV_2D (SAME pads + Relu), CONV_2D stride 2 with pads that are not SAME (PAD), DEPTHWISE + Clip(0, 6)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["c3", "lo", "hi"], ["y"], name="relu6"),
+    ]
+    inits = [
+        const("w1", weights(6, 3, 3, 3)),
+        const("b1", weights(6)),
+        const("w2", weights(8, 6, 3, 3)),
+        const("b2", weights(8)),
+        const("w3", weights(8, 1, 3, 3)),
+        const("b3", weights(8)),
+        const("lo", 0.0),
+        const("hi", 6.0),
+    ]
+    return build(nodes, [tensor("x", [1, 3, 10, 10])], [tensor("y", [1, 8, 5, 5])], inits)
+
+
+def dense_model() -> ModelProto:
+    """FULLY_CONNECTED from a Gemm (transB) and a MatMul, with Relu fused."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="fc1", transB=1),
+        helper.make_node("Relu", ["g"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    inits = [const("w1", weights(12, 16)), const("b1", weights(12)), const("w2", weights(12, 5))]
+    return build(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 5])], inits)
+
+
+def arithmetic_model() -> ModelProto:
+    """ADD (residual, fused Relu), SUB, MUL of two activations and by a constant, MINIMUM / MAXIMUM."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "x"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu"),
+        helper.make_node("Sub", ["ar", "c"], ["s"], name="sub"),
+        helper.make_node("Mul", ["s", "c"], ["m"], name="mul"),
+        helper.make_node("Mul", ["m", "k"], ["mk"], name="mul_const"),
+        helper.make_node("Max", ["mk", "c"], ["mx"], name="max"),
+        helper.make_node("Min", ["mx", "x"], ["y"], name="min"),
+    ]
+    inits = [const("w", weights(4, 4, 3, 3)), const("b", weights(4)), const("k", np.float32(0.7))]
+    return build(nodes, [tensor("x", [1, 4, 6, 6])], [tensor("y", [1, 4, 6, 6])], inits)
+
+
+def pooling_model() -> ModelProto:
+    """MAX_POOL_2D, AVERAGE_POOL_2D (no padding), MEAN (GlobalAveragePool), RESHAPE to [1, C]."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c"], ["mp"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("AveragePool", ["mp"], ["ap"], name="avgpool", kernel_shape=[2, 2], strides=[1, 1]),
+        helper.make_node("GlobalAveragePool", ["ap"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["y"], name="flatten"),
+    ]
+    inits = [const("w", weights(6, 3, 3, 3)), const("b", weights(6))]
+    return build(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 6])], inits)
+
+
+def movement_model() -> ModelProto:
+    """CONCATENATION over channels, PAD, TRANSPOSE, RESHAPE of a 4-D tensor (TRANSPOSE to ONNX order first)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Conv", ["x", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Concat", ["c1", "c2"], ["cat"], name="concat", axis=1),
+        helper.make_node("Pad", ["cat", "pads"], ["p"], name="pad"),
+        helper.make_node("Transpose", ["p"], ["t"], name="transpose", perm=[0, 1, 3, 2]),
+        helper.make_node("Reshape", ["t", "shape"], ["y"], name="reshape"),
+    ]
+    inits = [
+        const("w1", weights(3, 2, 1, 1)),
+        const("b1", weights(3)),
+        const("w2", weights(5, 2, 1, 1)),
+        const("b2", weights(5)),
+        const("pads", [0, 0, 1, 0, 0, 0, 0, 2], np.int64),
+        const("shape", [1, 8, -1], np.int64),
+    ]
+    return build(nodes, [tensor("x", [1, 2, 4, 5])], [tensor("y", [1, 8, 35])], inits)
+
+
+def slice_split_model() -> ModelProto:
+    """STRIDED_SLICE (a window of H and W, steps of 2 on W) and SPLIT_V along channels, then CONCATENATION."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes", "steps"], ["s"], name="slice"),
+        helper.make_node("Split", ["s", "sizes"], ["a", "b2"], name="split", axis=1),
+        helper.make_node("Concat", ["b2", "a"], ["y"], name="concat", axis=1),
+    ]
+    inits = [
+        const("w", weights(6, 3, 1, 1)),
+        const("b", weights(6)),
+        const("starts", [1, 0], np.int64),
+        const("ends", [-1, 7], np.int64),
+        const("axes", [2, 3], np.int64),
+        const("steps", [1, 2], np.int64),
+        const("sizes", [2, 4], np.int64),
+    ]
+    return build(nodes, [tensor("x", [1, 3, 6, 7])], [tensor("y", [1, 6, 4, 4])], inits, opset=13)
+
+
+def softmax_model() -> ModelProto:
+    """SOFTMAX after a FULLY_CONNECTED."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1),
+        helper.make_node("Softmax", ["g"], ["y"], name="softmax", axis=-1),
+    ]
+    inits = [const("w", weights(10, 16) * 4), const("b", weights(10))]
+    return build(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 10])], inits)
+
+
+def activation_model() -> ModelProto:
+    """LOGISTIC and TANH (fixed output parameters), and HARD_SWISH."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="sigmoid"),
+        helper.make_node("Tanh", ["c"], ["t"], name="tanh"),
+        helper.make_node("HardSwish", ["c"], ["h"], name="hardswish"),
+    ]
+    inits = [const("w", weights(4, 3, 1, 1) * 5), const("b", weights(4))]
+    outputs = [tensor(name, [1, 4, 5, 5]) for name in ("s", "t", "h")]
+    return build(nodes, [tensor("x", [1, 3, 5, 5])], outputs, inits)
+
+
+def resize_model(mode: str, coordinate: str) -> ModelProto:
+    """RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR, 2x."""
+    attrs = {"mode": mode, "coordinate_transformation_mode": coordinate}
+    if mode == "nearest":
+        attrs["nearest_mode"] = "floor" if coordinate == "asymmetric" else "round_prefer_floor"
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Resize", ["c", "", "scales"], ["y"], name="resize", **attrs),
+    ]
+    inits = [const("w", weights(4, 3, 1, 1)), const("b", weights(4)), const("scales", [1, 1, 2, 2])]
+    return build(nodes, [tensor("x", [1, 3, 4, 5])], [tensor("y", [1, 4, 8, 10])], inits, opset=13)
+
+
+# --- LiteRT and TFLM against the exact tier --------------------------------------------------------------------------
+
+
+def test_convolutions_are_bit_exact() -> None:
+    ops, litert, tflm = written_ops(conv_model())
+    assert ops == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "PAD": 1}
+    assert (litert, tflm) == (0, 0)
+
+
+def test_per_tensor_fully_connected_is_bit_exact() -> None:
+    ops, litert, tflm = written_ops(dense_model(), per_channel=False)
+    assert ops == {"FULLY_CONNECTED": 2}
+    assert (litert, tflm) == (0, 0)
+
+
+def test_per_channel_fully_connected_rounds_once_in_litert_only() -> None:
+    qdq = quantize(dense_model())
+    exported = export_tflite(qdq, PROFILE)
+    assert exported.per_channel_fully_connected
+    feeds = samples(dense_model(), 40, 3)
+    exact = exact_outputs(qdq, feeds)
+    assert max_lsb(run_tflm(exported, feeds), exact) == 0
+    assert max_lsb(run_litert(exported, feeds), exact) <= 1  # the stated tolerance (tflite_runtime.agreement)
+
+
+def test_arithmetic_is_bit_exact() -> None:
+    ops, litert, tflm = written_ops(arithmetic_model())
+    # QUANTIZE: Max/Min inputs of other parameters than the output are requantized first (int8 → int8)
+    assert ops == {"ADD": 1, "CONV_2D": 1, "MAXIMUM": 1, "MINIMUM": 1, "MUL": 2, "QUANTIZE": 3, "SUB": 1}
+    assert (litert, tflm) == (0, 0)
+
+
+def test_pools_and_mean_are_bit_exact() -> None:
+    ops, litert, tflm = written_ops(pooling_model())
+    assert ops["MAX_POOL_2D"] == ops["AVERAGE_POOL_2D"] == ops["MEAN"] == 1
+    assert (litert, tflm) == (0, 0)
+
+
+def test_data_movement_keeps_onnx_element_order() -> None:
+    ops, litert, tflm = written_ops(movement_model())
+    assert ops["CONCATENATION"] == ops["PAD"] == 1 and ops["RESHAPE"] == 1
+    assert (litert, tflm) == (0, 0)
+
+
+def test_slice_and_split_are_bit_exact() -> None:
+    ops, litert, tflm = written_ops(slice_split_model())
+    assert ops["STRIDED_SLICE"] == ops["SPLIT_V"] == ops["CONCATENATION"] == 1
+    assert (litert, tflm) == (0, 0)
+
+
+def test_hard_sigmoid_and_division_by_a_constant_within_the_stated_tolerance() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("HardSigmoid", ["c"], ["h"], name="hardsigmoid", alpha=1 / 6, beta=0.5),
+        helper.make_node("Div", ["h", "six"], ["y"], name="div"),
+    ]
+    inits = [const("w", weights(4, 3, 1, 1) * 5), const("b", weights(4)), const("six", np.float32(6.0))]
+    model = build(nodes, [tensor("x", [1, 3, 5, 5])], [tensor("y", [1, 4, 5, 5])], inits)
+    ops, litert, tflm = written_ops(model)
+    assert ops == {"ADD": 1, "CONV_2D": 1, "MUL": 2} or ops == {"ADD": 1, "CONV_2D": 1, "MINIMUM": 1, "MUL": 2}
+    assert litert <= 1 and tflm <= 1
+
+
+@pytest.mark.parametrize(("pads", "kernel"), [([0, 0, 0, 0], 2), ([1, 1, 1, 1], 4)])
+def test_transpose_conv_within_the_stated_tolerance(pads: list[int], kernel: int) -> None:
+    """TRANSPOSE_CONV, VALID (k 2, s 2, no pads) and SAME (k 4, s 2, pads 1): computed in float by the exact tier."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], name="tconv", strides=[2, 2], pads=pads),
+    ]
+    inits = [
+        const("w", weights(4, 3, 1, 1)),
+        const("b", weights(4)),
+        const("wt", weights(4, 5, kernel, kernel)),
+        const("bt", weights(5)),
+    ]
+    model = build(nodes, [tensor("x", [1, 3, 4, 5])], [tensor("y", [1, 5, 8, 10])], inits)
+    ops, litert, tflm = written_ops(model)
+    assert ops == {"CONV_2D": 1, "TRANSPOSE_CONV": 1}
+    assert litert <= 1 and tflm <= 1
+
+
+def test_softmax_within_the_stated_tolerance() -> None:
+    ops, litert, tflm = written_ops(softmax_model(), per_channel=False)
+    assert ops == {"FULLY_CONNECTED": 1, "SOFTMAX": 1}
+    assert litert <= 1 and tflm <= 1
+
+
+def test_activations_within_the_stated_tolerance() -> None:
+    ops, litert, tflm = written_ops(activation_model())
+    assert ops == {"CONV_2D": 1, "HARD_SWISH": 1, "LOGISTIC": 1, "TANH": 1}
+    assert litert <= 1 and tflm <= 1
+
+
+@pytest.mark.parametrize(("mode", "coordinate"), [("nearest", "asymmetric"), ("nearest", "half_pixel")])
+def test_nearest_resize_is_bit_exact(mode: str, coordinate: str) -> None:
+    ops, litert, tflm = written_ops(resize_model(mode, coordinate))
+    assert ops == {"CONV_2D": 1, "RESIZE_NEAREST_NEIGHBOR": 1}
+    assert (litert, tflm) == (0, 0)
+
+
+def test_bilinear_resize_within_the_stated_tolerance() -> None:
+    ops, litert, tflm = written_ops(resize_model("linear", "half_pixel"))
+    assert ops == {"CONV_2D": 1, "RESIZE_BILINEAR": 1}
+    assert litert <= 1 and tflm <= 1
+
+
+@pytest.mark.parametrize("model", [conv_model, arithmetic_model, pooling_model])
+def test_uint8_models_are_written_as_int8_with_uint8_io(model) -> None:
+    """uint8 tensors become int8 (q − 128) inside the file, with a QUANTIZE at the uint8 input and output."""
+    float_model = model()
+    qdq = quantize(float_model, dtype="uint8")
+    exported = export_tflite(qdq, PROFILE)
+    assert [io.dtype for io in (*exported.inputs, *exported.outputs)] == ["uint8", "uint8"]
+    assert exported.op_counts["QUANTIZE"] >= 2
+    feeds = samples(float_model, 4, 2)
+    exact = exact_outputs(qdq, feeds)
+    assert max_lsb(run_litert(exported, feeds), exact) == max_lsb(run_tflm(exported, feeds), exact) == 0
+
+
+# --- the file itself -------------------------------------------------------------------------------------------------
+
+
+def test_the_file_is_deterministic_and_follows_the_schema() -> None:
+    import tflite
+
+    qdq = quantize(conv_model())
+    first, second = export_tflite(qdq, PROFILE), export_tflite(qdq, PROFILE)
+    assert first.content == second.content
+    model = tflite.Model.GetRootAs(first.content, 0)
+    assert tflite.Model.ModelBufferHasIdentifier(first.content, 0) and model.Version() == 3
+    assert model.Buffers(0).DataLength() == 0  # the empty sentinel
+    graph = model.Subgraphs(0)
+    types = {graph.Tensors(i).Type() for i in range(graph.TensorsLength())}
+    assert types <= {tflite.TensorType.INT8, tflite.TensorType.INT32}  # fully int8: no float tensor
+    codes = {model.OperatorCodes(i).BuiltinCode(): model.OperatorCodes(i).Version() for i in range(3)}
+    assert codes[tflite.BuiltinOperator.CONV_2D] == 3 and codes[tflite.BuiltinOperator.DEPTHWISE_CONV_2D] == 3
+    axes = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()
+        if code in (tflite.BuiltinOperator.CONV_2D, tflite.BuiltinOperator.DEPTHWISE_CONV_2D):
+            quantization = graph.Tensors(op.Inputs(1)).Quantization()
+            axes[code] = quantization.QuantizedDimension()
+            assert quantization.ScaleLength() == quantization.ZeroPointLength() > 1  # per-axis: a zp per scale
+    assert axes == {tflite.BuiltinOperator.CONV_2D: 0, tflite.BuiltinOperator.DEPTHWISE_CONV_2D: 3}
+
+
+def test_an_op_without_a_tflite_kernel_is_an_error_naming_the_node() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("LeakyRelu", ["c"], ["y"], name="leaky", alpha=0.1),
+    ]
+    model = build(
+        nodes,
+        [tensor("x", [1, 2, 4, 4])],
+        [tensor("y", [1, 2, 4, 4])],
+        [const("w", weights(2, 2, 1, 1)), const("b", weights(2))],
+    )
+    with pytest.raises(TfliteExportError, match="'leaky'"):
+        export_tflite(quantize(model), PROFILE)
+
+
+def test_profiles_without_tflite_rounding_are_refused() -> None:
+    with pytest.raises(AutoptqError, match="tflite_double"):
+        export_tflite(quantize(dense_model()), load_profile("qualcomm-htp"))
+
+
+def test_a_wrong_fixed_output_is_refused() -> None:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="sigmoid")]
+    model = build(nodes, [tensor("x", [1, 8])], [tensor("y", [1, 8])])
+    data = samples(model, 8, 1)
+    recipe = Recipe(activation_dtype="int8", calibration_samples=8, io_dtype="int8")  # no fixed output params
+    qdq = static_qdq(model, recipe, Dataset(data, None, "test"), "full_int8").model
+    with pytest.raises(TfliteExportError, match="LOGISTIC needs output scale"):
+        export_tflite(qdq, PROFILE)
+
+
+# --- the shipped example, end to end ---------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def example_variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`autoptq variants` of the shipped example for the two TFLite devices and one ONNX target."""
+    folder = tmp_path_factory.mktemp("variants")
+    for name in ("digits_cnn.onnx", "calib.npz", "val.npz"):
+        shutil.copy2(EXAMPLES / name, folder / name)
+    api.make_variants(
+        folder / "digits_cnn.onnx",
+        ["edgetpu", "mcu-cortex-m", "x86-vnni"],
+        folder / "out",
+        data=folder / "calib.npz",
+        validation=folder / "val.npz",
+    )
+    return folder
+
+
+def test_variants_write_model_tflite_beside_the_onnx_for_tflite_targets(example_variants: Path) -> None:
+    out = example_variants / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_target = {v["target"]: v for v in manifest["variants"]}
+    for target in ("edgetpu", "mcu-cortex-m"):
+        content = (out / target / "model.tflite").read_bytes()
+        entry = by_target[target]["device_file"]
+        assert entry["path"] == f"{target}/model.tflite" and (out / target / "model.onnx").is_file()
+        assert entry["sha256"] == hashlib.sha256(content).hexdigest() and entry["size_bytes"] == len(content)
+        assert by_target[target]["sha256"] == hashlib.sha256((out / target / "model.onnx").read_bytes()).hexdigest()
+    assert by_target["edgetpu"]["device_file"]["next_step"] == "edgetpu_compiler model.tflite"
+    # Flatten → Gemm: the weights' rows are permuted to NHWC order instead of a TRANSPOSE (which the Edge TPU lacks)
+    assert by_target["edgetpu"]["device_file"]["op_counts"] == {
+        "CONV_2D": 3,
+        "FULLY_CONNECTED": 1,
+        "PAD": 1,
+        "RESHAPE": 1,
+    }
+    assert "next step: `edgetpu_compiler model.tflite`" in (out / "report.md").read_text()
+    assert by_target["x86-vnni"]["device_file"] is None and not (out / "x86-vnni" / "model.tflite").exists()
+
+
+def test_the_example_on_litert_keeps_float_accuracy(example_variants: Path) -> None:
+    report = api.check(
+        example_variants / "out" / "edgetpu" / "model.onnx",
+        "edgetpu",
+        example_variants / "digits_cnn.onnx",
+        example_variants / "val.npz",
+        tier="litert",
+    )
+    assert report.tier == "litert" and report.passed, report.failures
+    assert report.accuracy is not None and report.accuracy.float - report.accuracy.emulated <= 0.01
+    (agreement,) = report.agreement
+    assert agreement.elements == 3600 and agreement.within_tolerance and agreement.bit_exact_fraction > 0.99
+
+
+def test_tflm_runs_the_mcu_variant_and_the_ram_estimate_is_within_20_percent(example_variants: Path) -> None:
+    quantized = example_variants / "out" / "mcu-cortex-m" / "model.onnx"
+    reference, data = example_variants / "digits_cnn.onnx", example_variants / "val.npz"
+    measured = api.check(quantized, "mcu-cortex-m", reference, data, tier="tflm")
+    assert measured.passed and measured.agreement[0].max_abs_lsb == 0  # TFLM rounds as the exact tier: bit for bit
+    assert measured.memory.ram_basis.startswith("tensor arena measured in TFLite Micro")
+    estimated = api.check(quantized, "mcu-cortex-m", reference, data)  # exact tier: the arena is estimated
+    assert estimated.memory.ram_basis.startswith("TFLM tensor arena estimated")
+    ratio = estimated.memory.arena_bytes / measured.memory.arena_bytes
+    assert 0.8 <= ratio <= 1.2, (estimated.memory.arena_bytes, measured.memory.arena_bytes)
+
+
+def test_quantize_writes_the_tflite_beside_its_output(example_variants: Path, run_cli) -> None:
+    folder = example_variants
+    output = folder / "digits.mcu.onnx"
+    code, out, _ = run_cli(
+        [
+            "quantize",
+            folder / "digits_cnn.onnx",
+            "-t",
+            "mcu-cortex-m",
+            "--data",
+            folder / "calib.npz",
+            "--val",
+            folder / "val.npz",
+            "-o",
+            output,
+        ]
+    )
+    assert code == 0 and output.is_file() and output.with_suffix(".tflite").is_file()
+    assert "device file:" in out
+
+
+def test_check_tier_litert_on_an_onnx_target_is_a_usage_error(example_variants: Path, run_cli) -> None:
+    folder = example_variants
+    code, _, err = run_cli(
+        [
+            "check",
+            folder / "out" / "x86-vnni" / "model.onnx",
+            "-t",
+            "qualcomm-htp",
+            "--reference",
+            folder / "digits_cnn.onnx",
+            "--data",
+            folder / "val.npz",
+            "--tier",
+            "litert",
+        ]
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_without_the_extra_the_tiers_say_what_to_install(
+    example_variants: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if LiteRT were not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    folder = example_variants
+    code, _, err = run_cli(
+        [
+            "check",
+            folder / "out" / "edgetpu" / "model.onnx",
+            "-t",
+            "edgetpu",
+            "--reference",
+            folder / "digits_cnn.onnx",
+            "--data",
+            folder / "val.npz",
+            "--tier",
+            "litert",
+        ]
+    )
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "pip install 'autoptq[tflite]'" in line
