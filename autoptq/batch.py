@@ -234,6 +234,8 @@ def plan_jobs(
     # A profile given as a path travels as an absolute path: workers may not share the driver's working folder.
     target_args = [str(Path(t).resolve()) if _is_path(t) else str(t) for t in targets]
     tree = load_tree(rules)
+    # The shipped rules travel as None: a remote worker finds its own copy (the hash covers the client's content).
+    rules_arg = str(Path(rules).resolve()) if rules else None
     common = _digest([("autoptq", __version__.encode()), ("rules", tree.source.read_bytes())])
     jobs, seen = [], set()
     for entry in entries:
@@ -251,9 +253,9 @@ def plan_jobs(
         model_hash = _digest(
             [
                 ("common", common.encode()),
-                *_file_parts("model", _model_files(entry.model)),
-                *_file_parts("data", _data_files(entry.data)),
-                *_file_parts("val", _data_files(entry.val)),
+                *_file_parts("model", entry.model.parent, _model_files(entry.model)),
+                *_data_parts("data", entry.data),
+                *_data_parts("val", entry.val),
                 ("preprocess", (entry.preprocess or "").encode()),
                 ("options", entry.options.model_dump_json().encode()),
             ]
@@ -268,7 +270,7 @@ def plan_jobs(
                     data=str(entry.data) if entry.data else None,
                     val=str(entry.val) if entry.val else None,
                     preprocess=entry.preprocess,
-                    rules=str(tree.source),
+                    rules=rules_arg,
                     options=entry.options,
                     input_hash=_digest(
                         [("model", model_hash.encode()), ("profile", profile.model_dump_json().encode())]
@@ -293,18 +295,19 @@ def _model_files(model: Path) -> list[Path]:
     return [model, *data_files]
 
 
-def _data_files(path: Path | None) -> list[Path]:
+def _data_parts(label: str, path: Path | None) -> list[tuple[str, bytes]]:
     """A data file, or every file in a data folder (sorted, so the hash does not depend on listing order)."""
     if path is None:
-        return []
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-
-
-def _file_parts(label: str, files: list[Path]) -> list[tuple[str, bytes]]:
-    if not files:
         return [(label, b"")]
-    root = files[0].parent
-    return [(f"{label}:{f.relative_to(root) if f.is_relative_to(root) else f.name}", _file_digest(f)) for f in files]
+    if path.is_dir():
+        return _file_parts(label, path, sorted(p for p in path.rglob("*") if p.is_file()))
+    return _file_parts(label, path.parent, [path])
+
+
+def _file_parts(label: str, root: Path, files: list[Path]) -> list[tuple[str, bytes]]:
+    """(label:relative name, SHA-256) per file: renaming or moving a file inside its folder changes the hash."""
+    names = [f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name for f in files]
+    return [(f"{label}:{name}", _file_digest(f)) for name, f in zip(names, files, strict=True)]
 
 
 def _file_digest(path: Path) -> bytes:

@@ -43,7 +43,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three models (the shipped example with its data, two built here with numpy data) and a broken one."""
     folder = tmp_path_factory.mktemp("zoo")
     rng = np.random.default_rng(0)
-    for name, model in (("convnet", small_convnet(size=16)), ("mobilenet", mobilenet_style(size=32, width=32, blocks=4))):
+    for name, model in (
+        ("convnet", small_convnet(size=16)),
+        ("mobilenet", mobilenet_style(size=32, width=32, blocks=4)),
+    ):
         onnx.save(model, str(folder / f"{name}.onnx"))
         size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
         np.savez(folder / f"{name}.npz", input=rng.random((12, 3, size, size), dtype=np.float32))
