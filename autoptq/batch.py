@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autoptq import api
 from autoptq._version import __version__
@@ -97,6 +97,12 @@ class ModelEntry(BaseModel):
     val: Path | None = None
     preprocess: str | None = None
     options: JobOptions = Field(default_factory=JobOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, value: object) -> object:
+        """`- model.onnx` in a job file is short for `- model: model.onnx`."""
+        return {"model": value} if isinstance(value, str) else value
 
 
 class JobFile(BaseModel):
@@ -201,12 +207,14 @@ def _read_job_file(path: Path) -> list[ModelEntry]:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise AutoptqError(f"{path}: {where}: {error['msg']}") from None
+        raise AutoptqError(f"{path}: {where + ': ' if where else ''}{error['msg']}") from None
     except (yaml.YAMLError, csv.Error, UnicodeDecodeError) as exc:
         raise AutoptqError(f"{path}: not a valid job file ({' '.join(str(exc).split())})") from None
     base = path.resolve().parent
     return [
-        entry.model_copy(update={key: base / path for key in ("model", "data", "val") if (path := getattr(entry, key))})
+        entry.model_copy(
+            update={key: base / value for key in ("model", "data", "val") if (value := getattr(entry, key))}
+        )
         for entry in job_file.models
     ]
 
@@ -560,18 +568,18 @@ def run(
         raise OutputError(f"{output_dir}: exists and is not a directory")
     if any(p.resolve().is_relative_to(out) for p in inputs_used):
         raise OutputError(f"{output_dir}: holds inputs of the batch; give an output folder of its own")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a killed worker of an earlier run
-        shutil.rmtree(stale, ignore_errors=True)
     done = {job.folder: entry for job in jobs if (entry := finished(job, out)) is not None}
     todo = [job for job in jobs if job.folder not in done]
     progress(f"{len(jobs)} jobs: {len(done)} finished earlier with the same inputs, {len(todo)} to run")
     results = list(done.values())
     if todo:
-        with connect(scheduler, workers, memory_limit) as client:
+        with connect(scheduler, workers, memory_limit) as client:  # an unreachable scheduler: nothing written
             link = dashboard_link(client)
             if link:
                 progress(f"Dask dashboard: {link}")
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a killed worker of an earlier run
+                shutil.rmtree(stale, ignore_errors=True)
             results.extend(run_jobs(todo, out, client, progress))
     index = BatchIndex(jobs=sorted(results, key=lambda e: (e.model, e.target)))
     write_atomic(out / "index.json", index.model_dump_json(indent=2) + "\n")
