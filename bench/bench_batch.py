@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from benchlib import REPO_DIR, environment, markdown_table, parse_args, seconds, write_result
-from distributed import Client, as_completed
+from distributed import Client, as_completed, get_task_stream
 from onnx import ModelProto, helper, numpy_helper
 
 from autoptq import api, zoo
@@ -50,6 +50,7 @@ class Run:
     wall_s: float
     jobs_s: float
     worker_cpu_s: float
+    job_seconds: float  # the jobs' compute intervals (Dask's task stream), summed
     index: BatchIndex
 
 
@@ -124,10 +125,12 @@ def timed_batch(job_file: Path, targets: list[str], out: Path, workers: int) -> 
     started = time.perf_counter()
     with local_cluster(workers) as cluster, Client(cluster) as client:
         ready = time.perf_counter()
-        index = api.batch([job_file], targets, out, scheduler=cluster.scheduler_address)
+        with get_task_stream(client) as stream:  # the scheduler's record of every task's compute interval
+            index = api.batch([job_file], targets, out, scheduler=cluster.scheduler_address)
         ran = time.perf_counter() - ready
         cpu = sum(client.run(worker_cpu_seconds).values())
-    return Run(workers, time.perf_counter() - started, ran, cpu, index)
+    busy = sum(s["stop"] - s["start"] for task in stream.data for s in task["startstops"] if s["action"] == "compute")
+    return Run(workers, time.perf_counter() - started, ran, cpu, busy, index)
 
 
 def worker_cpu_seconds() -> float:
@@ -181,7 +184,8 @@ def contention_note() -> str:
     grouped = autogroup.is_file() and autogroup.read_text().strip() == "1"
     note = (
         "The machine is shared: other processes compete for its cores. 'cores obtained' is the workers' CPU time "
-        "over the jobs' wall time: throughput can only scale with it."
+        "over the jobs' wall time: throughput can only scale with it. 'jobs in flight' is the jobs' compute time "
+        "(Dask's task stream), summed, over the jobs' wall time: how many jobs the batch kept running at once."
     )
     if grouped:
         note += (
@@ -221,6 +225,7 @@ def main() -> None:
             f"{one.wall_s / run.wall_s:.2f}x",
             f"{run.worker_cpu_s:.0f} s",
             f"{run.worker_cpu_s / run.jobs_s:.2f}",
+            f"{run.job_seconds / run.jobs_s:.2f}",
         ]
         for run in (one, two)
     ]
@@ -250,6 +255,7 @@ def main() -> None:
                     "throughput vs 1 worker",
                     "worker CPU time",
                     "cores obtained (CPU / jobs time)",
+                    "jobs in flight (mean)",
                 ],
                 rows,
             ),
