@@ -358,7 +358,8 @@ def run_job(job: Job, out_dir: str) -> JobEntry:
             preprocess=job.preprocess,
         )
         entry = _entry_from(job, manifest.variants[0])
-        write_atomic(staging / RECORD, JobRecord(input_hash=job.input_hash, entry=entry).model_dump_json(indent=2))
+        record = JobRecord(input_hash=job.input_hash, entry=entry)
+        write_atomic(staging / RECORD, record.model_dump_json(indent=2) + "\n")
         _publish(staging, out / job.folder)
         return entry
     except Exception as exc:  # the job fails, the worker lives on
