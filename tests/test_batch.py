@@ -185,15 +185,19 @@ def test_killing_a_worker_loses_only_its_in_flight_job_which_reruns_on_resume(zo
     assert (out / slow.path).is_file()
 
 
-def test_embedded_cluster_runs_a_model_list(run_cli, zoo, tmp_path) -> None:
-    out = tmp_path / "out"
+def test_embedded_cluster_memory_limit_fails_only_the_model_that_exceeds_it(run_cli, tmp_path) -> None:
+    """A real out-of-memory kill: Dask's nanny terminates the worker at 95% of --memory-limit."""
+    onnx.save(small_convnet(size=2048), str(tmp_path / "huge.onnx"))  # ~0.5 GB per activation, 0.4 GB of inputs
     shutil.copy(EXAMPLES / "digits_cnn.onnx", tmp_path / "digits_cnn.onnx")
-    code, stdout, stderr = run_cli(
-        ["batch", tmp_path / "digits_cnn.onnx", "-t", "gpu-fp16", "-o", out, "--workers", "1"]
-    )
-    assert code == 0, stderr
-    assert "1 done, 0 skipped, 0 failed" in stdout
-    assert statuses(out) == {("digits_cnn", "gpu-fp16"): "done"}
+    out = tmp_path / "out"
+    models = [tmp_path / "huge.onnx", tmp_path / "digits_cnn.onnx"]
+    args = ["batch", *models, "-t", "gpu-fp16", "-o", out, "--workers", "1", "--memory-limit", "1GB"]
+    code, stdout, stderr = run_cli(args)
+    assert code == 1, stderr
+    assert "1 done, 0 skipped, 1 failed" in stdout
+    jobs = {j["model"]: j for j in json.loads((out / "index.json").read_text())["jobs"]}
+    assert jobs["huge"]["status"] == "failed" and "worker died" in jobs["huge"]["reason"]
+    assert jobs["digits_cnn"]["status"] == "done"  # on the worker the nanny restarted
 
 
 @pytest.mark.parametrize(
