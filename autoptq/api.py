@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import ModelProto
@@ -44,6 +45,9 @@ from autoptq.sensitivity import SensitivityReport, sensitivity_report
 from autoptq.shapes import apply_user_shapes, bind, parse_input_shapes
 from autoptq.tuning import Budget
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
+
+if TYPE_CHECKING:
+    from autoptq.batch import BatchIndex
 
 ModelSource = str | Path | ModelProto | ModelGraph
 InputShapes = dict[str, list[int]] | list[str]
@@ -466,3 +470,22 @@ def _without_folders(text: str, sources: list[str]) -> str:
 def _paths(*sources: object) -> list[Path]:
     """The file paths among data arguments (a Dataset or None is no file): outputs must not overwrite them."""
     return [Path(s) for s in sources if isinstance(s, (str, Path))]
+
+
+def batch(
+    inputs: Sequence[str | Path],
+    targets: Sequence[str | Path],
+    output_dir: str | Path,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    memory_limit: str | None = None,
+    rules: str | Path | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> BatchIndex:
+    """A zoo × targets on Dask (see autoptq.batch): one resumable variants job per (model, target) into
+    `output_dir/<model>/<target>/`, plus index.json and index.md. `inputs` are models or YAML/CSV job files;
+    `targets` are profile names or YAML paths; `scheduler` is a running Dask scheduler's address (default: an
+    embedded LocalCluster of `workers` processes, one per core)."""
+    from autoptq.batch import run  # Dask is the optional `batch` extra
+
+    return run(inputs, targets, output_dir, scheduler, workers, memory_limit, rules, progress)

@@ -444,6 +444,46 @@ def variants(
 
 
 @app.command()
+def batch(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="ONNX models, or YAML/CSV job files (per-model data, val, options).", show_default=False),
+    ],
+    targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated profile names or YAML paths.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one folder per model and target).")],
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="A running Dask scheduler, tcp://host:8786 (default: an embedded cluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes of the embedded cluster (default: one per core).")
+    ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option("--memory-limit", help="Per-worker memory limit of the embedded cluster: 4GB, auto, 0 for none."),
+    ] = None,
+    rules: RulesOpt = None,
+) -> None:
+    """Variants for a zoo of models x targets on Dask: resumable, one job per (model, target), out/index.json.
+
+    Exit 1 when a job failed or produced a variant marked failed (as `variants`); rerun to retry: finished jobs whose
+    inputs are unchanged are skipped."""
+    index = api.batch(
+        inputs,
+        split_targets([targets]),
+        output,
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        rules=rules,
+        progress=progress_line,
+    )
+    counts = {status: sum(1 for j in index.jobs if j.status == status) for status in ("done", "skipped", "failed")}
+    typer.echo(", ".join(f"{n} {status}" for status, n in counts.items()) + f": wrote {output / 'index.json'}")
+    raise typer.Exit(1 if index.failed else 0)
+
+
+@app.command()
 def check(
     quantized: Annotated[Path, typer.Argument(help="Quantized ONNX model (never modified).", show_default=False)],
     target: TargetOpt,
