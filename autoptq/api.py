@@ -20,7 +20,7 @@ from autoptq.graph import ModelGraph, load_model
 from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
-from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.produce import Outcome, produce, produce_tuned
 from autoptq.profiles import HardwareProfile, load_profile
 from autoptq.recipe import Recipe, Technique
@@ -121,8 +121,7 @@ def plan_for(
     planned = plan_model(graph, profile, tree, data, options.goals)
     if options.technique is None or options.technique == planned.technique:
         return planned
-    base = Recipe(op_types_to_quantize=list(DYNAMIC_QUANT_OPS) if options.technique == "weight_only_int8" else [])
-    recipe = device_conformant_recipe(base, options.technique, profile, graph, data)
+    recipe = device_conformant_recipe(Recipe(), options.technique, profile, graph, data)
     return planned.model_copy(
         update={
             "technique": options.technique,

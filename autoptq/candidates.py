@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from autoptq.calibration import Dataset
 from autoptq.graph import ModelGraph
-from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, device_conformant_recipe
+from autoptq.planner import Plan, device_conformant_recipe
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
 
@@ -54,9 +54,7 @@ def fallback_candidate(
     if name == "fp16" and "fp16" in profile.precisions:
         return _conformant(name, "fp16", Recipe(), profile, graph, data)
     if name == "weight_only_int8" and not profile.integer_only:
-        recipe = Recipe(
-            op_types_to_quantize=list(DYNAMIC_QUANT_OPS), per_channel=False, reduce_range=plan.recipe.reduce_range
-        )
+        recipe = Recipe(reduce_range=plan.recipe.reduce_range)  # the device's default weight-only space point
         return _conformant(name, "weight_only_int8", recipe, profile, graph, data)
     if name == "full_int8" and data is not None:
         recipe = Recipe(

@@ -17,6 +17,7 @@ from autoptq.profiles import HardwareProfile, Precision
 from autoptq.recipe import FixedOutputParams, Recipe, Technique
 from autoptq.resources import data_dir
 from autoptq.rules import FactSpec, FactValue, RuleSet, TraceStep, load_rules
+from autoptq.space import conform_weight_only
 
 Objective = Literal["speed", "size", "accuracy"]
 
@@ -262,11 +263,9 @@ def device_conformant_recipe(
         if data is not None:
             update["calibration_samples"] = min(base.calibration_samples, len(data))
     if technique == "weight_only_int8":
+        base = conform_weight_only(base, profile, graph)
         if rules.int8_dot_product == "int16_pair_saturating":
             update["reduce_range"] = True
-        update["op_types_to_quantize"] = sorted(
-            op for op in (base.op_types_to_quantize or DYNAMIC_QUANT_OPS) if op in present_ops
-        )
     if technique == "fp16":
         blocked = [op for op in present_ops if "fp16" not in profile.precisions_for(op)]
         update["fp16_op_block_list"] = sorted(set(base.fp16_op_block_list) | set(blocked))

@@ -1,0 +1,120 @@
+"""The weight-only recipe space: what each device allows, the default on CPUs, and what the quantizer makes of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from autoptq import zoo
+from autoptq.api import QuantizeOptions, plan_for, split_data
+from autoptq.calibration import Dataset
+from autoptq.graph import load_model
+from autoptq.planner import load_tree
+from autoptq.produce import produce
+from autoptq.profiles import load_profile
+from autoptq.quantizers import QUANTIZERS
+from autoptq.recipe import Recipe
+from autoptq.space import conform_weight_only, quantizable_nodes, weight_only_options, weight_only_space
+
+
+@pytest.fixture(scope="module")
+def encoder() -> onnx.ModelProto:
+    return zoo.text_encoder()
+
+
+def token_data(count: int, seq: int = 16, vocab: int = 1000, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset(
+        samples=[{"input_ids": rng.integers(0, vocab, (1, seq), dtype=np.int64)} for _ in range(count)],
+        labels=None,
+        source="tokens",
+    )
+
+
+def allowed(options: list, knob: str) -> set[str]:
+    return {o.value for o in options if o.knob == knob and o.allowed}
+
+
+def test_each_knob_value_follows_the_device_rules(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    x86 = weight_only_options(load_profile("x86-vnni"), graph)
+    assert allowed(x86, "granularity") == {"per_channel", "per_tensor"}
+    assert allowed(x86, "weight_dtype") == {"int8"}  # x86-vnni lists int8 weights only
+    assert allowed(x86, "ops.dense") == {"on", "off"} and allowed(x86, "ops.embeddings") == {"on", "off"}
+    conv = next(o for o in x86 if o.knob == "ops.conv" and o.value == "on")
+    assert not conv.allowed and "no Conv node" in conv.why
+    profile = load_profile("x86-vnni")
+    rules = profile.quantization.model_copy(
+        update={"weights": profile.quantization.weights.model_copy(update={"dtype": ["int8", "uint8"]})}
+    )
+    both = profile.model_copy(update={"quantization": rules})
+    assert allowed(weight_only_options(both, graph), "weight_dtype") == {"int8", "uint8"}
+    edgetpu = weight_only_options(load_profile("edgetpu"), graph)
+    assert not any(o.allowed for o in edgetpu)  # integer-only: dynamic activations cannot run there
+    assert all("integer-only" in o.why for o in edgetpu)
+
+
+def test_only_embedding_tables_with_constant_float_weights_count(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    assert quantizable_nodes(graph, "Gather") == ["word_embeddings"]
+    assert len(quantizable_nodes(graph, "MatMul")) == 4
+    # A convnet's Gather on shapes is not an embedding table.
+    assert quantizable_nodes(load_model(zoo.small_convnet()), "Gather") == []
+
+
+def test_space_enumerates_every_allowed_combination(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    recipes = weight_only_space(load_profile("x86-vnni"), graph, Recipe())
+    # 2 granularities x 1 dtype x 3 non-empty subsets of {dense, embeddings}
+    assert len(recipes) == 6
+    assert {tuple(r.op_types_to_quantize) for r in recipes} == {("MatMul",), ("Gather",), ("Gather", "MatMul")}
+    assert len({r.model_dump_json() for r in recipes}) == 6
+
+
+def test_conform_keeps_the_leaf_choice_where_allowed_and_downgrades_where_not(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    x86 = load_profile("x86-vnni")
+    default = conform_weight_only(Recipe(), x86, graph)
+    assert default.per_channel and default.weight_dtype == "int8"
+    assert default.op_types_to_quantize == ["Gather", "MatMul"]
+    per_tensor = conform_weight_only(Recipe(per_channel=False, op_types_to_quantize=["MatMul"]), x86, graph)
+    assert not per_tensor.per_channel and per_tensor.op_types_to_quantize == ["MatMul"]
+    assert conform_weight_only(Recipe(weight_dtype="uint8"), x86, graph).weight_dtype == "int8"
+
+
+def test_the_default_on_a_cpu_is_per_channel_int8_with_the_embedding_table(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    assert plan.technique == "weight_only_int8"
+    assert plan.recipe.per_channel and plan.recipe.weight_dtype == "int8"
+    assert plan.recipe.op_types_to_quantize == ["Gather", "MatMul"]
+    outcome = produce(graph, profile, plan, calibration, validation, measure_latency=False)
+    assert not outcome.kept_float and outcome.verification is not None
+    # Every weight in 8 bits, the embedding table included: about a quarter of the float size.
+    assert outcome.verification.size_ratio < 0.30
+    assert outcome.verification.fidelity[0].cosine > 0.99
+
+
+def test_per_channel_and_embedding_knobs_show_in_the_quantized_graph(encoder: onnx.ModelProto) -> None:
+    profile = load_profile("x86-vnni")
+    on = QUANTIZERS["weight_only_int8"](encoder, Recipe(op_types_to_quantize=["Gather", "MatMul"]), None, profile)
+    off = QUANTIZERS["weight_only_int8"](
+        encoder, Recipe(op_types_to_quantize=["MatMul"], per_channel=False), None, profile
+    )
+
+    def tables(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    on_tables, off_tables = tables(on.model), tables(off.model)
+    # The embedding table is stored in 8 bits with the knob on, in float without it.
+    assert any(v.dtype == np.uint8 and v.shape == (1000, 64) for v in on_tables.values())
+    assert any(v.dtype == np.float32 and v.shape == (1000, 64) for v in off_tables.values())
+    # Per-channel: one weight scale per output column; per-tensor: one.
+    on_scales = [v for k, v in on_tables.items() if k.endswith("_scale") and v.ndim == 1 and v.size == 256]
+    off_scales = [v for k, v in off_tables.items() if k.endswith("_scale") and v.size == 256]
+    assert on_scales and not off_scales
+    assert on.model.ByteSize() < off.model.ByteSize() * 0.6
