@@ -27,6 +27,7 @@ from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
 from autoptq.tuning import Budget
+from autoptq.user_metric import MetricFunction, UserMetric, load_metric
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 ModelSource = str | Path | ModelProto | ModelGraph
@@ -143,11 +144,18 @@ def quantize(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
+    metric: str | MetricFunction | None = None,
 ) -> tuple[Plan, Outcome]:
-    """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
+    """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`.
+
+    `metric`: `module:function` or a callable scoring the validation outputs, higher is better (see
+    autoptq.user_metric); reported on every candidate, and the quantity `--max-drop` bounds."""
     options = options or QuantizeOptions()
     graph = as_graph(model)
-    out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
+    user_metric = load_metric(metric)
+    out_path = check_output_path(
+        Path(output), protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)]
+    )
     profile, tree = as_profile(target), load_tree(rules)
     calibration, held_out, _ = split_data(
         graph,
@@ -156,7 +164,7 @@ def quantize(
         options.synthetic_calibration,
     )
     chosen = plan_for(graph, profile, tree, calibration, options)
-    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
     write_atomic(out_path, outcome.model_bytes)
     return chosen, outcome
 
@@ -169,6 +177,7 @@ def _produce(
     held_out: Dataset,
     options: QuantizeOptions,
     progress: Callable[[str], None],
+    metric: UserMetric | None = None,
 ) -> Outcome:
     """The accuracy-aware search when a budget is set, else the plan with verification and fallback."""
     if options.budget.has_target:
@@ -183,8 +192,9 @@ def _produce(
             progress,
             options.measure_latency,
             options.min_sqnr_db,
+            metric,
         )
-    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, metric)
 
 
 def make_variants(
@@ -197,6 +207,7 @@ def make_variants(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
+    metric: str | MetricFunction | None = None,
 ) -> tuple[Manifest, dict[str, dict[str, object]]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md and
     measurements.json (the only file that varies run to run: it holds timings)."""
@@ -212,20 +223,23 @@ def make_variants(
     if len(set(names)) != len(names):
         raise AutoptqError(f"targets repeat: {names}")
     tree = load_tree(rules)
+    user_metric = load_metric(metric)
     dataset = load_data(data, graph, preprocess)
     calibration, held_out, held_out_source = split_data(
         graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
     )
     for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
         check_output_path(
-            folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
+            folder.resolve() / name,
+            protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)],
+            must_exist_parent=False,
         )
     folder.mkdir(parents=True, exist_ok=True)
     variants, measurements = [], {}
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
         progress(f"{profile.name}: {chosen.technique}")
-        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
@@ -233,7 +247,9 @@ def make_variants(
         checked = None
         if not outcome.kept_float:
             progress(f"{profile.name}: checking on the {profile.emulator} emulator")
-            checked = run_check(onnx.load_from_string(outcome.model_bytes), profile, graph, held_out)
+            checked = run_check(
+                onnx.load_from_string(outcome.model_bytes), profile, graph, held_out, metric=user_metric
+            )
             variant = variant.model_copy(update={"check": check_summary(checked)})
         variants.append(variant)
         measurements[profile.name] = {
@@ -279,6 +295,7 @@ def check(
     min_sqnr_db: float | None = None,
     max_drop: float | None = None,
     preprocess: str | ImagePreprocessing | None = None,
+    metric: str | MetricFunction | UserMetric | None = None,
 ) -> CheckReport:
     """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
 
@@ -288,7 +305,9 @@ def check(
     dataset = load_data(data, reference_graph, preprocess)
     if dataset is None:
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
-    return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)
+    return run_check(
+        quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop, load_metric(metric)
+    )
 
 
 def _without_folders(text: str, sources: list[str]) -> str:
@@ -298,6 +317,11 @@ def _without_folders(text: str, sources: list[str]) -> str:
         if folder not in ("", "."):
             text = text.replace(folder + "/", "")
     return text
+
+
+def _metric_files(metric: UserMetric | None) -> list[Path]:
+    """The user's metric module, an input like the data."""
+    return [metric.source] if metric is not None and metric.source is not None else []
 
 
 def _paths(*sources: object) -> list[Path]:

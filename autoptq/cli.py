@@ -22,6 +22,7 @@ from autoptq.planner import UserGoals, decision_matrix, load_tree
 from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
 from autoptq.resources import data_dir
 from autoptq.tuning import Budget
+from autoptq.user_metric import load_metric
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 app = typer.Typer(
@@ -188,6 +189,14 @@ TimeBudgetOpt = Annotated[
 ]
 MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="Stop the accuracy-aware search after N trials.")]
 PreferOpt = Annotated[Objective, typer.Option("--prefer", help="Objective among candidates within budget.")]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Your metric, module:function (a .py file or an importable module): gets {output name: [array per "
+        "sample]} and labels (or None), returns a float, higher is better. --max-drop then bounds its drop.",
+    ),
+]
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -267,6 +276,7 @@ def plan(
     time_budget: TimeBudgetOpt = None,
     max_trials: MaxTrialsOpt = 40,
     synthetic_calibration: SyntheticOpt = False,
+    metric: MetricOpt = None,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
@@ -282,7 +292,7 @@ def plan(
         options = options.model_copy(update={"goals": goals})
         chosen, outcome = api.quantize(
             graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess,
-            progress=progress_line,
+            progress=progress_line, metric=metric,
         )  # fmt: skip
         typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(outcome))
@@ -318,6 +328,7 @@ def quantize(
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    metric: MetricOpt = None,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
 
@@ -345,6 +356,7 @@ def quantize(
         rules=rules,
         preprocess=preprocess,
         progress=progress_line,
+        metric=metric,
     )
     typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
     raise typer.Exit(outcome_exit_code(outcome))
@@ -366,6 +378,7 @@ def variants(
     prefer: PreferOpt = Objective.speed,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
+    metric: MetricOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
     warn_synthetic(synthetic_calibration and data is None)
@@ -382,6 +395,7 @@ def variants(
         rules=rules,
         preprocess=preprocess,
         progress=progress_line,
+        metric=metric,
     )
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
@@ -405,15 +419,23 @@ def check(
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: OutputOpt = None,
+    metric: MetricOpt = None,
 ) -> None:
     """What will this quantized model do on the device? Exit 1 when device rules or budgets fail."""
+    user_metric = load_metric(metric)
     if output is not None:
-        check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data)])
+        metric_file = [user_metric.source] if user_metric and user_metric.source else []
+        check_output_path(
+            output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data), *metric_file]
+        )
     drop = parse_max_drop(max_drop)
     results = [
-        api.check(quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess)
+        api.check(
+            quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess,
+            metric=user_metric,
+        )
         for t in split_targets(target)
-    ]
+    ]  # fmt: skip
     emit(report.render_check(results, fmt.value), output)
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 

@@ -20,6 +20,7 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.common import AppliedRecipe
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
+from autoptq.user_metric import UserMetric
 from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, verify
 
 
@@ -62,6 +63,7 @@ def produce(
     validation: Dataset,
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
     measure_latency: bool = True,
+    metric: UserMetric | None = None,
 ) -> Outcome:
     """Prepare, quantize and verify along the plan's candidates; return the first verified one, or float."""
     float_model = graph.model
@@ -97,6 +99,7 @@ def produce(
             min_sqnr_db,
             measure_latency,
             float_size_bytes=len(float_bytes),
+            metric=metric,
         )
         attempt = Attempt(
             **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
@@ -173,10 +176,11 @@ def produce_tuned(
     progress: Callable[[str], None],
     measure_latency: bool = True,
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+    metric: UserMetric | None = None,
 ) -> Outcome:
     """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.tuning), then verify the
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
-    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress)
+    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, metric=metric)
     trial = result.trials[result.chosen]
     float_bytes = graph.original_bytes()
     is_float = trial.technique == "none"
@@ -194,6 +198,7 @@ def produce_tuned(
             min_sqnr_db,
             measure=measure_latency,
             float_size_bytes=len(float_bytes),
+            metric=metric,
         )
         if not verification.passed:
             reason += "; verification found: " + "; ".join(verification.problems)

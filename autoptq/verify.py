@@ -23,6 +23,7 @@ from autoptq.emulators import kernels
 from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity, accuracy, compare
 from autoptq.profiles import HardwareProfile
+from autoptq.user_metric import MetricScore, UserMetric
 
 DEFAULT_MIN_SQNR_DB = 10.0
 """Below this the output is dominated by quantization noise: treated as numerically broken."""
@@ -55,6 +56,7 @@ class Verification(BaseModel):
     latency_note: str = ""
     accuracy_float: float | None = None
     accuracy_candidate: float | None = None
+    metric: MetricScore | None = Field(default=None, description="the user's --metric on float and on the candidate")
 
 
 def quantize_input(values: np.ndarray, io: IOQuantization) -> np.ndarray:
@@ -144,6 +146,7 @@ def verify(
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
     measure: bool = True,
     float_size_bytes: int | None = None,
+    metric: UserMetric | None = None,
 ) -> Verification:
     """Check a quantized candidate against its float model on held-out `data` (see the module docstring).
 
@@ -182,10 +185,19 @@ def verify(
     if data.labels is not None and outputs and outputs[0].top1_agreement is not None:
         accuracy_float = accuracy([reference.run(s)[0] for s in data.samples], data.labels)
         accuracy_candidate = accuracy([runner.run(s)[0] for s in data.samples], data.labels)
+    score = None
+    if metric is not None:
+        score = metric.compare(
+            reference.output_names,
+            [reference.run(s) for s in data.samples],
+            [runner.run(s) for s in data.samples],
+            data.labels,
+        )
     return Verification(
         passed=not problems,
         problems=problems,
         fidelity=outputs,
+        metric=score,
         latency=latency,
         latency_note=note,
         accuracy_float=accuracy_float,
