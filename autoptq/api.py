@@ -23,7 +23,9 @@ from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.produce import Outcome, produce, produce_tuned
 from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.recipe import Recipe, Technique
+from autoptq.recipe import Recipe, RecipeFile, Technique
+from autoptq.replay import load_recipe, split_spec
+from autoptq.replay import replay as run_replay
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
 from autoptq.tuning import Budget
@@ -195,6 +197,46 @@ def _produce(
             metric,
         )
     return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, metric)
+
+
+def replay(
+    model: ModelSource,
+    output: str | Path,
+    recipe: str | RecipeFile,
+    target: TargetSource | None = None,
+    data: str | Path | Dataset | None = None,
+    validation: str | Path | Dataset | None = None,
+    options: QuantizeOptions | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
+    metric: str | MetricFunction | None = None,
+) -> tuple[RecipeFile, Outcome]:
+    """Reproduce a variant from its recipe (`manifest.json#TARGET`, a recipe YAML, or a RecipeFile) without search;
+    the target defaults to the recipe's own. Same model and data as the original run give the same bytes."""
+    options = options or QuantizeOptions()
+    graph = as_graph(model)
+    chosen = recipe if isinstance(recipe, RecipeFile) else load_recipe(recipe)
+    recipe_files = [split_spec(recipe)[0]] if isinstance(recipe, str) else []
+    user_metric = load_metric(metric)
+    out_path = check_output_path(
+        Path(output),
+        protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric), *recipe_files],
+    )
+    profile = as_profile(target if target is not None else chosen.target)
+    if profile.name != chosen.target:
+        raise AutoptqError(
+            f"the recipe was chosen for {chosen.target}, not {profile.name}: pass --target {chosen.target}"
+        )
+    calibration, held_out, _ = split_data(
+        graph,
+        load_data(data, graph, preprocess),
+        load_data(validation, graph, preprocess),
+        options.synthetic_calibration,
+    )
+    outcome = run_replay(
+        graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, user_metric
+    )
+    write_atomic(out_path, outcome.model_bytes)
+    return chosen, outcome
 
 
 def make_variants(

@@ -20,6 +20,7 @@ from autoptq.manifest import outcome_failed
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
 from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
+from autoptq.replay import render_recipes
 from autoptq.resources import data_dir
 from autoptq.tuning import Budget
 from autoptq.user_metric import load_metric
@@ -40,6 +41,13 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+
+
+class PlanFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    yaml = "yaml"
 
 
 class AuditFormat(str, Enum):
@@ -266,7 +274,9 @@ def plan(
     prefer: PreferOpt = Objective.speed,
     max_size: Annotated[str | None, typer.Option("--max-size", help="Size budget, e.g. 5MB.")] = None,
     rules: RulesOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[
+        PlanFormat, typer.Option("--format", "-f", help="Output format (yaml: an editable recipe to replay).")
+    ] = PlanFormat.table,
     output: OutputOpt = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="Also produce the planned model (one target) into -o, like `quantize`.")
@@ -286,6 +296,8 @@ def plan(
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
+        if fmt == PlanFormat.yaml:
+            raise AutoptqError("--format yaml writes a recipe to replay; with --apply use table, json or markdown")
         options = quantize_options(
             max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
         )
@@ -300,7 +312,7 @@ def plan(
         check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
     data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
-    emit(report.render_plans(plans, fmt.value), output)
+    emit(render_recipes(plans) if fmt == PlanFormat.yaml else report.render_plans(plans, fmt.value), output)
 
 
 def outcome_exit_code(outcome: api.Outcome) -> int:
@@ -311,8 +323,11 @@ def outcome_exit_code(outcome: api.Outcome) -> int:
 @app.command()
 def quantize(
     model: ModelArg,
-    target: Annotated[str, typer.Option("--target", "-t", help="Shipped profile name or profile YAML path.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the produced model.")],
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Shipped profile name or profile YAML path (default with --recipe: its)."),
+    ] = None,
     data: DataOpt = None,
     preprocess: PreprocessOpt = None,
     validation: ValidationOpt = None,
@@ -329,13 +344,43 @@ def quantize(
     rules: RulesOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     metric: MetricOpt = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="Replay a recipe without search: manifest.json#TARGET (a variant of `autoptq variants`) or a "
+            "recipe YAML (`autoptq plan --format yaml`, FILE#TARGET to pick one).",
+        ),
+    ] = None,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
 
     With a budget (--max-drop, --min-sqnr, --min-top1-agreement) the accuracy-aware search runs instead and returns
     the best candidate found. Exit 1 when quantization was planned but nothing beat float, or the budget was not
-    met (the closest candidate is still written)."""
+    met (the closest candidate is still written). With --recipe, that recipe is replayed as is (exit 1 if the
+    result fails verification; it is still written)."""
     warn_synthetic(synthetic_calibration and data is None)
+    if recipe is not None:
+        searching = [name for name, value in (("--technique", technique), ("--max-drop", max_drop),
+                     ("--min-top1-agreement", min_agreement), ("--rules", rules)) if value is not None]  # fmt: skip
+        if searching:
+            raise AutoptqError(f"--recipe replays a recipe without search: drop {', '.join(searching)}")
+        _, replayed = api.replay(
+            model,
+            output,
+            recipe,
+            target=target,
+            data=data,
+            validation=validation,
+            options=quantize_options(None, min_sqnr, None, None, max_trials, prefer, synthetic_calibration),
+            preprocess=preprocess,
+            metric=metric,
+        )
+        typer.echo(report.render_outcome(replayed, output, fmt.value), nl=False)
+        passed = replayed.verification is None or replayed.verification.passed
+        raise typer.Exit(0 if passed else 1)
+    if target is None:
+        raise AutoptqError("give --target (or --recipe to replay a recipe)")
     options = quantize_options(
         max_drop,
         min_sqnr,

@@ -186,9 +186,17 @@ def produce_tuned(
     is_float = trial.technique == "none"
     model_bytes = float_bytes if is_float else result.model_bytes
     verification = None
+    applied = None
     reason = result.message
     if not is_float:
         candidate = onnx.load_from_string(model_bytes)
+        # What the chosen trial was made with, so a manifest records it and `--recipe` can replay it.
+        applied = AppliedRecipe(
+            technique=trial.technique,
+            recipe=trial.recipe or Recipe(),
+            excluded={name: "kept in float by the accuracy loop" for name in trial.excluded},
+            integer_io=read_integer_io(candidate),
+        )
         verification = verify(
             graph.model,
             candidate,
@@ -210,6 +218,7 @@ def produce_tuned(
         reason=reason,
         attempts=[],
         preparation=[],
+        applied=applied,
         verification=verification,
         synthetic_data=bool(calibration is not None and calibration.synthetic),
         tuning=result,
