@@ -5,10 +5,18 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoptq.calibration import Dataset
+from autoptq.coverage import analyse
 from autoptq.graph import ModelGraph
-from autoptq.planner import Plan, device_conformant_recipe
+from autoptq.planner import Plan, device_conformant_recipe, predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
+from autoptq.space import OP_GROUPS, weight_only_space
+
+CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
+"""Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
+MEASURED_CHOICES = 4
+"""How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
+plan's own and the best the cost model ranks among the recipe space."""
 
 
 class Candidate(BaseModel):
@@ -72,3 +80,70 @@ def _conformant(
     if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
         return None  # no op of the types where dynamic quantization pays
     return Candidate(step=step, technique=technique, recipe=recipe)
+
+
+def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+    """onnxruntime's plain defaults as candidates: `quantize_dynamic` (per-tensor int8 weights, every op type it
+    handles) and, with data, `quantize_static` (QDQ, int8 activations and weights, per tensor, min-max), each
+    made conformant with the device's rules (the hard limit)."""
+    found = []
+    if not profile.integer_only:
+        every_op = sorted({op for ops in OP_GROUPS.values() for op in ops})
+        dynamic = _conformant(
+            "onnxruntime quantize_dynamic defaults",
+            "weight_only_int8",
+            Recipe(per_channel=False, op_types_to_quantize=every_op),
+            profile,
+            graph,
+            data,
+        )
+        found.append(dynamic)
+    if data is not None:
+        static = Recipe(activation_dtype="int8", per_channel=False)
+        found.append(_conformant("onnxruntime quantize_static defaults", "full_int8", static, profile, graph, data))
+    return [c for c in found if c is not None]
+
+
+def measured_choices(
+    found: list[Candidate], plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+) -> list[Candidate]:
+    """The candidates the default choice measures on a CPU target: the plan's own, then the best the cost model
+    ranks among the plan's fallbacks and the weight-only recipe space (up to MEASURED_CHOICES in all), then
+    onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
+    if not found:
+        return found
+    recipes = weight_only_space(profile, graph, Recipe(reduce_range=plan.recipe.reduce_range))
+    space = [
+        candidate
+        for recipe in recipes
+        if (candidate := _conformant(f"weight-only {_label(recipe)}", "weight_only_int8", recipe, profile, graph, data))
+    ]
+    coverage = analyse(graph, profile)
+
+    def predicted_ms(candidate: Candidate) -> float:
+        return predict(graph, coverage, profile, candidate.technique, candidate.recipe)[1].estimate_ms
+
+    # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
+    allowed = {plan.technique, *plan.fallbacks}
+    pool = _distinct([*(c for c in found[1:] if c.step not in CALIBRATION_STEPS), *space])
+    ranked = sorted((c for c in pool if c.technique in allowed), key=lambda c: (predicted_ms(c), _size_rank(c)))
+    chosen = _distinct([found[0], *ranked[: MEASURED_CHOICES - 1]])
+    return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+
+
+def _label(recipe: Recipe) -> str:
+    granularity = "per-channel" if recipe.per_channel else "per-tensor"
+    return f"{granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"
+
+
+def _size_rank(candidate: Candidate) -> tuple[int, int]:
+    # Among equal latency estimates: more op types quantized (smaller), per-channel (more faithful) first.
+    return (-len(candidate.recipe.op_types_to_quantize), 0 if candidate.recipe.per_channel else 1)
+
+
+def _distinct(found: list[Candidate]) -> list[Candidate]:
+    kept: list[Candidate] = []
+    for candidate in found:
+        if all(c.technique != candidate.technique or c.recipe != candidate.recipe for c in kept):
+            kept.append(candidate)
+    return kept

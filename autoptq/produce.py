@@ -9,7 +9,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import candidates
+from autoptq.candidates import CALIBRATION_STEPS, candidates, measured_choices
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
@@ -21,7 +21,7 @@ from autoptq.quantizers.common import AppliedRecipe
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.user_metric import UserMetric
-from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, verify
+from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, measurable_here, verify
 
 
 class Attempt(BaseModel):
@@ -65,11 +65,20 @@ def produce(
     measure_latency: bool = True,
     metric: UserMetric | None = None,
 ) -> Outcome:
-    """Prepare, quantize and verify along the plan's candidates; return the first verified one, or float."""
+    """Prepare, quantize and verify along the plan's candidates; return the first verified one (on a CPU measured
+    here: the best measured of a handful, see autoptq.candidates.measured_choices), or float."""
     float_model = graph.model
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
     float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
+    # On a CPU this machine stands in for, the default choice is the best measured of a handful, not the first
+    # that passes; the plan's remaining fallbacks follow in case none of them passes.
+    measured = measure_latency and measurable_here(profile) and bool(found)
+    measured_count = 0
+    if measured:
+        choices = measured_choices(found, plan, profile, graph, calibration)
+        found = [*choices, *(c for c in found if c not in choices)]
+        measured_count = len(choices)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
     preparation: list[PreparationStep] = []
@@ -78,7 +87,10 @@ def produce(
         source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
+    passed: list[tuple[Attempt, bytes]] = []
     for candidate in found:
+        if passed and len(attempts) >= measured_count:
+            break  # the measured handful is done and one passed (further fallbacks only run when none did)
         if candidate.step in CALIBRATION_STEPS and _rejected_only_for_cost(attempts):
             # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
             attempts.append(
@@ -106,19 +118,24 @@ def produce(
         )
         attempts.append(attempt)
         if verification.passed:
-            return Outcome(
-                target=profile.name,
-                planned_technique=plan.technique,
-                technique=candidate.technique,
-                kept_float=False,
-                reason=_accepted_reason(attempt, attempts),
-                attempts=attempts,
-                preparation=preparation,
-                applied=result.applied,
-                verification=verification,
-                synthetic_data=synthetic,
-                model_bytes=result.model.SerializeToString(deterministic=True),
-            )
+            passed.append((attempt, result.model.SerializeToString(deterministic=True)))
+            if not measured:
+                break
+    if passed:
+        best, best_bytes = _best_measured(passed, plan) if measured else passed[0]
+        return Outcome(
+            target=profile.name,
+            planned_technique=plan.technique,
+            technique=best.technique,
+            kept_float=False,
+            reason=_measured_reason(best, attempts) if measured else _accepted_reason(best, attempts),
+            attempts=attempts,
+            preparation=preparation,
+            applied=best.applied,
+            verification=best.verification,
+            synthetic_data=synthetic,
+            model_bytes=best_bytes,
+        )
     return Outcome(
         target=profile.name,
         planned_technique=plan.technique,
@@ -132,8 +149,59 @@ def produce(
     )
 
 
-CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
 _COST_PROBLEMS = ("slower than float", "not smaller than float")
+TIE = 0.05
+"""Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
+tie; among the fastest and smallest the most faithful output wins."""
+
+
+def _best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
+    """The objective's pick among verified, measured candidates: fastest (speed), smallest (size) or most faithful
+    (accuracy: the user's metric, else the lowest output SQNR), the others breaking ties."""
+
+    def ratio(a: Attempt) -> float:
+        latency = a.verification.latency if a.verification else None
+        return latency.ratio if latency is not None else 1.0
+
+    def fidelity(a: Attempt) -> float:
+        ver = a.verification
+        if ver is None:
+            return float("-inf")
+        if ver.metric is not None:
+            return ver.metric.candidate
+        return min((f.sqnr_db for f in ver.fidelity), default=float("-inf"))
+
+    def size(a: Attempt) -> int:
+        return a.verification.size_bytes if a.verification else 0
+
+    fastest = min(ratio(a) for a, _ in passed)
+    smallest = min(size(a) for a, _ in passed)
+    prefer = plan.facts.get("user.prefer", "speed")
+
+    def fast(a: Attempt) -> bool:
+        return ratio(a) <= fastest * (1 + TIE)
+
+    def small(a: Attempt) -> bool:
+        return size(a) <= smallest * (1 + TIE)
+
+    keys = {
+        "speed": lambda a: (not fast(a), not small(a), -fidelity(a), ratio(a), size(a)),
+        "size": lambda a: (not small(a), not fast(a), -fidelity(a), size(a), ratio(a)),
+        "accuracy": lambda a: (-fidelity(a), ratio(a), size(a)),
+    }
+    return min(passed, key=lambda pair: keys[str(prefer)](pair[0]))
+
+
+def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
+    verified = [a for a in attempts if a.verification is not None and a.verification.passed]
+    others = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts if not a.accepted)
+    ratio = best.verification.latency.ratio if best.verification and best.verification.latency else None
+    measured = f"{ratio:.2f}x float latency measured, " if ratio is not None else ""
+    size = f"{best.verification.size_ratio:.2f}x size" if best.verification else ""
+    return (
+        f"best measured of {len(attempts)} candidates ({len(verified)} passed): {best.step} ({best.technique}), "
+        f"{measured}{size}" + (f"; rejected: {others}" if others else "")
+    )
 
 
 def _rejected_only_for_cost(attempts: list[Attempt]) -> bool:

@@ -11,12 +11,14 @@ from autoptq import zoo
 from autoptq.api import QuantizeOptions, plan_for, split_data
 from autoptq.calibration import Dataset
 from autoptq.graph import load_model
-from autoptq.planner import load_tree
-from autoptq.produce import produce
+from autoptq.metrics import OutputFidelity
+from autoptq.planner import UserGoals, load_tree, plan_model
+from autoptq.produce import TIE, Attempt, _best_measured, produce
 from autoptq.profiles import load_profile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.recipe import Recipe
 from autoptq.space import conform_weight_only, quantizable_nodes, weight_only_options, weight_only_space
+from autoptq.verify import LatencyMeasurement, Verification, measurable_here
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,55 @@ def test_per_channel_and_embedding_knobs_show_in_the_quantized_graph(encoder: on
     off_scales = [v for k, v in off_tables.items() if k.endswith("_scale") and v.size == 256]
     assert on_scales and not off_scales
     assert on.model.ByteSize() < off.model.ByteSize() * 0.6
+
+
+def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    outcome = produce(graph, profile, plan, calibration, validation)
+    steps = [a.step for a in outcome.attempts]
+    # onnxruntime's quantize_dynamic defaults on this model are the per-tensor point of the space (no Conv here).
+    assert steps[0] == "plan" and "weight-only per-tensor int8 Gather+MatMul" in steps
+    assert "onnxruntime quantize_static defaults" in steps
+    assert outcome.reason.startswith("best measured of")
+    passed = [a for a in outcome.attempts if a.accepted]
+    chosen = next(a for a in passed if a.verification == outcome.verification)
+    assert chosen in passed
+    fastest = min(a.verification.latency.ratio for a in passed)
+    assert outcome.verification.latency.ratio <= fastest * (1 + TIE)
+
+
+def attempt(step: str, ratio: float, size: int, sqnr: float) -> Attempt:
+    verification = Verification(
+        passed=True,
+        samples=1,
+        min_sqnr_db=10.0,
+        fidelity=[OutputFidelity(name="y", sqnr_db=sqnr, cosine=1.0, max_abs_diff=0.0)],
+        size_bytes=size,
+        float_size_bytes=4000,
+        size_ratio=size / 4000,
+        latency=LatencyMeasurement(float_ms=1.0, candidate_ms=ratio, ratio=ratio, runs=15, machine="test"),
+    )
+    return Attempt(step=step, technique="weight_only_int8", recipe=Recipe(), accepted=True, verification=verification)
+
+
+@pytest.mark.parametrize(
+    ("prefer", "expected"),
+    [("speed", "faithful"), ("size", "smallest"), ("accuracy", "most faithful, slow")],
+)
+def test_the_measured_choice_breaks_ties_on_fidelity(prefer: str, expected: str, encoder: onnx.ModelProto) -> None:
+    passed = [
+        (attempt("slow", 0.80, 1000, 30.0), b"a"),
+        (attempt("faithful", 0.51, 1010, 25.0), b"b"),  # within 5% of the fastest and of the smallest
+        (attempt("coarse", 0.50, 1000, 12.0), b"c"),
+        (attempt("smallest", 0.70, 900, 15.0), b"d"),
+        (attempt("most faithful, slow", 0.95, 3000, 40.0), b"e"),
+    ]
+    graph = load_model(encoder)
+    plan = plan_model(graph, load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer=prefer))
+    best, _ = _best_measured(passed, plan)
+    assert best.step == expected
