@@ -10,7 +10,7 @@ from autoptq.graph import ModelGraph
 from autoptq.planner import Plan, device_conformant_recipe, predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
-from autoptq.space import OP_GROUPS, weight_only_space
+from autoptq.space import OP_GROUPS, full_int8_space, weight_only_space
 
 CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
 """Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
@@ -58,22 +58,22 @@ def fallback_candidate(
             step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"per_channel": True})
         )
     if name == "int16x8" and "int16" in profile.precisions and data is not None:
-        return _conformant(name, "int16x8", Recipe(), profile, graph, data)
+        return conformant(name, "int16x8", Recipe(), profile, graph, data)
     if name == "fp16" and "fp16" in profile.precisions:
-        return _conformant(name, "fp16", Recipe(), profile, graph, data)
+        return conformant(name, "fp16", Recipe(), profile, graph, data)
     if name == "weight_only_int8" and not profile.integer_only:
         recipe = Recipe(reduce_range=plan.recipe.reduce_range)  # the device's default weight-only space point
-        return _conformant(name, "weight_only_int8", recipe, profile, graph, data)
+        return conformant(name, "weight_only_int8", recipe, profile, graph, data)
     if name == "full_int8" and data is not None:
         recipe = Recipe(
             activation_dtype="uint8", reduce_range=profile.quantization.int8_dot_product != "int32_accumulate"
         )
-        return _conformant(name, "full_int8", recipe, profile, graph, data)
+        return conformant(name, "full_int8", recipe, profile, graph, data)
     # "exclude_sensitive" needs per-node sensitivity (the accuracy-aware loop); "none" is the float model itself.
     return None
 
 
-def _conformant(
+def conformant(
     step: str, technique: Technique, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
 ) -> Candidate | None:
     recipe = device_conformant_recipe(base, technique, profile, graph, data)
@@ -89,7 +89,7 @@ def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | No
     found = []
     if not profile.integer_only:
         every_op = sorted({op for ops in OP_GROUPS.values() for op in ops})
-        dynamic = _conformant(
+        dynamic = conformant(
             "onnxruntime quantize_dynamic defaults",
             "weight_only_int8",
             Recipe(per_channel=False, op_types_to_quantize=every_op),
@@ -100,7 +100,7 @@ def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | No
         found.append(dynamic)
     if data is not None:
         static = Recipe(activation_dtype="int8", per_channel=False)
-        found.append(_conformant("onnxruntime quantize_static defaults", "full_int8", static, profile, graph, data))
+        found.append(conformant("onnxruntime quantize_static defaults", "full_int8", static, profile, graph, data))
     return [c for c in found if c is not None]
 
 
@@ -116,8 +116,17 @@ def measured_choices(
     space = [
         candidate
         for recipe in recipes
-        if (candidate := _conformant(f"weight-only {_label(recipe)}", "weight_only_int8", recipe, profile, graph, data))
+        if (candidate := conformant(f"weight-only {_label(recipe)}", "weight_only_int8", recipe, profile, graph, data))
     ]
+    if data is not None:
+        base = Recipe(calibration_method=plan.recipe.calibration_method)
+        space += [
+            candidate
+            for recipe in full_int8_space(profile, graph, base)
+            if (
+                candidate := conformant(f"full int8 {_static_label(recipe)}", "full_int8", recipe, profile, graph, data)
+            )
+        ]
     coverage = analyse(graph, profile)
 
     def predicted_ms(candidate: Candidate) -> float:
@@ -134,6 +143,12 @@ def measured_choices(
 def _label(recipe: Recipe) -> str:
     granularity = "per-channel" if recipe.per_channel else "per-tensor"
     return f"{granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"
+
+
+def _static_label(recipe: Recipe) -> str:
+    granularity = "per-channel" if recipe.per_channel else "per-tensor"
+    ops = "+".join(recipe.op_types_to_quantize) if recipe.op_types_to_quantize else "all ops"
+    return f"{recipe.activation_dtype} activations {granularity} {ops}"
 
 
 def _size_rank(candidate: Candidate) -> tuple[int, int]:

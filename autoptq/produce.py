@@ -122,7 +122,7 @@ def produce(
             if not measured:
                 break
     if passed:
-        best, best_bytes = _best_measured(passed, plan) if measured else passed[0]
+        best, best_bytes = best_measured(passed, plan) if measured else passed[0]
         return Outcome(
             target=profile.name,
             planned_technique=plan.technique,
@@ -155,7 +155,7 @@ TIE = 0.05
 tie; among the fastest and smallest the most faithful output wins."""
 
 
-def _best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
+def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
     """The objective's pick among verified, measured candidates: fastest (speed), smallest (size) or most faithful
     (accuracy: the user's metric, else the lowest output SQNR), the others breaking ties."""
 

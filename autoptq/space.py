@@ -186,3 +186,52 @@ def weight_only_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe)
                         )
                     )
     return recipes
+
+
+FULL_INT8_KNOBS: tuple[Knob, ...] = (
+    Knob(
+        name="activation_dtype",
+        technique="full_int8",
+        values={"uint8": {"activation_dtype": "uint8"}, "int8": {"activation_dtype": "int8"}},
+        description="unsigned or signed 8-bit activations (the device's activation rules decide which exist)",
+    ),
+    Knob(
+        name="granularity",
+        technique="full_int8",
+        values={"per_channel": {"per_channel": True}, "per_tensor": {"per_channel": False}},
+        description="one weight scale per output channel or one per tensor",
+    ),
+    Knob(
+        name="op_set",
+        technique="full_int8",
+        values={"device_int8_ops": {}, "all": {"op_types_to_quantize": []}},
+        description="quantize only the op types the device runs as int8 kernels (no Q/DQ around the others), or all",
+    ),
+)
+
+
+def device_int8_ops(profile: HardwareProfile, graph: ModelGraph) -> list[str]:
+    """Op types of the model the device runs as int8 kernels (its profile's `ops` table: data, not code)."""
+    present = {n.op_type for n in graph.compute_nodes()}
+    return sorted(op for op in present if "int8" in profile.ops.get(op, {}))
+
+
+def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -> list[Recipe]:
+    """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set. An integer-only
+    device must quantize every op (a float op would run on the host), so it gets the `all` op set only."""
+    rules = profile.quantization
+    dtypes = [d for d in ("uint8", "int8") if d in rules.activations.dtype]
+    granularities = [g for g in ("per_channel", "per_tensor") if g in rules.weights.granularity]
+    op_sets: list[list[str]] = [[]]
+    int8_ops = device_int8_ops(profile, graph)
+    present = {n.op_type for n in graph.compute_nodes()}
+    if not profile.integer_only and int8_ops and set(int8_ops) != present:
+        op_sets.insert(0, int8_ops)
+    return [
+        base.model_copy(
+            update={"activation_dtype": dtype, "per_channel": granularity == "per_channel", "op_types_to_quantize": ops}
+        )
+        for dtype in dtypes
+        for granularity in granularities
+        for ops in op_sets
+    ]

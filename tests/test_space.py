@@ -12,12 +12,19 @@ from autoptq.api import QuantizeOptions, plan_for, split_data
 from autoptq.calibration import Dataset
 from autoptq.graph import load_model
 from autoptq.metrics import OutputFidelity
-from autoptq.planner import UserGoals, load_tree, plan_model
-from autoptq.produce import TIE, Attempt, _best_measured, produce
+from autoptq.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.produce import TIE, Attempt, best_measured, produce
 from autoptq.profiles import load_profile
 from autoptq.quantizers import QUANTIZERS
 from autoptq.recipe import Recipe
-from autoptq.space import conform_weight_only, quantizable_nodes, weight_only_options, weight_only_space
+from autoptq.space import (
+    conform_weight_only,
+    device_int8_ops,
+    full_int8_space,
+    quantizable_nodes,
+    weight_only_options,
+    weight_only_space,
+)
 from autoptq.verify import LatencyMeasurement, Verification, measurable_here
 
 
@@ -170,5 +177,26 @@ def test_the_measured_choice_breaks_ties_on_fidelity(prefer: str, expected: str,
     ]
     graph = load_model(encoder)
     plan = plan_model(graph, load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer=prefer))
-    best, _ = _best_measured(passed, plan)
+    best, _ = best_measured(passed, plan)
     assert best.step == expected
+
+
+def test_full_int8_keeps_qdq_off_ops_without_int8_kernels_on_a_cpu() -> None:
+    graph = load_model(zoo.transformer_block())
+    x86 = load_profile("x86-vnni")
+    int8_ops = device_int8_ops(x86, graph)
+    assert "MatMul" in int8_ops and "LayerNormalization" not in int8_ops and "Erf" not in int8_ops
+    recipe = device_conformant_recipe(Recipe(), "full_int8", x86, graph, None)
+    assert recipe.op_types_to_quantize == int8_ops
+    # An integer-only device quantizes every op: a float op would run on the host.
+    assert (
+        device_conformant_recipe(Recipe(), "full_int8", load_profile("edgetpu"), graph, None).op_types_to_quantize == []
+    )
+    space = full_int8_space(x86, graph, Recipe())
+    # uint8/int8 activations x per-channel/per-tensor x (device int8 ops, all ops)
+    assert len(space) == 8 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), ()}
+    edgetpu = load_profile("edgetpu")
+    on_edgetpu = full_int8_space(edgetpu, graph, Recipe())
+    rules = edgetpu.quantization
+    assert len(on_edgetpu) == len(rules.activations.dtype) * len(rules.weights.granularity)
+    assert all(r.op_types_to_quantize == [] for r in on_edgetpu)
