@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from autoptq.calibration import Dataset
 from autoptq.coverage import analyse
 from autoptq.graph import ModelGraph
+from autoptq.hostcost import load_table, predicted_ratio
 from autoptq.planner import Plan, device_conformant_recipe, predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
@@ -128,9 +129,16 @@ def measured_choices(
             )
         ]
     coverage = analyse(graph, profile)
+    table = load_table()  # measured on this machine by `autoptq calibrate-host`, when it was run
 
     def predicted_ms(candidate: Candidate) -> float:
-        return predict(graph, coverage, profile, candidate.technique, candidate.recipe)[1].estimate_ms
+        if table is not None and candidate.technique in ("weight_only_int8", "full_int8"):
+            return predicted_ratio(graph, profile, candidate.technique, candidate.recipe, table)
+        size, estimate, baseline = predict(graph, coverage, profile, candidate.technique, candidate.recipe)
+        del size
+        return (
+            estimate.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else estimate.estimate_ms
+        )
 
     # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
     allowed = {plan.technique, *plan.fallbacks}

@@ -485,6 +485,32 @@ def check(
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
+@app.command("calibrate-host")
+def calibrate_host(
+    model: Annotated[
+        Path | None, typer.Argument(help="Time this model's MatMul/Gemm/Conv shapes (default: a standard grid).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="CPU profile whose recipes are timed.")] = "x86-vnni",
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Table file (default: the user's cache folder).")
+    ] = None,
+) -> None:
+    """Time this machine's onnxruntime fp32 and int8 kernels and cache the table the default choice ranks with."""
+    from autoptq import hostcost
+
+    profile = load_profile(target)
+    if model is not None:
+        api.as_graph(model)  # bad model: one line, nothing written
+    path = cache or hostcost.default_cache()
+    check_output_path(path, protected=[model] if model else [], must_exist_parent=False)
+    table = hostcost.calibrate_host(profile, model)
+    written = hostcost.write_table(table, path)
+    for t in table.timings:
+        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in t.ratio.items())
+        typer.echo(f"{t.kernel:<7} {'x'.join(map(str, t.shape)):<18} fp32 {t.fp32_ms:8.4f} ms  {ratios}")
+    typer.echo(f"Wrote {written}")
+
+
 @app.command()
 def matrix(
     rules: RulesOpt = None,

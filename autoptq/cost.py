@@ -52,7 +52,7 @@ def _element_ops(node: NodeInfo) -> bool:
     return node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
-def _node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:
+def node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:
     """Compute time of one node on `profile` at `precision` (roofline with DRAM traffic when known)."""
     speed = profile.precisions.get(precision) or profile.precisions[_slowest(profile)]
     compute = node.macs / speed.effective_macs_per_s
@@ -93,10 +93,10 @@ def estimate_latency(
     for verdict in coverage.nodes:
         node = graph.node(verdict.name)
         if verdict.on_device:
-            device_s += _node_seconds(node, precision_of.get(node.name, "fp32"), profile)
+            device_s += node_seconds(node, precision_of.get(node.name, "fp32"), profile)
             device_s += profile.cost.per_op_overhead_s
         else:
-            host_s += _node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
+            host_s += node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
     qdq_processor = profile if profile.runs_any_op_at else host
     qdq_s = qdq_elements * QDQ_ELEMENT_OPS / qdq_processor.precisions[_slowest(qdq_processor)].effective_macs_per_s
     qdq_s += qdq_ops * qdq_processor.cost.per_op_overhead_s
