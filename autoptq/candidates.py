@@ -148,6 +148,27 @@ def measured_choices(
     return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
 
 
+SPACE_STEPS = 6
+"""How many points of the plan's own recipe space the accuracy loop walks before the technique fallbacks."""
+
+
+def space_steps(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+    """Points of the plan technique's recipe space other than the plan's own, the most faithful first (per-channel
+    before per-tensor, then the most ops quantized), at most SPACE_STEPS: the accuracy loop's first walk."""
+    if plan.technique == "weight_only_int8":
+        base = Recipe(reduce_range=plan.recipe.reduce_range)
+        recipes = [(f"weight-only {_label(r)}", r) for r in weight_only_space(profile, graph, base)]
+    elif plan.technique == "full_int8" and data is not None:
+        base = plan.recipe.model_copy(update={"op_types_to_quantize": []})
+        recipes = [(f"full int8 {_static_label(r)}", r) for r in full_int8_space(profile, graph, base)]
+    else:
+        return []
+    found = [c for step, r in recipes if (c := conformant(step, plan.technique, r, profile, graph, data))]
+    found = [c for c in _distinct(found) if c.recipe != plan.recipe]
+    found.sort(key=lambda c: (not c.recipe.per_channel, -len(c.recipe.op_types_to_quantize or ["*"] * 99)))
+    return found[:SPACE_STEPS]
+
+
 def _label(recipe: Recipe) -> str:
     granularity = "per-channel" if recipe.per_channel else "per-tensor"
     return f"{granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"

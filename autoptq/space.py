@@ -204,7 +204,7 @@ FULL_INT8_KNOBS: tuple[Knob, ...] = (
     Knob(
         name="op_set",
         technique="full_int8",
-        values={"device_int8_ops": {}, "all": {"op_types_to_quantize": []}},
+        values={"device_int8_ops": {}, "all": {"op_types_to_quantize": ["<every op type present>"]}},
         description="quantize only the op types the device runs as int8 kernels (no Q/DQ around the others), or all",
     ),
 )
@@ -224,9 +224,10 @@ def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -
     granularities = [g for g in ("per_channel", "per_tensor") if g in rules.weights.granularity]
     op_sets: list[list[str]] = [[]]
     int8_ops = device_int8_ops(profile, graph)
-    present = {n.op_type for n in graph.compute_nodes()}
-    if not profile.integer_only and int8_ops and set(int8_ops) != present:
-        op_sets.insert(0, int8_ops)
+    present = sorted({n.op_type for n in graph.compute_nodes()})
+    if not profile.integer_only and int8_ops and int8_ops != present:
+        # "all" spelled out: an empty list would be completed to the device's int8 ops by the planner.
+        op_sets = [int8_ops, present]
     return [
         base.model_copy(
             update={"activation_dtype": dtype, "per_channel": granularity == "per_channel", "op_types_to_quantize": ops}

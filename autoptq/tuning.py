@@ -24,7 +24,7 @@ from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import Candidate, fallback_candidate
+from autoptq.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
 from autoptq.emulators.device_rules import check_device_rules
@@ -330,6 +330,13 @@ class _Search:
             self.run("plan (keep float)", "none", None)
             return
         self.run("plan", self.plan.technique, self.plan.recipe)
+        for candidate in space_steps(self.plan, self.profile, self.graph, self.calibration):
+            # The technique's own recipe space first (granularity, embeddings, op subsets, activation dtype), then
+            # the technique fallbacks; the cost model prunes what cannot beat the best within budget.
+            if self.out_of_budget():
+                return
+            if not self._tried(candidate) and self.worth_trying(candidate.technique, candidate.recipe):
+                self.run(candidate.step, candidate.technique, candidate.recipe)
         steps = [*self.plan.fallbacks, *([] if "none" in self.plan.fallbacks else ["none"])]
         for name in steps:
             if self.out_of_budget():

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from autoptq import zoo
 from autoptq.api import QuantizeOptions, plan_for, split_data
 from autoptq.calibration import Dataset
+from autoptq.candidates import space_steps
 from autoptq.graph import load_model
 from autoptq.metrics import OutputFidelity
 from autoptq.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
@@ -27,6 +28,7 @@ from autoptq.space import (
     weight_only_options,
     weight_only_space,
 )
+from autoptq.tuning import Budget, tune
 from autoptq.verify import LatencyMeasurement, Verification, measurable_here
 
 
@@ -199,9 +201,25 @@ def test_full_int8_keeps_qdq_off_ops_without_int8_kernels_on_a_cpu() -> None:
     )
     space = full_int8_space(x86, graph, Recipe())
     # uint8/int8 activations x per-channel/per-tensor x (device int8 ops, all ops)
-    assert len(space) == 8 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), ()}
+    every = tuple(sorted({n.op_type for n in graph.compute_nodes()}))
+    assert len(space) == 8 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), every}
     edgetpu = load_profile("edgetpu")
     on_edgetpu = full_int8_space(edgetpu, graph, Recipe())
     rules = edgetpu.quantization
     assert len(on_edgetpu) == len(rules.activations.dtype) * len(rules.weights.granularity)
     assert all(r.op_types_to_quantize == [] for r in on_edgetpu)
+
+
+def test_the_loop_walks_the_technique_s_space_before_its_fallbacks(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(30), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    steps = space_steps(plan, profile, graph, calibration)
+    assert steps and all(s.technique == "weight_only_int8" and s.recipe != plan.recipe for s in steps)
+    assert steps[0].recipe.per_channel  # the most faithful first
+    # An unreachable budget: every step is tried, the space before the technique fallbacks.
+    result = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=199.0, max_trials=5))
+    walked = [t.step for t in result.trials]
+    assert walked[0] == "plan" and walked[1:5] == [s.step for s in steps[:4]]
+    assert not result.within_budget
