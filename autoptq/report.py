@@ -366,6 +366,15 @@ def render_variants_report(manifest: Manifest) -> str:
             f"{_size(v.size_bytes)} | {ver.size_ratio if ver else 1.0:.2f}x | {sqnr} | "
             f"{'—' if agreement is None else f'{agreement:.3f}'} | {acc} |"
         )
+    scored = [v for v in manifest.variants if v.verification is not None and v.verification.metric is not None]
+    if scored:
+        lines.append("")
+        lines += [
+            f"Metric {v.verification.metric.name} on {v.target}: float {v.verification.metric.float:.4f} → "
+            f"quantized {v.verification.metric.candidate:.4f}."
+            for v in scored
+            if v.verification is not None and v.verification.metric is not None
+        ]
     lines += [
         "",
         "Latency: host targets are timed side by side with float in measurements.json (timings vary run to run);",

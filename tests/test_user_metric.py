@@ -133,6 +133,7 @@ def test_variants_and_check_carry_the_metric(encoder_files: tuple[Path, Path, Pa
     assert variant.verification is not None and variant.verification.metric is not None
     assert variant.verification.metric.float > 0.0  # topics are separable in the float embeddings
     assert variant.check is not None and variant.check["metric"] is not None
+    assert "Metric embedding_cosine.py:score on x86-vnni" in (tmp_path / "out" / "report.md").read_text()
     report = api.check(tmp_path / "out" / variant.path, "x86-vnni", model, val, metric=EMBEDDING, max_drop=0.5)
     assert report.metric is not None and report.passed
     strict = api.check(tmp_path / "out" / variant.path, "x86-vnni", model, val, metric=EMBEDDING, max_drop=-1.0)
