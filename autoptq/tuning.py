@@ -30,6 +30,7 @@ from autoptq.emulators import TIERS, emulator_for
 from autoptq.emulators.device_rules import check_device_rules
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
+from autoptq.hostcost import load_table, predicted_ratio
 from autoptq.intio import read_integer_io
 from autoptq.metrics import accuracy, compare
 from autoptq.planner import Objective, Plan, predict
@@ -147,6 +148,7 @@ class _Search:
         self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
         self.float_outputs = _run_float(graph.model, validation)
         self.float_runner = ModelRunner(graph.model) if measurable_here(profile) else None
+        self.host_table = load_table() if self.float_runner is not None else None
         self.metric = metric
         self.output_names = [o.name for o in graph.model.graph.output]
         self.float_accuracy = self._score(self.float_outputs)
@@ -190,6 +192,9 @@ class _Search:
             return best.size_bytes is None or size.size_bytes < best.size_bytes
         if technique == "none":
             ratio = 1.0
+        elif self.host_table is not None and technique in ("weight_only_int8", "full_int8"):
+            # Kernel ratios timed on this machine (`autoptq calibrate-host`) beat the roofline's assumed constants.
+            ratio = predicted_ratio(self.graph, self.profile, technique, recipe or Recipe(), self.host_table)
         elif baseline is not None and baseline.estimate_ms:
             ratio = estimate.estimate_ms / baseline.estimate_ms
         else:
