@@ -137,6 +137,28 @@ def measure_latency(
     )
 
 
+def measure_together(
+    reference: ModelRunner, candidates: Sequence[ModelRunner], sample: dict[str, np.ndarray], budget_s: float = 1.0
+) -> list[float]:
+    """Latency ratios to float of several candidates timed in one interleaved round robin (float, then each
+    candidate, run after run), so all see the same machine conditions: comparable with each other, which ratios
+    measured pair by pair at different moments on a loaded machine are not."""
+    runners = [reference, *candidates]
+    feeds = [r.feed(sample) for r in runners]
+    for _ in range(3):
+        for runner, feed in zip(runners, feeds, strict=True):
+            runner.session.run(None, feed)
+    times: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + budget_s
+    while len(times[0]) < 15 or (time.perf_counter() < deadline and len(times[0]) < 2000):
+        for runner, feed, found in zip(runners, feeds, times, strict=True):
+            start = time.perf_counter()
+            runner.session.run(None, feed)
+            found.append(time.perf_counter() - start)
+    float_s = statistics.median(times[0])
+    return [round(statistics.median(found) / float_s, 3) if float_s else 1.0 for found in times[1:]]
+
+
 def verify(
     float_model: ModelProto,
     candidate: ModelProto,
