@@ -130,7 +130,10 @@ def produce(
             if not measured:
                 break
     if measured and len(passed) > 1 and validation.samples:
+        originals = [attempt for attempt, _ in passed]
         passed = _retime(float_model, passed, validation)
+        for original, (retimed, _) in zip(originals, passed, strict=True):
+            attempts[attempts.index(original)] = retimed
     if passed:
         best, best_bytes = best_measured(passed, plan) if measured else passed[0]
         return Outcome(
