@@ -1,8 +1,10 @@
 """The recipe space of each technique: the knobs, the values each can take, and which devices allow each value.
 
-The knobs are data (`WEIGHT_ONLY_KNOBS`); a value is offered on a device only where the device's own rules allow it
-(its weight dtypes and granularities, the op types it runs at int8) and where the model has something for it to act
-on. The profile stays the hard limit: the space never proposes what the device's rules forbid.
+The weight-only knobs are data (`WEIGHT_ONLY_KNOBS`, with why each value is or is not offered); the full-int8 knobs
+(activation dtype, granularity, op set) are enumerated by `full_int8_space` from the device's rules. A value is
+offered only where the device's own rules allow it (its dtypes and granularities, the op types it runs at int8) and
+where the model has something for it to act on. The profile stays the hard limit: the space never proposes what the
+device's rules forbid.
 """
 
 from __future__ import annotations
@@ -186,28 +188,6 @@ def weight_only_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe)
                         )
                     )
     return recipes
-
-
-FULL_INT8_KNOBS: tuple[Knob, ...] = (
-    Knob(
-        name="activation_dtype",
-        technique="full_int8",
-        values={"uint8": {"activation_dtype": "uint8"}, "int8": {"activation_dtype": "int8"}},
-        description="unsigned or signed 8-bit activations (the device's activation rules decide which exist)",
-    ),
-    Knob(
-        name="granularity",
-        technique="full_int8",
-        values={"per_channel": {"per_channel": True}, "per_tensor": {"per_channel": False}},
-        description="one weight scale per output channel or one per tensor",
-    ),
-    Knob(
-        name="op_set",
-        technique="full_int8",
-        values={"device_int8_ops": {}, "all": {"op_types_to_quantize": ["<every op type present>"]}},
-        description="quantize only the op types the device runs as int8 kernels (no Q/DQ around the others), or all",
-    ),
-)
 
 
 def device_int8_ops(profile: HardwareProfile, graph: ModelGraph) -> list[str]:
