@@ -24,11 +24,13 @@ from autoptq.html_report import render_html
 from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
 from autoptq.outputs import check_output_path, write_atomic
-from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.produce import Outcome, produce, produce_tuned
 from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.recipe import Recipe, Technique
+from autoptq.recipe import Recipe, RecipeFile, Technique
+from autoptq.replay import load_recipe, split_spec
+from autoptq.replay import replay as run_replay
 from autoptq.report import render_variants_report
 from autoptq.report_data import (
     STATIC_TECHNIQUES,
@@ -44,6 +46,7 @@ from autoptq.rules import RuleSet
 from autoptq.sensitivity import SensitivityReport, sensitivity_report
 from autoptq.shapes import apply_user_shapes, bind, parse_input_shapes
 from autoptq.tuning import Budget
+from autoptq.user_metric import MetricFunction, UserMetric, load_metric
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 if TYPE_CHECKING:
@@ -166,8 +169,7 @@ def plan_for(
     planned = plan_model(graph, profile, tree, data, options.goals)
     if options.technique is None or options.technique == planned.technique:
         return planned
-    base = Recipe(op_types_to_quantize=list(DYNAMIC_QUANT_OPS) if options.technique == "weight_only_int8" else [])
-    recipe = device_conformant_recipe(base, options.technique, profile, graph, data)
+    recipe = device_conformant_recipe(Recipe(), options.technique, profile, graph, data)
     return planned.model_copy(
         update={
             "technique": options.technique,
@@ -190,18 +192,25 @@ def quantize(
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
     input_shapes: InputShapes | None = None,
+    metric: str | MetricFunction | None = None,
 ) -> tuple[Plan, Outcome]:
-    """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
+    """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`.
+
+    `metric`: `module:function` or a callable scoring the validation outputs, higher is better (see
+    autoptq.user_metric); reported on every candidate, and the quantity `--max-drop` bounds."""
     options = options or QuantizeOptions()
     graph = as_graph(model, input_shapes)
-    out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
+    user_metric = load_metric(metric)
+    out_path = check_output_path(
+        Path(output), protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)]
+    )
     profile, tree = as_profile(target), load_tree(rules)
     tflite_path = _tflite_path(out_path, profile, [*graph.source_files, *_paths(data, validation)])
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, _ = split_data(graph, dataset, validation_set, options.synthetic_calibration)
     chosen = plan_for(graph, profile, tree, calibration, options)
-    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
     if tflite_path is not None:
         shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
         summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path), shapes)
@@ -229,6 +238,7 @@ def _produce(
     held_out: Dataset,
     options: QuantizeOptions,
     progress: Callable[[str], None],
+    metric: UserMetric | None = None,
 ) -> Outcome:
     """The accuracy-aware search when a budget is set, else the plan with verification and fallback."""
     if options.budget.has_target:
@@ -243,8 +253,49 @@ def _produce(
             progress,
             options.measure_latency,
             options.min_sqnr_db,
+            metric,
         )
-    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency)
+    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, metric)
+
+
+def replay(
+    model: ModelSource,
+    output: str | Path,
+    recipe: str | RecipeFile,
+    target: TargetSource | None = None,
+    data: str | Path | Dataset | None = None,
+    validation: str | Path | Dataset | None = None,
+    options: QuantizeOptions | None = None,
+    preprocess: str | ImagePreprocessing | None = None,
+    metric: str | MetricFunction | None = None,
+) -> tuple[RecipeFile, Outcome]:
+    """Reproduce a variant from its recipe (`manifest.json#TARGET`, a recipe YAML, or a RecipeFile) without search;
+    the target defaults to the recipe's own. Same model and data as the original run give the same bytes."""
+    options = options or QuantizeOptions()
+    graph = as_graph(model)
+    chosen = recipe if isinstance(recipe, RecipeFile) else load_recipe(recipe)
+    recipe_files = [split_spec(recipe)[0]] if isinstance(recipe, str) else []
+    user_metric = load_metric(metric)
+    out_path = check_output_path(
+        Path(output),
+        protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric), *recipe_files],
+    )
+    profile = as_profile(target if target is not None else chosen.target)
+    if profile.name != chosen.target:
+        raise AutoptqError(
+            f"the recipe was chosen for {chosen.target}, not {profile.name}: pass --target {chosen.target}"
+        )
+    calibration, held_out, _ = split_data(
+        graph,
+        load_data(data, graph, preprocess),
+        load_data(validation, graph, preprocess),
+        options.synthetic_calibration,
+    )
+    outcome = run_replay(
+        graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, user_metric
+    )
+    write_atomic(out_path, outcome.model_bytes)
+    return chosen, outcome
 
 
 def make_variants(
@@ -258,6 +309,7 @@ def make_variants(
     preprocess: str | ImagePreprocessing | None = None,
     progress: Callable[[str], None] = lambda _line: None,
     input_shapes: InputShapes | None = None,
+    metric: str | MetricFunction | None = None,
 ) -> tuple[Manifest, dict[str, dict[str, object]]]:
     """One verified variant per target in `output_dir/<target>/model.onnx`, plus manifest.json, report.md,
     report.html and measurements.json (the only file that varies run to run: it holds timings)."""
@@ -273,6 +325,7 @@ def make_variants(
     if len(set(names)) != len(names):
         raise AutoptqError(f"targets repeat: {names}")
     tree = load_tree(rules)
+    user_metric = load_metric(metric)
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, held_out_source = split_data(graph, dataset, validation_set, options.synthetic_calibration)
@@ -280,14 +333,16 @@ def make_variants(
     outputs = ["manifest.json", "report.md", "report.html", "measurements.json"]
     for name in [*(f"{p.name}/model.onnx" for p in profiles), *tflites, *outputs]:
         check_output_path(
-            folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
+            folder.resolve() / name,
+            protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)],
+            must_exist_parent=False,
         )
     folder.mkdir(parents=True, exist_ok=True)
     variants, measurements, sections = [], {}, []
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
         progress(f"{profile.name}: {chosen.technique}")
-        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress)
+        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)
@@ -302,7 +357,9 @@ def make_variants(
         checked = None
         if not outcome.kept_float:
             progress(f"{profile.name}: checking on the {profile.emulator} emulator")
-            checked = run_check(onnx.load_from_string(outcome.model_bytes), profile, graph, held_out)
+            checked = run_check(
+                onnx.load_from_string(outcome.model_bytes), profile, graph, held_out, metric=user_metric
+            )
             variant = variant.model_copy(update={"check": check_summary(checked)})
         variants.append(variant)
         sections.append(outcome_section(graph, profile, chosen, outcome, calibration, held_out, checked))
@@ -351,6 +408,7 @@ def check(
     max_drop: float | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     input_shapes: InputShapes | None = None,
+    metric: str | MetricFunction | UserMetric | None = None,
 ) -> CheckReport:
     """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
 
@@ -361,7 +419,9 @@ def check(
     if dataset is None:
         raise AutoptqError("check needs data: pass --data val.npz with arrays named after the model's inputs")
     reference_graph = bound(reference_graph, dataset)
-    return run_check(quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop)
+    return run_check(
+        quantized_model, profile, reference_graph, dataset, tier, min_sqnr_db, max_drop, load_metric(metric)
+    )
 
 
 def sensitivity(
@@ -465,6 +525,11 @@ def _without_folders(text: str, sources: list[str]) -> str:
         if folder not in ("", "."):
             text = text.replace(folder + "/", "")
     return text
+
+
+def _metric_files(metric: UserMetric | None) -> list[Path]:
+    """The user's metric module, an input like the data."""
+    return [metric.source] if metric is not None and metric.source is not None else []
 
 
 def _paths(*sources: object) -> list[Path]:

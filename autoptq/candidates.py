@@ -5,10 +5,19 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoptq.calibration import Dataset
+from autoptq.coverage import analyse
 from autoptq.graph import ModelGraph
-from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, device_conformant_recipe
+from autoptq.hostcost import load_table, predicted_ratio
+from autoptq.planner import Plan, device_conformant_recipe, predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
+from autoptq.space import OP_GROUPS, full_int8_space, weight_only_space
+
+CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
+"""Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
+MEASURED_CHOICES = 4
+"""How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
+plan's own and the best the cost model ranks among the recipe space."""
 
 
 class Candidate(BaseModel):
@@ -50,27 +59,135 @@ def fallback_candidate(
             step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"per_channel": True})
         )
     if name == "int16x8" and "int16" in profile.precisions and data is not None:
-        return _conformant(name, "int16x8", Recipe(), profile, graph, data)
+        return conformant(name, "int16x8", Recipe(), profile, graph, data)
     if name == "fp16" and "fp16" in profile.precisions:
-        return _conformant(name, "fp16", Recipe(), profile, graph, data)
+        return conformant(name, "fp16", Recipe(), profile, graph, data)
     if name == "weight_only_int8" and not profile.integer_only:
-        recipe = Recipe(
-            op_types_to_quantize=list(DYNAMIC_QUANT_OPS), per_channel=False, reduce_range=plan.recipe.reduce_range
-        )
-        return _conformant(name, "weight_only_int8", recipe, profile, graph, data)
+        recipe = Recipe(reduce_range=plan.recipe.reduce_range)  # the device's default weight-only space point
+        return conformant(name, "weight_only_int8", recipe, profile, graph, data)
     if name == "full_int8" and data is not None:
         recipe = Recipe(
             activation_dtype="uint8", reduce_range=profile.quantization.int8_dot_product != "int32_accumulate"
         )
-        return _conformant(name, "full_int8", recipe, profile, graph, data)
+        return conformant(name, "full_int8", recipe, profile, graph, data)
     # "exclude_sensitive" needs per-node sensitivity (the accuracy-aware loop); "none" is the float model itself.
     return None
 
 
-def _conformant(
+def conformant(
     step: str, technique: Technique, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
 ) -> Candidate | None:
     recipe = device_conformant_recipe(base, technique, profile, graph, data)
     if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
         return None  # no op of the types where dynamic quantization pays
     return Candidate(step=step, technique=technique, recipe=recipe)
+
+
+def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+    """onnxruntime's plain defaults as candidates: `quantize_dynamic` (per-tensor int8 weights, every op type it
+    handles) and, with data, `quantize_static` (QDQ, int8 activations and weights, per tensor, min-max), each
+    made conformant with the device's rules (the hard limit)."""
+    found = []
+    if not profile.integer_only:
+        every_op = sorted({op for ops in OP_GROUPS.values() for op in ops})
+        dynamic = conformant(
+            "onnxruntime quantize_dynamic defaults",
+            "weight_only_int8",
+            Recipe(per_channel=False, op_types_to_quantize=every_op),
+            profile,
+            graph,
+            data,
+        )
+        found.append(dynamic)
+    if data is not None:
+        static = Recipe(activation_dtype="int8", per_channel=False)
+        found.append(conformant("onnxruntime quantize_static defaults", "full_int8", static, profile, graph, data))
+    return [c for c in found if c is not None]
+
+
+def measured_choices(
+    found: list[Candidate], plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+) -> list[Candidate]:
+    """The candidates the default choice measures on a CPU target: the plan's own, then the best the cost model
+    ranks among the plan's fallbacks and the weight-only recipe space (up to MEASURED_CHOICES in all), then
+    onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
+    if not found:
+        return found
+    recipes = weight_only_space(profile, graph, Recipe(reduce_range=plan.recipe.reduce_range))
+    space = [
+        candidate
+        for recipe in recipes
+        if (candidate := conformant(f"weight-only {_label(recipe)}", "weight_only_int8", recipe, profile, graph, data))
+    ]
+    if data is not None:
+        base = Recipe(calibration_method=plan.recipe.calibration_method)
+        space += [
+            candidate
+            for recipe in full_int8_space(profile, graph, base)
+            if (
+                candidate := conformant(f"full int8 {_static_label(recipe)}", "full_int8", recipe, profile, graph, data)
+            )
+        ]
+    coverage = analyse(graph, profile)
+    table = load_table()  # measured on this machine by `autoptq calibrate-host`, when it was run
+
+    def predicted_ms(candidate: Candidate) -> float:
+        if table is not None and candidate.technique in ("weight_only_int8", "full_int8"):
+            return predicted_ratio(graph, profile, candidate.technique, candidate.recipe, table)
+        size, estimate, baseline = predict(graph, coverage, profile, candidate.technique, candidate.recipe)
+        del size
+        return (
+            estimate.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else estimate.estimate_ms
+        )
+
+    # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
+    allowed = {plan.technique, *plan.fallbacks}
+    pool = _distinct([*(c for c in found[1:] if c.step not in CALIBRATION_STEPS), *space])
+    ranked = sorted((c for c in pool if c.technique in allowed), key=lambda c: (predicted_ms(c), _size_rank(c)))
+    chosen = _distinct([found[0], *ranked[: MEASURED_CHOICES - 1]])
+    return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+
+
+SPACE_STEPS = 6
+"""How many points of the plan's own recipe space the accuracy loop walks before the technique fallbacks."""
+
+
+def space_steps(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+    """Points of the plan technique's recipe space other than the plan's own, the most faithful first (per-channel
+    before per-tensor, then the most ops quantized), at most SPACE_STEPS: the accuracy loop's first walk."""
+    if plan.technique == "weight_only_int8":
+        base = Recipe(reduce_range=plan.recipe.reduce_range)
+        recipes = [(f"weight-only {_label(r)}", r) for r in weight_only_space(profile, graph, base)]
+    elif plan.technique == "full_int8" and data is not None:
+        base = plan.recipe.model_copy(update={"op_types_to_quantize": []})
+        recipes = [(f"full int8 {_static_label(r)}", r) for r in full_int8_space(profile, graph, base)]
+    else:
+        return []
+    found = [c for step, r in recipes if (c := conformant(step, plan.technique, r, profile, graph, data))]
+    found = [c for c in _distinct(found) if c.recipe != plan.recipe]
+    found.sort(key=lambda c: (not c.recipe.per_channel, -len(c.recipe.op_types_to_quantize or ["*"] * 99)))
+    return found[:SPACE_STEPS]
+
+
+def _label(recipe: Recipe) -> str:
+    granularity = "per-channel" if recipe.per_channel else "per-tensor"
+    return f"{granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"
+
+
+def _static_label(recipe: Recipe) -> str:
+    granularity = "per-channel" if recipe.per_channel else "per-tensor"
+    ops = "+".join(recipe.op_types_to_quantize) if recipe.op_types_to_quantize else "all ops"
+    return f"{recipe.activation_dtype} activations {granularity} {ops}"
+
+
+def _size_rank(candidate: Candidate) -> tuple[int, int]:
+    # Among equal latency estimates: more op types quantized (smaller), per-channel (more faithful) first.
+    return (-len(candidate.recipe.op_types_to_quantize), 0 if candidate.recipe.per_channel else 1)
+
+
+def _distinct(found: list[Candidate]) -> list[Candidate]:
+    kept: list[Candidate] = []
+    for candidate in found:
+        if all(c.technique != candidate.technique or c.recipe != candidate.recipe for c in kept):
+            kept.append(candidate)
+    return kept

@@ -27,6 +27,7 @@ from autoptq.metrics import OutputFidelity, accuracy, compare
 from autoptq.planner import predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
+from autoptq.user_metric import MetricScore, UserMetric
 from autoptq.verify import ModelRunner, measurable_here, measure_latency
 
 
@@ -73,6 +74,7 @@ class CheckReport(BaseModel):
     op_summary: list[dict[str, object]]
     fidelity: list[OutputFidelity]
     accuracy: AccuracyCheck | None
+    metric: MetricScore | None = Field(default=None, description="the user's --metric: float vs emulated device")
     latency: LatencyCheck
     memory: MemoryCheck
     findings: list[NodeFinding]
@@ -104,8 +106,10 @@ def check(
     tier: str | None = None,
     min_sqnr_db: float | None = None,
     max_drop: float | None = None,
+    metric: UserMetric | None = None,
 ) -> CheckReport:
-    """Check a quantized model on `profile`'s emulator against the float `reference` on `data`."""
+    """Check a quantized model on `profile`'s emulator against the float `reference` on `data` (with a user
+    `metric`, `max_drop` bounds its drop instead of top-1 accuracy's)."""
     family = profile.emulator
     tiers = TIERS[family]
     chosen_tier = tier or tiers[0]
@@ -122,6 +126,10 @@ def check(
         for i, name in enumerate(emulated.output_names)
     ]
     accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
+    score = None
+    if metric is not None:
+        names = [reference.model.graph.output[i].name for i in order]
+        score = metric.compare(names, reference_outputs, emulated.outputs, data.labels)
     coverage = analyse(reference, profile)
     latency = _latency(quantized, profile, reference, coverage, data)
     memory = _memory(rules, coverage, profile, emulated, quantized, data)
@@ -139,7 +147,9 @@ def check(
             for f in fidelity
             if f.sqnr_db < min_sqnr_db
         ]
-    if max_drop is not None and accuracy_check is not None and accuracy_check.drop > max_drop:
+    if max_drop is not None and score is not None and score.drop > max_drop:
+        failures.append(f"metric {score.name} drop {score.drop:.4f} exceeds --max-drop {max_drop}")
+    elif max_drop is not None and accuracy_check is not None and accuracy_check.drop > max_drop:
         failures.append(f"accuracy drop {accuracy_check.drop:.4f} exceeds --max-drop {max_drop}")
     return CheckReport(
         target=profile.name,
@@ -149,6 +159,7 @@ def check(
         op_summary=[row.model_dump() for row in rules.op_summary],
         fidelity=fidelity,
         accuracy=accuracy_check,
+        metric=score,
         latency=latency,
         memory=memory,
         findings=emulated.findings,

@@ -20,8 +20,10 @@ from autoptq.manifest import outcome_failed
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
 from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
+from autoptq.replay import render_recipes
 from autoptq.resources import data_dir
 from autoptq.tuning import Budget
+from autoptq.user_metric import load_metric
 from autoptq.verify import DEFAULT_MIN_SQNR_DB
 
 app = typer.Typer(
@@ -39,6 +41,13 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+
+
+class PlanFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    yaml = "yaml"
 
 
 class AuditFormat(str, Enum):
@@ -226,6 +235,14 @@ TimeBudgetOpt = Annotated[
 ]
 MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="Stop the accuracy-aware search after N trials.")]
 PreferOpt = Annotated[Objective, typer.Option("--prefer", help="Objective among candidates within budget.")]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Your metric, module:function (a .py file or an importable module): gets {output name: [array per "
+        "sample]} and labels (or None), returns a float, higher is better. --max-drop then bounds its drop.",
+    ),
+]
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -295,7 +312,9 @@ def plan(
     prefer: PreferOpt = Objective.speed,
     max_size: Annotated[str | None, typer.Option("--max-size", help="Size budget, e.g. 5MB.")] = None,
     rules: RulesOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[
+        PlanFormat, typer.Option("--format", "-f", help="Output format (yaml: an editable recipe to replay).")
+    ] = PlanFormat.table,
     output: OutputOpt = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="Also produce the planned model (one target) into -o, like `quantize`.")
@@ -306,6 +325,7 @@ def plan(
     max_trials: MaxTrialsOpt = 40,
     synthetic_calibration: SyntheticOpt = False,
     input_shape: InputShapeOpt = None,
+    metric: MetricOpt = None,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
@@ -315,13 +335,15 @@ def plan(
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
+        if fmt == PlanFormat.yaml:
+            raise AutoptqError("--format yaml writes a recipe to replay; with --apply use table, json or markdown")
         options = quantize_options(
             max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
         )
         options = options.model_copy(update={"goals": goals})
         chosen, outcome = api.quantize(
             graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess,
-            progress=progress_line,
+            progress=progress_line, metric=metric,
         )  # fmt: skip
         typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(outcome))
@@ -331,7 +353,7 @@ def plan(
         synthetic_dataset(api.bound(graph), api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
     )
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
-    emit(report.render_plans(plans, fmt.value), output)
+    emit(render_recipes(plans) if fmt == PlanFormat.yaml else report.render_plans(plans, fmt.value), output)
 
 
 def outcome_exit_code(outcome: api.Outcome) -> int:
@@ -342,8 +364,11 @@ def outcome_exit_code(outcome: api.Outcome) -> int:
 @app.command()
 def quantize(
     model: ModelArg,
-    target: Annotated[str, typer.Option("--target", "-t", help="Shipped profile name or profile YAML path.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the produced model.")],
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Shipped profile name or profile YAML path (default with --recipe: its)."),
+    ] = None,
     data: DataOpt = None,
     preprocess: PreprocessOpt = None,
     validation: ValidationOpt = None,
@@ -360,13 +385,44 @@ def quantize(
     rules: RulesOpt = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
     input_shape: InputShapeOpt = None,
+    metric: MetricOpt = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="Replay a recipe without search: manifest.json#TARGET (a variant of `autoptq variants`) or a "
+            "recipe YAML (`autoptq plan --format yaml`, FILE#TARGET to pick one).",
+        ),
+    ] = None,
 ) -> None:
     """Produce the planned model, verified better than float (falling back along the plan, or keeping float).
 
     With a budget (--max-drop, --min-sqnr, --min-top1-agreement) the accuracy-aware search runs instead and returns
     the best candidate found. Exit 1 when quantization was planned but nothing beat float, or the budget was not
-    met (the closest candidate is still written)."""
+    met (the closest candidate is still written). With --recipe, that recipe is replayed as is (exit 1 if the
+    result fails verification; it is still written)."""
     warn_synthetic(synthetic_calibration and data is None)
+    if recipe is not None:
+        searching = [name for name, value in (("--technique", technique), ("--max-drop", max_drop),
+                     ("--min-top1-agreement", min_agreement), ("--rules", rules)) if value is not None]  # fmt: skip
+        if searching:
+            raise AutoptqError(f"--recipe replays a recipe without search: drop {', '.join(searching)}")
+        _, replayed = api.replay(
+            model,
+            output,
+            recipe,
+            target=target,
+            data=data,
+            validation=validation,
+            options=quantize_options(None, min_sqnr, None, None, max_trials, prefer, synthetic_calibration),
+            preprocess=preprocess,
+            metric=metric,
+        )
+        typer.echo(report.render_outcome(replayed, output, fmt.value), nl=False)
+        passed = replayed.verification is None or replayed.verification.passed
+        raise typer.Exit(0 if passed else 1)
+    if target is None:
+        raise AutoptqError("give --target (or --recipe to replay a recipe)")
     options = quantize_options(
         max_drop,
         min_sqnr,
@@ -388,6 +444,7 @@ def quantize(
         preprocess=preprocess,
         progress=progress_line,
         input_shapes=input_shape,
+        metric=metric,
     )
     if fmt == ReportFormat.html:
         text = api.quantize_html(model, target, chosen, outcome, data, validation, options, preprocess)
@@ -414,6 +471,7 @@ def variants(
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     input_shape: InputShapeOpt = None,
+    metric: MetricOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
     warn_synthetic(synthetic_calibration and data is None)
@@ -431,6 +489,7 @@ def variants(
         preprocess=preprocess,
         progress=progress_line,
         input_shapes=input_shape,
+        metric=metric,
     )
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
@@ -501,15 +560,23 @@ def check(
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
+    metric: MetricOpt = None,
 ) -> None:
     """What will this quantized model do on the device? Exit 1 when device rules or budgets fail."""
+    user_metric = load_metric(metric)
     if output is not None:
-        check_output_path(output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data)])
+        metric_file = [user_metric.source] if user_metric and user_metric.source else []
+        check_output_path(
+            output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data), *metric_file]
+        )
     drop = parse_max_drop(max_drop)
     results = [
-        api.check(quantized, t, reference, data, tier, min_sqnr, drop, preprocess, input_shape)
+        api.check(
+            quantized, t, reference, data, tier=tier, min_sqnr_db=min_sqnr, max_drop=drop, preprocess=preprocess,
+            input_shapes=input_shape, metric=user_metric,
+        )
         for t in split_targets(target)
-    ]
+    ]  # fmt: skip
     if fmt == ReportFormat.html:
         emit(api.check_html(quantized, reference, data, results, preprocess), output)
     else:
@@ -547,6 +614,32 @@ def sensitivity(
         emit(api.sensitivity_html(graph, results), output)
     else:
         emit(report.render_sensitivity(results, fmt.value), output)
+
+
+@app.command("calibrate-host")
+def calibrate_host(
+    model: Annotated[
+        Path | None, typer.Argument(help="Time this model's MatMul/Gemm/Conv shapes (default: a standard grid).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="CPU profile whose recipes are timed.")] = "x86-vnni",
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Table file (default: the user's cache folder).")
+    ] = None,
+) -> None:
+    """Time this machine's onnxruntime fp32 and int8 kernels and cache the table the default choice ranks with."""
+    from autoptq import hostcost
+
+    profile = load_profile(target)
+    if model is not None:
+        api.as_graph(model)  # bad model: one line, nothing written
+    path = cache or hostcost.default_cache()
+    check_output_path(path, protected=[model] if model else [], must_exist_parent=False)
+    table = hostcost.calibrate_host(profile, model)
+    written = hostcost.write_table(table, path)
+    for t in table.timings:
+        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in t.ratio.items())
+        typer.echo(f"{t.kernel:<7} {'x'.join(map(str, t.shape)):<18} fp32 {t.fp32_ms:8.4f} ms  {ratios}")
+    typer.echo(f"Wrote {written}")
 
 
 @app.command()

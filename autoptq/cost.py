@@ -64,7 +64,7 @@ def _element_ops(node: NodeInfo) -> bool:
     return node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
-def _node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:
+def node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:
     """Compute time of one node on `profile` at `precision` (roofline with DRAM traffic when known)."""
     speed = profile.precisions.get(precision) or profile.precisions[_slowest(profile)]
     compute = node.macs / speed.effective_macs_per_s
@@ -106,10 +106,10 @@ def estimate_latency(
     for verdict in coverage.nodes:
         node = graph.node(verdict.name)
         if verdict.on_device:
-            seconds = _node_seconds(node, precision_of.get(node.name, "fp32"), profile) + profile.cost.per_op_overhead_s
+            seconds = node_seconds(node, precision_of.get(node.name, "fp32"), profile) + profile.cost.per_op_overhead_s
             device_s += seconds
         else:
-            seconds = _node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
+            seconds = node_seconds(node, host_precision, host) + host.cost.per_op_overhead_s
             host_s += seconds
         _add_to_segment(parts, "device" if verdict.on_device else "host", node.name, seconds)
     qdq_processor = profile if profile.runs_any_op_at else host

@@ -18,6 +18,7 @@ from autoptq.produce import Outcome
 from autoptq.recipe import Recipe, Technique
 from autoptq.sensitivity import NodeSensitivity
 from autoptq.tuning import Budget, TuningResult
+from autoptq.user_metric import MetricScore
 
 MANIFEST_VERSION = 1
 
@@ -38,6 +39,7 @@ class VerificationSummary(BaseModel):
     latency_checked: bool
     accuracy_float: float | None = None
     accuracy_candidate: float | None = None
+    metric: MetricScore | None = None
 
 
 class AttemptSummary(BaseModel):
@@ -72,6 +74,7 @@ class TuningSummary(BaseModel):
 
     budget: Budget
     tier: str
+    metric: str | None = None
     float_accuracy: float | None
     within_budget: bool
     message: str
@@ -87,6 +90,7 @@ def tuning_summary(result: TuningResult) -> TuningSummary:
     return TuningSummary(
         budget=result.budget,
         tier=result.tier,
+        metric=result.metric,
         float_accuracy=result.float_accuracy,
         within_budget=result.within_budget,
         message=result.message,
@@ -185,6 +189,7 @@ def variant_from(outcome: Outcome, path: str, warnings: list[str]) -> Variant:
             latency_checked=verification.latency is not None,
             accuracy_float=verification.accuracy_float,
             accuracy_candidate=verification.accuracy_candidate,
+            metric=verification.metric,
         )
     attempts = [
         AttemptSummary(

@@ -18,6 +18,7 @@ from autoptq.profiles import HardwareProfile, Precision
 from autoptq.recipe import FixedOutputParams, Recipe, Technique
 from autoptq.resources import data_dir
 from autoptq.rules import FactSpec, FactValue, RuleSet, TraceStep, load_rules
+from autoptq.space import conform_weight_only, device_int8_ops
 
 Objective = Literal["speed", "size", "accuracy"]
 
@@ -251,6 +252,12 @@ def device_conformant_recipe(
             update["reduce_range"] = True  # 7-bit weights: u8 x s8 pair sums then fit int16
         if base.per_channel and "per_channel" not in rules.weights.granularity:
             update["per_channel"] = False
+        if technique == "full_int8" and not profile.integer_only and not base.op_types_to_quantize:
+            # Q/DQ only around ops the device runs as int8 kernels: elsewhere they are pure overhead. (An
+            # integer-only device quantizes everything: a float op would go to the host.)
+            int8_ops = device_int8_ops(profile, graph)
+            if int8_ops and set(int8_ops) != present_ops:
+                update["op_types_to_quantize"] = int8_ops
         if technique == "full_int8":
             update["fixed_output_params"] = {
                 op: FixedOutputParams(scale=p.scale, zero_point=p.zero_point)
@@ -263,11 +270,9 @@ def device_conformant_recipe(
         if data is not None:
             update["calibration_samples"] = min(base.calibration_samples, len(data))
     if technique == "weight_only_int8":
+        base = conform_weight_only(base, profile, graph)
         if rules.int8_dot_product == "int16_pair_saturating":
             update["reduce_range"] = True
-        update["op_types_to_quantize"] = sorted(
-            op for op in (base.op_types_to_quantize or DYNAMIC_QUANT_OPS) if op in present_ops
-        )
     if technique == "fp16":
         blocked = [op for op in present_ops if "fp16" not in profile.precisions_for(op)]
         update["fp16_op_block_list"] = sorted(set(base.fp16_op_block_list) | set(blocked))

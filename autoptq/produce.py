@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import candidates
+from autoptq.candidates import CALIBRATION_STEPS, candidates, measured_choices
 from autoptq.canonical import float_model_for
 from autoptq.device_file import DeviceFile
 from autoptq.errors import AutoptqError
@@ -22,7 +23,15 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.common import AppliedRecipe
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
-from autoptq.verify import DEFAULT_MIN_SQNR_DB, Verification, verify
+from autoptq.user_metric import UserMetric
+from autoptq.verify import (
+    DEFAULT_MIN_SQNR_DB,
+    ModelRunner,
+    Verification,
+    measurable_here,
+    measure_together,
+    verify,
+)
 
 
 class Attempt(BaseModel):
@@ -65,12 +74,22 @@ def produce(
     validation: Dataset,
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
     measure_latency: bool = True,
+    metric: UserMetric | None = None,
 ) -> Outcome:
-    """Prepare, quantize and verify along the plan's candidates; return the first verified one, or float."""
+    """Prepare, quantize and verify along the plan's candidates; return the first verified one (on a CPU measured
+    here: the best measured of a handful, see autoptq.candidates.measured_choices), or float."""
     float_model = float_model_for(graph, profile)
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
     float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
+    # On a CPU this machine stands in for, the default choice is the best measured of a handful, not the first
+    # that passes; the plan's remaining fallbacks follow in case none of them passes.
+    measured = measure_latency and measurable_here(profile) and bool(found)
+    measured_count = 0
+    if measured:
+        choices = measured_choices(found, plan, profile, graph, calibration)
+        found = [*choices, *(c for c in found if c not in choices)]
+        measured_count = len(choices)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
     preparation: list[PreparationStep] = []
@@ -79,7 +98,10 @@ def produce(
         source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
+    passed: list[tuple[Attempt, bytes]] = []
     for candidate in found:
+        if passed and len(attempts) >= measured_count:
+            break  # the measured handful is done and one passed (further fallbacks only run when none did)
         if candidate.step in CALIBRATION_STEPS and _rejected_only_for_cost(attempts):
             # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
             attempts.append(
@@ -100,25 +122,36 @@ def produce(
             min_sqnr_db,
             measure_latency,
             float_size_bytes=len(float_bytes),
+            metric=metric,
         )
         attempt = Attempt(
             **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
         )
         attempts.append(attempt)
         if verification.passed:
-            return Outcome(
-                target=profile.name,
-                planned_technique=plan.technique,
-                technique=candidate.technique,
-                kept_float=False,
-                reason=_accepted_reason(attempt, attempts),
-                attempts=attempts,
-                preparation=preparation,
-                applied=result.applied,
-                verification=verification,
-                synthetic_data=synthetic,
-                model_bytes=result.model.SerializeToString(deterministic=True),
-            )
+            passed.append((attempt, result.model.SerializeToString(deterministic=True)))
+            if not measured:
+                break
+    if measured and len(passed) > 1 and validation.samples:
+        originals = [attempt for attempt, _ in passed]
+        passed = _retime(float_model, passed, validation)
+        for original, (retimed, _) in zip(originals, passed, strict=True):
+            attempts[attempts.index(original)] = retimed
+    if passed:
+        best, best_bytes = best_measured(passed, plan) if measured else passed[0]
+        return Outcome(
+            target=profile.name,
+            planned_technique=plan.technique,
+            technique=best.technique,
+            kept_float=False,
+            reason=_measured_reason(best, attempts) if measured else _accepted_reason(best, attempts),
+            attempts=attempts,
+            preparation=preparation,
+            applied=best.applied,
+            verification=best.verification,
+            synthetic_data=synthetic,
+            model_bytes=best_bytes,
+        )
     return Outcome(
         target=profile.name,
         planned_technique=plan.technique,
@@ -132,8 +165,82 @@ def produce(
     )
 
 
-CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
 _COST_PROBLEMS = ("slower than float", "not smaller than float")
+TIE = 0.05
+"""Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
+tie; among the fastest and smallest the most faithful output wins."""
+
+
+def _retime(
+    float_model: ModelProto, passed: list[tuple[Attempt, bytes]], validation: Dataset
+) -> list[tuple[Attempt, bytes]]:
+    """The verified candidates timed again all together, interleaved with float in one round robin: the pairwise
+    ratios of verification were taken at different moments, and on a loaded machine that noise can exceed the
+    differences being chosen on."""
+    runners = [
+        ModelRunner(onnx.load_from_string(data), read_integer_io(onnx.load_from_string(data))) for _, data in passed
+    ]
+    ratios = measure_together(
+        ModelRunner(float_model), runners, validation.samples[0], budget_s=0.5 + 0.3 * len(passed)
+    )
+    retimed = []
+    for (attempt, data), ratio in zip(passed, ratios, strict=True):
+        latency = attempt.verification.latency if attempt.verification else None
+        if latency is not None:
+            joint = latency.model_copy(update={"ratio": ratio, "candidate_ms": round(latency.float_ms * ratio, 5)})
+            verification = attempt.verification.model_copy(update={"latency": joint})
+            attempt = attempt.model_copy(update={"verification": verification})
+        retimed.append((attempt, data))
+    return retimed
+
+
+def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
+    """The objective's pick among verified, measured candidates: fastest (speed), smallest (size) or most faithful
+    (accuracy: the user's metric, else the lowest output SQNR), the others breaking ties."""
+
+    def ratio(a: Attempt) -> float:
+        latency = a.verification.latency if a.verification else None
+        return latency.ratio if latency is not None else 1.0
+
+    def fidelity(a: Attempt) -> float:
+        ver = a.verification
+        if ver is None:
+            return float("-inf")
+        if ver.metric is not None:
+            return ver.metric.candidate
+        return min((f.sqnr_db for f in ver.fidelity), default=float("-inf"))
+
+    def size(a: Attempt) -> int:
+        return a.verification.size_bytes if a.verification else 0
+
+    fastest = min(ratio(a) for a, _ in passed)
+    smallest = min(size(a) for a, _ in passed)
+    prefer = plan.facts.get("user.prefer", "speed")
+
+    def fast(a: Attempt) -> bool:
+        return ratio(a) <= fastest * (1 + TIE)
+
+    def small(a: Attempt) -> bool:
+        return size(a) <= smallest * (1 + TIE)
+
+    keys = {
+        "speed": lambda a: (not fast(a), not small(a), -fidelity(a), ratio(a), size(a)),
+        "size": lambda a: (not small(a), not fast(a), -fidelity(a), size(a), ratio(a)),
+        "accuracy": lambda a: (-fidelity(a), ratio(a), size(a)),
+    }
+    return min(passed, key=lambda pair: keys[str(prefer)](pair[0]))
+
+
+def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
+    verified = [a for a in attempts if a.verification is not None and a.verification.passed]
+    others = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts if not a.accepted)
+    ratio = best.verification.latency.ratio if best.verification and best.verification.latency else None
+    measured = f"{ratio:.2f}x float latency measured, " if ratio is not None else ""
+    size = f"{best.verification.size_ratio:.2f}x size" if best.verification else ""
+    return (
+        f"best measured of {len(attempts)} candidates ({len(verified)} passed): {best.step} ({best.technique}), "
+        f"{measured}{size}" + (f"; rejected: {others}" if others else "")
+    )
 
 
 def _rejected_only_for_cost(attempts: list[Attempt]) -> bool:
@@ -176,18 +283,27 @@ def produce_tuned(
     progress: Callable[[str], None],
     measure_latency: bool = True,
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+    metric: UserMetric | None = None,
 ) -> Outcome:
     """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.tuning), then verify the
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
-    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress)
+    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, metric=metric)
     trial = result.trials[result.chosen]
     float_bytes = graph.original_bytes()
     is_float = trial.technique == "none"
     model_bytes = float_bytes if is_float else result.model_bytes
     verification = None
+    applied = None
     reason = result.message
     if not is_float:
         candidate = onnx.load_from_string(model_bytes)
+        # What the chosen trial was made with, so a manifest records it and `--recipe` can replay it.
+        applied = AppliedRecipe(
+            technique=trial.technique,
+            recipe=trial.recipe or Recipe(),
+            excluded={name: "kept in float by the accuracy loop" for name in trial.excluded},
+            integer_io=read_integer_io(candidate),
+        )
         verification = verify(
             float_model_for(graph, profile),
             candidate,
@@ -197,6 +313,7 @@ def produce_tuned(
             min_sqnr_db,
             measure=measure_latency,
             float_size_bytes=len(float_bytes),
+            metric=metric,
         )
         if not verification.passed:
             reason += "; verification found: " + "; ".join(verification.problems)
@@ -208,6 +325,7 @@ def produce_tuned(
         reason=reason,
         attempts=[],
         preparation=[],
+        applied=applied,
         verification=verification,
         synthetic_data=bool(calibration is not None and calibration.synthetic),
         tuning=result,

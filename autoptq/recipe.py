@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Technique = Literal["weight_only_int8", "full_int8", "fp16", "int16x8", "none"]
 TECHNIQUES: tuple[str, ...] = ("weight_only_int8", "full_int8", "fp16", "int16x8", "none")
@@ -69,3 +69,19 @@ class RecipeOverrides(StrictModel):
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""
         return recipe.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class RecipeFile(StrictModel):
+    """One replayable recipe: the target it was chosen for, the technique and its full recipe (`none`: float).
+
+    Written by `autoptq plan --format yaml`, read by `autoptq quantize --recipe` (also from a variants manifest)."""
+
+    target: str
+    technique: Technique
+    recipe: Recipe | None = None
+
+    @model_validator(mode="after")
+    def _has_recipe(self) -> RecipeFile:
+        if self.technique != "none" and self.recipe is None:
+            raise ValueError(f"technique {self.technique} needs a recipe")
+        return self

@@ -381,6 +381,15 @@ def render_variants_report(manifest: Manifest) -> str:
             f"{_size(v.size_bytes)} | {ver.size_ratio if ver else 1.0:.2f}x | {sqnr} | "
             f"{'—' if agreement is None else f'{agreement:.3f}'} | {acc} |"
         )
+    scored = [v for v in manifest.variants if v.verification is not None and v.verification.metric is not None]
+    if scored:
+        lines.append("")
+        lines += [
+            f"Metric {v.verification.metric.name} on {v.target}: float {v.verification.metric.float:.4f} → "
+            f"quantized {v.verification.metric.candidate:.4f}."
+            for v in scored
+            if v.verification is not None and v.verification.metric is not None
+        ]
     lines += [
         "",
         "Latency: host targets are timed side by side with float in measurements.json (timings vary run to run);",
@@ -451,6 +460,10 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
             )
         if ver.accuracy_float is not None and ver.accuracy_candidate is not None:
             lines.append(f"  accuracy: float {ver.accuracy_float:.4f}, quantized {ver.accuracy_candidate:.4f}")
+        if ver.metric is not None:
+            lines.append(
+                f"  metric {ver.metric.name}: float {ver.metric.float:.4f}, quantized {ver.metric.candidate:.4f}"
+            )
         if ver.latency is not None:
             lines.append(
                 f"  latency: {ver.latency.ratio:.2f}x float ({ver.latency.candidate_ms:.4f} vs "
@@ -487,6 +500,9 @@ def check_lines(result: CheckReport) -> list[str]:
     if result.accuracy is not None:
         a = result.accuracy
         lines.append(f"Accuracy: float {a.float:.4f}, emulated {a.emulated:.4f} (drop {a.drop:+.4f})")
+    if result.metric is not None:
+        m = result.metric
+        lines.append(f"Metric {m.name}: float {m.float:.4f}, emulated {m.candidate:.4f} (drop {m.drop:+.4f})")
     lat = result.latency
     measured = "" if lat.measured_ratio is None else f"; measured {lat.measured_ratio:.2f}x float ({lat.measured_note})"
     lines.append(

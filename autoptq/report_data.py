@@ -13,6 +13,7 @@ from onnx import ModelProto
 
 from autoptq._version import __version__
 from autoptq.calibration import Dataset
+from autoptq.canonical import float_model_for
 from autoptq.check import CheckReport, detect_technique
 from autoptq.cost import LatencyEstimate, estimate_latency
 from autoptq.coverage import CoverageReport, analyse
@@ -301,7 +302,7 @@ def outcome_section(
         decision_path=decision_path(plan),
     )
     if quantized:
-        section.sqnr = layer_sqnr(graph.model, onnx.load_from_string(outcome.model_bytes), held_out)
+        section.sqnr = layer_sqnr(float_model_for(graph, profile), onnx.load_from_string(outcome.model_bytes), held_out)
     else:
         section.absent["sqnr"] = "the float model was kept: there is no quantized model to compare"
     if outcome.tuning is not None:
@@ -311,7 +312,7 @@ def outcome_section(
             section.sensitivity = sensitivity_view(outcome.tuning.sensitivity, kept_by_choice, SEARCH_RANKING)
         elif plan.technique in STATIC_TECHNIQUES and calibration is not None:
             try:
-                ranking = _rank(graph, plan, calibration, held_out)
+                ranking = _rank(graph, profile, plan, calibration, held_out)
             except AutoptqError as exc:  # the plan's recipe does not quantize this model: the page says so
                 section.absent["sensitivity"] = f"the nodes could not be ranked: {exc}"
             else:
@@ -324,9 +325,11 @@ def outcome_section(
     return section
 
 
-def _rank(graph: ModelGraph, plan: Plan, calibration: Dataset, held_out: Dataset) -> SensitivityReport:
+def _rank(
+    graph: ModelGraph, profile: HardwareProfile, plan: Plan, calibration: Dataset, held_out: Dataset
+) -> SensitivityReport:
     """The ranking the search would have made, for a search that met its budget before needing one."""
-    prepared = prepare(graph.model, held_out.take(PREPARATION_SAMPLES)).model
+    prepared = prepare(float_model_for(graph, profile), held_out.take(PREPARATION_SAMPLES)).model
     note = "ranked for the page: the search met its budget without keeping nodes in float"
     samples = held_out.take(RANKING_SAMPLES)
     return sensitivity_report(prepared, plan.target, plan.technique, note, plan.recipe, calibration, samples)

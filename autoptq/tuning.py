@@ -24,13 +24,14 @@ from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import Candidate, fallback_candidate
+from autoptq.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.canonical import device_graph, float_model_for
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.emulators import TIERS, emulator_for
 from autoptq.emulators.device_rules import check_device_rules
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
+from autoptq.hostcost import load_table, predicted_ratio
 from autoptq.intio import read_integer_io
 from autoptq.metrics import accuracy, compare
 from autoptq.planner import Objective, Plan, predict
@@ -40,6 +41,7 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.full_int8 import static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.sensitivity import NodeSensitivity, rank_nodes
+from autoptq.user_metric import UserMetric
 from autoptq.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 
 MIN_DEVICE_MAC_FRACTION = 0.5
@@ -52,7 +54,9 @@ MAX_EXCLUDED = 8
 class Budget(BaseModel):
     """What "accurate enough" means, and how long to look."""
 
-    max_drop: float | None = Field(default=None, description="largest acceptable top-1 accuracy drop")
+    max_drop: float | None = Field(
+        default=None, description="largest acceptable drop of top-1 accuracy, or of the user's metric when given"
+    )
     relative: bool = Field(default=False, description="max_drop is a fraction of the float accuracy")
     min_sqnr_db: float | None = None
     min_top1_agreement: float | None = None
@@ -106,6 +110,7 @@ class TuningResult(BaseModel):
     target: str
     budget: Budget
     tier: str
+    metric: str | None = Field(default=None, description="the user metric the accuracy columns hold (else top-1)")
     float_accuracy: float | None
     trials: list[Trial]
     sensitivity: list[NodeSensitivity]
@@ -132,6 +137,7 @@ class _Search:
         exhaustive: bool,
         prefer: Objective,
         subsets: int = 0,
+        metric: UserMetric | None = None,
     ) -> None:
         self.graph, self.profile, self.plan, self.prefer = device_graph(graph, profile), profile, plan, prefer
         self.subsets = subsets
@@ -144,7 +150,10 @@ class _Search:
         self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
         self.float_outputs = _run_float(self.float_model, validation)
         self.float_runner = ModelRunner(self.float_model) if measurable_here(profile) else None
-        self.float_accuracy = _accuracy_of(self.float_outputs, validation)
+        self.host_table = load_table() if self.float_runner is not None else None
+        self.metric = metric
+        self.output_names = [o.name for o in self.float_model.graph.output]
+        self.float_accuracy = self._score(self.float_outputs)
         self.trials: list[Trial] = []
         self.models: dict[int, bytes] = {}
         self.sensitivity: list[NodeSensitivity] = []
@@ -185,6 +194,9 @@ class _Search:
             return best.size_bytes is None or size.size_bytes < best.size_bytes
         if technique == "none":
             ratio = 1.0
+        elif self.host_table is not None and technique in ("weight_only_int8", "full_int8"):
+            # Kernel ratios timed on this machine (`autoptq calibrate-host`) beat the roofline's assumed constants.
+            ratio = predicted_ratio(self.graph, self.profile, technique, recipe or Recipe(), self.host_table)
         elif baseline is not None and baseline.estimate_ms:
             ratio = estimate.estimate_ms / baseline.estimate_ms
         else:
@@ -226,7 +238,10 @@ class _Search:
         ]
         trial.min_sqnr_db = min(f.sqnr_db for f in fidelity) if fidelity else None
         trial.top1_agreement = fidelity[0].top1_agreement if fidelity else None
-        trial.accuracy = _accuracy_of(outputs, self.validation)
+        try:
+            trial.accuracy = self._score(outputs) if quantized else self.float_accuracy
+        except AutoptqError as exc:  # the user's metric failed on this candidate's outputs (e.g. NaN): no score
+            trial.accuracy, trial.error = None, str(exc)
         if trial.accuracy is not None and self.float_accuracy is not None:
             trial.accuracy_drop = round(self.float_accuracy - trial.accuracy, 6)
         trial.size_bytes = model.ByteSize()
@@ -261,6 +276,12 @@ class _Search:
             trial.latency_ratio, trial.latency_ratio_source = timing.ratio, "measured"
         elif float_ms:
             trial.latency_ratio, trial.latency_ratio_source = round(estimate_ms / float_ms, 4), "estimate"
+
+    def _score(self, outputs: list[list[np.ndarray]]) -> float | None:
+        """The user's metric when given, else top-1 accuracy with labels on a classifier, else None."""
+        if self.metric is not None:
+            return round(self.metric.score(self.output_names, outputs, self.validation.labels), 6)
+        return _accuracy_of(outputs, self.validation)
 
     def _emulate(self, model: ModelProto) -> list[list[np.ndarray]]:
         result = emulator_for(self.profile.emulator)(model, self.profile, list(self.validation.samples), self.tier)
@@ -316,6 +337,13 @@ class _Search:
             self.run("plan (keep float)", "none", None)
             return
         self.run("plan", self.plan.technique, self.plan.recipe)
+        for candidate in space_steps(self.plan, self.profile, self.graph, self.calibration):
+            # The technique's own recipe space first (granularity, embeddings, op subsets, activation dtype), then
+            # the technique fallbacks; the cost model prunes what cannot beat the best within budget.
+            if self.out_of_budget():
+                return
+            if not self._tried(candidate) and self.worth_trying(candidate.technique, candidate.recipe):
+                self.run(candidate.step, candidate.technique, candidate.recipe)
         steps = [*self.plan.fallbacks, *([] if "none" in self.plan.fallbacks else ["none"])]
         for name in steps:
             if self.out_of_budget():
@@ -519,19 +547,31 @@ def tune(
     progress: Callable[[str], None] = lambda _line: None,
     exhaustive: bool = False,
     subsets: int = 0,
+    metric: UserMetric | None = None,
 ) -> TuningResult:
     """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
 
     For benchmarking the greedy walk: `exhaustive` evaluates every candidate of the same search (no early stop);
     with `subsets=K` as well, the exclusions are every subset of the K most sensitive nodes, not the greedy prefixes.
     """
-    if budget.max_drop is not None and (validation.labels is None or not _is_classifier(graph)):
+    if budget.max_drop is not None and metric is None and (validation.labels is None or not _is_classifier(graph)):
         raise AutoptqError(
-            "--max-drop needs a classifier ([batch, classes] first output) and labelled validation data (a 'labels' "
-            "array in --val or --data); otherwise budget fidelity with --min-sqnr or --min-top1-agreement"
+            "--max-drop needs a --metric, or a classifier ([batch, classes] first output) with labelled validation "
+            "data (a 'labels' array in --val or --data); otherwise budget fidelity with --min-sqnr or "
+            "--min-top1-agreement"
         )
     search = _Search(
-        graph, profile, plan, calibration, validation, budget, progress, exhaustive or bool(subsets), prefer, subsets
+        graph,
+        profile,
+        plan,
+        calibration,
+        validation,
+        budget,
+        progress,
+        exhaustive or bool(subsets),
+        prefer,
+        subsets,
+        metric,
     )
     try:
         search.walk()
@@ -551,6 +591,7 @@ def tune(
         target=profile.name,
         budget=budget,
         tier=search.tier,
+        metric=metric.name if metric else None,
         float_accuracy=search.float_accuracy,
         trials=search.trials,
         sensitivity=search.sensitivity,

@@ -23,6 +23,7 @@ from autoptq.emulators import kernels
 from autoptq.intio import IOQuantization
 from autoptq.metrics import OutputFidelity, accuracy, compare
 from autoptq.profiles import HardwareProfile
+from autoptq.user_metric import MetricScore, UserMetric
 
 DEFAULT_MIN_SQNR_DB = 10.0
 """Below this the output is dominated by quantization noise: treated as numerically broken."""
@@ -55,6 +56,7 @@ class Verification(BaseModel):
     latency_note: str = ""
     accuracy_float: float | None = None
     accuracy_candidate: float | None = None
+    metric: MetricScore | None = Field(default=None, description="the user's --metric on float and on the candidate")
 
 
 def quantize_input(values: np.ndarray, io: IOQuantization) -> np.ndarray:
@@ -135,6 +137,28 @@ def measure_latency(
     )
 
 
+def measure_together(
+    reference: ModelRunner, candidates: Sequence[ModelRunner], sample: dict[str, np.ndarray], budget_s: float = 1.0
+) -> list[float]:
+    """Latency ratios to float of several candidates timed in one interleaved round robin (float, then each
+    candidate, run after run), so all see the same machine conditions: comparable with each other, which ratios
+    measured pair by pair at different moments on a loaded machine are not."""
+    runners = [reference, *candidates]
+    feeds = [r.feed(sample) for r in runners]
+    for _ in range(3):
+        for runner, feed in zip(runners, feeds, strict=True):
+            runner.session.run(None, feed)
+    times: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + budget_s
+    while len(times[0]) < 15 or (time.perf_counter() < deadline and len(times[0]) < 2000):
+        for runner, feed, found in zip(runners, feeds, times, strict=True):
+            start = time.perf_counter()
+            runner.session.run(None, feed)
+            found.append(time.perf_counter() - start)
+    float_s = statistics.median(times[0])
+    return [round(statistics.median(found) / float_s, 3) if float_s else 1.0 for found in times[1:]]
+
+
 def verify(
     float_model: ModelProto,
     candidate: ModelProto,
@@ -144,6 +168,7 @@ def verify(
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
     measure: bool = True,
     float_size_bytes: int | None = None,
+    metric: UserMetric | None = None,
 ) -> Verification:
     """Check a quantized candidate against its float model on held-out `data` (see the module docstring).
 
@@ -182,10 +207,19 @@ def verify(
     if data.labels is not None and outputs and outputs[0].top1_agreement is not None:
         accuracy_float = accuracy([reference.run(s)[0] for s in data.samples], data.labels)
         accuracy_candidate = accuracy([runner.run(s)[0] for s in data.samples], data.labels)
+    score = None
+    if metric is not None:
+        score = metric.compare(
+            reference.output_names,
+            [reference.run(s) for s in data.samples],
+            [runner.run(s) for s in data.samples],
+            data.labels,
+        )
     return Verification(
         passed=not problems,
         problems=problems,
         fidelity=outputs,
+        metric=score,
         latency=latency,
         latency_note=note,
         accuracy_float=accuracy_float,

@@ -154,6 +154,25 @@ def transformer_block(seq: int = 32, dim: int = 64, heads: int = 4, ffn: int = 2
     return b.model([_io("input", [1, seq, dim])], [_io("block_out", [1, seq, dim])], "transformer_block")
 
 
+def text_encoder(
+    vocab: int = 1000, seq: int = 16, dim: int = 64, ffn: int = 256, layers: int = 2, seed: int = 0
+) -> ModelProto:
+    """A tiny sentence encoder: token ids -> embedding table (Gather) + positions -> pre-norm feed-forward blocks
+    (LayerNorm, MatMul, Relu) -> mean pooling: the pieces that decide weight-only quantization of a
+    transformer encoder (MatMul weights and the embedding table)."""
+    b = _Builder(seed)
+    table = b.const((b.rng.standard_normal((vocab, dim)) * 0.5).astype(np.float32), "embeddings")
+    x = b.op("Gather", [table, "input_ids"], name="word_embeddings")
+    x = b.op("Add", [x, b.const((b.rng.standard_normal((1, seq, dim)) * 0.1).astype(np.float32), "positions")])
+    for _ in range(layers):
+        norm = b.op("LayerNormalization", [x, b.const(np.ones(dim, np.float32)), b.bias(dim)], axis=-1)
+        h = b.op("Relu", [b.op("Add", [b.matmul(norm, dim, ffn), b.bias(ffn)])])
+        x = b.op("Add", [x, b.matmul(h, ffn, dim)])
+    b.op("ReduceMean", [x], axes=[1], keepdims=0, name="embedding")
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])]
+    return b.model(inputs, [_io("embedding_out", [1, dim])], "text_encoder")
+
+
 def lstm_model(seq: int = 20, features: int = 32, hidden: int = 64, classes: int = 8, seed: int = 0) -> ModelProto:
     """A forward LSTM over a sequence, classifying from the last hidden state."""
     b = _Builder(seed)

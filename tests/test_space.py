@@ -1,0 +1,225 @@
+"""The weight-only recipe space: what each device allows, the default on CPUs, and what the quantizer makes of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from autoptq import zoo
+from autoptq.api import QuantizeOptions, plan_for, split_data
+from autoptq.calibration import Dataset
+from autoptq.candidates import space_steps
+from autoptq.graph import load_model
+from autoptq.metrics import OutputFidelity
+from autoptq.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.produce import TIE, Attempt, best_measured, produce
+from autoptq.profiles import load_profile
+from autoptq.quantizers import QUANTIZERS
+from autoptq.recipe import Recipe
+from autoptq.space import (
+    conform_weight_only,
+    device_int8_ops,
+    full_int8_space,
+    quantizable_nodes,
+    weight_only_options,
+    weight_only_space,
+)
+from autoptq.tuning import Budget, tune
+from autoptq.verify import LatencyMeasurement, Verification, measurable_here
+
+
+@pytest.fixture(scope="module")
+def encoder() -> onnx.ModelProto:
+    return zoo.text_encoder()
+
+
+def token_data(count: int, seq: int = 16, vocab: int = 1000, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset(
+        samples=[{"input_ids": rng.integers(0, vocab, (1, seq), dtype=np.int64)} for _ in range(count)],
+        labels=None,
+        source="tokens",
+    )
+
+
+def allowed(options: list, knob: str) -> set[str]:
+    return {o.value for o in options if o.knob == knob and o.allowed}
+
+
+def test_each_knob_value_follows_the_device_rules(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    x86 = weight_only_options(load_profile("x86-vnni"), graph)
+    assert allowed(x86, "granularity") == {"per_channel", "per_tensor"}
+    assert allowed(x86, "weight_dtype") == {"int8"}  # x86-vnni lists int8 weights only
+    assert allowed(x86, "ops.dense") == {"on", "off"} and allowed(x86, "ops.embeddings") == {"on", "off"}
+    conv = next(o for o in x86 if o.knob == "ops.conv" and o.value == "on")
+    assert not conv.allowed and "no Conv node" in conv.why
+    profile = load_profile("x86-vnni")
+    rules = profile.quantization.model_copy(
+        update={"weights": profile.quantization.weights.model_copy(update={"dtype": ["int8", "uint8"]})}
+    )
+    both = profile.model_copy(update={"quantization": rules})
+    assert allowed(weight_only_options(both, graph), "weight_dtype") == {"int8", "uint8"}
+    edgetpu = weight_only_options(load_profile("edgetpu"), graph)
+    assert not any(o.allowed for o in edgetpu)  # integer-only: dynamic activations cannot run there
+    assert all("integer-only" in o.why for o in edgetpu)
+
+
+def test_only_embedding_tables_with_constant_float_weights_count(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    assert quantizable_nodes(graph, "Gather") == ["word_embeddings"]
+    assert len(quantizable_nodes(graph, "MatMul")) == 4
+    # A convnet's Gather on shapes is not an embedding table.
+    assert quantizable_nodes(load_model(zoo.small_convnet()), "Gather") == []
+
+
+def test_space_enumerates_every_allowed_combination(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    recipes = weight_only_space(load_profile("x86-vnni"), graph, Recipe())
+    # 2 granularities x 1 dtype x 3 non-empty subsets of {dense, embeddings}
+    assert len(recipes) == 6
+    assert {tuple(r.op_types_to_quantize) for r in recipes} == {("MatMul",), ("Gather",), ("Gather", "MatMul")}
+    assert len({r.model_dump_json() for r in recipes}) == 6
+
+
+def test_conform_keeps_the_leaf_choice_where_allowed_and_downgrades_where_not(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    x86 = load_profile("x86-vnni")
+    default = conform_weight_only(Recipe(), x86, graph)
+    assert default.per_channel and default.weight_dtype == "int8"
+    assert default.op_types_to_quantize == ["Gather", "MatMul"]
+    per_tensor = conform_weight_only(Recipe(per_channel=False, op_types_to_quantize=["MatMul"]), x86, graph)
+    assert not per_tensor.per_channel and per_tensor.op_types_to_quantize == ["MatMul"]
+    assert conform_weight_only(Recipe(weight_dtype="uint8"), x86, graph).weight_dtype == "int8"
+
+
+def test_the_default_on_a_cpu_is_per_channel_int8_with_the_embedding_table(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    assert plan.technique == "weight_only_int8"
+    assert plan.recipe.per_channel and plan.recipe.weight_dtype == "int8"
+    assert plan.recipe.op_types_to_quantize == ["Gather", "MatMul"]
+    outcome = produce(graph, profile, plan, calibration, validation, measure_latency=False)
+    assert not outcome.kept_float and outcome.verification is not None
+    # Every weight in 8 bits, the embedding table included: about a quarter of the float size.
+    assert outcome.verification.size_ratio < 0.30
+    assert outcome.verification.fidelity[0].cosine > 0.99
+
+
+def test_per_channel_and_embedding_knobs_show_in_the_quantized_graph(encoder: onnx.ModelProto) -> None:
+    profile = load_profile("x86-vnni")
+    on = QUANTIZERS["weight_only_int8"](encoder, Recipe(op_types_to_quantize=["Gather", "MatMul"]), None, profile)
+    off = QUANTIZERS["weight_only_int8"](
+        encoder, Recipe(op_types_to_quantize=["MatMul"], per_channel=False), None, profile
+    )
+
+    def tables(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    on_tables, off_tables = tables(on.model), tables(off.model)
+    # The embedding table is stored in 8 bits with the knob on, in float without it.
+    assert any(v.dtype == np.uint8 and v.shape == (1000, 64) for v in on_tables.values())
+    assert any(v.dtype == np.float32 and v.shape == (1000, 64) for v in off_tables.values())
+    # Per-channel: one weight scale per output column; per-tensor: one.
+    on_scales = [v for k, v in on_tables.items() if k.endswith("_scale") and v.ndim == 1 and v.size == 256]
+    off_scales = [v for k, v in off_tables.items() if k.endswith("_scale") and v.size == 256]
+    assert on_scales and not off_scales
+    assert on.model.ByteSize() < off.model.ByteSize() * 0.6
+
+
+def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
+    encoder: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no host table: the roofline ranks the candidates
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    outcome = produce(graph, profile, plan, calibration, validation)
+    steps = [a.step for a in outcome.attempts]
+    # onnxruntime's quantize_dynamic defaults on this model are the per-tensor point of the space (no Conv here).
+    assert steps[0] == "plan" and "weight-only per-tensor int8 Gather+MatMul" in steps
+    assert "onnxruntime quantize_static defaults" in steps
+    assert outcome.reason.startswith("best measured of")
+    passed = [a for a in outcome.attempts if a.accepted]
+    chosen = next(a for a in passed if a.verification == outcome.verification)
+    assert chosen in passed
+    fastest = min(a.verification.latency.ratio for a in passed)
+    assert outcome.verification.latency.ratio <= fastest * (1 + TIE)
+
+
+def attempt(step: str, ratio: float, size: int, sqnr: float) -> Attempt:
+    verification = Verification(
+        passed=True,
+        samples=1,
+        min_sqnr_db=10.0,
+        fidelity=[OutputFidelity(name="y", sqnr_db=sqnr, cosine=1.0, max_abs_diff=0.0)],
+        size_bytes=size,
+        float_size_bytes=4000,
+        size_ratio=size / 4000,
+        latency=LatencyMeasurement(float_ms=1.0, candidate_ms=ratio, ratio=ratio, runs=15, machine="test"),
+    )
+    return Attempt(step=step, technique="weight_only_int8", recipe=Recipe(), accepted=True, verification=verification)
+
+
+@pytest.mark.parametrize(
+    ("prefer", "expected"),
+    [("speed", "faithful"), ("size", "smallest"), ("accuracy", "most faithful, slow")],
+)
+def test_the_measured_choice_breaks_ties_on_fidelity(prefer: str, expected: str, encoder: onnx.ModelProto) -> None:
+    passed = [
+        (attempt("slow", 0.80, 1000, 30.0), b"a"),
+        (attempt("faithful", 0.51, 1010, 25.0), b"b"),  # within 5% of the fastest and of the smallest
+        (attempt("coarse", 0.50, 1000, 12.0), b"c"),
+        (attempt("smallest", 0.70, 900, 15.0), b"d"),
+        (attempt("most faithful, slow", 0.95, 3000, 40.0), b"e"),
+    ]
+    graph = load_model(encoder)
+    plan = plan_model(graph, load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer=prefer))
+    best, _ = best_measured(passed, plan)
+    assert best.step == expected
+
+
+def test_full_int8_keeps_qdq_off_ops_without_int8_kernels_on_a_cpu() -> None:
+    graph = load_model(zoo.transformer_block())
+    x86 = load_profile("x86-vnni")
+    int8_ops = device_int8_ops(x86, graph)
+    assert "MatMul" in int8_ops and "LayerNormalization" not in int8_ops and "Erf" not in int8_ops
+    recipe = device_conformant_recipe(Recipe(), "full_int8", x86, graph, None)
+    assert recipe.op_types_to_quantize == int8_ops
+    # An integer-only device quantizes every op: a float op would run on the host.
+    assert (
+        device_conformant_recipe(Recipe(), "full_int8", load_profile("edgetpu"), graph, None).op_types_to_quantize == []
+    )
+    space = full_int8_space(x86, graph, Recipe())
+    # uint8/int8 activations x per-channel/per-tensor x (device int8 ops, all ops)
+    every = tuple(sorted({n.op_type for n in graph.compute_nodes()}))
+    assert len(space) == 8 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), every}
+    edgetpu = load_profile("edgetpu")
+    on_edgetpu = full_int8_space(edgetpu, graph, Recipe())
+    rules = edgetpu.quantization
+    assert len(on_edgetpu) == len(rules.activations.dtype) * len(rules.weights.granularity)
+    assert all(r.op_types_to_quantize == [] for r in on_edgetpu)
+
+
+def test_the_loop_walks_the_technique_s_space_before_its_fallbacks(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(30), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    steps = space_steps(plan, profile, graph, calibration)
+    assert steps and all(s.technique == "weight_only_int8" and s.recipe != plan.recipe for s in steps)
+    assert steps[0].recipe.per_channel  # the most faithful first
+    # An unreachable budget: every step is tried, the space before the technique fallbacks.
+    result = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=199.0, max_trials=5))
+    walked = [t.step for t in result.trials]
+    assert walked[0] == "plan" and walked[1:5] == [s.step for s in steps[:4]]
+    assert not result.within_budget
