@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -105,34 +104,47 @@ class BenchResult(BaseModel):
 # ---------------------------------------------------------------- child processes
 
 
-def run_child(argv: list[str], timeout: float, label: str, target: str | None) -> tuple[CommandRun, str]:
-    """Run argv in its own process group; kill the group at the timeout. Returns the run and its stdout."""
+# Runs argv, waits for it with wait4 and writes its peak RSS (KB) to a file. This small launcher forks the command:
+# on Linux a child's ru_maxrss starts from its parent's RSS at fork time, so forking the command straight from the
+# bench (hundreds of MB of sessions) would floor every measurement there.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_child(
+    argv: list[str], timeout: float, label: str, target: str | None, answers: tuple[int, ...] = (0, 1)
+) -> tuple[CommandRun, str]:
+    """Run argv in its own process group; kill the group at the timeout. Returns the run and its stdout. Exit codes
+    in `answers` are results (autoptq: 1 = fails the device's rules, or nothing beat float); others are errors."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO_DIR, start_new_session=True)
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            os.killpg(process.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "maxrss"
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(rss_file), *argv]
+        process = subprocess.Popen(launcher, stdout=out, stderr=err, cwd=REPO_DIR, start_new_session=True)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
+            process.wait(timeout=timeout)
+            exit_code: int | None = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            exit_code = None
         seconds = time.perf_counter() - start
+        peak_kb = int(rss_file.read_text()) if rss_file.is_file() else 0
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode("utf-8", errors="replace")
         stderr = err.read().decode("utf-8", errors="replace")
-    exit_code = None if timed_out.is_set() else process.returncode
     error = None
     if exit_code is None:
         error = f"timed out after {timeout:.0f} s"
-    elif exit_code != 0:
+    elif exit_code not in answers:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         error = lines[-1][:400] if lines else f"exit {exit_code}, no stderr"
     run = CommandRun(
@@ -140,7 +152,7 @@ def run_child(argv: list[str], timeout: float, label: str, target: str | None) -
         target=target,
         exit_code=exit_code,
         seconds=round(seconds, 2),
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        peak_rss_mb=round(peak_kb / 1024, 1),
         error=error,
     )
     return run, stdout
@@ -362,7 +374,7 @@ def bench_model(model: corpus.CorpusModel, targets: list[str], quick: bool, time
     for kind in ("static", "dynamic"):
         output = folder / f"ort-{kind}.onnx"
         argv = [sys.executable, str(Path(__file__).resolve()), "--ort-baseline", kind, str(path), str(data.calib)]
-        run, _ = run_child([*argv, str(output)], timeout, f"ort quantize_{kind}", None)
+        run, _ = run_child([*argv, str(output)], timeout, f"ort quantize_{kind}", None, answers=(0,))
         baseline = Baseline(name=f"ort-{kind}", run=run, error=run.error)
         if run.exit_code == 0 and output.is_file():
             baseline_paths[kind] = output
@@ -464,6 +476,9 @@ def render(bench: BenchResult) -> str:
         for b in m.baselines:
             if b.error:
                 failure_rows.append([m.name, "—", b.name, str(b.run.exit_code if b.run else "—"), b.error])
+        for b in m.baselines:
+            if not b.error and b.run and b.run.exit_code != 0:
+                failure_rows.append([m.name, "—", b.name, str(b.run.exit_code), "(stderr not recorded)"])
     basis_rows = [[m.name, m.exporter, m.metric_basis, f"{m.calib_samples} / {m.val_samples}"] for m in bench.models]
     variants_rows = [
         [
@@ -543,6 +558,8 @@ def render(bench: BenchResult) -> str:
             "",
             "## Failures (exit code other than 0 or 1, or a baseline that failed)",
             "",
+            "What each failure means, by the issue's failure classes: `bench/results/real_models_failures.md`.",
+            "",
             markdown_table(["model", "target", "command", "exit", "last stderr line"], failure_rows)
             if failure_rows
             else "None.",
@@ -562,7 +579,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per command (default 20 min)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "real_models.json")
     parser.add_argument("--markdown", type=Path, default=REPO_DIR / "docs" / "real-models.md")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the JSON results")
     args = parser.parse_args()
+    if args.render_only:
+        bench = BenchResult.model_validate_json(args.json.read_text(encoding="utf-8"))
+        write_atomic(args.markdown, render(bench))
+        return
     from autoptq.profiles import shipped_profile_names
 
     targets = args.targets.split(",") if args.targets else shipped_profile_names()
