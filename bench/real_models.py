@@ -51,6 +51,7 @@ class CommandRun(BaseModel):
     seconds: float
     peak_rss_mb: float
     error: str | None = None
+    stray_files: list[str] = []  # files the command left in its working folder (outside its output)
 
 
 class TargetResult(BaseModel):
@@ -124,10 +125,16 @@ def run_child(
     """Run argv in its own process group; kill the group at the timeout. Returns the run and its stdout. Exit codes
     in `answers` are results (autoptq: 1 = fails the device's rules, or nothing beat float); others are errors."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory() as cwd,
+    ):
         rss_file = Path(tmp) / "maxrss"
         launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(rss_file), *argv]
-        process = subprocess.Popen(launcher, stdout=out, stderr=err, cwd=REPO_DIR, start_new_session=True)
+        # An empty working folder: whatever the command leaves there was written outside its output.
+        process = subprocess.Popen(launcher, stdout=out, stderr=err, cwd=cwd, start_new_session=True)
         try:
             process.wait(timeout=timeout)
             exit_code: int | None = process.returncode
@@ -137,6 +144,7 @@ def run_child(
             exit_code = None
         seconds = time.perf_counter() - start
         peak_kb = int(rss_file.read_text()) if rss_file.is_file() else 0
+        stray = sorted(p.name for p in Path(cwd).iterdir())
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode("utf-8", errors="replace")
@@ -154,6 +162,7 @@ def run_child(
         seconds=round(seconds, 2),
         peak_rss_mb=round(peak_kb / 1024, 1),
         error=error,
+        stray_files=stray,
     )
     return run, stdout
 
@@ -471,6 +480,11 @@ def render(bench: BenchResult) -> str:
             for r in t.runs:
                 if r.exit_code not in (0, 1):
                     failure_rows.append([m.name, t.target, r.command, str(r.exit_code), r.error or ""])
+        runs = [r for t in m.targets for r in t.runs] + ([m.variants] if m.variants else [])
+        for r in runs:
+            if r.stray_files:
+                note = f"wrote into its working folder: {', '.join(r.stray_files[:3])}"
+                failure_rows.append([m.name, r.target or "all", r.command, str(r.exit_code), note])
         if m.variants and m.variants.exit_code not in (0, 1):
             failure_rows.append([m.name, "all", "variants", str(m.variants.exit_code), m.variants.error or ""])
         for b in m.baselines:
