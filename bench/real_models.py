@@ -204,7 +204,12 @@ def integer_io_adapter(path: Path) -> tuple[dict[str, tuple[float, int, np.dtype
     for node in model.graph.node:
         if node.op_type == "Constant":
             inits[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
-    integer = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16}
+    integer = {
+        onnx.TensorProto.INT8: np.int8,
+        onnx.TensorProto.UINT8: np.uint8,
+        onnx.TensorProto.INT16: np.int16,
+        onnx.TensorProto.UINT16: np.uint16,
+    }
     inputs, outputs = {}, {}
     for value in model.graph.input:
         dtype = integer.get(value.type.tensor_type.elem_type)
