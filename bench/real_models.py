@@ -437,6 +437,35 @@ whether `autoptq check` passed, and its tier; `exits` the exit code of a(udit), 
 (T: timed out); `q s` / `q RSS` wall time and peak RSS of quantize."""
 
 
+def done_when(bench: BenchResult) -> list[str]:
+    """The issue's acceptance criteria, counted from the results."""
+    exit2 = sorted(
+        {m.name for m in bench.models for t in m.targets for r in t.runs if r.exit_code not in (0, 1)}
+        | {m.name for m in bench.models if m.variants and m.variants.exit_code not in (0, 1)}
+    )
+    wins, edgetpu = [], []
+    for m in bench.models:
+        for t in m.targets:
+            quantized = t.technique not in (None, "none") and not t.kept_float
+            within = t.metric is not None and t.metric >= m.fp32_metric - 0.01 * max(abs(m.fp32_metric), 1e-9)
+            smaller_not_slower = (t.size_ratio or 1) < 1 and (t.latency_ratio or 2) <= 1.05
+            if t.target == HOST_TARGET and quantized and within and smaller_not_slower:
+                wins.append(m.name)
+            if t.target == "edgetpu" and t.technique == "full_int8" and (t.audit_mac_fraction or 0) >= 0.9:
+                edgetpu.append(m.name)
+    n = len(bench.models)
+    return [
+        f"- Valid model + data exits 2 / times out on some command: {len(exit2)} of {n} models"
+        + (f" ({', '.join(exit2)})" if exit2 else "")
+        + " (target: none).",
+        f"- {HOST_TARGET}: a quantized variant smaller and not slower (ratio <= 1.05) with the metric within 1%: "
+        f"{len(wins)} of {n}" + (f" ({', '.join(wins)})" if wins else "") + " (target: two thirds).",
+        f"- edgetpu full_int8 with >= 90% of MACs on the device: {len(edgetpu)} of {n}"
+        + (f" ({', '.join(edgetpu)})" if edgetpu else "")
+        + " (target: every CNN a device toolchain would map).",
+    ]
+
+
 def render(bench: BenchResult) -> str:
     summary_rows, target_rows, failure_rows = [], [], []
     for m in bench.models:
@@ -448,7 +477,7 @@ def render(bench: BenchResult) -> str:
             [
                 m.name,
                 m.kind,
-                f"{m.size_bytes / 1e6:.1f} MB",
+                f"{m.size_bytes / 1e6:.1f} MB" if m.size_bytes >= 1e5 else f"{m.size_bytes / 1e3:.0f} kB",
                 fmt(m.fp32_metric),
                 f"{host.technique} {'(float)' if host.kept_float else ''}".strip() if host and host.technique else "—",
                 fmt(host.metric) if host else "—",
@@ -517,6 +546,10 @@ def render(bench: BenchResult) -> str:
             "",
             f"Machine: {bench.environment}. Command: `{bench.command}`"
             + (" (quick: few samples, so metrics are coarse)." if bench.quick else "."),
+            "",
+            '## Against the issue\'s "done when"',
+            "",
+            *done_when(bench),
             "",
             "## Corpus and metric basis",
             "",
