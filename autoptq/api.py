@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,14 +16,14 @@ from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.check import CheckReport
 from autoptq.check import check as run_check
 from autoptq.coverage import CoverageReport, analyse
-from autoptq.errors import AutoptqError, OutputError
+from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph, load_model
 from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
-from autoptq.outputs import check_output_path, write_atomic
+from autoptq.outputs import check_output_folder, check_output_path, commit_staged, stage_folder, write_atomic
 from autoptq.planner import DYNAMIC_QUANT_OPS, Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.produce import Outcome, produce, produce_tuned
-from autoptq.profiles import HardwareProfile, load_profile
+from autoptq.profiles import HardwareProfile, load_profile, profile_file
 from autoptq.recipe import Recipe, Technique
 from autoptq.report import render_variants_report
 from autoptq.rules import RuleSet
@@ -84,7 +85,7 @@ class QuantizeOptions(BaseModel):
     """Settings of a quantize or variants run."""
 
     technique: Technique | None = Field(default=None, description="override the planned technique")
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    min_sqnr_db: float = Field(default=DEFAULT_MIN_SQNR_DB, allow_inf_nan=False)
     measure_latency: bool = True
     synthetic_calibration: bool = False
     goals: UserGoals = Field(default_factory=UserGoals)
@@ -148,7 +149,7 @@ def quantize(
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`."""
     options = options or QuantizeOptions()
     graph = as_graph(model)
-    out_path = check_output_path(Path(output), protected=[*graph.source_files, *_paths(data, validation)])
+    out_path = check_output_path(Path(output), protected=protected_inputs(graph, [target], data, validation, rules))
     profile, tree = as_profile(target), load_tree(rules)
     calibration, held_out, _ = split_data(
         graph,
@@ -203,25 +204,49 @@ def make_variants(
     measurements.json (the only file that varies run to run: it holds timings)."""
     options = options or QuantizeOptions()
     graph = as_graph(model)
-    folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a directory")
     profiles = [as_profile(t) for t in targets]
     if not profiles:
         raise AutoptqError("give at least one target")
     names = [p.name for p in profiles]
-    if len(set(names)) != len(names):
+    if len({name.lower() for name in names}) != len(names):  # one folder each, also on case-insensitive disks
         raise AutoptqError(f"targets repeat: {names}")
+    models = [f"{name}/model.onnx" for name in names]
+    folder = check_output_folder(
+        Path(output_dir),
+        [*models, *_VARIANTS_FILES],
+        protected=protected_inputs(graph, targets, data, validation, rules),
+    )
     tree = load_tree(rules)
     dataset = load_data(data, graph, preprocess)
     calibration, held_out, held_out_source = split_data(
         graph, dataset, load_data(validation, graph, preprocess), options.synthetic_calibration
     )
-    for name in [*(f"{p.name}/model.onnx" for p in profiles), "manifest.json", "report.md", "measurements.json"]:
-        check_output_path(
-            folder.resolve() / name, protected=[*graph.source_files, *_paths(data, validation)], must_exist_parent=False
+    # Everything is written into a staging folder inside `folder`, then moved in with the manifest last.
+    staging = stage_folder(folder)
+    try:
+        manifest, measurements = _variants_into(
+            graph, profiles, tree, calibration, held_out, held_out_source, options, staging, progress
         )
-    folder.mkdir(parents=True, exist_ok=True)
+        commit_staged(staging, folder, [*models, "report.md", "measurements.json"], last="manifest.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, measurements
+
+
+_VARIANTS_FILES = ("manifest.json", "report.md", "measurements.json")
+
+
+def _variants_into(
+    graph: ModelGraph,
+    profiles: list[HardwareProfile],
+    tree: RuleSet,
+    calibration: Dataset | None,
+    held_out: Dataset,
+    held_out_source: str,
+    options: QuantizeOptions,
+    folder: Path,
+    progress: Callable[[str], None],
+) -> tuple[Manifest, dict[str, dict[str, object]]]:
     variants, measurements = [], {}
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
@@ -299,6 +324,13 @@ def _without_folders(text: str, sources: list[str]) -> str:
         if folder not in ("", "."):
             text = text.replace(folder + "/", "")
     return text
+
+
+def protected_inputs(graph: ModelGraph, targets: Sequence[TargetSource], *sources: object) -> list[Path]:
+    """Every input file an output must never overwrite: the model and its external data, the profile files of
+    `targets`, and the data, validation and rules paths among `sources`."""
+    profiles = [profile_file(t) for t in targets if isinstance(t, (str, Path))]
+    return [*graph.source_files, *profiles, *_paths(*sources)]
 
 
 def _paths(*sources: object) -> list[Path]:

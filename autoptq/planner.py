@@ -92,9 +92,9 @@ FACTS: dict[str, FactSpec] = dict(
 class UserGoals(BaseModel):
     """What the user asked for."""
 
-    max_drop: float | None = Field(default=None, description="largest acceptable accuracy drop (absolute)")
+    max_drop: float | None = Field(default=None, ge=0, le=1, description="largest acceptable accuracy drop (absolute)")
     prefer: Objective = "speed"
-    max_size_bytes: int | None = None
+    max_size_bytes: int | None = Field(default=None, ge=0)
 
 
 class Predicted(BaseModel):

@@ -342,7 +342,7 @@ def test_usage_errors(run_cli: Run, tmp_path: Path, args: list[str]) -> None:
     code, out, err = run_cli(["audit", model, *args, "-o", tmp_path / "out.txt"])
     assert code == 2
     assert out == ""
-    assert "Usage:" in err and "Traceback" not in err
+    assert err.startswith("autoptq: error:") and err.count("\n") == 1 and "--help" in err, err
     assert not (tmp_path / "out.txt").exists()
 
 
