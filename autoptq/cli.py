@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 the model fails a target's rules or a budget, 2 bad input or
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -18,8 +19,10 @@ import typer
 from pydantic import ValidationError
 
 from autoptq import api, report
+from autoptq._version import __version__
 from autoptq.calibration import synthetic_dataset
 from autoptq.errors import AutoptqError
+from autoptq.graph import onnx_version, ort_version
 from autoptq.manifest import outcome_failed
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
@@ -78,14 +81,46 @@ def emit(text: str, output: Path | None) -> None:
     typer.echo(text, nl=not text.endswith("\n"))
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoptq {__version__} (onnx {onnx_version()}, onnxruntime {ort_version()})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Pick, produce and verify the post-training quantization of an ONNX model for a target device.
+
+    Exit codes: 0 ok, 1 a gate failed (rules, budget), 2 bad input or usage, 3 internal error (--debug: traceback).
+    """
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
 @targets_app.callback()
-def targets_list(ctx: typer.Context) -> None:
+def targets_list(
+    ctx: typer.Context,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+) -> None:
     """List the shipped hardware profiles."""
     if ctx.invoked_subcommand is not None:
         return
-    for name in shipped_profile_names():
-        profile = load_profile(name)
-        typer.echo(f"{name:<14} {profile.kind:<12} {', '.join(profile.precisions):<22} {profile.description}")
+    profiles = [load_profile(name) for name in shipped_profile_names()]
+    if fmt == ListFormat.json:
+        rows = [
+            {"name": p.name, "kind": p.kind, "precisions": list(p.precisions), "description": p.description}
+            for p in profiles
+        ]
+        typer.echo(json.dumps({"schema_version": 1, "kind": "targets", "results": rows}, indent=2, sort_keys=True))
+        return
+    typer.echo(report.render_targets(profiles))
 
 
 @targets_app.command("show")
@@ -116,7 +151,7 @@ def audit(
     if output is not None:
         check_output_path(output, protected=api.protected_inputs(graph, targets))
     reports = api.audit(graph, targets)
-    emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
+    emit(report.render_audit(reports, fmt.value, artifact=_display_path(model.resolve())), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
 
@@ -477,9 +512,10 @@ def matrix(
 
 
 def _display_path(path: Path) -> str:
+    """`path` relative to the working folder (or the shipped data), else its name: no machine's layout leaks."""
     for base in (Path.cwd(), data_dir("rules").parent):
         if path.is_relative_to(base):
-            return str(path.relative_to(base))
+            return path.relative_to(base).as_posix()
     return path.name
 
 

@@ -307,7 +307,7 @@ def check_sanity(proto: ModelProto, path: Path | None = None) -> None:
     if opset and not low <= opset <= high:
         raise ModelLoadError(
             f"{label}: opset {opset} of the default ONNX domain is not supported: onnx {onnx.__version__} and "
-            f"onnxruntime {_ort_version()} support opsets {low} to {high}"
+            f"onnxruntime {ort_version()} support opsets {low} to {high}"
         )
     if not proto.graph.output:
         raise ModelLoadError(f"{label}: the graph declares no outputs, so there is nothing to run or compare")
@@ -340,7 +340,13 @@ def supported_opsets() -> tuple[int, int]:
     return 1, min(onnx.defs.onnx_opset_version(), ort_high)
 
 
-def _ort_version() -> str:
+def onnx_version() -> str:
+    """The installed onnx package's version."""
+    return onnx.__version__
+
+
+def ort_version() -> str:
+    """The installed onnxruntime's version (imported on demand: loading a model does not need it)."""
     import onnxruntime
 
     return onnxruntime.__version__

@@ -203,11 +203,21 @@ class HardwareProfile(StrictModel):
         return self
 
     def precisions_for(self, op_type: str) -> dict[Precision, PrecisionSupport]:
-        """Precisions at which `op_type` may run, with their constraints (none for ops run generically)."""
+        """Precisions at which `op_type` may run, with their constraints (none for ops run generically).
+
+        `runs_any_op_at` covers the ONNX domains (`Conv`, `ai.onnx.ml.X`) and onnxruntime's own (`com.microsoft.X`):
+        an op of any other domain runs only where the op table lists it."""
         table = dict(self.ops.get(op_type, {}))
-        for precision in self.runs_any_op_at:
-            table.setdefault(precision, PrecisionSupport())
+        domain = op_type.rpartition(".")[0]
+        if domain in GENERIC_DOMAINS:
+            for precision in self.runs_any_op_at:
+                table.setdefault(precision, PrecisionSupport())
         return table
+
+
+GENERIC_DOMAINS = frozenset({"", "ai.onnx.ml", "com.microsoft", "autoptq.float"})
+"""Op domains whose ops a CPU or GPU runtime has kernels for (the key of an op is `domain.Op` outside ai.onnx);
+`autoptq.float` marks the standard ops a recipe keeps in float (see `autoptq.emulators.device_rules`)."""
 
 
 def profiles_dir() -> Path:
