@@ -310,7 +310,7 @@ def progress_line(line: str) -> None:
 
 
 def warn_synthetic(synthetic: bool) -> None:
-    """The loud warning synthetic calibration deserves."""
+    """The loud warning synthetic calibration deserves (after the run: a refused input stays one line)."""
     if synthetic:
         typer.echo("WARNING: calibrating on SYNTHETIC random data: the accuracy of the result is unknown.", err=True)
 
@@ -347,7 +347,6 @@ def plan(
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
     targets = split_targets(target)
     graph = api.as_graph(model)
-    warn_synthetic(synthetic_calibration and data is None)
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
@@ -359,12 +358,14 @@ def plan(
             graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess,
             progress=progress_line,
         )  # fmt: skip
+        warn_synthetic(synthetic_calibration and data is None)
         typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
         check_output_path(output, protected=api.protected_inputs(graph, targets, data, rules))
     data_set = synthetic_dataset(graph, api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
+    warn_synthetic(synthetic_calibration and data is None)
     emit(report.render_plans(plans, fmt.value), output)
 
 
@@ -399,7 +400,6 @@ def quantize(
     With a budget (--max-drop, --min-sqnr, --min-top1-agreement) the accuracy-aware search runs instead and returns
     the best candidate found. Exit 1 when quantization was planned but nothing beat float, or the budget was not
     met (the closest candidate is still written)."""
-    warn_synthetic(synthetic_calibration and data is None)
     options = quantize_options(
         max_drop,
         min_sqnr,
@@ -421,6 +421,7 @@ def quantize(
         preprocess=preprocess,
         progress=progress_line,
     )
+    warn_synthetic(synthetic_calibration and data is None)
     typer.echo(report.render_outcome(outcome, output, fmt.value), nl=False)
     raise typer.Exit(outcome_exit_code(outcome))
 
@@ -443,7 +444,6 @@ def variants(
     rules: RulesOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
-    warn_synthetic(synthetic_calibration and data is None)
     options = quantize_options(
         max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
     )
@@ -458,6 +458,7 @@ def variants(
         preprocess=preprocess,
         progress=progress_line,
     )
+    warn_synthetic(synthetic_calibration and data is None)
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
         typer.echo(f"{'':<14} {variant.reason}")
