@@ -38,6 +38,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's panels show every flag as `<bool>`
+    epilog="Exit codes: 0 ok, 1 a gate failed (device rules, budget), 2 bad input or usage (one line on stderr), "
+    "3 internal error; --debug adds the traceback.",
 )
 targets_app = typer.Typer(
     help="The hardware profiles autoptq knows.", invoke_without_command=True, rich_markup_mode=None
@@ -93,10 +95,7 @@ def root(
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
     ] = False,
 ) -> None:
-    """Pick, produce and verify the post-training quantization of an ONNX model for a target device.
-
-    Exit codes: 0 ok, 1 a gate failed (rules, budget), 2 bad input or usage, 3 internal error (--debug: traceback).
-    """
+    """Options that come before the command (the help text is the app's)."""
 
 
 class ListFormat(str, Enum):

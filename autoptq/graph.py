@@ -311,6 +311,12 @@ def check_sanity(proto: ModelProto, path: Path | None = None) -> None:
         )
     if not proto.graph.output:
         raise ModelLoadError(f"{label}: the graph declares no outputs, so there is nothing to run or compare")
+    for graph in _all_graphs(proto.graph):  # protobuf hands invalid UTF-8 back as bytes
+        texts = [graph.name, *(v.name for v in [*graph.input, *graph.output, *graph.value_info])]
+        texts += [t.name for t in graph.initializer]
+        texts += [text for n in graph.node for text in (n.name, n.op_type, n.domain, *n.input, *n.output)]
+        if any(isinstance(text, bytes) for text in texts):
+            raise ModelLoadError(f"{label}: a name in graph {graph.name!r} is not valid UTF-8 (a corrupt file?)")
     names = Counter(node.name for node in proto.graph.node if node.name)
     repeated = sorted(name for name, count in names.items() if count > 1)
     if repeated:
