@@ -335,6 +335,33 @@ def check_sanity(proto: ModelProto, path: Path | None = None) -> None:
                 f"{label}: tensor {name!r} of shape {info.shape} needs {size / 2**30:,.0f} GiB, more than this "
                 f"machine's memory ({memory / 2**30:,.1f} GiB)"
             )
+    for tensor in proto.graph.initializer:
+        problem = _initializer_problem(tensor)
+        if problem:
+            raise ModelLoadError(f"{label}: initializer {tensor.name!r} of shape {list(tensor.dims)} {problem}")
+
+
+_RAW_TYPES = frozenset(
+    getattr(TensorProto, name)
+    for name in ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32",
+                 "INT64", "UINT64", "BOOL")
+)  # fmt: skip
+
+
+def _initializer_problem(tensor: TensorProto) -> str | None:
+    """Why the data of an initializer does not fit its declared shape, or None (the checker does not look)."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return None
+    if any(d < 0 for d in tensor.dims):
+        return "has a negative dimension"
+    if tensor.raw_data and tensor.data_type in _RAW_TYPES:
+        expected = math.prod(tensor.dims) * dtype_itemsize(_dtype_name(tensor.data_type))
+        return None if len(tensor.raw_data) == expected else f"holds {len(tensor.raw_data)} bytes, not {expected}"
+    try:
+        onnx.numpy_helper.to_array(tensor)  # typed fields: small by nature (big weights are raw or external)
+    except Exception as exc:  # numpy/onnx raise ValueError, TypeError, ... for data that does not fit
+        return f"holds data that does not fit it ({_one_line(exc)})"
+    return None
 
 
 @cache
