@@ -153,6 +153,9 @@ def _from_stacked(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str)
     count = next(iter(counts.values()))
     if count == 0:
         raise DataError(f"{source}: holds no samples")
+    empty = sorted(name for name, a in arrays.items() if a.size == 0)
+    if empty:  # before one entry per sample is made: shape (2**62, 0) declares 2**62 samples of nothing
+        raise DataError(f"{source}: array {empty[0]!r} is empty (shape {list(arrays[empty[0]].shape)})")
     samples: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
     for tensor in graph.inputs:
         array = arrays[tensor.name]

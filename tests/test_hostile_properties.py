@@ -307,7 +307,7 @@ def write_npz(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-@settings(SETTINGS, max_examples=300)  # ~120 ms each (plan reads the rules; check runs the emulator)
+@settings(SETTINGS, max_examples=150)  # ~120 ms each (plan reads the rules; check runs the emulator)
 @given(spec=npz_spec, command=st.sampled_from(["plan", "plan", "plan", "check"]))
 def test_mutated_npz_files_keep_the_promises(run_cli: Run, spec: dict[str, Any], command: str) -> None:
     with tempfile.TemporaryDirectory() as name:
