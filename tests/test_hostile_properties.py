@@ -154,7 +154,7 @@ def write_model(folder: Path, mutations: list[tuple[Any, ...]], corruption: tupl
     return path
 
 
-@settings(SETTINGS, max_examples=1200)  # ~15 ms each
+@settings(SETTINGS, max_examples=1500)  # ~15 ms each
 @given(mutations=st.lists(model_mutation, min_size=1, max_size=3), corruption=byte_mutation)
 def test_mutated_models_keep_the_promises(run_cli: Run, mutations: list[tuple[Any, ...]], corruption: Any) -> None:
     with tempfile.TemporaryDirectory() as name:
@@ -227,7 +227,7 @@ def mutate_profile(base: str, mutations: list[tuple[Any, ...]], text_change: Any
     return text
 
 
-@settings(SETTINGS, max_examples=500)  # ~45 ms each (a profile is parsed by a pure-Python YAML loader)
+@settings(SETTINGS, max_examples=500)  # ~60 ms each (a profile is parsed by a pure-Python YAML loader)
 @given(
     base=st.sampled_from(sorted(PROFILES)),
     mutations=st.lists(profile_mutation, min_size=1, max_size=3),
@@ -307,7 +307,7 @@ def write_npz(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-@settings(SETTINGS, max_examples=150)  # ~120 ms each (plan reads the rules; check runs the emulator)
+@settings(SETTINGS, max_examples=350)  # ~85 ms each (plan reads the rules; check runs the emulator)
 @given(spec=npz_spec, command=st.sampled_from(["plan", "plan", "plan", "check"]))
 def test_mutated_npz_files_keep_the_promises(run_cli: Run, spec: dict[str, Any], command: str) -> None:
     with tempfile.TemporaryDirectory() as name:
