@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,11 +24,11 @@ from autoptq.graph import ModelGraph, load_model
 from autoptq.html_report import render_html
 from autoptq.images import ImagePreprocessing, parse_preprocessing
 from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
-from autoptq.outputs import check_output_path, write_atomic
+from autoptq.outputs import check_output_folder, check_output_path, commit_staged, stage_folder, write_atomic
 from autoptq.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.produce import Outcome, produce, produce_tuned
-from autoptq.profiles import HardwareProfile, load_profile
+from autoptq.profiles import HardwareProfile, load_profile, profile_file
 from autoptq.recipe import Recipe, RecipeFile, Technique
 from autoptq.replay import load_recipe, split_spec
 from autoptq.replay import replay as run_replay
@@ -132,7 +133,7 @@ class QuantizeOptions(BaseModel):
     """Settings of a quantize or variants run."""
 
     technique: Technique | None = Field(default=None, description="override the planned technique")
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    min_sqnr_db: float = Field(default=DEFAULT_MIN_SQNR_DB, allow_inf_nan=False)
     measure_latency: bool = True
     synthetic_calibration: bool = False
     goals: UserGoals = Field(default_factory=UserGoals)
@@ -201,11 +202,10 @@ def quantize(
     options = options or QuantizeOptions()
     graph = as_graph(model, input_shapes)
     user_metric = load_metric(metric)
-    out_path = check_output_path(
-        Path(output), protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)]
-    )
+    protected = [*protected_inputs(graph, [target], data, validation, rules), *_metric_files(user_metric)]
+    out_path = check_output_path(Path(output), protected=protected)
     profile, tree = as_profile(target), load_tree(rules)
-    tflite_path = _tflite_path(out_path, profile, [*graph.source_files, *_paths(data, validation)])
+    tflite_path = _tflite_path(out_path, profile, protected)
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, _ = split_data(graph, dataset, validation_set, options.synthetic_calibration)
@@ -315,29 +315,51 @@ def make_variants(
     report.html and measurements.json (the only file that varies run to run: it holds timings)."""
     options = options or QuantizeOptions()
     graph = as_graph(model, input_shapes)
-    folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a directory")
+    user_metric = load_metric(metric)
     profiles = [as_profile(t) for t in targets]
     if not profiles:
         raise AutoptqError("give at least one target")
     names = [p.name for p in profiles]
-    if len(set(names)) != len(names):
+    if len({name.lower() for name in names}) != len(names):  # one folder each, also on case-insensitive disks
         raise AutoptqError(f"targets repeat: {names}")
+    models = [f"{name}/model.onnx" for name in names]
+    tflites = [f"{p.name}/model.tflite" for p in profiles if p.format == "tflite"]
+    folder = check_output_folder(
+        Path(output_dir),
+        [*models, *tflites, *_VARIANTS_FILES],
+        protected=[*protected_inputs(graph, targets, data, validation, rules), *_metric_files(user_metric)],
+    )
     tree = load_tree(rules)
-    user_metric = load_metric(metric)
     dataset, validation_set = load_data(data, graph, preprocess), load_data(validation, graph, preprocess)
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, held_out_source = split_data(graph, dataset, validation_set, options.synthetic_calibration)
-    tflites = [f"{p.name}/model.tflite" for p in profiles if p.format == "tflite"]
-    outputs = ["manifest.json", "report.md", "report.html", "measurements.json"]
-    for name in [*(f"{p.name}/model.onnx" for p in profiles), *tflites, *outputs]:
-        check_output_path(
-            folder.resolve() / name,
-            protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric)],
-            must_exist_parent=False,
+    # Everything is written into a staging folder inside `folder`, then moved in with the manifest last.
+    staging = stage_folder(folder)
+    try:
+        manifest, measurements = _variants_into(
+            graph, profiles, tree, calibration, held_out, held_out_source, options, staging, progress, user_metric
         )
-    folder.mkdir(parents=True, exist_ok=True)
+        commit_staged(staging, folder, [*models, *tflites, *_VARIANTS_FILES[1:]], last="manifest.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, measurements
+
+
+_VARIANTS_FILES = ("manifest.json", "report.md", "report.html", "measurements.json")
+
+
+def _variants_into(
+    graph: ModelGraph,
+    profiles: list[HardwareProfile],
+    tree: RuleSet,
+    calibration: Dataset | None,
+    held_out: Dataset,
+    held_out_source: str,
+    options: QuantizeOptions,
+    folder: Path,
+    progress: Callable[[str], None],
+    user_metric: UserMetric | None,
+) -> tuple[Manifest, dict[str, dict[str, object]]]:
     variants, measurements, sections = [], {}, []
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
@@ -530,6 +552,13 @@ def _without_folders(text: str, sources: list[str]) -> str:
 def _metric_files(metric: UserMetric | None) -> list[Path]:
     """The user's metric module, an input like the data."""
     return [metric.source] if metric is not None and metric.source is not None else []
+
+
+def protected_inputs(graph: ModelGraph, targets: Sequence[TargetSource], *sources: object) -> list[Path]:
+    """Every input file an output must never overwrite: the model and its external data, the profile files of
+    `targets`, and the data, validation and rules paths among `sources`."""
+    profiles = [profile_file(t) for t in targets if isinstance(t, (str, Path))]
+    return [*graph.source_files, *profiles, *_paths(*sources)]
 
 
 def _paths(*sources: object) -> list[Path]:

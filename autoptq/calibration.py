@@ -10,6 +10,7 @@ Everything is loaded with `allow_pickle=False`; problems are reported in one lin
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from autoptq.errors import DataError
-from autoptq.graph import ModelGraph, TensorInfo
+from autoptq.graph import ModelGraph, TensorInfo, machine_memory_bytes
 from autoptq.images import ImagePreprocessing, image_files, load_images
 
 LABELS = "labels"
@@ -83,6 +84,7 @@ def load_dataset(path: str | Path, graph: ModelGraph, preprocessing: ImagePrepro
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not an .npz file (expected arrays saved with numpy.savez)")
+    _check_declared_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -97,6 +99,35 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if not isinstance(array, np.ndarray):
             raise DataError(f"{path}: member {name!r} is not a .npy array (expected arrays saved with numpy.savez)")
     return arrays
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse a member whose .npy header declares more data than the member holds, or than this machine's memory,
+    before numpy allocates it (a 100-byte header can declare 2^40 elements)."""
+    memory = machine_memory_bytes()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as stream:
+                    read_header = _HEADER_READERS.get(np.lib.format.read_magic(stream))
+                    if read_header is None:  # a newer format version: numpy's own checks apply
+                        continue
+                    shape, _, dtype = read_header(stream)
+                    header = stream.tell()
+                declared = math.prod(shape) * dtype.itemsize
+                name = info.filename.removesuffix(".npy")
+                if declared > memory or declared > info.file_size - header:
+                    raise DataError(
+                        f"{path}: member {name!r} declares shape {list(shape)} of {dtype} ({declared:,} bytes) but "
+                        f"holds {info.file_size - header:,} bytes (this machine has {memory:,})"
+                    )
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({' '.join(str(exc).split())})") from exc
 
 
 def _check_names(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str) -> None:
@@ -122,6 +153,9 @@ def _from_stacked(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str)
     count = next(iter(counts.values()))
     if count == 0:
         raise DataError(f"{source}: holds no samples")
+    empty = sorted(name for name, a in arrays.items() if a.size == 0)
+    if empty:  # before one entry per sample is made: shape (2**62, 0) declares 2**62 samples of nothing
+        raise DataError(f"{source}: array {empty[0]!r} is empty (shape {list(arrays[empty[0]].shape)})")
     samples: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
     for tensor in graph.inputs:
         array = arrays[tensor.name]
@@ -132,7 +166,7 @@ def _from_stacked(arrays: dict[str, np.ndarray], graph: ModelGraph, source: str)
             samples[i][tensor.name] = array[i] if array.ndim == per_sample_rank + 1 else array[i : i + 1]
     labels = arrays.get(LABELS)
     if labels is not None:
-        _check_labels(labels, count, source)
+        _check_labels(labels, count, source, graph)
     return Dataset(samples, labels, source)
 
 
@@ -175,11 +209,24 @@ def _check_array(array: np.ndarray, tensor: TensorInfo, source: str, stacked: bo
         )
 
 
-def _check_labels(labels: np.ndarray, count: int, source: str) -> None:
-    if labels.ndim == 0 or labels.shape[0] != count:
-        raise DataError(f"{source}: 'labels' has shape {list(labels.shape)}, expected {count} entries (one per sample)")
+def _check_labels(labels: np.ndarray, count: int, source: str, graph: ModelGraph) -> None:
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise DataError(f"{source}: 'labels' has shape {list(labels.shape)}, expected [{count}] (one class per sample)")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{source}: 'labels' must be integer class indices, got {labels.dtype}")
+    classes = _class_count(graph)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (classes is not None and high >= classes):
+        bound = f"0 to {classes - 1} (the model's first output has {classes} classes)" if classes else "0 or more"
+        raise DataError(f"{source}: 'labels' range from {low} to {high}; class indices must be {bound}")
+
+
+def _class_count(graph: ModelGraph) -> int | None:
+    """Classes of a [batch, classes] first output, when its size is static."""
+    shape = graph.outputs[0].shape if graph.outputs else None
+    if shape and len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    return None
 
 
 def _load_folder(folder: Path, graph: ModelGraph) -> Dataset:
@@ -209,6 +256,8 @@ def _load_folder(folder: Path, graph: ModelGraph) -> Dataset:
             labels.append(int(label.reshape(-1)[0]))
     if labels and len(labels) != len(files):
         raise DataError(f"{folder}: only {len(labels)} of {len(files)} samples carry 'labels'")
+    if labels:
+        _check_labels(np.asarray(labels, np.int64), len(files), str(folder), graph)
     return Dataset(samples, np.asarray(labels, np.int64) if labels else None, str(folder))
 
 

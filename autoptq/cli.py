@@ -1,25 +1,32 @@
 """The `autoptq` command line: parse, call the API, render, set the exit code. No logic of its own.
 
-Exit codes: 0 ok, 1 the model fails a target's rules or a budget, 2 bad input or usage.
+Exit codes: 0 ok, 1 the model fails a target's rules or a budget, 2 bad input or usage, 3 internal error.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import sys
+import traceback
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from autoptq import api, report
+from autoptq._version import __version__
 from autoptq.calibration import synthetic_dataset
 from autoptq.errors import AutoptqError
+from autoptq.graph import onnx_version, ort_version
 from autoptq.manifest import outcome_failed
 from autoptq.outputs import check_output_path, write_atomic
 from autoptq.planner import UserGoals, decision_matrix, load_tree
-from autoptq.profiles import load_profile, profile_json_schema, shipped_profile_names
+from autoptq.profiles import load_profile, profile_file, profile_json_schema, shipped_profile_names
 from autoptq.replay import render_recipes
 from autoptq.resources import data_dir
 from autoptq.tuning import Budget
@@ -32,8 +39,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich's panels show every flag as `<bool>`
+    epilog="Exit codes: 0 ok, 1 a gate failed (device rules, budget), 2 bad input or usage (one line on stderr), "
+    "3 internal error; --debug adds the traceback.",
 )
-targets_app = typer.Typer(help="The hardware profiles autoptq knows.", invoke_without_command=True)
+targets_app = typer.Typer(
+    help="The hardware profiles autoptq knows.", invoke_without_command=True, rich_markup_mode=None
+)
 app.add_typer(targets_app, name="targets")
 
 
@@ -103,11 +115,6 @@ def split_targets(values: list[str]) -> list[str]:
     return targets
 
 
-def input_paths(*paths: Path | None) -> list[Path]:
-    """Data inputs an output must never overwrite."""
-    return [p for p in paths if p is not None]
-
-
 def emit(text: str, output: Path | None) -> None:
     """Print a report and, when asked, write it atomically to a file."""
     if output is not None:
@@ -115,14 +122,43 @@ def emit(text: str, output: Path | None) -> None:
     typer.echo(text, nl=not text.endswith("\n"))
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoptq {__version__} (onnx {onnx_version()}, onnxruntime {ort_version()})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Options that come before the command (the help text is the app's)."""
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
 @targets_app.callback()
-def targets_list(ctx: typer.Context) -> None:
+def targets_list(
+    ctx: typer.Context,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+) -> None:
     """List the shipped hardware profiles."""
     if ctx.invoked_subcommand is not None:
         return
-    for name in shipped_profile_names():
-        profile = load_profile(name)
-        typer.echo(f"{name:<14} {profile.kind:<12} {', '.join(profile.precisions):<22} {profile.description}")
+    profiles = [load_profile(name) for name in shipped_profile_names()]
+    if fmt == ListFormat.json:
+        rows = [
+            {"name": p.name, "kind": p.kind, "precisions": list(p.precisions), "description": p.description}
+            for p in profiles
+        ]
+        typer.echo(json.dumps({"schema_version": 1, "kind": "targets", "results": rows}, indent=2, sort_keys=True))
+        return
+    typer.echo(report.render_targets(profiles))
 
 
 @targets_app.command("show")
@@ -163,12 +199,12 @@ def audit(
     targets = split_targets(target)
     graph = api.as_graph(model, input_shape)
     if output is not None:
-        check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
+        check_output_path(output, protected=api.protected_inputs(graph, targets, data))
     reports = api.audit(graph, targets, data=data, preprocess=preprocess, as_exported=as_exported)
     if fmt == AuditFormat.html:
         emit(api.audit_html(graph, reports), output)
     else:
-        emit(report.render_audit(reports, fmt.value, artifact=str(model)), output)
+        emit(report.render_audit(reports, fmt.value, artifact=_display_path(model.resolve())), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
 
@@ -188,7 +224,10 @@ def parse_size(text: str | None) -> int | None:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise AutoptqError(f"--max-size {text!r}: expected bytes, optionally with a unit (KB, MB, KiB, MiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not value < 2**63:
+        raise AutoptqError(f"--max-size {text[:20]}...: larger than any model can be (at most 2^63 bytes)")
+    return int(value)
 
 
 def parse_max_drop(text: str | None) -> float | None:
@@ -201,6 +240,13 @@ def parse_max_drop(text: str | None) -> float | None:
         raise AutoptqError(f"--max-drop {text!r}: expected a number such as 0.01 or a percentage such as 1%") from None
     if not 0 <= value < 1:
         raise AutoptqError(f"--max-drop {text!r}: must be between 0 and 1 (or 0% and 100%)")
+    return value
+
+
+def finite_option(value: float | None) -> float | None:
+    """Typer callback: refuse nan and inf for a float flag at the boundary."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
     return value
 
 
@@ -225,10 +271,15 @@ MaxDropOpt = Annotated[
 ]
 MinSqnrOpt = Annotated[
     float | None,
-    typer.Option("--min-sqnr", help="Fidelity budget in dB (also the verification floor; default floor 10)."),
+    typer.Option(
+        "--min-sqnr",
+        help="Fidelity budget in dB (also the verification floor; default floor 10).",
+        callback=finite_option,
+    ),
 ]
 MinAgreementOpt = Annotated[
-    float | None, typer.Option("--min-top1-agreement", help="Fidelity budget: share of top-1 predictions kept.")
+    float | None,
+    typer.Option("--min-top1-agreement", help="Fidelity budget: share of top-1 predictions kept.", min=0, max=1),
 ]
 TimeBudgetOpt = Annotated[
     str | None, typer.Option("--time-budget", help="Stop the accuracy-aware search after this long: 90s, 10m, 1h.")
@@ -252,7 +303,10 @@ def parse_duration(text: str | None) -> float | None:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
     if not match:
         raise AutoptqError(f"--time-budget {text!r}: expected a duration such as 90s, 10m or 1h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not seconds < math.inf:
+        raise AutoptqError(f"--time-budget {text[:20]!r}...: expected a finite duration")
+    return seconds
 
 
 def quantize_options(
@@ -267,21 +321,41 @@ def quantize_options(
 ) -> api.QuantizeOptions:
     """Options of quantize/variants/plan --apply: a budget given on the command line turns on the accuracy loop."""
     drop = parse_max_drop(max_drop)
-    budget = Budget(
-        max_drop=drop,
-        relative=bool(max_drop and max_drop.strip().endswith("%")),
-        min_sqnr_db=min_sqnr,
-        min_top1_agreement=min_agreement,
-        time_budget_s=parse_duration(time_budget),
-        max_trials=max_trials,
-    )
-    return api.QuantizeOptions(
-        technique=technique,
-        min_sqnr_db=min_sqnr if min_sqnr is not None else DEFAULT_MIN_SQNR_DB,
-        synthetic_calibration=synthetic_calibration,
-        goals=UserGoals(max_drop=drop, prefer=prefer.value),
-        budget=budget,
-    )
+    try:
+        budget = Budget(
+            max_drop=drop,
+            relative=bool(max_drop and max_drop.strip().endswith("%")),
+            min_sqnr_db=min_sqnr,
+            min_top1_agreement=min_agreement,
+            time_budget_s=parse_duration(time_budget),
+            max_trials=max_trials,
+        )
+        return api.QuantizeOptions(
+            technique=technique,
+            min_sqnr_db=min_sqnr if min_sqnr is not None else DEFAULT_MIN_SQNR_DB,
+            synthetic_calibration=synthetic_calibration,
+            goals=UserGoals(max_drop=drop, prefer=prefer.value),
+            budget=budget,
+        )
+    except ValidationError as exc:
+        raise option_error(exc) from None
+
+
+_OPTION_FLAGS = {
+    "max_drop": "--max-drop",
+    "min_sqnr_db": "--min-sqnr",
+    "min_top1_agreement": "--min-top1-agreement",
+    "time_budget_s": "--time-budget",
+    "max_trials": "--max-trials",
+    "max_size_bytes": "--max-size",
+}
+
+
+def option_error(exc: ValidationError) -> AutoptqError:
+    """A pydantic error on options built from flags, as one line naming the flag."""
+    error = exc.errors()[0]
+    field = str(error["loc"][-1]) if error["loc"] else ""
+    return AutoptqError(f"{_OPTION_FLAGS.get(field, field)} {error.get('input')!r}: {error['msg']}")
 
 
 def progress_line(line: str) -> None:
@@ -290,7 +364,7 @@ def progress_line(line: str) -> None:
 
 
 def warn_synthetic(synthetic: bool) -> None:
-    """The loud warning synthetic calibration deserves."""
+    """The loud warning synthetic calibration deserves (after the run: a refused input stays one line)."""
     if synthetic:
         typer.echo("WARNING: calibrating on SYNTHETIC random data: the accuracy of the result is unknown.", err=True)
 
@@ -331,7 +405,6 @@ def plan(
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
     targets = split_targets(target)
     graph = api.as_graph(model, input_shape)
-    warn_synthetic(synthetic_calibration and data is None)
     if apply:
         if output is None or len(targets) != 1:
             raise AutoptqError("--apply needs exactly one --target and -o OUT.onnx for the produced model")
@@ -345,14 +418,16 @@ def plan(
             graph, targets[0], output, data=data, options=options, rules=rules, preprocess=preprocess,
             progress=progress_line, metric=metric,
         )  # fmt: skip
+        warn_synthetic(synthetic_calibration and data is None)
         typer.echo(report.render_plan_and_outcome(chosen, outcome, output, fmt.value), nl=False)
         raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
-        check_output_path(output, protected=[*graph.source_files, *input_paths(data)])
+        check_output_path(output, protected=api.protected_inputs(graph, targets, data, rules))
     data_set = (
         synthetic_dataset(api.bound(graph), api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
     )
     plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
+    warn_synthetic(synthetic_calibration and data is None)
     emit(render_recipes(plans) if fmt == PlanFormat.yaml else report.render_plans(plans, fmt.value), output)
 
 
@@ -401,7 +476,6 @@ def quantize(
     the best candidate found. Exit 1 when quantization was planned but nothing beat float, or the budget was not
     met (the closest candidate is still written). With --recipe, that recipe is replayed as is (exit 1 if the
     result fails verification; it is still written)."""
-    warn_synthetic(synthetic_calibration and data is None)
     if recipe is not None:
         searching = [name for name, value in (("--technique", technique), ("--max-drop", max_drop),
                      ("--min-top1-agreement", min_agreement), ("--rules", rules)) if value is not None]  # fmt: skip
@@ -446,6 +520,7 @@ def quantize(
         input_shapes=input_shape,
         metric=metric,
     )
+    warn_synthetic(synthetic_calibration and data is None)
     if fmt == ReportFormat.html:
         text = api.quantize_html(model, target, chosen, outcome, data, validation, options, preprocess)
     else:
@@ -474,7 +549,6 @@ def variants(
     metric: MetricOpt = None,
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
-    warn_synthetic(synthetic_calibration and data is None)
     options = quantize_options(
         max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
     )
@@ -491,6 +565,7 @@ def variants(
         input_shapes=input_shape,
         metric=metric,
     )
+    warn_synthetic(synthetic_calibration and data is None)
     for variant in manifest.variants:
         typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
         typer.echo(f"{'':<14} {variant.reason}")
@@ -553,7 +628,9 @@ def check(
         str | None,
         typer.Option("--tier", help="exact | fast | litert | tflm (integer devices; litert/tflm run the .tflite)."),
     ] = None,
-    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Fail below this SQNR (dB).")] = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option("--min-sqnr", help="Fail below this SQNR (dB).", callback=finite_option)
+    ] = None,
     max_drop: Annotated[
         str | None, typer.Option("--max-drop", help="Fail above this accuracy drop: 0.01 or 1%.")
     ] = None,
@@ -566,9 +643,8 @@ def check(
     user_metric = load_metric(metric)
     if output is not None:
         metric_file = [user_metric.source] if user_metric and user_metric.source else []
-        check_output_path(
-            output, protected=[quantized, *api.as_graph(reference).source_files, *input_paths(data), *metric_file]
-        )
+        protected = [quantized, *api.protected_inputs(api.as_graph(reference), split_targets(target), data)]
+        check_output_path(output, protected=[*protected, *metric_file])
     drop = parse_max_drop(max_drop)
     results = [
         api.check(
@@ -607,7 +683,7 @@ def sensitivity(
     targets = split_targets(target)
     graph = api.as_graph(model)
     if output is not None:
-        check_output_path(output, protected=[*graph.source_files, *input_paths(data, validation)])
+        check_output_path(output, protected=api.protected_inputs(graph, targets, data, validation, rules))
     chosen = technique.value if technique else None
     results = [api.sensitivity(graph, t, data, validation, chosen, rules, preprocess) for t in targets]
     if fmt == SensitivityFormat.html:
@@ -649,39 +725,87 @@ def matrix(
 ) -> None:
     """Write the decision matrix: the technique chosen per shipped profile x model family x data availability."""
     tree = load_tree(rules)
-    profiles = [load_profile(name) for name in shipped_profile_names()]
+    names = shipped_profile_names()
+    if output is not None:
+        check_output_path(output, protected=[tree.source, *(profile_file(name) for name in names)])
+    profiles = [load_profile(name) for name in names]
     text = report.render_matrix(decision_matrix(tree, profiles), rules=_display_path(tree.source))
     emit(text, output)
 
 
 def _display_path(path: Path) -> str:
+    """`path` relative to the working folder (or the shipped data), else its name: no machine's layout leaks."""
     for base in (Path.cwd(), data_dir("rules").parent):
         if path.is_relative_to(base):
-            return str(path.relative_to(base))
+            return path.relative_to(base).as_posix()
     return path.name
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: an autoptq error becomes one line on stderr and exit code 2 (`--debug` shows the traceback).
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
 
-    Usage errors are typer's (exit 2); a command's own exit code arrives as SystemExit.
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every exit 2 (bad input or usage) and 3 (a bug of ours) is one line on stderr.
+
+    A command's own code (0, or 1 for a failed gate) is returned as is. `--debug` adds the traceback on stderr and
+    keeps the exit code. numpy/onnxruntime RuntimeWarnings (NaN or inf in outputs) are folded into one line.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        code = _run(args, debug)
+    _report_warnings(caught)
+    return code
+
+
+def _run(args: list[str], debug: bool) -> int:
+    if not args:
+        app(args=["--help"], prog_name="autoptq", standalone_mode=False)
+        return _fail("autoptq: error: missing command", debug)
     try:
-        app(args=args, prog_name="autoptq")
+        code = app(args=args, prog_name="autoptq", standalone_mode=False)
+    except typer.TyperException as exc:  # usage: bad choice, missing or unknown option, bad number
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        return _fail(f"autoptq: error: {exc.format_message()}{hint}", debug)
     except AutoptqError as exc:
-        if debug:
-            raise
-        typer.echo(f"autoptq: error: {exc}", err=True)
-        return 2
-    except Exception as exc:  # a bug of ours: still one line, with the way to see more
-        if debug:
-            raise
-        typer.echo(f"autoptq: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
-        return 2
-    return 0
+        return _fail(f"autoptq: error: {exc}", debug)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("autoptq: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug of ours: one line, its own exit code, and the way to see more
+        detail = f"{type(exc).__name__}: {exc}"
+        return _fail(f"autoptq: internal error: {detail} (rerun with --debug for details)", debug, EXIT_INTERNAL)
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str, debug: bool, code: int = EXIT_BAD_INPUT) -> int:
+    """One line on stderr (newlines of wrapped messages folded); the traceback before it with --debug."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    typer.echo(one_line(message), err=True)
+    return code
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace, newlines included, folded to one space."""
+    return " ".join(text.split())
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Numeric RuntimeWarnings (0/0, overflow, NaN in a comparison) become one diagnosis; others one line each."""
+    numeric = sorted({one_line(str(w.message)) for w in caught if issubclass(w.category, RuntimeWarning)})
+    if numeric:
+        typer.echo(
+            f"autoptq: warning: invalid arithmetic while computing results ({'; '.join(numeric)}): a model output "
+            "holds NaN or inf on this data, so the metrics built on it are not meaningful",
+            err=True,
+        )
+    for other in dict.fromkeys(one_line(str(w.message)) for w in caught if not issubclass(w.category, RuntimeWarning)):
+        typer.echo(f"autoptq: warning: {other}", err=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ class CoverageReport(BaseModel):
     rewrites: list[Rewrite] = Field(default_factory=list, description="nodes the device's converter rewrites")
     op_summary: list[OpSummary]
     nodes: list[NodeCoverage]
+    after_quantization: bool = Field(
+        default=False, description="some float node is judged at an integer precision: true once quantized"
+    )
 
 
 def analyse(graph: ModelGraph, profile: HardwareProfile, float_nodes: Collection[str] = ()) -> CoverageReport:
@@ -151,7 +154,16 @@ def analyse(graph: ModelGraph, profile: HardwareProfile, float_nodes: Collection
         rewrites=graph.rewrites,
         op_summary=_op_summary(verdicts, profile),
         nodes=verdicts,
+        after_quantization=_judged_after_quantization(verdicts, graph),
     )
+
+
+def _judged_after_quantization(verdicts: list[NodeCoverage], graph: ModelGraph) -> bool:
+    integer = {v.name for v in verdicts if v.on_device and v.precision in ("int8", "int16")}
+    return any(
+        t.dtype in _FLOAT_DTYPES for node in graph.compute_nodes() if node.name in integer
+        for t in _activation_tensors(node, graph)
+    )  # fmt: skip
 
 
 def _fraction(part: int, whole: int, part_count: int, whole_count: int) -> float:
@@ -183,6 +195,11 @@ def _judge(node: NodeInfo, graph: ModelGraph, profile: HardwareProfile, kept_flo
         if not table:
             return verdict("unsupported_dtype", "kept in float by the recipe: the device has no fp32 kernel for it")
     if not table:
+        if profile.runs_any_op_at:  # a generic runtime, but not for this domain
+            return verdict(
+                "unsupported_op",
+                f"{node.key} is not in the {profile.name} op table and domain {node.domain!r} has no runtime kernels",
+            )
         return verdict("unsupported_op", f"{node.key} is not in the {profile.name} op table")
     if profile.shapes.static:
         dynamic = _first_dynamic_tensor(node, graph)
@@ -407,7 +424,8 @@ def _partition(verdicts: list[NodeCoverage], profile: HardwareProfile) -> list[N
         v.model_copy(
             update={
                 "status": "after_cut",
-                "reason": f"after the first unsupported op {cut.name!r} ({cut.op_type}): runs on the host",
+                "reason": f"after the first unsupported op {cut.name!r} ({cut.op_type}): "
+                + ("runs on the host" if profile.host else "nothing runs it (the device has no host)"),
                 "on_device": False,
                 "precision": None,
             }
@@ -547,8 +565,14 @@ def peak_activation_bytes(graph: ModelGraph, itemsize: int | None = None) -> int
     return peak
 
 
+def _status_text(status: Status, profile: HardwareProfile) -> str:
+    if status == "after_cut" and profile.host is None and not profile.runs_any_op_at:
+        return "After the first unsupported op: not run (the device has no host)"  # not the Edge TPU's wording
+    return STATUS_TEXT[status].format(device=profile.name)
+
+
 def _op_summary(verdicts: list[NodeCoverage], profile: HardwareProfile) -> list[OpSummary]:
     rows: Counter[tuple[str, str]] = Counter()
     for v in verdicts:
-        rows[(v.op_type, STATUS_TEXT[v.status].format(device=profile.name))] += 1
+        rows[(v.op_type, _status_text(v.status, profile))] += 1
     return [OpSummary(operator=op, count=count, status=status) for (op, status), count in sorted(rows.items())]

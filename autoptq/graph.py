@@ -6,9 +6,11 @@ Data flows one way from here: the `ModelGraph` is what coverage, the planner and
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -229,6 +231,7 @@ def load_model(source: str | Path | ModelProto) -> ModelGraph:
         path = Path(source)
         proto, data_files = read_model(path)
     check_model(proto, path)
+    check_sanity(proto, path)
     open_sizes_as_symbols(proto)
     inferred = infer_shapes(proto)
     graph = build_graph(inferred, path)
@@ -252,9 +255,15 @@ def read_model(path: Path) -> tuple[ModelProto, list[Path]]:
     return proto, data_files
 
 
+PROTOBUF_LIMIT = 2**31 - 1
+"""A ModelProto serializes to at most 2 GiB: onnxruntime and the quantizers take the model as one protobuf."""
+
+
 def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> list[Path]:
     files: list[Path] = []
-    for tensor in _external_tensors(proto):
+    tensors = list(_external_tensors(proto))
+    total = proto.ByteSize()
+    for tensor in tensors:  # every entry is checked before anything is read
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
         target = (base_dir / location).resolve()
@@ -264,8 +273,26 @@ def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> list[P
             )
         if not target.is_file():
             raise ModelLoadError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
-        offset = int(entries.get("offset", 0))
-        length = int(entries["length"]) if "length" in entries else None
+        offset = _external_int(entries, "offset", tensor.name, path) or 0
+        length = _external_int(entries, "length", tensor.name, path)
+        size = target.stat().st_size
+        if offset + (length or 0) > size:
+            raise ModelLoadError(
+                f"{path}: external data of {tensor.name!r} (offset {offset}, length {length}) lies beyond the end "
+                f"of {location!r} ({size} bytes)"
+            )
+        total += size - offset if length is None else length
+    if total > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path}: the model with its external data is {total / 2**30:.1f} GiB; autoptq handles models up to "
+            "2 GiB (one protobuf, as onnxruntime's quantizers need)"
+        )
+    for tensor in tensors:
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries["location"]
+        target = (base_dir / location).resolve()
+        offset = _external_int(entries, "offset", tensor.name, path) or 0
+        length = _external_int(entries, "length", tensor.name, path)
         with target.open("rb") as handle:
             handle.seek(offset)
             tensor.raw_data = handle.read() if length is None else handle.read(length)
@@ -276,6 +303,112 @@ def _load_external_data(proto: ModelProto, base_dir: Path, path: Path) -> list[P
         if target not in files:
             files.append(target)
     return files
+
+
+def _external_int(entries: dict[str, str], key: str, tensor: str, path: Path) -> int | None:
+    """A non-negative integer field of an external data entry (None when absent)."""
+    if key not in entries:
+        return None
+    text = entries[key]
+    if not text.isdigit() or len(text) > 19:
+        raise ModelLoadError(f"{path}: external data {key} of tensor {tensor!r} is {text!r}, not a byte count")
+    return int(text)
+
+
+def check_sanity(proto: ModelProto, path: Path | None = None) -> None:
+    """What the ONNX checker lets through and onnxruntime or numpy then fail on, refused with one line before any
+    work: an opset outside what onnxruntime supports, no outputs, duplicate node names, tensors declared larger
+    than this machine's memory."""
+    label = str(path) if path else "model"
+    low, high = supported_opsets()
+    opset = model_opset(proto)
+    if opset and not low <= opset <= high:
+        raise ModelLoadError(
+            f"{label}: opset {opset} of the default ONNX domain is not supported: onnx {onnx.__version__} and "
+            f"onnxruntime {ort_version()} support opsets {low} to {high}"
+        )
+    if not proto.graph.output:
+        raise ModelLoadError(f"{label}: the graph declares no outputs, so there is nothing to run or compare")
+    for graph in _all_graphs(proto.graph):  # protobuf hands invalid UTF-8 back as bytes
+        texts = [graph.name, *(v.name for v in [*graph.input, *graph.output, *graph.value_info])]
+        texts += [t.name for t in graph.initializer]
+        texts += [text for n in graph.node for text in (n.name, n.op_type, n.domain, *n.input, *n.output)]
+        if any(isinstance(text, bytes) for text in texts):
+            raise ModelLoadError(f"{label}: a name in graph {graph.name!r} is not valid UTF-8 (a corrupt file?)")
+    names = Counter(node.name for node in proto.graph.node if node.name)
+    repeated = sorted(name for name, count in names.items() if count > 1)
+    if repeated:
+        raise ModelLoadError(
+            f"{label}: node name {repeated[0]!r} is used by {names[repeated[0]]} nodes; onnxruntime requires "
+            "unique node names"
+        )
+    memory = machine_memory_bytes()
+    declared = [(v.name, _tensor_info(v)) for v in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]]
+    declared += [(t.name, TensorInfo(name=t.name, dtype=_dtype_name(t.data_type), shape=list(t.dims))) for t in
+                 proto.graph.initializer]  # fmt: skip
+    for name, info in declared:
+        size = (info.numel() or 0) * max(info.itemsize, 1)
+        if size > memory:
+            raise ModelLoadError(
+                f"{label}: tensor {name!r} of shape {info.shape} needs {size / 2**30:,.0f} GiB, more than this "
+                f"machine's memory ({memory / 2**30:,.1f} GiB)"
+            )
+    for tensor in proto.graph.initializer:
+        problem = _initializer_problem(tensor)
+        if problem:
+            raise ModelLoadError(f"{label}: initializer {tensor.name!r} of shape {list(tensor.dims)} {problem}")
+
+
+_RAW_TYPES = frozenset(
+    getattr(TensorProto, name)
+    for name in ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32",
+                 "INT64", "UINT64", "BOOL")
+)  # fmt: skip
+
+
+def _initializer_problem(tensor: TensorProto) -> str | None:
+    """Why the data of an initializer does not fit its declared shape, or None (the checker does not look)."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return None
+    if any(d < 0 for d in tensor.dims):
+        return "has a negative dimension"
+    if tensor.raw_data and tensor.data_type in _RAW_TYPES:
+        expected = math.prod(tensor.dims) * dtype_itemsize(_dtype_name(tensor.data_type))
+        return None if len(tensor.raw_data) == expected else f"holds {len(tensor.raw_data)} bytes, not {expected}"
+    try:
+        onnx.numpy_helper.to_array(tensor)  # typed fields: small by nature (big weights are raw or external)
+    except Exception as exc:  # numpy/onnx raise ValueError, TypeError, ... for data that does not fit
+        return f"holds data that does not fit it ({_one_line(exc)})"
+    return None
+
+
+@cache
+def supported_opsets() -> tuple[int, int]:
+    """The default-domain opsets both the installed onnx and onnxruntime know (the latter from its op schemas)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    ort_high = max(s.since_version for s in ort_state.get_all_operator_schema() if s.domain in ("", "ai.onnx"))
+    return 1, min(onnx.defs.onnx_opset_version(), ort_high)
+
+
+def onnx_version() -> str:
+    """The installed onnx package's version."""
+    return onnx.__version__
+
+
+def ort_version() -> str:
+    """The installed onnxruntime's version (imported on demand: loading a model does not need it)."""
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (a generous bound: no single tensor can be larger)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a large machine
+        return 1 << 40
 
 
 def _external_tensors(proto: ModelProto) -> Iterable[TensorProto]:

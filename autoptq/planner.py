@@ -94,9 +94,9 @@ FACTS: dict[str, FactSpec] = dict(
 class UserGoals(BaseModel):
     """What the user asked for."""
 
-    max_drop: float | None = Field(default=None, description="largest acceptable accuracy drop (absolute)")
+    max_drop: float | None = Field(default=None, ge=0, le=1, description="largest acceptable accuracy drop (absolute)")
     prefer: Objective = "speed"
-    max_size_bytes: int | None = None
+    max_size_bytes: int | None = Field(default=None, ge=0)
 
 
 class Predicted(BaseModel):
@@ -422,7 +422,7 @@ def plan_model(
             latency_ms=[round(latency.low_ms, 4), round(latency.high_ms, 4)],
             float_latency_ms=None if baseline is None else [round(baseline.low_ms, 4), round(baseline.high_ms, 4)],
             basis=f"size from the model's tensors under the recipe; latency: {latency.basis}"
-            + ("" if baseline is None else f"; float: {baseline.basis}")
+            + ("" if baseline is None or baseline.basis == latency.basis else f"; float: {baseline.basis}")
             + ("; no ratio: this device cannot run the float model and has no host" if baseline is None else ""),
         ),
         warnings=warnings,

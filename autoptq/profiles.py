@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from autoptq import safeyaml
 from autoptq.errors import ProfileError
 from autoptq.recipe import FixedOutputParams, StrictModel
 from autoptq.resources import data_dir
@@ -30,6 +31,11 @@ ConstraintCheck = Literal[
 """Named structural checks; their meaning is implemented in `autoptq.coverage` (one small function each)."""
 
 
+PROFILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""A profile's name becomes a folder of `variants` output: no separator, no dot (so never `..`, `manifest.json` or
+an absolute path), not empty."""
+
+
 class Constraint(StrictModel):
     """One limitation of an op at one precision. Exactly one kind of rule per entry.
 
@@ -44,8 +50,8 @@ class Constraint(StrictModel):
     attribute: str | None = None
     in_: list[Any] | None = Field(default=None, alias="in")
     default: Any = None
-    max_elements: int | None = None
-    max_effective_rank: int | None = None
+    max_elements: int | None = Field(default=None, ge=0)
+    max_effective_rank: int | None = Field(default=None, ge=0)
     note: str | None = None
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
@@ -76,8 +82,10 @@ class PrecisionSupport(StrictModel):
 class PrecisionThroughput(StrictModel):
     """How fast the device computes at one precision."""
 
-    peak_macs_per_s: float = Field(gt=0, description="peak multiply-accumulates per second")
-    efficiency: float = Field(default=1.0, gt=0, le=1, description="fraction of peak reached on real layers")
+    peak_macs_per_s: float = Field(gt=0, allow_inf_nan=False, description="peak multiply-accumulates per second")
+    efficiency: float = Field(
+        default=1.0, gt=0, le=1, allow_inf_nan=False, description="fraction of peak reached on real layers"
+    )
 
     @property
     def effective_macs_per_s(self) -> float:
@@ -113,39 +121,53 @@ class ShapeRules(StrictModel):
 
     static: bool = False
     max_effective_rank: int | None = Field(
-        default=None, description="at most this many dimensions may exceed 1 in any tensor"
+        default=None, ge=0, description="at most this many dimensions may exceed 1 in any tensor"
     )
 
 
 class MemorySpec(StrictModel):
     """Memory sizes (bytes) and bandwidths (bytes per second)."""
 
-    parameter_cache_bytes: int | None = Field(default=None, description="on-chip memory that caches parameters")
-    ram_bytes: int | None = None
-    flash_bytes: int | None = None
-    dram_bandwidth_bytes_per_s: float | None = None
+    # Sizes may be 0 (no such memory); bandwidths divide, so they must be positive. All finite.
+    parameter_cache_bytes: int | None = Field(default=None, ge=0, description="on-chip memory that caches parameters")
+    ram_bytes: int | None = Field(default=None, ge=0)
+    flash_bytes: int | None = Field(default=None, ge=0)
+    dram_bandwidth_bytes_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     streamed_bandwidth_bytes_per_s: float | None = Field(
-        default=None, description="rate at which parameters beyond the cache are streamed each inference"
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="rate at which parameters beyond the cache are streamed each inference",
     )
     host_link_bandwidth_bytes_per_s: float | None = Field(
-        default=None, description="device <-> host transfer rate for tensors crossing a partition"
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="device <-> host transfer rate for tensors crossing a partition",
     )
 
 
 class CostSpec(StrictModel):
     """Constants of the latency estimate (a roofline), with where they came from."""
 
-    fixed_overhead_s: float = 0.0
-    per_op_overhead_s: float = 0.0
-    transfer_overhead_s: float = Field(default=0.0, description="per device <-> host crossing")
-    uncertainty: float = Field(default=0.5, ge=0, description="relative half-width of the reported range")
+    fixed_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    per_op_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    transfer_overhead_s: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False, description="per device <-> host crossing"
+    )
+    uncertainty: float = Field(
+        default=0.5, ge=0, allow_inf_nan=False, description="relative half-width of the reported range"
+    )
     basis: str = Field(default="", description="where the constants come from")
 
 
 class HardwareProfile(StrictModel):
     """A device, as data: what it runs, at which precision, under which rules, and how fast."""
 
-    name: str
+    name: str = Field(
+        pattern=PROFILE_NAME_PATTERN,
+        description="names the device and its output folder in `variants`: letters, digits, '-' and '_'",
+    )
     description: str
     kind: Literal["accelerator", "cpu", "gpu", "npu", "mcu"]
     integer_only: bool
@@ -189,11 +211,21 @@ class HardwareProfile(StrictModel):
         return self
 
     def precisions_for(self, op_type: str) -> dict[Precision, PrecisionSupport]:
-        """Precisions at which `op_type` may run, with their constraints (none for ops run generically)."""
+        """Precisions at which `op_type` may run, with their constraints (none for ops run generically).
+
+        `runs_any_op_at` covers the ONNX domains (`Conv`, `ai.onnx.ml.X`) and onnxruntime's own (`com.microsoft.X`):
+        an op of any other domain runs only where the op table lists it."""
         table = dict(self.ops.get(op_type, {}))
-        for precision in self.runs_any_op_at:
-            table.setdefault(precision, PrecisionSupport())
+        domain = op_type.rpartition(".")[0]
+        if domain in GENERIC_DOMAINS:
+            for precision in self.runs_any_op_at:
+                table.setdefault(precision, PrecisionSupport())
         return table
+
+
+GENERIC_DOMAINS = frozenset({"", "ai.onnx.ml", "com.microsoft", "autoptq.float"})
+"""Op domains whose ops a CPU or GPU runtime has kernels for (the key of an op is `domain.Op` outside ai.onnx);
+`autoptq.float` marks the standard ops a recipe keeps in float (see `autoptq.emulators.device_rules`)."""
 
 
 def profiles_dir() -> Path:
@@ -211,15 +243,20 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
     Raises ProfileError with one line naming the file and the offending key.
     """
+    return _load_profile_file(profile_file(name_or_path))
+
+
+def profile_file(name_or_path: str | Path) -> Path:
+    """The YAML file of a shipped profile name or a user's profile path, resolved (an input outputs must spare)."""
     text = str(name_or_path)
     looks_like_path = text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
     if looks_like_path:
-        return _load_profile_file(Path(text).resolve())
+        return Path(text).resolve()
     path = profiles_dir() / f"{text}.yaml"
     if not path.is_file():
         known = ", ".join(shipped_profile_names())
         raise ProfileError(f"unknown target {text!r}; known targets: {known} (or pass a path to a YAML profile)")
-    return _load_profile_file(path)
+    return path
 
 
 @cache
@@ -227,9 +264,9 @@ def _load_profile_file(path: Path) -> HardwareProfile:
     if not path.is_file():
         raise ProfileError(f"{path}: profile file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+        raw = safeyaml.load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ProfileError(f"{path}: not valid YAML ({safeyaml.describe(exc)})") from exc
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile is a YAML mapping, got {type(raw).__name__}")
     try:
@@ -258,7 +295,3 @@ def profile_json_schema() -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "autoptq hardware profile"
     return json.dumps(schema, indent=2, sort_keys=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

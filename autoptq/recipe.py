@@ -22,7 +22,7 @@ class StrictModel(BaseModel):
 class FixedOutputParams(StrictModel):
     """Quantization parameters a device imposes on an op's output (e.g. Softmax output scale 1/256, zero point -128)."""
 
-    scale: float
+    scale: float = Field(gt=0, allow_inf_nan=False)
     zero_point: int
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from autoptq._version import __version__
 from autoptq.coverage import CoverageReport
 from autoptq.device_file import describe as describe_device_file
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 from autoptq.manifest import Manifest
 from autoptq.planner import MatrixCell, Plan
 from autoptq.produce import Outcome
+from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe
 from autoptq.sensitivity import SensitivityReport
 from autoptq.tuning import TuningResult
@@ -68,6 +72,21 @@ def _bytes(value: int | None) -> str:
     return f"{value} B"
 
 
+def render_targets(profiles: Sequence[HardwareProfile], width: int = 100) -> str:
+    """The profiles as an aligned table with a header, descriptions wrapped to fit `width` columns."""
+    rows = [(p.name, p.kind, ",".join(p.precisions), p.description) for p in profiles]
+    header = ("TARGET", "KIND", "PRECISIONS", "DESCRIPTION")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    indent = sum(widths) + 2 * len(widths)
+    lines = []
+    for name, kind, precisions, description in [header, *rows]:
+        lead = "  ".join(cell.ljust(w) for cell, w in zip((name, kind, precisions), widths, strict=True)) + "  "
+        wrapped = textwrap.wrap(description, width=max(width - indent, 30)) or [""]
+        lines.append(lead + wrapped[0])
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def audit_summary_lines(report: CoverageReport) -> list[str]:
     """The fixed summary lines of an audit, in the manner of the Edge TPU compiler's log."""
     on_device = sum(1 for n in report.nodes if n.on_device)
@@ -75,10 +94,11 @@ def audit_summary_lines(report: CoverageReport) -> list[str]:
     lines = [
         f"Target: {report.target}",
         f"Compatible: {'yes' if report.compatible else 'no'}"
+        + (" (after quantization)" if report.after_quantization else "")
         + ("" if report.runnable else " (cannot run: no host processor to fall back to)"),
         f"Operations on device: {on_device}; on host: {len(report.nodes) - on_device}",
         f"MACs on device: {_pct(report.device_mac_fraction)} of {report.total_macs:,}",
-        "MACs by precision on device: "
+        f"MACs by precision on device{' (after quantization)' if report.after_quantization else ''}: "
         + (", ".join(f"{p} {_pct(f)}" for p, f in report.mac_fraction_by_precision.items()) or "none"),
         "First cut: "
         + (
@@ -114,7 +134,8 @@ def audit_summary_lines(report: CoverageReport) -> list[str]:
 
 
 def render_audit(reports: Sequence[CoverageReport], fmt: Format, artifact: str = "model.onnx") -> str:
-    """Render audit reports in the requested format; `artifact` names the model file in SARIF locations."""
+    """Render audit reports in the requested format; `artifact` names the model file in SARIF locations (a path
+    relative to the repository root, `%SRCROOT%`)."""
     if fmt == "json":
         return to_json(reports, "audit")
     if fmt == "markdown":
@@ -165,10 +186,17 @@ def _audit_sarif(reports: Sequence[CoverageReport], artifact: str) -> str:
             "message": {"text": f"[{report.target}] {node.name} ({node.op_type}): {node.reason}"},
             "locations": [
                 {
-                    "physicalLocation": {"artifactLocation": {"uri": artifact}},
+                    # A model is binary: line 1 stands for the file (code scanning needs a region to place it).
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": artifact, "uriBaseId": "%SRCROOT%"},
+                        "region": {"startLine": 1},
+                    },
                     "logicalLocations": [{"name": node.name, "kind": "function"}],
                 }
             ],
+            "partialFingerprints": {
+                "autoptqNode/v1": _fingerprint(report.target, node.name, node.op_type, node.status)
+            },
             "properties": {"target": report.target, "node": node.name, "op_type": node.op_type},
         }
         for report in reports
@@ -183,6 +211,8 @@ def _audit_sarif(reports: Sequence[CoverageReport], artifact: str) -> str:
                 "tool": {
                     "driver": {
                         "name": "autoptq",
+                        "version": __version__,
+                        "semanticVersion": __version__,
                         "rules": [{"id": rule, "shortDescription": {"text": rule.replace("_", " ")}} for rule in rules],
                     }
                 },
@@ -191,6 +221,11 @@ def _audit_sarif(reports: Sequence[CoverageReport], artifact: str) -> str:
         ],
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _fingerprint(*parts: str) -> str:
+    """Stable across runs and machines: the same finding keeps its identity between CI runs."""
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
 def _diff(value: float | None) -> str:
@@ -272,7 +307,7 @@ def plan_lines(plan: Plan) -> list[str]:
         f"Predicted (estimate): size {_bytes(p.size_bytes)} vs float {_bytes(p.float_size_bytes)} ({ratio:.2f}x); "
         f"latency {_latency_text(plan)}"
     )
-    lines.append(f"  basis: {p.basis}")
+    lines += textwrap.wrap(f"basis: {p.basis}", width=100, initial_indent="  ", subsequent_indent="    ")
     if plan.fallbacks:
         lines.append(f"Fallbacks if accuracy misses the budget: {' -> '.join(plan.fallbacks)}")
     lines += [f"Warning: {w}" for w in plan.warnings]
@@ -529,7 +564,7 @@ def render_check(results: Sequence[CheckReport], fmt: Format) -> str:
     parts: list[Table | str] = []
     for result in results:
         parts.append("\n".join(check_lines(result)))
-        parts.append(render_device_rules(result.device_rules))
+        parts.append(render_device_rules(result.device_rules, heading=False))
     if fmt == "markdown":
         return "\n".join(
             f"## Check: {r.target}\n\n" + "\n".join(f"    {line}" for line in check_lines(r)) for r in results
@@ -543,11 +578,13 @@ if TYPE_CHECKING:
     from autoptq.emulators.device_rules import DeviceRulesResult
 
 
-def render_device_rules(result: DeviceRulesResult) -> str:
+def render_device_rules(result: DeviceRulesResult, heading: bool = True) -> str:
     """The device-rules re-audit of a quantized model as text, in the manner of the Edge TPU compiler's log: summary
     lines (verdict, operations on the device and the host, parameter memory), the Operator / Count / Status table,
-    the violations (rule, node, op, detail) and which rules the profile's statements make apply."""
-    parts: list[Table | str] = ["\n".join(_device_rules_lines(result)), _device_rules_op_table(result)]
+    the violations (rule, node, op, detail) and which rules the profile's statements make apply. Without `heading`
+    the target and verdict lines are left to the caller (the check report prints them once)."""
+    lines = _device_rules_lines(result)[0 if heading else 2 :]
+    parts: list[Table | str] = [*(["\n".join(lines)] if lines else []), _device_rules_op_table(result)]
     if result.violations:
         parts.append(_device_rules_violation_table(result))
     parts.append(_device_rules_scope_table(result))

@@ -47,8 +47,10 @@ import yaml
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from autoptq import safeyaml
 from autoptq.errors import RulesError
 from autoptq.recipe import RecipeOverrides, StrictModel, Technique
+from autoptq.safeyaml import BoundedSafeLoader
 
 FactValue = bool | int | float | str
 """The value of a fact; None (not part of this alias) means unknown."""
@@ -313,30 +315,15 @@ def load_rules(path: Path, facts: Mapping[str, FactSpec], fallbacks: Collection[
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
-class _RulesLoader(yaml.SafeLoader):
-    """A SafeLoader that reads only true/false as booleans (so `yes:`/`no:` keys stay strings) and refuses a
-    key repeated in one mapping."""
+class _RulesLoader(BoundedSafeLoader):
+    """A bounded SafeLoader (no alias bombs, no deep nesting, no repeated key) that reads only true/false as
+    booleans (so `yes:`/`no:` keys stay strings)."""
 
     # PyYAML's class-level registry, copied without the YAML 1.1 bool rule so SafeLoader itself is untouched.
     yaml_implicit_resolvers = {  # noqa: RUF012
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key_node.value!r}",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 _YAML12_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -349,7 +336,7 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(_one_line(f"{path}: cannot read the rules file: {exc}")) from exc
     try:
-        return yaml.load(text, Loader=_RulesLoader)
+        return safeyaml.load(text, _RulesLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = ""

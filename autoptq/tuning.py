@@ -55,12 +55,17 @@ class Budget(BaseModel):
     """What "accurate enough" means, and how long to look."""
 
     max_drop: float | None = Field(
-        default=None, description="largest acceptable drop of top-1 accuracy, or of the user's metric when given"
+        default=None,
+        ge=0,
+        le=1,
+        description="largest acceptable drop of top-1 accuracy, or of the user's metric when given",
     )
     relative: bool = Field(default=False, description="max_drop is a fraction of the float accuracy")
-    min_sqnr_db: float | None = None
-    min_top1_agreement: float | None = None
-    time_budget_s: float | None = None
+    min_sqnr_db: float | None = Field(default=None, allow_inf_nan=False, description="lowest acceptable SQNR (dB)")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="lowest acceptable share of top-1 predictions kept"
+    )
+    time_budget_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_trials: int = Field(default=40, ge=1)
 
     @property
@@ -147,7 +152,6 @@ class _Search:
         self.tier = _search_tier(profile)
         self.float_model = float_model_for(graph, profile)
         self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
-        self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
         self.float_outputs = _run_float(self.float_model, validation)
         self.float_runner = ModelRunner(self.float_model) if measurable_here(profile) else None
         self.host_table = load_table() if self.float_runner is not None else None
@@ -158,6 +162,8 @@ class _Search:
         self.models: dict[int, bytes] = {}
         self.sensitivity: list[NodeSensitivity] = []
         self.stopped_by = "walk complete"
+        # Last: nothing after it can fail before the caller's try/finally removes it.
+        self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
 
     # --- limits -------------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from autoptq import zoo
 from autoptq.errors import ModelLoadError
-from autoptq.graph import ModelGraph, dtype_itemsize, load_model
+from autoptq.graph import ModelGraph, build_graph, dtype_itemsize, load_model
 
 F = TensorProto.FLOAT
 
@@ -230,11 +230,14 @@ def test_an_edge_carries_every_tensor_between_two_nodes() -> None:
     assert edge["tensor"] == "a"
 
 
-def test_duplicate_node_names_are_made_unique() -> None:
+def test_duplicate_node_names_are_made_unique_in_the_graph_and_refused_on_load() -> None:
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="n"), helper.make_node("Relu", ["a"], ["y"], name="n")]
-    g = load_model(build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])]))
+    model = build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])])
+    g = build_graph(model)  # a produced model is analysed with unique names
     assert g.order == ["n", "n__1"]
     assert g.graph.has_edge("n", "n__1")
+    with pytest.raises(ModelLoadError, match="node name 'n' is used by 2 nodes"):
+        load_model(model)  # onnxruntime would refuse it later
 
 
 def test_dtype_itemsize() -> None:
