@@ -75,13 +75,17 @@ def stage_folder(folder: Path) -> Path:
 
 
 def commit_staged(staging: Path, folder: Path, files: list[str], last: str) -> None:
-    """Move `files` and then `last` (the manifest) from `staging` into `folder`.
+    """Move `files` and then `last` (the manifest) from `staging` into `folder`; a file of `files` this run did not
+    produce (a `.tflite` for a model that stayed float) is removed from `folder`, so no stale copy stays behind.
 
     The old `last` is removed first: a run killed while moving leaves no manifest beside a mix of old and new
     files, so a manifest present always describes the files beside it.
     """
     (folder / last).unlink(missing_ok=True)
     for name in files:
+        if not (staging / name).exists():
+            (folder / name).unlink(missing_ok=True)
+            continue
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, folder / name)
     os.replace(staging / last, folder / last)
