@@ -339,7 +339,9 @@ def bench_model(model: corpus.CorpusModel, targets: list[str], quick: bool, time
     quantized: dict[str, Path] = {}
     for target in targets:
         row = TargetResult(target=target)
-        run, out = run_child([*AUTOPTQ, "audit", str(path), "--target", target, "-f", "json"], timeout, "audit", target)
+        # The audit binds open dims (batch, H, W) from the data, as a user passing --data gets.
+        audit_args = [*AUTOPTQ, "audit", str(path), "--target", target, "-f", "json", *data_args]
+        run, out = run_child(audit_args, timeout, "audit", target)
         row.runs.append(run)
         audit = json_of(out)
         if audit and audit.get("results"):

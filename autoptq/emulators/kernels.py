@@ -458,7 +458,9 @@ def activation_table(
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """float32 logistic as TFLite writes it: `1 / (1 + exp(−x))`."""
     x = np.asarray(x, dtype=np.float32)
-    return np.float32(1) / (np.float32(1) + np.exp(-x))
+    # exp(-x) overflows to inf for x below about -88, and 1 / (1 + inf) is the exact 0 TFLite gives too.
+    with np.errstate(over="ignore"):
+        return np.float32(1) / (np.float32(1) + np.exp(-x))
 
 
 def tanh(x: np.ndarray) -> np.ndarray:
