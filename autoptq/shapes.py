@@ -17,6 +17,7 @@ dynamic shapes, and with every fixed binding for devices that need static shapes
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from onnx import ModelProto
@@ -136,6 +137,8 @@ def bind(graph: ModelGraph, samples: list[dict[str, object]] | None) -> ModelGra
     declared = {t.name: t.shape for t in _declared_inputs(graph)}
     inputs = [_bind_input(name, shape, graph.user_shapes.get(name), samples) for name, shape in declared.items()]
     binding = ShapeBinding(inputs=inputs)
+    if graph.binding is None and all(a.source in ("declared", "user") for i in inputs for a in i.axes):
+        return replace(graph, binding=binding)  # nothing open: the loaded graph is already the analysis graph
     analysis = set_input_dims(graph.declared, {i.name: i.shape for i in inputs})
     return _rebuilt(graph, analysis, graph.declared, binding)
 
