@@ -151,11 +151,16 @@ def test_killing_a_worker_loses_only_its_in_flight_job_which_reruns_on_resume(zo
     killed: list[str] = []
 
     def kill_the_slow_jobs_worker() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for worker, keys in client.processing().items():
-                if any("slow/edgetpu" in str(key) for key in keys):
-                    time.sleep(0.5)  # well inside the 5 s search
+            processing = client.processing()
+            in_flight = sum(len(keys) for keys in processing.values())
+            # Wait until every job in flight has made its staging folder (on a loaded machine a job can be
+            # assigned well before it starts): then the slow job is inside its 5 s search when killed.
+            started = len(list(out.glob(f"{STAGING_PREFIX}*"))) >= in_flight
+            for worker, keys in processing.items():
+                if started and any("slow/edgetpu" in str(key) for key in keys):
+                    time.sleep(0.2)
                     os.kill(pids[worker], signal.SIGKILL)
                     killed.append(worker)
                     return

@@ -224,6 +224,55 @@ def test_per_tensor_weights_where_the_model_stays_below_opset_13() -> None:
     ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+# --- 6. fp16 conversion ---------------------------------------------------------------------------------------------
+
+
+def paddle_style_upsampler() -> onnx.ModelProto:
+    """Conv, then a nearest Resize whose roi and scales are initializers that the file also declares in value_info,
+    as paddle2onnx writes them (`p2o.helper.constant.N`). onnxruntime's fp16 converter turns those initializers into
+    fp16, declares them so, and appends a Cast back to fp32 for Resize after its reader: a pipeline that then infers
+    types over the graph as written fails with "Inferred elem type differs from existing elem type: (1) vs (10)"."""
+    roi, scales = "p2o.helper.constant.1", "p2o.helper.constant.0"
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="p2o.Conv.0"),
+        helper.make_node(
+            "Resize",
+            ["c", roi, scales],
+            ["r"],
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+            name="p2o.Resize.0",
+        ),
+        helper.make_node("Relu", ["r"], ["y"], name="p2o.Relu.0"),
+    ]
+    inits = [
+        const("w", RNG.standard_normal((8, 3, 3, 3)) * 0.3),
+        const(roi, np.zeros(0)),
+        const(scales, np.array([1.0, 1.0, 2.0, 2.0])),
+    ]
+    model = build(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 8, 16, 16])], inits, opset=13)
+    model.graph.value_info.extend([tensor(roi, [0]), tensor(scales, [4])])
+    return model
+
+
+def test_paddle_style_declared_initializer_types_convert_to_fp16(tmp_path: Path) -> None:
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=image_batch(8, 8, 8))
+    model = paddle_style_upsampler()
+    _, outcome = api.quantize(model, "gpu-fp16", tmp_path / "h.onnx", data=data, validation=data)
+    assert outcome.technique == "fp16", outcome.reason
+    produced = onnx.load(tmp_path / "h.onnx")
+    weight = next(i for i in produced.graph.initializer if i.name.startswith("w"))
+    assert weight.data_type == onnx.TensorProto.FLOAT16
+    scales = next(i for i in produced.graph.initializer if i.name == "p2o.helper.constant.0")
+    assert scales.data_type == onnx.TensorProto.FLOAT  # Resize takes fp32 scales only
+    x = image_batch(1, 8, 8)
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    converted = ort.InferenceSession(produced.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(converted, reference, rtol=1e-2, atol=1e-2)
+
+
 # --- 7. the graph the device's converter sees -----------------------------------------------------------------------
 
 
