@@ -475,7 +475,7 @@ def open_sizes_as_symbols(proto: ModelProto) -> None:
 
 def set_input_dims(proto: ModelProto, dims: dict[str, list[int | None]]) -> ModelProto:
     """A copy of `proto` whose graph inputs have the given sizes (None keeps a dim as it is), with intermediate
-    shapes dropped so that shape inference recomputes them from the new sizes."""
+    shapes and open output dims dropped so that shape inference recomputes them from the new sizes."""
     result = copy_model(proto)
     for value in result.graph.input:
         sizes = dims.get(value.name)
@@ -488,6 +488,12 @@ def set_input_dims(proto: ModelProto, dims: dict[str, list[int | None]]) -> Mode
             if size is not None:
                 dim.Clear()
                 dim.dim_value = size
+    # Open output dims (-1, 0 or symbolic) are cleared too: inference fills them from the new sizes, where a
+    # declared -1 would conflict with the size it infers and stay open in the file.
+    for value in result.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+                dim.Clear()
     del result.graph.value_info[:]
     return result
 

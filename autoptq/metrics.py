@@ -56,43 +56,72 @@ def top1(outputs: np.ndarray) -> np.ndarray:
     return np.argmax(outputs.reshape(-1, outputs.shape[-1]), axis=-1)
 
 
-def compare(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> OutputFidelity:
-    """Fidelity of one output over matching per-sample lists.
+class FidelityAccumulator:
+    """Fidelity of one output, accumulated sample by sample: sums only, so no output is kept and outputs whose
+    shape varies between samples (a recogniser's width) are never stacked. SQNR and cosine are those of all samples'
+    values taken together."""
 
-    Sums run sample by sample, so outputs whose shape varies between samples (a recogniser's width) are never
-    stacked: SQNR and cosine are those of all samples' values taken together."""
-    signal = noise = cross = candidate_power = max_diff = 0.0
-    agreeing = predictions = 0
-    classifier = looks_like_classifier(np.asarray(reference[0]))
-    for ref_sample, cand_sample in zip(reference, candidate, strict=True):
-        ref = np.asarray(ref_sample, np.float64)
-        cand = np.asarray(cand_sample, np.float64)
-        if not np.all(np.isfinite(cand)) or ref.shape != cand.shape:
-            return OutputFidelity(
-                name=name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=None, finite=False, top1_agreement=0.0
-            )
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.signal = self.noise = self.cross = self.candidate_power = self.max_diff = 0.0
+        self.agreeing = self.predictions = 0
+        self.classifier: bool | None = None
+        self.broken = False
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """One sample's output of the reference and of the candidate."""
+        ref = np.asarray(reference, np.float64)
+        cand = np.asarray(candidate, np.float64)
+        if self.classifier is None:
+            self.classifier = looks_like_classifier(ref)
+        if self.broken or not np.all(np.isfinite(cand)) or ref.shape != cand.shape:
+            self.broken = True
+            return
         flat_ref, flat_cand = ref.reshape(-1), cand.reshape(-1)
         difference = flat_ref - flat_cand
-        signal += float(np.dot(flat_ref, flat_ref))
-        noise += float(np.dot(difference, difference))
-        cross += float(np.dot(flat_ref, flat_cand))
-        candidate_power += float(np.dot(flat_cand, flat_cand))
-        max_diff = max(max_diff, float(np.max(np.abs(difference))) if difference.size else 0.0)
-        if classifier:
-            agreeing += int(np.sum(top1(ref) == top1(cand)))
-            predictions += top1(ref).size
-    norms = float(np.sqrt(signal * candidate_power))
-    similarity = (1.0 if noise == 0.0 else 0.0) if norms == 0.0 else cross / norms
-    return OutputFidelity(
-        name=name,
-        sqnr_db=round(sqnr_from_powers(signal, noise), 3),
-        cosine=round(similarity, 6),
-        max_abs_diff=max_diff,
-        top1_agreement=agreeing / predictions if classifier and predictions else None,
-    )
+        self.signal += float(np.dot(flat_ref, flat_ref))
+        self.noise += float(np.dot(difference, difference))
+        self.cross += float(np.dot(flat_ref, flat_cand))
+        self.candidate_power += float(np.dot(flat_cand, flat_cand))
+        self.max_diff = max(self.max_diff, float(np.max(np.abs(difference))) if difference.size else 0.0)
+        if self.classifier:
+            self.agreeing += int(np.sum(top1(ref) == top1(cand)))
+            self.predictions += top1(ref).size
+
+    def result(self) -> OutputFidelity:
+        if self.broken:
+            return OutputFidelity(
+                name=self.name, sqnr_db=-SQNR_CAP_DB, cosine=0.0, max_abs_diff=None, finite=False, top1_agreement=0.0
+            )
+        norms = float(np.sqrt(self.signal * self.candidate_power))
+        similarity = (1.0 if self.noise == 0.0 else 0.0) if norms == 0.0 else self.cross / norms
+        return OutputFidelity(
+            name=self.name,
+            sqnr_db=round(sqnr_from_powers(self.signal, self.noise), 3),
+            cosine=round(similarity, 6),
+            max_abs_diff=self.max_diff,
+            top1_agreement=self.agreeing / self.predictions if self.classifier and self.predictions else None,
+        )
+
+
+def compare(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> OutputFidelity:
+    """Fidelity of one output over matching per-sample lists (see FidelityAccumulator)."""
+    accumulator = FidelityAccumulator(name)
+    for ref_sample, cand_sample in zip(reference, candidate, strict=True):
+        accumulator.add(ref_sample, cand_sample)
+    return accumulator.result()
+
+
+def predicted_class(output: np.ndarray) -> int:
+    """A classifier's prediction for one sample: the arg-max over all its values."""
+    return int(np.argmax(np.asarray(output).reshape(-1)))
 
 
 def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     """Top-1 accuracy of classifier outputs (one per sample, arg-max over all its values) against integer labels."""
-    predictions = np.array([int(np.argmax(np.asarray(o).reshape(-1))) for o in outputs])
-    return float(np.mean(predictions == labels.reshape(-1)))
+    return accuracy_of([predicted_class(o) for o in outputs], labels)
+
+
+def accuracy_of(predictions: list[int], labels: np.ndarray) -> float:
+    """Top-1 accuracy of per-sample predicted classes against integer labels."""
+    return float(np.mean(np.asarray(predictions) == labels.reshape(-1)))

@@ -1,10 +1,10 @@
 """Bring a model into the form the quantizers expect, on a copy, checking every step.
 
 Steps: name every node, upgrade opsets below 13 (per-channel weights need it), fold constant weight paths into
-initializers, fold BatchNormalization into the preceding convolution, infer shapes, and run onnxruntime's
-`quant_pre_process` when symbolic shapes need it. After each step the result must load in onnxruntime and reproduce
-the previous outputs within float tolerance; a step that fails or changes outputs is skipped with a note, never
-trusted.
+initializers, remove Identity nodes, fold BatchNormalization into the preceding convolution, infer shapes, and run
+onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step the result must load in onnxruntime
+and reproduce the previous outputs within float tolerance; a step that fails or changes outputs is skipped with a
+note, never trusted.
 """
 
 from __future__ import annotations
@@ -133,10 +133,28 @@ def name_nodes(model: ModelProto) -> tuple[ModelProto | None, str]:
     return result, f"named {renamed} nodes"
 
 
+FOLD_PASSES = 8
+"""Folding passes at most: a folded shape makes the next tensors' shapes known, whose Shape nodes then fold."""
+
+
 def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
     """Replace nodes that fold to constants (Constant; Identity, Reshape, Transpose, Cast... of weights; shape
     arithmetic on static shapes) by the initializers they compute, so weights reach their ops directly as the
-    quantizers require and shape computations do not cut a device graph."""
+    quantizers require and shape computations do not cut a device graph. Passes repeat while they fold something:
+    a Reshape whose target shape just folded gives its output a static shape, which a later Shape node reads."""
+    current, counts = model, Counter[str]()
+    for _ in range(FOLD_PASSES):
+        folded = _fold_once(current)
+        if folded is None:
+            break
+        current, found = folded
+        counts.update(found)
+    if not counts:
+        return None, "not needed: no constant weight paths"
+    return current, "folded " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+
+
+def _fold_once(model: ModelProto) -> tuple[ModelProto, Counter[str]] | None:
     result = _copy(model)
     graph = result.graph
     constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -151,11 +169,10 @@ def fold_constant_paths(model: ModelProto) -> tuple[ModelProto | None, str]:
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         folded.append(node)
     if not folded:
-        return None, "not needed: no constant weight paths"
+        return None
     remove_nodes(graph, folded)
     drop_unused_initializers(graph)
-    counts = Counter(node.op_type for node in folded)
-    return result, "folded " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+    return result, Counter(node.op_type for node in folded)
 
 
 def _evaluate(
@@ -179,6 +196,43 @@ def _evaluate(
     )
     single = onnx.helper.make_model(graph, opset_imports=model.opset_import)
     return list(ReferenceEvaluator(single).run(None, {}))
+
+
+def drop_identities(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Remove Identity nodes on activations, as device converters and onnxruntime's optimizer do. The quantizers
+    leave an Identity in float between the quantized tensors around it (Paddle writes one after every residual Add),
+    which then cuts an integer-only device's graph."""
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute
+    ):
+        return None, "not applied: the model has subgraphs, which may read an Identity's output by name"
+    result = _copy(model)
+    graph = result.graph
+    outputs = {o.name for o in graph.output}
+    inputs = {i.name for i in graph.input}
+    consumers = Counter(name for node in graph.node for name in node.input)
+    producers = {out: node for node in graph.node for out in node.output}
+    renamed: dict[str, str] = {}
+    removed: list[NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "Identity" or not node.input or not node.input[0]:
+            continue
+        source, target = renamed.get(node.input[0], node.input[0]), node.output[0]
+        if target not in outputs:
+            renamed[target] = source
+        elif source in producers and source not in outputs | inputs and consumers[node.input[0]] == 1:
+            # The graph output keeps its name: the producer writes it directly.
+            producer = producers[source]
+            producer.output[list(producer.output).index(source)] = target
+        else:
+            continue
+        removed.append(node)
+    if not removed:
+        return None, "not needed: no Identity on activations"
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    remove_nodes(graph, removed)
+    return result, f"removed {len(removed)} Identity"
 
 
 def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
@@ -287,6 +341,7 @@ STEPS: list[tuple[str, Callable[[ModelProto], tuple[ModelProto | None, str]]]] =
     ("name nodes", name_nodes),
     ("upgrade opset", upgrade_opset),
     ("fold constant weight paths", fold_constant_paths),
+    ("remove Identity", drop_identities),
     ("fold BatchNormalization", fold_batchnorm),
     ("infer shapes", infer_shapes),
     ("quant_pre_process (symbolic shapes)", symbolic_shapes),

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.activations import session
 from autoptq.calibration import Dataset
 from autoptq.emulators import kernels
 from autoptq.intio import IOQuantization
-from autoptq.metrics import OutputFidelity, accuracy, compare
+from autoptq.metrics import FidelityAccumulator, OutputFidelity, accuracy_of, predicted_class
 from autoptq.profiles import HardwareProfile
 from autoptq.user_metric import MetricScore, UserMetric
 
@@ -92,14 +92,49 @@ class ModelRunner:
         ]
 
 
+class Comparison(BaseModel):
+    """A candidate against its reference over a dataset, streamed sample by sample: per-output fidelity, the
+    predicted class of each sample where the model is a classifier, and the outputs themselves only when kept for a
+    user metric (which scores the whole validation set at once)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    fidelity: list[OutputFidelity]
+    reference_classes: list[int]
+    candidate_classes: list[int]
+    reference_outputs: list[list[np.ndarray]] | None = None
+    candidate_outputs: list[list[np.ndarray]] | None = None
+
+
+def compare_runs(
+    reference: ModelRunner, candidate: ModelRunner, data: Dataset, keep_outputs: bool = False
+) -> Comparison:
+    """Run both models sample by sample and accumulate the comparison: memory holds one sample's outputs, not the
+    dataset's (a recogniser's outputs over 100 lines are hundreds of MB)."""
+    accumulators = [FidelityAccumulator(name) for name in reference.output_names]
+    comparison = Comparison(
+        fidelity=[],
+        reference_classes=[],
+        candidate_classes=[],
+        reference_outputs=[] if keep_outputs else None,
+        candidate_outputs=[] if keep_outputs else None,
+    )
+    for sample in data.samples:
+        ref, cand = reference.run(sample), candidate.run(sample)
+        for accumulator, ref_output, cand_output in zip(accumulators, ref, cand, strict=True):
+            accumulator.add(ref_output, cand_output)
+        comparison.reference_classes.append(predicted_class(ref[0]))
+        comparison.candidate_classes.append(predicted_class(cand[0]))
+        if comparison.reference_outputs is not None and comparison.candidate_outputs is not None:
+            comparison.reference_outputs.append(ref)
+            comparison.candidate_outputs.append(cand)
+    comparison.fidelity = [accumulator.result() for accumulator in accumulators]
+    return comparison
+
+
 def fidelity(reference: ModelRunner, candidate: ModelRunner, data: Dataset) -> list[OutputFidelity]:
     """Per-output SQNR, cosine, max |Δ| and top-1 agreement of candidate against reference over `data`."""
-    ref_outputs = [reference.run(s) for s in data.samples]
-    cand_outputs = [candidate.run(s) for s in data.samples]
-    return [
-        compare(name, [r[i] for r in ref_outputs], [c[i] for c in cand_outputs])
-        for i, name in enumerate(reference.output_names)
-    ]
+    return compare_runs(reference, candidate, data).fidelity
 
 
 def measurable_here(profile: HardwareProfile) -> bool:
@@ -185,7 +220,8 @@ def verify(
     reference = ModelRunner(float_model)
     try:
         runner = ModelRunner(candidate, integer_io)
-        outputs = fidelity(reference, runner, data)
+        comparison = compare_runs(reference, runner, data, keep_outputs=metric is not None)
+        outputs = comparison.fidelity
     except Exception as exc:  # a candidate onnxruntime cannot load or run is broken, whatever the reason
         return Verification(passed=False, problems=[f"does not run in onnxruntime: {exc}"], **base)
     problems = []
@@ -205,15 +241,12 @@ def verify(
             problems.append(f"slower than float on the host (measured ratio above {1 + SLOWER_TOLERANCE:.2f})")
     accuracy_float = accuracy_candidate = None
     if data.labels is not None and outputs and outputs[0].top1_agreement is not None:
-        accuracy_float = accuracy([reference.run(s)[0] for s in data.samples], data.labels)
-        accuracy_candidate = accuracy([runner.run(s)[0] for s in data.samples], data.labels)
+        accuracy_float = accuracy_of(comparison.reference_classes, data.labels)
+        accuracy_candidate = accuracy_of(comparison.candidate_classes, data.labels)
     score = None
-    if metric is not None:
+    if metric is not None and comparison.reference_outputs is not None and comparison.candidate_outputs is not None:
         score = metric.compare(
-            reference.output_names,
-            [reference.run(s) for s in data.samples],
-            [runner.run(s) for s in data.samples],
-            data.labels,
+            reference.output_names, comparison.reference_outputs, comparison.candidate_outputs, data.labels
         )
     return Verification(
         passed=not problems,

@@ -307,3 +307,66 @@ def test_unnamed_nodes_get_unique_names() -> None:
     names = [n.name for n in prepared.model.graph.node]
     assert all(names) and len(set(names)) == 3
     assert [n.name for n in model.graph.node] == ["", "", "Neg_1"]
+
+
+def residual_with_identity() -> ModelProto:
+    """Conv -> Add (residual) -> Identity -> Relu, as paddle2onnx writes a residual block, and an Identity that
+    writes a graph output."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Add", ["c", "x"], ["sum"], name="add"),
+        helper.make_node("Identity", ["sum"], ["sum_copy"], name="identity"),
+        helper.make_node("Relu", ["sum_copy"], ["r"], name="relu"),
+        helper.make_node("Identity", ["r"], ["y"], name="identity_out"),
+    ]
+    inits = [const("w", rng.standard_normal((4, 4, 3, 3)) * 0.2)]
+    return build(nodes, [tensor("x", [1, 4, 8, 8])], [tensor("y", [1, 4, 8, 8])], inits, opset=13)
+
+
+def test_identity_nodes_are_removed_and_an_integer_device_sees_no_float_island() -> None:
+    from autoptq.emulators.device_rules import check_device_rules
+    from autoptq.quantizers.full_int8 import static_qdq
+
+    model = residual_with_identity()
+    feeds = [{"x": np.random.default_rng(i).uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)} for i in range(4)]
+    samples = Dataset(feeds, None, "test")
+    prepared = prep.prepare(model, samples)
+    step = next(s for s in prepared.steps if s.name == "remove Identity")
+    assert step.applied and "removed 2 Identity" in step.note
+    assert [n.op_type for n in prepared.model.graph.node] == ["Conv", "Add", "Relu"]
+    assert [o.name for o in prepared.model.graph.output] == ["y"]
+    edgetpu = load_profile("edgetpu")
+    recipe = Recipe(per_channel=True, calibration_samples=4, activation_dtype="int8", weight_dtype="int8")
+    quantized = static_qdq(prepared.model, recipe, samples, "full_int8").model
+    assert not check_device_rules(quantized, edgetpu).violations
+
+
+def test_shape_arithmetic_folds_in_passes_until_the_output_shape_is_static() -> None:
+    """Reshape(x, Concat(...)) makes the next tensor's shape known only once the Concat folded; a Shape of that
+    tensor then folds in the next pass, and the final Reshape's output gets a static shape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], name="shape_x"),
+        helper.make_node("Gather", ["xs", "zero"], ["batch"], axis=0, name="batch"),
+        helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"], name="batch1"),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["flat_shape"], axis=0, name="flat_shape"),
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["p"], name="softmax"),
+        helper.make_node("Shape", ["logits"], ["ls"], name="shape_logits"),
+        helper.make_node("Reshape", ["p", "ls"], ["y"], name="reshape_out"),
+    ]
+    inits = [
+        const("zero", np.array(0), np.int64),
+        const("axes", np.array([0]), np.int64),
+        const("minus_one", np.array([-1]), np.int64),
+        const("w", np.random.default_rng(0).standard_normal((48, 2))),
+    ]
+    model = build(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", [1, 2])], inits, opset=13)
+    model.graph.output[0].type.tensor_type.shape.dim[0].Clear()  # declared open, as [-1, 2] exports are
+    folded, note = prep.fold_constant_paths(model)
+    assert folded is not None
+    assert "2 Shape" in note and "1 Concat" in note
+    assert [n.op_type for n in folded.graph.node] == ["Reshape", "MatMul", "Softmax", "Reshape"]
+    inferred = onnx.shape_inference.infer_shapes(folded)
+    assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [1, 2]
