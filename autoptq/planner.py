@@ -252,9 +252,13 @@ def device_conformant_recipe(
             update["reduce_range"] = True  # 7-bit weights: u8 x s8 pair sums then fit int16
         if base.per_channel and "per_channel" not in rules.weights.granularity:
             update["per_channel"] = False
-        if technique == "full_int8" and not profile.integer_only and not base.op_types_to_quantize:
-            # Q/DQ only around ops the device runs as int8 kernels: elsewhere they are pure overhead. (An
-            # integer-only device quantizes everything: a float op would go to the host.)
+        if technique == "full_int8" and profile.integer_only and not base.op_types_to_quantize:
+            # An integer-only device quantizes everything: a float op would go to the host. Named explicitly, since
+            # onnxruntime's default is the op types it has special handlers for, which leaves Sub, ReduceMean, LSTM...
+            # in float.
+            update["op_types_to_quantize"] = sorted(present_ops)
+        elif technique == "full_int8" and not base.op_types_to_quantize:
+            # Q/DQ only around ops the device runs as int8 kernels: elsewhere they are pure overhead.
             int8_ops = device_int8_ops(profile, graph)
             if int8_ops and set(int8_ops) != present_ops:
                 update["op_types_to_quantize"] = int8_ops

@@ -118,7 +118,8 @@ def test_rules_applying_to_edgetpu_follow_its_profile() -> None:
     assert list(scopes) == list(RULES)
     assert not scopes["activation_symmetric"].applies
     assert scopes["activation_symmetric"].basis == "quantization.activations.symmetric: false"
-    assert all(scopes[r].applies for r in ("integer_compute", "bias", "fixed_output", "same_scale", "rank"))
+    assert all(scopes[r].applies for r in ("integer_compute", "bias", "fixed_output", "rank"))
+    assert not scopes["same_scale"].applies  # it requantizes (QUANTIZE int8 -> int8)
 
 
 def test_conformant_small_convnet_passes_on_every_shipped_profile() -> None:
@@ -260,10 +261,20 @@ def test_a_bias_on_the_wrong_scale_breaks_bias() -> None:
     assert "input scale" in result.violations[0].detail and "weight scale" in result.violations[0].detail
 
 
-def test_concat_of_differently_scaled_inputs_breaks_same_scale() -> None:
-    result = audit(quantize(concat_model()))
+def test_concat_of_differently_scaled_inputs_breaks_same_scale_where_the_device_cannot_requantize() -> None:
+    edgetpu = load_profile("edgetpu")
+    no_requantize = edgetpu.model_copy(update={"ops": {k: v for k, v in edgetpu.ops.items() if k != "QuantizeLinear"}})
+    result = audit(quantize(concat_model()), no_requantize)
     assert violated(result, "same_scale") == {"concat"}
     assert "Concat keeps one scale and zero point" in result.violations[0].detail
+
+
+def test_concat_of_differently_scaled_inputs_is_requantized_on_the_edge_tpu() -> None:
+    # The converter (and autoptq's TFLite writer) puts a QUANTIZE int8 -> int8 before the input on another scale.
+    result = audit(quantize(concat_model()))
+    assert not violated(result, "same_scale")
+    scope = next(s for s in result.rules if s.rule == "same_scale")
+    assert not scope.applies and "QUANTIZE requantizes" in scope.basis
 
 
 def test_same_scale_ops_from_onnxruntime_keep_one_scale() -> None:

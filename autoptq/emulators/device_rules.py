@@ -454,6 +454,16 @@ def _yaml(value: object) -> str:
 
 _TFLITE_SPEC = "tensorflow.org/lite/performance/quantization_spec"
 
+
+def _same_scale_applies(profile: HardwareProfile) -> tuple[bool, str]:
+    if not profile.quantization.rounding.startswith("tflite"):
+        return False, f"quantization.rounding: {profile.quantization.rounding}"
+    requantizes = "int8" in profile.ops.get("QuantizeLinear", {})
+    if requantizes:
+        # The exact tier and the TFLite writer insert that requantization too: the device runs it.
+        return False, "ops.QuantizeLinear: int8 (QUANTIZE requantizes an input on another scale)"
+    return True, f"quantization.rounding: {profile.quantization.rounding}; no int8 QuantizeLinear to requantize"
+
 RULES: dict[str, Rule] = {
     "integer_compute": Rule(
         requirement="every compute node sits between Q/DQ or computes on integers only",
@@ -521,11 +531,9 @@ RULES: dict[str, Rule] = {
     ),
     "same_scale": Rule(
         requirement=f"input and output share scale and zero point on {', '.join(sorted(SAME_SCALE_OPS))}",
-        source=f"{_TFLITE_SPEC}; edgetpu.md numerics (applies to devices with TFLite integer arithmetic)",
-        applies=lambda p: (
-            p.quantization.rounding.startswith("tflite"),
-            f"quantization.rounding: {p.quantization.rounding}",
-        ),
+        source=f"{_TFLITE_SPEC}; edgetpu.md numerics (applies to devices with TFLite integer arithmetic that "
+        "cannot requantize: a converter puts a QUANTIZE int8 -> int8 before an input on another scale)",
+        applies=_same_scale_applies,
         check=_check_same_scale,
     ),
     "static_shapes": Rule(
