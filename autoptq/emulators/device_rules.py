@@ -464,6 +464,7 @@ def _same_scale_applies(profile: HardwareProfile) -> tuple[bool, str]:
         return False, "ops.QuantizeLinear: int8 (QUANTIZE requantizes an input on another scale)"
     return True, f"quantization.rounding: {profile.quantization.rounding}; no int8 QuantizeLinear to requantize"
 
+
 RULES: dict[str, Rule] = {
     "integer_compute": Rule(
         requirement="every compute node sits between Q/DQ or computes on integers only",
