@@ -222,7 +222,10 @@ def test_per_channel_scales_on_an_op_without_per_axis_weights(tmp_path: Path) ->
         )
     result = audit(onnx.load(str(target)))
     assert violated(result, "weight_granularity") == {"scale_mul"}
-    assert "allowed only on the weights of Conv, ConvTranspose, Gemm, MatMul" in result.violations[0].detail
+    assert (
+        "allowed only on the weights of BatchNormalization, Conv, ConvTranspose, Gemm, MatMul"
+        in result.violations[0].detail
+    )
 
 
 def test_a_float_node_between_qdq_breaks_integer_compute_and_cuts_the_graph() -> None:
@@ -319,3 +322,29 @@ def test_render_device_rules_prints_the_compiler_style_table_and_violations() ->
         "conv8",
     ):
         assert expected in text
+
+
+def test_a_quantized_batchnorm_has_an_int32_bias_and_a_weight_like_scale() -> None:
+    """A BatchNormalization the preparation cannot fold (after a Relu): onnxruntime quantizes its scale like a
+    weight and its B as an int32 bias at input scale x scale's scale, which every integer device takes."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("BatchNormalization", ["r", "gamma", "beta", "mean", "var"], ["y"], name="bn"),
+    ]
+    inits = [
+        const("w", rng.standard_normal((4, 3, 3, 3)) * 0.3),
+        const("b", np.zeros(4)),
+        const("gamma", rng.uniform(0.5, 1.5, 4)),
+        const("beta", rng.standard_normal(4) * 0.1),
+        const("mean", rng.standard_normal(4) * 0.1),
+        const("var", rng.uniform(0.5, 1.5, 4)),
+    ]
+    model = build(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 4, 8, 8])], inits, opset=13)
+    data = synthetic_dataset(load_model(model), 4)
+    recipe = Recipe(calibration_samples=4, op_types_to_quantize=["Conv", "Relu", "BatchNormalization"])
+    quantized = static_qdq(model, recipe, data, "full_int8").model
+    assert any(i.data_type == onnx.TensorProto.INT32 and i.name.startswith("beta") for i in quantized.graph.initializer)
+    for target in ("x86-vnni", "edgetpu"):
+        assert not audit(quantized, target).violations

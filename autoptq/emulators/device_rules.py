@@ -32,10 +32,11 @@ FLOAT_DOMAIN = "autoptq.float"
 device reports them unsupported, while a profile that runs any op in float (`runs_any_op_at`) still runs them."""
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-"""Ops whose input 1 is a weight; the only ones whose weights may be quantized per channel."""
-BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
-"""Ops whose input 2 is a bias."""
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+"""Ops whose input 1 is a weight (BatchNormalization's scale); the only ones whose weights may be quantized per
+channel."""
+BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "BatchNormalization"})
+"""Ops whose input 2 is a bias (onnxruntime quantizes BatchNormalization's B as one: int32 at input × scale)."""
 SAME_SCALE_OPS = frozenset(
     {
         "AveragePool", "MaxPool", "Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Pad", "Slice",
