@@ -847,11 +847,15 @@ class _Writer:
     # --- standard ops on integers ------------------------------------------------------------------------------------
 
     def identity(self, node: NodeProto) -> None:
-        """A copy: an alias of an integer tensor, or (dequantize → Identity → quantize) a requantization."""
-        if node.output[0] in self.outputs:
-            raise self.error(node, "an output that is a copy of another tensor is not written")
+        """A copy: an alias of an integer tensor, or (dequantize → Identity → quantize) a requantization. A graph
+        output that copies another tensor (Paddle exports end in `Identity`) is that tensor, unless it is an output
+        too: TFLite lists each tensor once."""
+        if node.output[0] in self.outputs and (node.input[0] in self.outputs or node.input[0] not in self.values):
+            raise self.error(node, "an output that is a copy of another output or of a float tensor is not written")
         if node.input[0] in self.values:
             self.values[node.output[0]] = self.values[node.input[0]]
+            if node.output[0] in self.outputs:  # runtimes find outputs by tensor name
+                self.flat.tensors[self.values[node.input[0]].index].name = node.output[0]
             return
         if self.producer_op(node.input[0]) != "Dequantize":
             raise self.error(node, "its input is not a dequantized int8 tensor")
