@@ -55,8 +55,10 @@ def samples(model: ModelProto, count: int, seed: int) -> list[dict[str, np.ndarr
     return out
 
 
-def quantize(model: ModelProto, per_channel: bool = True, dtype: str = "int8") -> ModelProto:
-    data = samples(model, 16, 1)
+def quantize(
+    model: ModelProto, per_channel: bool = True, dtype: str = "int8", data: list[dict[str, np.ndarray]] | None = None
+) -> ModelProto:
+    data = data or samples(model, 16, 1)
     recipe = Recipe(
         activation_dtype=dtype,
         calibration_samples=len(data),
