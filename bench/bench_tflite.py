@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table, parse_a
 
 from autoptq.api import bound, load_data
 from autoptq.calibration import Dataset
-from autoptq.canonical import float_model_for
+from autoptq.canonical import device_graph, float_model_for
 from autoptq.coverage import analyse
 from autoptq.emulators.integer import emulate as emulate_integer
 from autoptq.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
@@ -88,6 +89,9 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     calib, val = load_data(case.calib, graph), load_data(case.val, graph)
     assert calib is not None and val is not None  # paths were given
     graph = bound(graph, calib, val)
+    unmapped = not_mapped(graph)
+    if unmapped is not None:
+        return [case.name, f"not mapped (audit): {unmapped}"] + ["—"] * 5
     val = val.take(max_val)
     output = folder / f"{case.name.replace(' ', '_')}.onnx"
     started = time.perf_counter()
@@ -132,6 +136,24 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     seconds = time.perf_counter() - started
     print(f"{case.name}: {seconds:.0f} s", file=sys.stderr)
     return [case.name, ops, size, lsb, arena, metric, f"{seconds:.0f}"]
+
+
+def not_mapped(graph: ModelGraph) -> str | None:
+    """Why the device cannot take the model as one static int8 file, from the audit: input sizes that vary in the
+    data (a static file has one), and the ops the profile has no int8 kernel for. None when neither applies."""
+    varying = [
+        f"{i.name}[{a.axis}] {min(a.seen)}..{max(a.seen)}"
+        for i in (graph.binding.inputs if graph.binding else [])
+        for a in i.axes
+        if a.source == "data-max"
+    ]
+    if not varying:
+        return None
+    report = analyse(device_graph(graph, PROFILE), PROFILE)
+    # Shape-dependent ops are judged on the varying size too: list the ops refused whatever the size.
+    missing = Counter(n.op_type for n in report.nodes if n.status in ("unsupported_op", "unsupported_shape"))
+    ops = ", ".join(f"{op} ×{n}" for op, n in sorted(missing.items()))
+    return f"input size varies in the data ({'; '.join(varying)}): a static file has one size; no int8 kernel: {ops}"
 
 
 def task_metric(
