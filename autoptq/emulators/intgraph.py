@@ -878,6 +878,11 @@ class _Builder:
         if self.rounding != "float_rne":
             ratio = np.float64(params.scale) / np.float64(out.scale)
             multiplier, shift = kernels.quantize_multiplier(float(ratio), self.rounding)
+            shape = self.shapes.get(node.input[0]) or []
+            sizes = [shape[a] if a < len(shape) else None for a in axes]
+            if not all(isinstance(d, int) and d > 0 for d in sizes):
+                return "TFLite's MEAN folds the element count into its multiplier: the reduced size must be static"
+            multiplier, shift = _fold_count(multiplier, shift, int(np.prod(sizes)))
         low, high = out.bounds
         self.emit(
             "IntMean",
@@ -1087,6 +1092,13 @@ class _Builder:
         model.ir_version = self.source.ir_version
         self.result.model = model
         return self.result
+
+
+def _fold_count(multiplier: int, shift: int, count: int) -> tuple[int, int]:
+    """TFLite's int8 MEAN: the multiplier (M, e) of `s_in / s_out` with the division by the element count folded in,
+    `M' = ⌊M · 2^k / count⌋`, `e' = e − k`, `k = min(⌊log2 count⌋, 32, 31 + e)`: one rounding, in the multiply."""
+    bits = min(count.bit_length() - 1, 32, 31 + shift)
+    return (multiplier << bits) // count, shift - bits
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:
