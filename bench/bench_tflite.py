@@ -1,14 +1,16 @@
 """The .tflite writer on real models: what it writes, how big, how close LiteRT and TFLite Micro come to the exact tier,
-TFLM's arena against autoptq's estimate, and the task metric on LiteRT against float.
+TFLM's arena against autoptq's estimate, and the task metric on LiteRT against the exact tier and float.
 
     python bench/bench_tflite.py [--quick]
 
-Models: the shipped example (examples/digits_cnn.onnx, labelled) and the CNNs of the real-model corpus under
-~/.cache/autoptq-corpus when present (onnx's `light_*` models are left out: their weights are ConstantOfShape fills
-fed by IR-3 graph inputs, which the device graph does not keep constant). Each is prepared and quantized to full
-int8 for the `tflite-int8` profile with its device-conformant recipe, every op onnxruntime can quantize included,
-whatever the planner would pick (the writer is measured here, not the planner), then written, run in LiteRT
-(BUILTIN_REF) over the validation samples and compared with the exact tier element by element; TFLM runs models up
+Models: the shipped example (examples/digits_cnn.onnx, labelled) and the corpus models of bench/corpus.py whose quick
+data is in ~/.cache/autoptq-corpus (onnx's `light_*` models are left out: their weights are ConstantOfShape fills fed
+by IR-3 graph inputs, which the device graph does not keep constant). Each is loaded and its open input dims bound
+from the data as the CLI does; a model whose input size varies in the data is reported as not mapped, with the ops
+the audit refuses. The others are prepared and quantized to full int8 for the `tflite-int8` profile with its
+device-conformant recipe, every op onnxruntime can quantize included, whatever the planner would pick (the writer is
+measured here, not the planner), then written, run in LiteRT (BUILTIN_REF) over the validation samples and compared
+with the exact tier element by element; the task metric is the corpus's own (bench/corpus.py). TFLM runs models up
 to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md.
 """
 
