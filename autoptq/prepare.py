@@ -1,10 +1,10 @@
 """Bring a model into the form the quantizers expect, on a copy, checking every step.
 
-Steps: name every node, upgrade opsets below 13 (per-channel weights need it), fold constant weight paths into
-initializers, remove Identity nodes, fold BatchNormalization into the preceding convolution, infer shapes, and run
-onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step the result must load in onnxruntime
-and reproduce the previous outputs within float tolerance; a step that fails or changes outputs is skipped with a
-note, never trusted.
+Steps: upgrade opsets below 13 (per-channel weights need it), name every node, fold constant weight paths into
+initializers, remove Identity nodes, fold a bias Add and BatchNormalization into the preceding convolution, infer
+shapes, and run onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step the result must
+load in onnxruntime and reproduce the previous outputs within float tolerance; a step that fails or changes outputs
+is skipped with a note, never trusted.
 """
 
 from __future__ import annotations
@@ -235,8 +235,72 @@ def drop_identities(model: ModelProto) -> tuple[ModelProto | None, str]:
     return result, f"removed {len(removed)} Identity"
 
 
+def fold_bias_add(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Fold `Add(conv, c)`, a constant per output channel (or scalar), into the Conv / ConvTranspose that feeds only
+    it as its bias. Paddle exports write a transposed convolution's bias as a separate Add, which leaves a float Add
+    (and any BatchNormalization after it) between the convolution and the next op."""
+    result = _copy(model)
+    graph = result.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    uses = Counter(name for node in graph.node for name in node.input)
+    uses.update(o.name for o in graph.output)
+    removed: list[NodeProto] = []
+    for add in graph.node:
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        for conv_out, other in (add.input, add.input[::-1]):
+            conv = producers.get(conv_out)
+            if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or uses[conv_out] != 1:
+                continue
+            output = _output_channels(conv, constants)
+            extra = _per_channel(constants.get(other), output)
+            if extra is None or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants):
+                continue
+            bias = constants[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else np.zeros(extra.size)
+            bias_name = f"{conv.name}_biasfolded_b"
+            folded = (bias.astype(np.float64) + extra).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(folded, bias_name))
+            constants[bias_name] = folded
+            conv.input[:] = [conv.input[0], conv.input[1], bias_name]
+            conv.output[0] = add.output[0]
+            removed.append(add)
+            break
+    if not removed:
+        return None, "not needed: no Conv / ConvTranspose -> Add of a per-channel constant"
+    remove_nodes(graph, removed)
+    drop_unused_initializers(graph)
+    return result, f"folded {len(removed)} bias Add into the convolution before it"
+
+
+def _output_channels(conv: NodeProto, constants: dict[str, np.ndarray]) -> tuple[int, int] | None:
+    """(output channels, output rank) of a convolution with constant weights."""
+    weight = constants.get(conv.input[1])
+    if weight is None or weight.ndim < 3:
+        return None
+    if conv.op_type == "Conv":
+        return int(weight.shape[0]), weight.ndim
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    return int(weight.shape[1]) * group, weight.ndim
+
+
+def _per_channel(value: np.ndarray | None, output: tuple[int, int] | None) -> np.ndarray | None:
+    """`value` as one float per channel of an [N, C, ...] output of the given rank, when it broadcasts that way (a
+    scalar, or C along the channel axis and 1 elsewhere, e.g. [1, C, 1, 1] or [C, 1, 1]); None otherwise."""
+    if value is None or output is None or not np.issubdtype(value.dtype, np.floating):
+        return None
+    channels, rank = output
+    if value.size == 1:
+        return np.full(channels, float(value.reshape(-1)[0]))
+    axis = value.ndim - (rank - 1)  # numpy broadcasting aligns the trailing axes
+    if value.ndim > rank or axis < 0 or value.shape[axis] != channels or value.size != channels:
+        return None
+    return value.astype(np.float64).reshape(-1)
+
+
 def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
-    """Fold BatchNormalization into the Conv that feeds only it: w' = w·γ/σ, b' = (b−μ)·γ/σ + β."""
+    """Fold BatchNormalization into the Conv or ConvTranspose that feeds only it: w' = w·γ/σ per output channel,
+    b' = (b−μ)·γ/σ + β."""
     result = _copy(model)
     graph = result.graph
     initializers = {init.name: init for init in graph.initializer}
@@ -244,6 +308,7 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
     uses = Counter(name for node in graph.node for name in node.input)
     uses.update(o.name for o in graph.output)
     removed: list[NodeProto] = []
+    into: Counter[str] = Counter()
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
             continue
@@ -251,7 +316,7 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
         params = bn.input[1:5]
         if (
             conv is None
-            or conv.op_type != "Conv"
+            or conv.op_type not in ("Conv", "ConvTranspose")
             or uses[conv.output[0]] != 1
             or not all(p in initializers for p in params)
             or conv.input[1] not in initializers
@@ -261,13 +326,13 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
         epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (numpy_helper.to_array(initializers[p]).astype(np.float64) for p in params)
         weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
+        factor = gamma / np.sqrt(var + epsilon)
+        new_weight = _scaled_output_channels(conv, weight, factor).astype(np.float32)
         bias = (
             numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64)
             if len(conv.input) > 2 and conv.input[2]
-            else np.zeros(weight.shape[0])
+            else np.zeros(factor.size)
         )
-        factor = gamma / np.sqrt(var + epsilon)
-        new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
         new_bias = ((bias - mean) * factor + beta).astype(np.float32)
         weight_name, bias_name = f"{conv.name}_bnfolded_w", f"{conv.name}_bnfolded_b"
         graph.initializer.extend(
@@ -276,11 +341,27 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
         conv.input[:] = [conv.input[0], weight_name, bias_name]
         conv.output[0] = bn.output[0]
         removed.append(bn)
+        into[conv.op_type] += 1
     if not removed:
-        return None, "not needed: no Conv -> BatchNormalization pair"
+        return None, "not needed: no Conv / ConvTranspose -> BatchNormalization pair"
     remove_nodes(graph, removed)
     drop_unused_initializers(graph)
-    return result, f"folded {len(removed)} BatchNormalization into Conv"
+    return result, f"folded {len(removed)} BatchNormalization into " + ", ".join(
+        f"{n} {op}" for op, n in sorted(into.items())
+    )
+
+
+def _scaled_output_channels(conv: NodeProto, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """`weight` with each output channel multiplied by its factor. Conv weights are [C_out, C_in/g, k...];
+    ConvTranspose weights are [C_in, C_out/g, k...], where input row r belongs to group r // (C_in/g) and
+    column j is output channel group·(C_out/g) + j."""
+    if conv.op_type == "Conv":
+        return weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    per_group_in, per_group_out = weight.shape[0] // group, weight.shape[1]
+    rows = np.arange(weight.shape[0]) // per_group_in
+    table = factor.reshape(group, per_group_out)[rows]  # [C_in, C_out/g]: the factor of each (row, column)
+    return weight * table.reshape(*table.shape, *([1] * (weight.ndim - 2)))
 
 
 def infer_shapes(model: ModelProto) -> tuple[ModelProto | None, str]:
@@ -338,10 +419,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 STEPS: list[tuple[str, Callable[[ModelProto], tuple[ModelProto | None, str]]]] = [
+    ("upgrade opset", upgrade_opset),  # first: the converter adds unnamed nodes (Softmax 11 -> 13 wraps a Flatten)
     ("name nodes", name_nodes),
-    ("upgrade opset", upgrade_opset),
     ("fold constant weight paths", fold_constant_paths),
     ("remove Identity", drop_identities),
+    ("fold bias Add", fold_bias_add),
     ("fold BatchNormalization", fold_batchnorm),
     ("infer shapes", infer_shapes),
     ("quant_pre_process (symbolic shapes)", symbolic_shapes),

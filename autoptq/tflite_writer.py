@@ -44,8 +44,6 @@ _FLOAT_OPS = {
     "Tanh",
     "Identity",
     "Dropout",
-    "HardSigmoid",
-    "Div",
     "ConvTranspose",
 }
 """Ops the exact tier computes in float between dequantize and quantize that TFLite has an int8 kernel for."""
@@ -847,11 +845,15 @@ class _Writer:
     # --- standard ops on integers ------------------------------------------------------------------------------------
 
     def identity(self, node: NodeProto) -> None:
-        """A copy: an alias of an integer tensor, or (dequantize → Identity → quantize) a requantization."""
-        if node.output[0] in self.outputs:
-            raise self.error(node, "an output that is a copy of another tensor is not written")
+        """A copy: an alias of an integer tensor, or (dequantize → Identity → quantize) a requantization. A graph
+        output that copies another tensor (Paddle exports end in `Identity`) is that tensor, unless it is an output
+        too: TFLite lists each tensor once."""
+        if node.output[0] in self.outputs and (node.input[0] in self.outputs or node.input[0] not in self.values):
+            raise self.error(node, "an output that is a copy of another output or of a float tensor is not written")
         if node.input[0] in self.values:
             self.values[node.output[0]] = self.values[node.input[0]]
+            if node.output[0] in self.outputs:  # runtimes find outputs by tensor name
+                self.flat.tensors[self.values[node.input[0]].index].name = node.output[0]
             return
         if self.producer_op(node.input[0]) != "Dequantize":
             raise self.error(node, "its input is not a dequantized int8 tensor")
@@ -1145,9 +1147,6 @@ class _Writer:
         quantize = self.single_consumer(node.output[0], "Quantize", node)
         out = self.output(quantize.output[0], quantize, nhwc=x.nhwc)
         self.done.add(quantize.name)
-        if node.op_type in ("HardSigmoid", "Div"):
-            self.affine(node, x, out)
-            return
         if node.op_type == "ConvTranspose":
             self.transpose_conv(node, x, out)
             return
@@ -1234,88 +1233,6 @@ class _Writer:
 
         self.approximate.add("TRANSPOSE_CONV")
         self.op("TRANSPOSE_CONV", inputs, [out.index], 3 if len(inputs) > 3 else 2, options)
-
-    def affine(self, node: NodeProto, x: _Value, out: _Value) -> None:
-        """HardSigmoid → MUL by alpha, ADD beta, clamped to [0, 1]; Div by a positive constant → MUL by its inverse.
-        Each constant is int8 127 at scale v/127, so the MUL is a pure rescale; TFLite converters decompose them
-        alike (there is no HARD_SIGMOID builtin, no int8 DIV)."""
-        attrs = NodeAttributes(node)
-        if node.op_type == "Div":
-            divisor = self.inits.get(node.input[1]) if len(node.input) > 1 else None
-            if divisor is None or divisor.size != 1 or float(divisor.reshape(-1)[0]) <= 0:
-                raise self.error(node, "only a division by one positive constant is written (as a MUL)")
-            factor, offset, clamp = 1.0 / float(divisor.reshape(-1)[0]), 0.0, None
-        else:
-            factor, offset, clamp = attrs.real("alpha", 0.2), attrs.real("beta", 0.5), (0.0, 1.0)
-            if factor <= 0 or offset <= 0:
-                raise self.error(node, "only HardSigmoid with positive alpha and beta is written")
-        self.approximate.add("MUL")
-        scaled = out if offset == 0 and clamp is None else self.scaled(node, x, factor)
-        self.mul_constant(node, x, factor, scaled)
-        if scaled is out:
-            return
-        top = out.params.scale * (127 - out.params.zero_point)
-        bias = self.constant(
-            f"{node.name}/beta",
-            np.array([127], np.int8),
-            self.tfl.TensorType.INT8,
-            np.array([offset / 127], np.float32),
-            np.zeros(1, np.int64),
-        )
-        relu = self.tfl.ActivationFunctionType.RELU
-        if top <= 1.0 + out.params.scale / 2:  # the output's own range already stops at 1
-            self.binary(node, "ADD", scaled.index, bias, out.index, relu)
-            return
-        summed = self.add_tensor(
-            _Tensor(
-                f"{node.name}/sum",
-                list(self.flat.tensors[out.index].shape),
-                self.tfl.TensorType.INT8,
-                None,
-                self.flat.tensors[out.index].scale,
-                self.flat.tensors[out.index].zero_point,
-            )
-        )
-        self.binary(node, "ADD", scaled.index, bias, summed, relu)
-        one = out.params.zero_point + int(kernels.round_half_away(np.asarray(1.0 / out.params.scale)))
-        limit = self.constant(
-            f"{node.name}/one",
-            np.array([one], np.int8),
-            self.tfl.TensorType.INT8,
-            self.flat.tensors[out.index].scale,
-            self.flat.tensors[out.index].zero_point,
-        )
-        self.op("MINIMUM", [summed, limit], [out.index], 2)
-
-    def scaled(self, node: NodeProto, x: _Value, factor: float) -> _Value:
-        params = QParams(float(np.float32(x.params.scale * factor)), x.params.zero_point, np.dtype(np.int8))
-        shape = self.flat.tensors[x.index].shape
-        stored = [shape[i] for i in _FROM_NHWC] if x.nhwc else shape
-        return self.activation(f"{node.name}/scaled", stored, params, x.nhwc)
-
-    def mul_constant(self, node: NodeProto, x: _Value, factor: float, out: _Value) -> None:
-        constant = self.constant(
-            f"{node.name}/factor",
-            np.array([127], np.int8),
-            self.tfl.TensorType.INT8,
-            np.array([factor / 127], np.float32),
-            np.zeros(1, np.int64),
-        )
-        self.binary(node, "MUL", x.index, constant, out.index, self.tfl.ActivationFunctionType.NONE)
-
-    def binary(self, node: NodeProto, code: str, a: int, b: int, out: int, act: int) -> None:
-        tfl = self.tfl
-
-        def options(builder: object) -> tuple[int, int]:
-            if code == "MUL":
-                tfl.MulOptionsStart(builder)
-                tfl.MulOptionsAddFusedActivationFunction(builder, act)
-                return tfl.BuiltinOptions.MulOptions, tfl.MulOptionsEnd(builder)
-            tfl.AddOptionsStart(builder)
-            tfl.AddOptionsAddFusedActivationFunction(builder, act)
-            return tfl.BuiltinOptions.AddOptions, tfl.AddOptionsEnd(builder)
-
-        self.op(code, [a, b], [out], 2, options)
 
     # --- serialization -----------------------------------------------------------------------------------------------
 

@@ -1,14 +1,16 @@
 """The .tflite writer on real models: what it writes, how big, how close LiteRT and TFLite Micro come to the exact tier,
-TFLM's arena against autoptq's estimate, and the task metric on LiteRT against float.
+TFLM's arena against autoptq's estimate, and the task metric on LiteRT against the exact tier and float.
 
     python bench/bench_tflite.py [--quick]
 
-Models: the shipped example (examples/digits_cnn.onnx, labelled) and the CNNs of the real-model corpus under
-~/.cache/autoptq-corpus when present (onnx's `light_*` models are left out: their weights are ConstantOfShape fills
-fed by IR-3 graph inputs, which the device graph does not keep constant). Each is prepared and quantized to full
-int8 for the `tflite-int8` profile with its device-conformant recipe, every op onnxruntime can quantize included,
-whatever the planner would pick (the writer is measured here, not the planner), then written, run in LiteRT
-(BUILTIN_REF) over the validation samples and compared with the exact tier element by element; TFLM runs models up
+Models: the shipped example (examples/digits_cnn.onnx, labelled) and the corpus models of bench/corpus.py whose quick
+data is in ~/.cache/autoptq-corpus (onnx's `light_*` models are left out: their weights are ConstantOfShape fills fed
+by IR-3 graph inputs, which the device graph does not keep constant). Each is loaded and its open input dims bound
+from the data as the CLI does; a model whose input size varies in the data is reported as not mapped, with the ops
+the audit refuses. The others are prepared and quantized to full int8 for the `tflite-int8` profile with its
+device-conformant recipe, every op onnxruntime can quantize included, whatever the planner would pick (the writer is
+measured here, not the planner), then written, run in LiteRT (BUILTIN_REF) over the validation samples and compared
+with the exact tier element by element; the task metric is the corpus's own (bench/corpus.py). TFLM runs models up
 to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md.
 """
 
@@ -18,14 +20,18 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import corpus
 import numpy as np
 import onnx
 from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table, parse_args
 
-from autoptq.calibration import Dataset, load_dataset
+from autoptq.api import bound, load_data
+from autoptq.calibration import Dataset
+from autoptq.canonical import device_graph, float_model_for
 from autoptq.coverage import analyse
 from autoptq.emulators.integer import emulate as emulate_integer
 from autoptq.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
@@ -49,44 +55,30 @@ TFLM_MAX_MACS = 60e6
 class Case:
     name: str
     model: Path
-    calib: Path | None
-    val: Path | None
+    calib: Path
+    val: Path
+    entry: corpus.CorpusModel | None = None
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, only: str | None = None) -> list[Case]:
     found = [Case("digits_cnn (example)", REPO_DIR / "examples" / "digits_cnn.onnx", *_example_data())]
-    if quick:
-        return found
-    for folder in sorted((CORPUS / "models").glob("*")) if (CORPUS / "models").is_dir() else []:
-        models = sorted(folder.glob("*.onnx"))
-        data = CORPUS / "data" / folder.name / "quick"
-        if models and (data / "calib.npz").is_file() and not folder.name.startswith("light-"):
-            found.append(Case(f"corpus {folder.name}", models[0], data / "calib.npz", data / "val.npz"))
-    return found
+    if not quick:
+        for entry in corpus.CORPUS:
+            paths, path = corpus.data_paths(entry, quick=True), corpus.model_path(entry)
+            if path.is_file() and paths.truth.is_file() and not entry.name.startswith("light-"):
+                found.append(Case(f"corpus {entry.name}", path, paths.calib, paths.val, entry))
+    return [c for c in found if only is None or only in c.name]
 
 
 def _example_data() -> tuple[Path, Path]:
     return REPO_DIR / "examples" / "calib.npz", REPO_DIR / "examples" / "val.npz"
 
 
-def random_data(model: onnx.ModelProto, count: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(count):
-        sample = {}
-        for value in model.graph.input:
-            if value.name in {i.name for i in model.graph.initializer}:
-                continue
-            shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-            sample[value.name] = rng.standard_normal(shape).astype(np.float32)
-        samples.append(sample)
-    return Dataset(samples, None, "random N(0, 1)", synthetic=True)
-
-
 def full_int8(graph: ModelGraph, calib: Dataset) -> onnx.ModelProto:
     """The device-conformant full int8 model for the profile, whatever the plan would say (the writer is measured,
-    not the planner): prepared (constant paths and BatchNorm folded, shapes inferred), then static QDQ."""
-    prepared = prepare(graph.model, calib.take(PREPARATION_SAMPLES)).model
+    not the planner): the float model as the device compiles it (shapes bound from the data, converter rewrites),
+    prepared (constant paths and BatchNorm folded, shapes inferred), then static QDQ."""
+    prepared = prepare(float_model_for(graph, PROFILE), calib.take(PREPARATION_SAMPLES)).model
     recipe = device_conformant_recipe(Recipe(), "full_int8", PROFILE, graph, calib)
     # Quantize every op onnxruntime can (also those it leaves in float by default): a device file is all int8.
     recipe = recipe.model_copy(update={"op_types_to_quantize": sorted({n.op_type for n in prepared.graph.node})})
@@ -95,11 +87,13 @@ def full_int8(graph: ModelGraph, calib: Dataset) -> onnx.ModelProto:
 
 def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     graph = load_model(case.model)
-    if case.calib is None:
-        calib, val = random_data(graph.model, 32, 0), random_data(graph.model, 8, 1)
-    else:
-        calib = load_dataset(case.calib, graph)
-        val = load_dataset(case.val, graph)
+    # As the CLI and the API do: open dims (-1, symbolic) are bound from the data before anything else.
+    calib, val = load_data(case.calib, graph), load_data(case.val, graph)
+    assert calib is not None and val is not None  # paths were given
+    graph = bound(graph, calib, val)
+    unmapped = not_mapped(graph)
+    if unmapped is not None:
+        return [case.name, f"not mapped (audit): {unmapped}"] + ["—"] * 5
     val = val.take(max_val)
     output = folder / f"{case.name.replace(' ', '_')}.onnx"
     started = time.perf_counter()
@@ -134,33 +128,53 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
         measured = measure_tflm_arena(exported)
         estimate = exported.arena_estimate.total_bytes
         arena = f"{measured.needed_bytes:,} / {estimate:,} ({estimate / measured.needed_bytes:.2f}x)"
-    metric = task_metric(graph.model, samples, real, val.labels)
+    reference = [ModelRunner(graph.model).run(s) for s in samples]
+    name = case.entry.metric if case.entry is not None else "top1"
+    metric = " / ".join(
+        f"{task_metric(case, outputs, reference, val.labels):.4f}"
+        for outputs in (real, [list(o) for o in exact.outputs], reference)
+    )
+    metric = f"{name} {metric}"
     seconds = time.perf_counter() - started
     print(f"{case.name}: {seconds:.0f} s", file=sys.stderr)
     return [case.name, ops, size, lsb, arena, metric, f"{seconds:.0f}"]
 
 
+def not_mapped(graph: ModelGraph) -> str | None:
+    """Why the device cannot take the model as one static int8 file, from the audit: input sizes that vary in the
+    data (a static file has one), and the ops the profile has no int8 kernel for. None when neither applies."""
+    varying = [
+        f"{i.name}[{a.axis}] {min(a.seen)}..{max(a.seen)}"
+        for i in (graph.binding.inputs if graph.binding else [])
+        for a in i.axes
+        if a.source == "data-max"
+    ]
+    if not varying:
+        return None
+    report = analyse(device_graph(graph, PROFILE), PROFILE)
+    # Shape-dependent ops are judged on the varying size too: list the ops refused whatever the size.
+    missing = Counter(n.op_type for n in report.nodes if n.status in ("unsupported_op", "unsupported_shape"))
+    ops = ", ".join(f"{op} ×{n}" for op, n in sorted(missing.items()))
+    return f"input size varies in the data ({'; '.join(varying)}): a static file has one size; no int8 kernel: {ops}"
+
+
 def task_metric(
-    model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], device: list[list[np.ndarray]], labels: object
-) -> str:
-    """Top-1 accuracy (labels) or top-1 agreement with float (no labels) of the first output, LiteRT vs float."""
-    runner = ModelRunner(model)
-    floats = [runner.run(s)[0] for s in samples]
-    first = [d[0] for d in device]
-    if np.asarray(floats[0]).ndim != 2:
-        cosine = np.mean(
-            [
-                float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-                for a, b in zip(floats, first, strict=True)
-            ]
+    case: Case, outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]], labels: object
+) -> float:
+    """The corpus model's own task metric (bench/corpus.py; `reference` are float's outputs); for the example,
+    top-1 accuracy of the first output against its labels."""
+    if case.entry is not None:
+        truth = corpus.load_truth(corpus.data_paths(case.entry, quick=True).truth)
+        count = len(outputs)
+        truth = truth.model_copy(
+            update={
+                "labels": None if truth.labels is None else truth.labels[:count],
+                "texts": None if truth.texts is None else truth.texts[:count],
+            }
         )
-        return f"cosine to float {cosine:.4f}"
-    top_float = np.array([int(np.argmax(f)) for f in floats])
-    top_device = np.array([int(np.argmax(d)) for d in first])
-    if labels is not None:
-        truth = np.asarray(labels).reshape(-1)[: len(samples)]
-        return f"top-1 {np.mean(top_device == truth):.4f} vs float {np.mean(top_float == truth):.4f}"
-    return f"top-1 agreement with float {np.mean(top_device == top_float):.3f}"
+        return corpus.task_metric(case.entry, outputs, truth, reference)
+    truth = np.asarray(labels).reshape(-1)[: len(outputs)]
+    return float(np.mean(np.array([int(np.argmax(o[0])) for o in outputs]) == truth))
 
 
 def main() -> None:
@@ -181,7 +195,7 @@ def main() -> None:
         "bytes .tflite / QDQ ONNX",
         "LiteRT vs exact tier (per output)",
         "TFLM arena needed / autoptq estimate",
-        "task metric, LiteRT",
+        "task metric: LiteRT / exact tier / float",
         "s",
     ]
     text = "\n".join(

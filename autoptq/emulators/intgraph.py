@@ -669,7 +669,23 @@ class _Builder:
         a_params, b_params = self.operand_params(node.input[0]), self.operand_params(node.input[1])
         if consumer is None or a_params is None or b_params is None:
             return "its inputs or output are not quantized"
-        out = consumer.params
+        operands = [(self.operand_tensor(n), p) for n, p in zip(node.input[:2], (a_params, b_params), strict=True)]
+        bounds = self.clamp(consumer.params, consumer.activation)
+        self.int_add(operands, consumer.target, consumer.params, bounds, node.name, node.op_type == "Sub")
+        self.absorb(consumer.quantize, consumer.activation)
+        return None
+
+    def int_add(
+        self,
+        operands: list[tuple[str, QParams]],
+        target: str,
+        out: QParams,
+        bounds: tuple[int, int],
+        hint: str,
+        subtract: bool = False,
+    ) -> None:
+        """Emit TFLite's int8 ADD / SUB of two integer tensors into `target` (declared with `out`)."""
+        (a_tensor, a_params), (b_tensor, b_params) = operands
         twice_max = 2 * max(np.float64(a_params.scale), np.float64(b_params.scale))
         reals = [
             a_params.scale / twice_max,
@@ -677,12 +693,12 @@ class _Builder:
             twice_max / ((1 << kernels.ADD_LEFT_SHIFT) * np.float64(out.scale)),
         ]
         encoded = [kernels.quantize_multiplier(float(r), self.rounding) for r in reals]
-        low, high = self.clamp(out, consumer.activation)
+        low, high = bounds
         self.emit(
             "IntAdd",
-            [self.operand_tensor(node.input[0]), self.operand_tensor(node.input[1])],
-            [consumer.target],
-            node.name,
+            [a_tensor, b_tensor],
+            [target],
+            hint,
             rounding=self.rounding,
             a_zero_point=a_params.zero_point,
             b_zero_point=b_params.zero_point,
@@ -690,14 +706,12 @@ class _Builder:
             qmin=low,
             qmax=high,
             to=out.elem_type,
-            subtract=int(node.op_type == "Sub"),
+            subtract=int(subtract),
             multipliers=[m for m, _ in encoded],
             shifts=[e for _, e in encoded],
             scale_ratios=[float(_float32_ratio(p.scale, out.scale)) for p in (a_params, b_params)],
         )
-        self.declare(consumer.target, out.elem_type, params=out)
-        self.absorb(consumer.quantize, consumer.activation)
-        return None
+        self.declare(target, out.elem_type, params=out)
 
     def mul(self, node: NodeProto) -> str | None:
         consumer = self.quantize_consumer(node.output[0], fuse=True)
@@ -716,6 +730,79 @@ class _Builder:
         self.declare(acc, TensorProto.INT32, like=consumer.target)
         self.requantize_product(acc, consumer, a_params.scale, np.array([b_params.scale], np.float32), node.name, ())
         return None
+
+    def affine(self, node: NodeProto) -> str | None:
+        """HardSigmoid, or Div by one positive constant, as the int8 ops a TFLite converter writes (there is no
+        HARD_SIGMOID builtin and no int8 DIV): MUL by a constant 127 at scale v/127 (the input rescaled by v), ADD
+        beta with RELU, MINIMUM 1 when the output range goes past 1. Under other arithmetic the runtime computes the
+        float op between dequantize and quantize, which is what the float path emulates."""
+        if self.rounding != "tflite_double":
+            return "the runtime computes it in float between dequantize and quantize"
+        consumer = self.quantize_consumer(node.output[0], fuse=False)
+        x = self.views.get(node.input[0])
+        if consumer is None or x is None:
+            return "its input or output is not quantized"
+        if node.op_type == "Div":
+            divisor = self.real_constant(node.input[1])
+            if divisor is None or divisor.size != 1 or float(divisor.reshape(-1)[0]) <= 0:
+                return "only a division by one positive constant has an int8 form (MUL)"
+            factor, offset = 1.0 / float(divisor.reshape(-1)[0]), 0.0
+        else:
+            attrs = NodeAttributes(node)
+            factor, offset = attrs.real("alpha", 0.2), attrs.real("beta", 0.5)
+            if factor <= 0 or offset <= 0:
+                return "only HardSigmoid with positive alpha and beta has an int8 form"
+        (source, params), out = x, consumer.params
+        scaled = QParams(float(np.float32(params.scale * factor)), params.zero_point, params.dtype)
+        product = consumer.target if node.op_type == "Div" else self.fresh(f"{node.name}/scaled")
+        self.rescale_by_constant(source, params, factor, product, out if node.op_type == "Div" else scaled, node)
+        if node.op_type == "HardSigmoid":
+            beta = self.int8_constant(127, offset / 127, f"{node.name}/beta")
+            top = out.scale * (out.bounds[1] - out.zero_point)
+            one = out.zero_point + int(kernels.round_half_away(np.asarray(1.0 / out.scale)))
+            summed = consumer.target if top <= 1.0 + out.scale / 2 else self.fresh(f"{node.name}/sum")
+            bounds = (max(out.bounds[0], out.zero_point), out.bounds[1])  # the fused RELU
+            self.int_add([(product, scaled), beta], summed, out, bounds, node.name)
+            self.declared[summed] = (out.elem_type, self.shapes.get(node.output[0]))
+            if summed != consumer.target:
+                limit = self.const(np.array([one], out.dtype), f"{node.name}/one")
+                self.result.params[limit] = out
+                self.nodes.append(
+                    helper.make_node("Min", [summed, limit], [consumer.target], name=self.fresh(f"{node.name}/min"))
+                )
+                self.declare(consumer.target, out.elem_type, params=out)
+        self.absorb(consumer.quantize)
+        return None
+
+    def real_constant(self, name: str) -> np.ndarray | None:
+        """The real values of a constant input, float or quantized (as the float path materializes them)."""
+        if name in self.const_q:
+            constant = self.const_q[name]
+            if not constant.per_tensor:
+                return None
+            centred = constant.values.astype(np.int64) - constant.zero_point.reshape(-1)[0]
+            return centred.astype(np.float32) * constant.scale.reshape(-1)[0].astype(np.float32)
+        return self.constants.get(name)
+
+    def int8_constant(self, value: int, scale: float, hint: str) -> tuple[str, QParams]:
+        """A one-element int8 constant operand and its parameters (zero point 0)."""
+        params = QParams(float(np.float32(scale)), 0, np.dtype(np.int8))
+        name = self.const(np.array([value], np.int8), hint)
+        self.result.params[name] = params
+        return name, params
+
+    def rescale_by_constant(
+        self, source: str, params: QParams, factor: float, target: str, out: QParams, node: NodeProto
+    ) -> None:
+        """`source` times `factor` into `target`, as MUL by the constant 127 at scale factor/127."""
+        constant, c_params = self.int8_constant(127, factor / 127, f"{node.name}/factor")
+        acc = self.fresh(f"{node.name}/acc")
+        self.emit("IntMul", [source, constant], [acc], node.name, a_zero_point=params.zero_point, b_zero_point=0)
+        self.declared[acc] = (TensorProto.INT32, self.shapes.get(node.output[0]))
+        reals = np.array([np.float64(params.scale) * np.float64(c_params.scale) / np.float64(out.scale)])
+        floats = _float32_ratio(np.float32(params.scale) * np.float32(c_params.scale), out.scale).reshape(1)
+        self.requantize(acc, target, reals, floats, out, out.bounds, node.name)
+        self.declared[target] = (out.elem_type, self.shapes.get(node.output[0]))
 
     def clip(self, node: NodeProto) -> str | None:
         consumer = self.quantize_consumer(node.output[0], fuse=False)
@@ -791,6 +878,11 @@ class _Builder:
         if self.rounding != "float_rne":
             ratio = np.float64(params.scale) / np.float64(out.scale)
             multiplier, shift = kernels.quantize_multiplier(float(ratio), self.rounding)
+            shape = self.shapes.get(node.input[0]) or []
+            sizes = [shape[a] if a < len(shape) else None for a in axes]
+            if not all(isinstance(d, int) and d > 0 for d in sizes):
+                return "TFLite's MEAN folds the element count into its multiplier: the reduced size must be static"
+            multiplier, shift = _fold_count(multiplier, shift, int(np.prod(sizes)))
         low, high = out.bounds
         self.emit(
             "IntMean",
@@ -1002,6 +1094,13 @@ class _Builder:
         return self.result
 
 
+def _fold_count(multiplier: int, shift: int, count: int) -> tuple[int, int]:
+    """TFLite's int8 MEAN: the multiplier (M, e) of `s_in / s_out` with the division by the element count folded in,
+    `M' = ⌊M · 2^k / count⌋`, `e' = e − k`, `k = min(⌊log2 count⌋, 32, 31 + e)`: one rounding, in the multiply."""
+    bits = min(count.bit_length() - 1, 32, 31 + shift)
+    return (multiplier << bits) // count, shift - bits
+
+
 def _narrow(values: np.ndarray) -> np.ndarray:
     """Integer weights as int8 when they fit (always, with zero point 0), else int16."""
     if values.size == 0 or (values.min() >= -128 and values.max() <= 127):
@@ -1016,6 +1115,8 @@ _HANDLERS: dict[str, Callable[[_Builder, NodeProto], str | None]] = {
     "Add": _Builder.add,
     "Sub": _Builder.add,
     "Mul": _Builder.mul,
+    "HardSigmoid": _Builder.affine,
+    "Div": _Builder.affine,
     "Relu": _Builder.clip,
     "Clip": _Builder.clip,
     "Sigmoid": _Builder.lookup,

@@ -393,8 +393,9 @@ def mean(
 ) -> np.ndarray:
     """Quantized mean over `axes` (kept), e.g. GlobalAveragePool.
 
-    TFLite (reference_integer_ops::Mean, (M, e) = `multiplier`, `shift` for `s_in/s_out`): `acc = Σ (q − zp_in)`,
-    `acc = MBQM(acc, M, e)`, then the pooling rounding division by the element count n. `float_rne` (MLAS
+    TFLite (reference_integer_ops::Mean): `acc = Σ (q − zp_in)`, `MBQM(acc, M, e)` with (M, e) = `multiplier`,
+    `shift` for `s_in / (s_out · n)` (the element count n folded into the multiplier by the kernel, one rounding;
+    see intgraph._fold_count). `float_rne` (MLAS
     QLinearGlobalAveragePool model): the integer sum times the float32 multiplier `s_in / (s_out · n)`, rounded half
     to even."""
     total = np.sum(np.asarray(q, dtype=np.int64) - input_zero_point, axis=tuple(axes), keepdims=True)
@@ -403,8 +404,7 @@ def mean(
         factor = np.float32(input_scale) / (np.float32(output_scale) * np.float32(count))
         scaled = np.rint(total.astype(np.float32) * factor)
         return np.clip(scaled + np.float32(zero_point), qmin, qmax).astype(np.int64)
-    scaled = multiply_by_quantized_multiplier(total, multiplier, shift, rounding)
-    return np.clip(_rounded_divide(scaled, count) + zero_point, qmin, qmax)
+    return np.clip(multiply_by_quantized_multiplier(total, multiplier, shift, rounding) + zero_point, qmin, qmax)
 
 
 # --- boundaries and tables -------------------------------------------------------------------------------------------

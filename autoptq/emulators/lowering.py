@@ -582,9 +582,10 @@ def _mean(lowering: _Lowering, node: NodeProto) -> None:
         scaled = op("Mul", [op("Cast", [total], output, to=TensorProto.FLOAT), factor], output)
         lowering.emit_float(scaled, zero_point, qmin, qmax, to, output)
         return
+    # TFLite's multiplier already divides by the element count (kernels.fold_count): one rounding.
     multiplier, shift = np.array(attrs.integer("multiplier")), np.array(attrs.integer("shift"))
     scaled = _multiply_by_quantized_multiplier(lowering, total, multiplier, shift, attrs.text("rounding"), 0, output)
-    lowering.emit_int(_rounded_divide(lowering, scaled, count, output), zero_point, qmin, qmax, to, output)
+    lowering.emit_int(scaled, zero_point, qmin, qmax, to, output)
 
 
 # --- boundaries ------------------------------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ def static_qdq(
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.calibration_percentile
+    if recipe.io_dtype != "float32":
+        # Integer I/O: onnxruntime quantizes data movement (Slice, Reshape...) only after a quantized tensor, so a
+        # graph input read by slices first (YOLOX's Focus) would stay float; the device needs it quantized.
+        extra_options["ForceQuantizeNoInputCheck"] = True
     with scratch_dir() as folder, quiet():
         source = save_for_ort(model, folder)
         target = folder / "quantized.onnx"
