@@ -18,7 +18,7 @@ from autoptq.profiles import HardwareProfile, Precision
 from autoptq.recipe import FixedOutputParams, Recipe, Technique
 from autoptq.resources import data_dir
 from autoptq.rules import FactSpec, FactValue, RuleSet, TraceStep, load_rules
-from autoptq.space import conform_weight_only, device_int8_ops
+from autoptq.space import conform_weight_only, device_int8_ops, quant_formats
 
 Objective = Literal["speed", "size", "accuracy"]
 
@@ -258,6 +258,8 @@ def device_conformant_recipe(
             int8_ops = device_int8_ops(profile, graph)
             if int8_ops and set(int8_ops) != present_ops:
                 update["op_types_to_quantize"] = int8_ops
+        if base.quant_format not in quant_formats(profile):
+            update["quant_format"] = "qdq"  # QOperator ops only run on onnxruntime's CPU kernels
         if technique == "full_int8":
             update["fixed_output_params"] = {
                 op: FixedOutputParams(scale=p.scale, zero_point=p.zero_point)

@@ -3,14 +3,23 @@ is better than float, or keep float and say why."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import CALIBRATION_STEPS, candidates, measured_choices
+from autoptq.candidates import (
+    CALIBRATION_STEPS,
+    MEASURED_FLOAT_LEAVES,
+    Candidate,
+    candidates,
+    measured_choices,
+    same_recipe,
+)
 from autoptq.canonical import float_model_for
 from autoptq.device_file import DeviceFile
 from autoptq.errors import AutoptqError
@@ -20,7 +29,8 @@ from autoptq.planner import Objective, Plan
 from autoptq.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
-from autoptq.quantizers.common import AppliedRecipe
+from autoptq.quantizers.common import AppliedRecipe, QuantizationResult
+from autoptq.quantizers.full_int8 import ranges_file, static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.user_metric import UserMetric
@@ -83,12 +93,13 @@ def produce(
     float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
     # On a CPU this machine stands in for, the default choice is the best measured of a handful, not the first
-    # that passes; the plan's remaining fallbacks follow in case none of them passes.
-    measured = measure_latency and measurable_here(profile) and bool(found)
+    # that passes; the plan's remaining fallbacks follow in case none of them passes. A plan that keeps float on a
+    # cost guess alone is checked the same way (the guess is what measurement is for).
+    measured = measure_latency and measurable_here(profile) and (bool(found) or plan.leaf in MEASURED_FLOAT_LEAVES)
     measured_count = 0
     if measured:
         choices = measured_choices(found, plan, profile, graph, calibration)
-        found = [*choices, *(c for c in found if c not in choices)]
+        found = [*choices, *(c for c in found if not any(same_recipe(c, m) for m in choices))]
         measured_count = len(choices)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
@@ -99,39 +110,47 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
-    for candidate in found:
-        if passed and len(attempts) >= measured_count:
-            break  # the measured handful is done and one passed (further fallbacks only run when none did)
-        if candidate.step in CALIBRATION_STEPS and _rejected_only_for_cost(attempts):
-            # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
-            attempts.append(
-                Attempt(**candidate.model_dump(), accepted=False, error="skipped: the last rejection was speed/size")
+    with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
+        for candidate in found:
+            if passed and len(attempts) >= measured_count:
+                break  # the measured handful is done and one passed (further fallbacks only run when none did)
+            if candidate.step in CALIBRATION_STEPS and not _calibration_can_help(candidate, attempts):
+                # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
+                attempts.append(
+                    Attempt(
+                        **candidate.model_dump(),
+                        accepted=False,
+                        error="skipped: no static candidate failed on fidelity alone",
+                    )
+                )
+                continue
+            try:
+                result = _quantize(candidate, source, calibration, profile, Path(ranges))
+            except AutoptqError as exc:
+                attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
+                continue
+            verification = verify(
+                float_model,
+                result.model,
+                result.applied.integer_io,
+                validation,
+                profile,
+                min_sqnr_db,
+                measure_latency,
+                float_size_bytes=len(float_bytes),
+                metric=metric,
             )
-            continue
-        try:
-            result = QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
-        except AutoptqError as exc:
-            attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
-            continue
-        verification = verify(
-            float_model,
-            result.model,
-            result.applied.integer_io,
-            validation,
-            profile,
-            min_sqnr_db,
-            measure_latency,
-            float_size_bytes=len(float_bytes),
-            metric=metric,
-        )
-        attempt = Attempt(
-            **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
-        )
-        attempts.append(attempt)
-        if verification.passed:
-            passed.append((attempt, result.model.SerializeToString(deterministic=True)))
-            if not measured:
-                break
+            attempt = Attempt(
+                **candidate.model_dump(),
+                accepted=verification.passed,
+                verification=verification,
+                applied=result.applied,
+            )
+            attempts.append(attempt)
+            if verification.passed:
+                passed.append((attempt, result.model.SerializeToString(deterministic=True)))
+                if not measured:
+                    break
     if measured and len(passed) > 1 and validation.samples:
         originals = [attempt for attempt, _ in passed]
         passed = _retime(float_model, passed, validation)
@@ -165,7 +184,7 @@ def produce(
     )
 
 
-_COST_PROBLEMS = ("slower than float", "not smaller than float")
+_NOT_CALIBRATION = ("slower than float", "not smaller than float", "does not run in onnxruntime")
 TIE = 0.05
 """Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
 tie; among the fastest and smallest the most faithful output wins."""
@@ -243,12 +262,32 @@ def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
     )
 
 
-def _rejected_only_for_cost(attempts: list[Attempt]) -> bool:
-    """Whether the last verified attempt failed on speed or size alone."""
-    last = next((a for a in reversed(attempts) if a.verification is not None), None)
-    if last is None or not last.verification.problems:
-        return False
-    return all(any(p in problem for p in _COST_PROBLEMS) for problem in last.verification.problems)
+def _quantize(
+    candidate: Candidate, source: ModelProto, calibration: Dataset | None, profile: HardwareProfile, ranges: Path
+) -> QuantizationResult:
+    """Build a candidate; static ones share their calibration ranges (one calibration per method and activation
+    width, whatever the op set, granularity or format: the ranges are of the float model's tensors)."""
+    if candidate.technique in ("full_int8", "int16x8"):
+        cache = ranges / ranges_file(candidate.recipe)
+        return static_qdq(source, candidate.recipe, calibration, candidate.technique, calibration_cache=cache)
+    return QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
+
+
+def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool:
+    """Whether another calibration method could turn a failure into a pass: only where a verified attempt of the
+    same technique failed on fidelity alone, or failed to build (calibration moves ranges, not kernels: it cannot
+    make a slower or larger model faster or smaller, nor run one onnxruntime could not)."""
+    for attempt in attempts:
+        ver = attempt.verification
+        if attempt.technique != candidate.technique or (ver is not None and ver.passed):
+            continue
+        if ver is None:
+            if attempt.error and not attempt.error.startswith("skipped"):
+                return True
+            continue
+        if not any(any(p in problem for p in _NOT_CALIBRATION) for problem in ver.problems):
+            return True
+    return False
 
 
 def _accepted_reason(attempt: Attempt, attempts: list[Attempt]) -> str:

@@ -196,9 +196,18 @@ def device_int8_ops(profile: HardwareProfile, graph: ModelGraph) -> list[str]:
     return sorted(op for op in present if "int8" in profile.ops.get(op, {}))
 
 
+def quant_formats(profile: HardwareProfile) -> list[str]:
+    """The static formats a device reads: QDQ everywhere; QOperator (QLinear* ops) only where the model runs on
+    onnxruntime's CPU execution provider (a CPU profile deployed as ONNX), since no converter or other runtime
+    reads those contrib-style ops."""
+    ort_cpu = profile.kind == "cpu" and profile.format == "onnx" and not profile.integer_only
+    return ["qdq", "qoperator"] if ort_cpu else ["qdq"]
+
+
 def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -> list[Recipe]:
-    """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set. An integer-only
-    device must quantize every op (a float op would run on the host), so it gets the `all` op set only."""
+    """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set x format. An
+    integer-only device must quantize every op (a float op would run on the host), so it gets the `all` op set
+    only."""
     rules = profile.quantization
     dtypes = [d for d in ("uint8", "int8") if d in rules.activations.dtype]
     granularities = [g for g in ("per_channel", "per_tensor") if g in rules.weights.granularity]
@@ -210,9 +219,15 @@ def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -
         op_sets = [int8_ops, present]
     return [
         base.model_copy(
-            update={"activation_dtype": dtype, "per_channel": granularity == "per_channel", "op_types_to_quantize": ops}
+            update={
+                "activation_dtype": dtype,
+                "per_channel": granularity == "per_channel",
+                "op_types_to_quantize": ops,
+                "quant_format": quant_format,
+            }
         )
         for dtype in dtypes
         for granularity in granularities
         for ops in op_sets
+        for quant_format in quant_formats(profile)
     ]

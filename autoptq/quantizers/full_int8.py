@@ -83,12 +83,14 @@ def static_qdq(
         target = folder / "quantized.onnx"
         try:
             if not (calibration_cache and calibration_cache.is_file()):
-                calibration_cache = collect_ranges(source, samples, recipe, folder, calibration_cache)
+                # A shared cache holds every float tensor's range, so any later op set finds the ones it needs.
+                calibrated = recipe.model_copy(update={"op_types_to_quantize": []}) if calibration_cache else recipe
+                calibration_cache = collect_ranges(source, samples, calibrated, folder, calibration_cache)
             quantize_static(
                 str(source),
                 str(target),
                 None,
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QOperator if recipe.quant_format == "qoperator" else QuantFormat.QDQ,
                 op_types_to_quantize=recipe.op_types_to_quantize or None,
                 per_channel=recipe.per_channel,
                 reduce_range=recipe.reduce_range,
@@ -106,7 +108,7 @@ def static_qdq(
     applied = AppliedRecipe(
         technique=technique,
         recipe=recipe,
-        quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude)),
+        quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude), recipe.quant_format),
         excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
         notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})", *opset_notes]
         + [f"fixed output quantization on {name}" for name in sorted(overrides)],
@@ -124,6 +126,14 @@ def per_tensor_below_opset_13(model: ModelProto, recipe: Recipe) -> tuple[Recipe
         return recipe, []
     note = f"weights per tensor: the model stays at opset {opset} (the upgrade to 13 failed) and per-axis needs 13"
     return recipe.model_copy(update={"per_channel": False}), [note]
+
+
+def ranges_file(recipe: Recipe) -> str:
+    """The name of a calibration cache that recipes calibrating alike share: the method, its percentile, the
+    activation width (entropy searches thresholds over the quantized levels) and the sample count."""
+    levels = _levels(recipe.activation_dtype) if recipe.calibration_method == "entropy" else 0
+    percentile = recipe.calibration_percentile if recipe.calibration_method == "percentile" else 0
+    return f"ranges-{recipe.calibration_method}-{percentile}-{levels}-{recipe.calibration_samples}.json"
 
 
 ENTROPY_HISTOGRAM_BINS = 2048
@@ -205,9 +215,11 @@ def fixed_output_overrides(model: ModelProto, recipe: Recipe) -> dict[str, list[
     return overrides
 
 
-def _quantized_node_count(model: ModelProto, excluded: set[str]) -> int:
+def _quantized_node_count(model: ModelProto, excluded: set[str], quant_format: str = "qdq") -> int:
     """Compute nodes fed by at least one DequantizeLinear (the ones that now run on quantized values); an excluded
-    node reading a quantized activation still computes in float."""
+    node reading a quantized activation still computes in float. QOperator: the QLinear*/QGemm-style ops."""
+    if quant_format == "qoperator":
+        return sum(1 for node in model.graph.node if node.op_type.startswith("Q") and node.op_type != "QuantizeLinear")
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return sum(
         1
