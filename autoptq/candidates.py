@@ -127,10 +127,13 @@ def measured_choices(
     ]
     if data is not None:
         base = Recipe(calibration_method=plan.recipe.calibration_method)
+        # SmoothQuant is left to the accuracy loop: it calibrates twice (the smoother, then the smoothed graph), and
+        # on MiniLM static MatMul + SmoothQuant kept cosine 0.953 where weight-only keeps 0.99 at the same speed.
         space += [
             candidate
             for recipe in full_int8_space(profile, graph, base)
-            if (
+            if not recipe.smooth_quant
+            and (
                 candidate := conformant(f"full int8 {_static_label(recipe)}", "full_int8", recipe, profile, graph, data)
             )
         ]
@@ -187,7 +190,9 @@ def _label(recipe: Recipe) -> str:
 def _static_label(recipe: Recipe) -> str:
     granularity = "per-channel" if recipe.per_channel else "per-tensor"
     ops = "+".join(recipe.op_types_to_quantize) if recipe.op_types_to_quantize else "all ops"
-    spelled = " QOperator" if recipe.quant_format == "qoperator" else ""
+    spelled = (" QOperator" if recipe.quant_format == "qoperator" else "") + (
+        " SmoothQuant" if recipe.smooth_quant else ""
+    )
     return f"{recipe.activation_dtype} activations {granularity} {ops}{spelled}"
 
 

@@ -36,6 +36,7 @@ from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.user_metric import UserMetric
 from autoptq.verify import (
     DEFAULT_MIN_SQNR_DB,
+    SLOWER_TOLERANCE,
     ModelRunner,
     Verification,
     measurable_here,
@@ -156,6 +157,8 @@ def produce(
         passed = _retime(float_model, passed, validation)
         for original, (retimed, _) in zip(originals, passed, strict=True):
             attempts[attempts.index(original)] = retimed
+        # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
+        passed = [(a, data) for a, data in passed if a.accepted]
     if passed:
         best, best_bytes = best_measured(passed, plan) if measured else passed[0]
         return Outcome(
@@ -205,10 +208,14 @@ def _retime(
     retimed = []
     for (attempt, data), ratio in zip(passed, ratios, strict=True):
         latency = attempt.verification.latency if attempt.verification else None
-        if latency is not None:
+        if latency is not None and attempt.verification is not None:
             joint = latency.model_copy(update={"ratio": ratio, "candidate_ms": round(latency.float_ms * ratio, 5)})
-            verification = attempt.verification.model_copy(update={"latency": joint})
-            attempt = attempt.model_copy(update={"verification": verification})
+            update: dict[str, object] = {"latency": joint}
+            if ratio > 1 + SLOWER_TOLERANCE:
+                problem = f"slower than float on the host (measured ratio above {1 + SLOWER_TOLERANCE:.2f})"
+                update |= {"passed": False, "problems": [*attempt.verification.problems, problem]}
+            verification = attempt.verification.model_copy(update=update)
+            attempt = attempt.model_copy(update={"verification": verification, "accepted": verification.passed})
         retimed.append((attempt, data))
     return retimed
 

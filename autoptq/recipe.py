@@ -51,6 +51,8 @@ class Recipe(StrictModel):
     io_dtype: QuantDtype = "float32"
     fp16_op_block_list: list[str] = Field(default_factory=list)
     quant_format: QuantFormat = "qdq"
+    smooth_quant: bool = False
+    smooth_quant_alpha: float = Field(default=0.5, ge=0, le=1)
 
 
 class RecipeOverrides(StrictModel):
@@ -70,6 +72,8 @@ class RecipeOverrides(StrictModel):
     io_dtype: QuantDtype | None = None
     fp16_op_block_list: list[str] | None = None
     quant_format: QuantFormat | None = None
+    smooth_quant: bool | None = None
+    smooth_quant_alpha: float | None = Field(default=None, ge=0, le=1)
 
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""

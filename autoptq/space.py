@@ -9,6 +9,7 @@ device's rules forbid.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Iterable
 
@@ -204,6 +205,31 @@ def quant_formats(profile: HardwareProfile) -> list[str]:
     return ["qdq", "qoperator"] if ort_cpu else ["qdq"]
 
 
+SMOOTH_QUANT_MATMUL_SHARE = 0.5
+"""SmoothQuant is offered where MatMul/Gemm with constant weights carry at least this share of the MACs (transformer
+encoders): it moves activation outliers into the weights of exactly those ops."""
+
+
+def smooth_quant_installed() -> bool:
+    """Whether onnxruntime's SmoothQuant can run: it imports neural-compressor 2.x's ONNX adaptor (extra
+    `autoptq[smoothquant]`)."""
+    try:
+        return importlib.util.find_spec("neural_compressor.adaptor.ox_utils.smooth_quant") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def smooth_quant_offered(profile: HardwareProfile, graph: ModelGraph) -> bool:
+    """SmoothQuant on this device and model: a CPU that keeps float ops beside int8 ones (the inserted scaling Muls
+    stay float), a MatMul-heavy model, and the extra installed."""
+    if profile.integer_only or not smooth_quant_installed():
+        return False
+    nodes = graph.compute_nodes()
+    total = sum(n.macs for n in nodes)
+    dense = sum(n.macs for n in nodes if n.op_type in ("MatMul", "Gemm") and n.weight_inputs)
+    return bool(total) and dense / total >= SMOOTH_QUANT_MATMUL_SHARE
+
+
 def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -> list[Recipe]:
     """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set x format. An
     integer-only device must quantize every op (a float op would run on the host), so it gets the `all` op set
@@ -217,7 +243,7 @@ def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -
     if not profile.integer_only and int8_ops and int8_ops != present:
         # "all" spelled out: an empty list would be completed to the device's int8 ops by the planner.
         op_sets = [int8_ops, present]
-    return [
+    recipes = [
         base.model_copy(
             update={
                 "activation_dtype": dtype,
@@ -231,3 +257,12 @@ def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -
         for ops in op_sets
         for quant_format in quant_formats(profile)
     ]
+    if smooth_quant_offered(profile, graph):
+        # Smoothing pays with per-channel weight scales (they absorb the migrated outliers) and the device's
+        # preferred activation dtype: only those points get the knob, which keeps the space from doubling.
+        recipes += [
+            r.model_copy(update={"smooth_quant": True})
+            for r in recipes
+            if r.per_channel and r.activation_dtype == dtypes[0]
+        ]
+    return recipes

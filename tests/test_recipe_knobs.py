@@ -20,9 +20,10 @@ from autoptq.planner import device_conformant_recipe, load_tree
 from autoptq.produce import Attempt, _calibration_can_help, produce
 from autoptq.profiles import load_profile
 from autoptq.quantizers import full_int8
+from autoptq.quantizers.common import QuantizationError
 from autoptq.quantizers.full_int8 import ranges_file, static_qdq
 from autoptq.recipe import Recipe
-from autoptq.space import full_int8_space, quant_formats
+from autoptq.space import full_int8_space, quant_formats, smooth_quant_installed, smooth_quant_offered
 from autoptq.verify import ModelRunner, Verification, measurable_here
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -157,3 +158,42 @@ def test_calibration_fallbacks_run_only_where_a_fidelity_failure_could_be_fixed(
     assert _calibration_can_help(percentile, [broken])
     skipped = broken.model_copy(update={"error": "skipped: no static candidate failed on fidelity alone"})
     assert not _calibration_can_help(percentile, [skipped])
+
+
+def test_smooth_quant_is_offered_on_matmul_heavy_models_where_installed() -> None:
+    block = load_model(zoo.transformer_block())
+    convnet = load_model(zoo.small_convnet(size=16))
+    x86 = load_profile("x86-vnni")
+    if not smooth_quant_installed():
+        assert not smooth_quant_offered(x86, block)
+        with pytest.raises(QuantizationError, match="smoothquant"):
+            static_qdq(block.model, Recipe(smooth_quant=True), token_free_data(block), "full_int8")
+        return
+    assert smooth_quant_offered(x86, block) and not smooth_quant_offered(x86, convnet)
+    assert not smooth_quant_offered(load_profile("edgetpu"), block), "its inserted Muls stay float"
+    smoothed = [r for r in full_int8_space(x86, block, Recipe()) if r.smooth_quant]
+    assert smoothed and all(r.per_channel and r.activation_dtype == "uint8" for r in smoothed)
+
+
+@pytest.mark.skipif(not smooth_quant_installed(), reason="needs autoptq[smoothquant] (neural-compressor 2.x)")
+def test_smooth_quant_keeps_the_float_function_and_its_muls_float() -> None:
+    block = load_model(zoo.transformer_block())
+    data = token_free_data(block)
+    recipe = Recipe(smooth_quant=True, op_types_to_quantize=["MatMul"])
+    result = static_qdq(block.model, recipe, data, "full_int8")
+    added = [n for n in result.model.graph.node if n.name in result.applied.recipe.nodes_to_exclude]
+    assert added and all(n.op_type == "Mul" for n in added)
+    float_out = np.concatenate([ModelRunner(block.model).run(s)[0] for s in data.samples])
+    quant_out = np.concatenate([ModelRunner(result.model).run(s)[0] for s in data.samples])
+    assert sqnr_db(float_out, quant_out) > 15
+
+
+def token_free_data(graph: ModelGraph, count: int = 8) -> Dataset:
+    """Random float inputs for a model whose inputs are all float (the zoo's transformer block)."""
+    rng = np.random.default_rng(0)
+    samples = [
+        {t.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in t.shape]).astype(np.float32)}
+        for t in graph.inputs
+        for _ in range(count)
+    ]
+    return Dataset(samples=samples, labels=None, source="random")

@@ -70,6 +70,8 @@ def static_qdq(
     """
     samples = calibration_samples(calibration, recipe, technique)
     recipe, opset_notes = per_tensor_below_opset_13(model, recipe)
+    if recipe.smooth_quant:
+        model, recipe = smoothed(model, recipe, samples)
     overrides = fixed_output_overrides(model, recipe)
     extra_options: dict[str, object] = {
         "ActivationSymmetric": recipe.activation_symmetric,
@@ -118,6 +120,33 @@ def static_qdq(
     return QuantizationResult(model=quantized, applied=applied)
 
 
+def smoothed(model: ModelProto, recipe: Recipe, samples: Dataset) -> tuple[ModelProto, Recipe]:
+    """SmoothQuant (onnxruntime's, from neural-compressor 2.x): per-channel scales move activation outliers of
+    MatMul inputs into the weights, as Mul nodes before them. The Muls are kept float, as onnxruntime does."""
+    try:
+        from neural_compressor.adaptor.ox_utils.smooth_quant import ORTSmoothQuant
+    except ImportError as exc:
+        raise QuantizationError(
+            f"SmoothQuant needs neural-compressor 2.x (pip install 'autoptq[smoothquant]'): {exc}"
+        ) from exc
+    before = {node.name for node in model.graph.node}
+    feeds = [(sample, None) for sample in samples.samples]
+    work = ModelProto()
+    work.CopyFrom(model)  # the smoother rewrites the weights of the model it is given in place
+    try:
+        with quiet():
+            # Folding the scales into preceding ops fails on scalar Mul constants (neural-compressor 2.6, MiniLM):
+            # the scales stay explicit Muls instead.
+            transformed = ORTSmoothQuant(work, feeds, recipe.reduce_range).transform(
+                recipe.smooth_quant_alpha, folding=False, op_types=["MatMul", "Gemm"], calib_iter=len(feeds)
+            )
+    except Exception as exc:  # neural-compressor raises whatever its graph walk hits
+        raise QuantizationError(f"SmoothQuant failed: {exc}") from exc
+    smoothed_model = transformed.model
+    added = [node.name for node in smoothed_model.graph.node if node.name not in before]
+    return smoothed_model, recipe.model_copy(update={"nodes_to_exclude": [*recipe.nodes_to_exclude, *added]})
+
+
 def per_tensor_below_opset_13(model: ModelProto, recipe: Recipe) -> tuple[Recipe, list[str]]:
     """Per-channel weights need per-axis DequantizeLinear (opset 13). Preparation upgrades older models; where the
     upgrade failed, the weights are quantized per tensor instead, and the recipe says so."""
@@ -133,7 +162,8 @@ def ranges_file(recipe: Recipe) -> str:
     activation width (entropy searches thresholds over the quantized levels) and the sample count."""
     levels = _levels(recipe.activation_dtype) if recipe.calibration_method == "entropy" else 0
     percentile = recipe.calibration_percentile if recipe.calibration_method == "percentile" else 0
-    return f"ranges-{recipe.calibration_method}-{percentile}-{levels}-{recipe.calibration_samples}.json"
+    smooth = f"-smooth{recipe.smooth_quant_alpha}" if recipe.smooth_quant else ""  # a different float graph
+    return f"ranges-{recipe.calibration_method}-{percentile}-{levels}-{recipe.calibration_samples}{smooth}.json"
 
 
 ENTROPY_HISTOGRAM_BINS = 2048
