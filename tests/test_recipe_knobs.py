@@ -15,8 +15,9 @@ from autoptq.api import QuantizeOptions, plan_for
 from autoptq.calibration import Dataset, load_dataset
 from autoptq.candidates import Candidate, candidates, measured_choices
 from autoptq.graph import ModelGraph, load_model
+from autoptq.hostcost import calibrate_host, predicted_ratio, write_table
 from autoptq.metrics import sqnr_db
-from autoptq.planner import device_conformant_recipe, load_tree
+from autoptq.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.produce import Attempt, _calibration_can_help, produce
 from autoptq.profiles import load_profile
 from autoptq.quantizers import full_int8
@@ -197,3 +198,24 @@ def token_free_data(graph: ModelGraph, count: int = 8) -> Dataset:
         for _ in range(count)
     ]
     return Dataset(samples=samples, labels=None, source="random")
+
+
+def test_the_plan_s_latency_ratio_comes_from_the_host_table_once_calibrated(
+    digits: ModelGraph, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    goals = UserGoals(prefer="size")  # the digits CNN's leaf is then weight-only, which the table times
+    roofline = plan_model(digits, profile, load_tree(), None, goals)
+    assert roofline.technique == "weight_only_int8" and HOST_TABLE_BASIS not in roofline.predicted.basis
+    table = calibrate_host(profile, EXAMPLES / "digits_cnn.onnx", budget_s=0.1)
+    write_table(table)
+    hosted = plan_model(digits, profile, load_tree(), None, goals)
+    expected = predicted_ratio(digits, profile, hosted.technique, hosted.recipe, table)
+    assert hosted.predicted.latency_ratio == round(expected, 3)
+    assert hosted.predicted.basis.endswith(HOST_TABLE_BASIS)
+    # A device this machine does not stand in for keeps the roofline, table or not.
+    arm = plan_model(digits, load_profile("arm-a76"), load_tree(), None, goals)
+    assert HOST_TABLE_BASIS not in arm.predicted.basis
