@@ -4,9 +4,10 @@ is better than float, or keep float and say why."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,11 +26,12 @@ from autoptq.device_file import DeviceFile
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
+from autoptq.metrics import compare
 from autoptq.planner import Objective, Plan
 from autoptq.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
-from autoptq.quantizers.common import AppliedRecipe, QuantizationResult
+from autoptq.quantizers.common import AppliedRecipe, IOQuantization, QuantizationResult
 from autoptq.quantizers.full_int8 import ranges_file, static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
@@ -111,6 +113,7 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
+    screen = _Screen(float_model, validation, min_sqnr_db)
     with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
         for candidate in found:
             if passed and len(attempts) >= measured_count:
@@ -129,6 +132,12 @@ def produce(
                 result = _quantize(candidate, source, calibration, profile, Path(ranges))
             except AutoptqError as exc:
                 attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
+                continue
+            problem = screen.problem(result.model, result.applied.integer_io) if measured else None
+            if problem is not None:
+                attempts.append(
+                    Attempt(**candidate.model_dump(), accepted=False, error=problem, applied=result.applied)
+                )
                 continue
             verification = verify(
                 float_model,
@@ -267,6 +276,46 @@ def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
         f"best measured of {len(attempts)} candidates ({len(verified)} passed): {best.step} ({best.technique}), "
         f"{measured}{size}" + (f"; rejected: {others}" if others else "")
     )
+
+
+SCREEN_SAMPLES = 4
+SCREEN_MARGIN_DB = 3.0
+"""The measured handful's pre-screen: a candidate whose output SQNR on the first SCREEN_SAMPLES validation samples is
+more than SCREEN_MARGIN_DB below the floor is rejected before the full verification (all samples, then timing),
+which it could not pass: on MiniLM, onnxruntime's static int8 sits near 0 dB."""
+
+
+class _Screen:
+    """Fidelity on a few validation samples against float outputs computed once for every candidate."""
+
+    def __init__(self, float_model: ModelProto, validation: Dataset, min_sqnr_db: float) -> None:
+        self.samples = validation.take(SCREEN_SAMPLES) if len(validation) > SCREEN_SAMPLES else None
+        self.floor = min_sqnr_db
+        self.float_model = float_model
+        self.reference: list[list[np.ndarray]] | None = None
+
+    def problem(self, model: ModelProto, integer_io: Sequence[IOQuantization]) -> str | None:
+        """Why the candidate cannot pass verification, seen on the first samples; None to verify it fully."""
+        if self.samples is None:
+            return None
+        if self.reference is None:
+            runner = ModelRunner(self.float_model)
+            self.reference = [runner.run(s) for s in self.samples.samples]
+        try:
+            candidate = ModelRunner(model, integer_io)
+            outputs = [candidate.run(s) for s in self.samples.samples]
+        except Exception:  # whatever onnxruntime raises: the full verification reports it in its own words
+            return None
+        worst = min(
+            compare(str(i), [r[i] for r in self.reference], [o[i] for o in outputs]).sqnr_db
+            for i in range(len(self.reference[0]))
+        )
+        if worst >= self.floor - SCREEN_MARGIN_DB:
+            return None
+        return (
+            f"output SQNR {worst:.1f} dB on the first {len(self.samples)} validation samples, more than "
+            f"{SCREEN_MARGIN_DB:g} dB below the floor {self.floor:g} dB: not verified further"
+        )
 
 
 def _quantize(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ TARGETS = ("x86-vnni", "x86-avx2")
 here, so x86-avx2 differs only in what its rules allow (reduce_range weights)."""
 ORACLE_CACHE = RESULTS_DIR / "decisions_oracle.json"
 SQNR_TIE_DB = 0.5
-KNOBS = {"per_channel", "weight_dtype", "activation_dtype", "op_types_to_quantize", "quant_format", "reduce_range"}
+KNOBS = {
+    "per_channel", "weight_dtype", "activation_dtype", "op_types_to_quantize", "quant_format", "reduce_range",
+    "smooth_quant",
+}  # fmt: skip
 METRIC_TIE = 0.005
 LOOP_DROP_DB = 5.0
 """The loop's budget: --min-sqnr this far below the oracle pick's SQNR (or --max-drop 0.02 of the user metric)."""
@@ -146,8 +150,10 @@ def fidelity(attempt: Attempt) -> float:
 
 
 def label(technique: str, recipe: Recipe) -> str:
-    # QDQ is the default format (and the only one weight-only has): left out, so earlier cache keys stay valid.
-    knobs = KNOBS - {"quant_format"} if recipe.quant_format == "qdq" else KNOBS
+    # Knobs at their default (QDQ, no SmoothQuant) are left out, so earlier cache keys stay valid.
+    knobs = KNOBS - {"quant_format"} if recipe.quant_format == "qdq" else set(KNOBS)
+    if not recipe.smooth_quant:
+        knobs -= {"smooth_quant"}
     return f"{technique}: {recipe.model_dump_json(include=knobs)}"
 
 
@@ -184,6 +190,10 @@ def load_cache(fresh: bool) -> dict[str, dict[str, dict]]:
 
 def save_cache(cache: dict[str, dict[str, dict]]) -> None:
     write_atomic(ORACLE_CACHE, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+
+
+LOOP_TIME_S = 180.0
+"""The loop's time budget (`--time-budget`): the bench shows what it finds in a bounded time."""
 
 
 def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> tuple[Pick, int]:
@@ -239,7 +249,11 @@ def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[
 def loop_choice(case: Case, target: str, metric: UserMetric | None, best: Pick) -> str:
     start = time.perf_counter()
     s = setup(case, target)
-    budget = Budget(max_drop=0.02) if metric is not None else Budget(min_sqnr_db=best.fidelity - LOOP_DROP_DB)
+    budget = (
+        Budget(max_drop=0.02, time_budget_s=LOOP_TIME_S)
+        if metric is not None
+        else Budget(min_sqnr_db=best.fidelity - LOOP_DROP_DB, time_budget_s=LOOP_TIME_S)
+    )
     result = tune(s.graph, s.profile, s.plan, s.calibration, s.validation, budget, metric=metric)
     trial = result.trials[result.chosen]
     within = "" if result.within_budget else ", NOT within budget"
@@ -281,10 +295,29 @@ def agrees(ours: Pick, best: Pick, metric: bool) -> bool:
     )
 
 
+def short(recipe_label: str) -> str:
+    """A recipe label (technique: knob JSON) as a few words for the table."""
+    technique, _, knobs_json = recipe_label.partition(": ")
+    knobs = json.loads(knobs_json)
+    granularity = "per-channel" if knobs.get("per_channel") else "per-tensor"
+    ops = knobs.get("op_types_to_quantize") or []
+    if technique == "weight_only_int8":
+        return f"weight-only {granularity} {knobs.get('weight_dtype')} {'+'.join(ops)}"
+    op_set = f"{len(ops)} op types" if ops else "all ops"
+    extra = " QOperator" if knobs.get("quant_format") == "qoperator" else ""
+    extra += " SmoothQuant" if knobs.get("smooth_quant") else ""
+    return f"full-int8 {knobs.get('activation_dtype')} act {granularity} {op_set}{extra}"
+
+
+def shortened(cell: str) -> str:
+    """A table cell with every long recipe label (from the rows file) as its short form."""
+    return re.sub(r"(weight_only_int8|full_int8): \{[^}]*\}", lambda m: short(m.group(0)), cell)
+
+
 def describe(p: Pick) -> str:
     if p.model is None:
         return "float"
-    return f"{p.recipe} ({p.ratio:.2f}x lat, {p.size:.2f}x size, {p.fidelity:.3f})"
+    return f"{short(p.recipe)} ({p.ratio:.2f}x lat, {p.size:.2f}x size, {p.fidelity:.3f})"
 
 
 def arguments() -> argparse.Namespace:
@@ -295,7 +328,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="re-measure every oracle recipe")
     parser.add_argument("--no-loop", action="store_true", help="skip the loop under a budget")
     parser.add_argument("--oracle-only", action="store_true", help="fill the oracle cache, nothing else")
+    parser.add_argument("--oracle-cache", type=Path, default=ORACLE_CACHE, help="per-recipe oracle results (JSON)")
     parser.add_argument("--rows", type=Path, default=RESULTS_DIR / "decisions_rows.json", help="per-cell results")
+    parser.add_argument("--merge", default="", help="comma-separated rows files to merge in (runs split in parts)")
+    parser.add_argument("--table-only", action="store_true", help="write decisions.md from the rows, run nothing")
     return parser.parse_args()
 
 
@@ -308,9 +344,13 @@ def main() -> None:
     args = arguments()
     wanted = {m for m in args.models.split(",") if m}
     targets = ["x86-vnni"] if args.quick else [t for t in args.targets.split(",") if t]
+    global ORACLE_CACHE
+    ORACLE_CACHE = args.oracle_cache
     cache = load_cache(args.fresh)
     rows: dict[str, list[str]] = json.loads(args.rows.read_text()) if args.rows.is_file() and not args.quick else {}
-    for case in cases(args.quick):
+    for extra in (Path(m) for m in args.merge.split(",") if m):
+        rows.update(json.loads(extra.read_text()))
+    for case in [] if args.table_only else cases(args.quick):
         if wanted and case.name not in wanted:
             continue
         metric = load_metric(case.metric)
@@ -343,7 +383,9 @@ def main() -> None:
             print(rows[f"{case.name}#{target}"], flush=True)
             if not args.quick:
                 write_atomic(args.rows, json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    table = [r for _, r in sorted(rows.items())]
+    if args.merge and not args.quick:
+        write_atomic(args.rows, json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    table = [[shortened(c) for c in r] for _, r in sorted(rows.items())]
     counted = [r for r in table if r[4] in ("yes", "no")]
     agreed = sum(r[4] == "yes" for r in counted)
     text = "\n".join([

@@ -219,3 +219,22 @@ def test_the_plan_s_latency_ratio_comes_from_the_host_table_once_calibrated(
     # A device this machine does not stand in for keeps the roofline, table or not.
     arm = plan_model(digits, load_profile("arm-a76"), load_tree(), None, goals)
     assert HOST_TABLE_BASIS not in arm.predicted.basis
+
+
+def test_the_measured_handful_screens_out_a_candidate_far_below_the_floor(
+    digits: ModelGraph, calibration: Dataset, validation: Dataset
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    # The digits CNN quantizes at ~40-50 dB: a 200 dB floor is missed on the first samples by every candidate.
+    outcome = produce(digits, profile, plan, calibration, validation, min_sqnr_db=200.0)
+    assert outcome.kept_float and outcome.attempts
+    for attempt in outcome.attempts:
+        assert attempt.verification is None and attempt.error is not None
+        assert "on the first 4 validation samples" in attempt.error and "below the floor 200 dB" in attempt.error
+    # At the default floor the same candidates are verified in full (the screen lets them through).
+    normal = produce(digits, profile, plan, calibration, validation)
+    assert all(a.verification is not None for a in normal.attempts if a.error is None)
+    assert not any("validation samples" in (a.error or "") for a in normal.attempts)
