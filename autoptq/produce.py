@@ -113,7 +113,7 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
-    screen = _Screen(float_model, validation, min_sqnr_db)
+    screen = _Screen(float_model, validation, min_sqnr_db, len(float_bytes))
     with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
         for candidate in found:
             if passed and len(attempts) >= measured_count:
@@ -280,22 +280,28 @@ def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
 
 SCREEN_SAMPLES = 4
 SCREEN_MARGIN_DB = 3.0
-"""The measured handful's pre-screen: a candidate whose output SQNR on the first SCREEN_SAMPLES validation samples is
-more than SCREEN_MARGIN_DB below the floor is rejected before the full verification (all samples, then timing),
-which it could not pass: on MiniLM, onnxruntime's static int8 sits near 0 dB."""
+"""The measured handful's pre-screen: a candidate not smaller than float, or whose output SQNR on the first
+SCREEN_SAMPLES validation samples is more than SCREEN_MARGIN_DB below the floor, is rejected before the full
+verification (all samples, then timing), which it could not pass (on light-resnet50 every static recipe is larger
+than the float file and at 0 dB)."""
 
 
 class _Screen:
     """Fidelity on a few validation samples against float outputs computed once for every candidate."""
 
-    def __init__(self, float_model: ModelProto, validation: Dataset, min_sqnr_db: float) -> None:
+    def __init__(self, float_model: ModelProto, validation: Dataset, min_sqnr_db: float, float_size: int) -> None:
         self.samples = validation.take(SCREEN_SAMPLES) if len(validation) > SCREEN_SAMPLES else None
         self.floor = min_sqnr_db
         self.float_model = float_model
+        self.float_size = float_size
         self.reference: list[list[np.ndarray]] | None = None
 
     def problem(self, model: ModelProto, integer_io: Sequence[IOQuantization]) -> str | None:
-        """Why the candidate cannot pass verification, seen on the first samples; None to verify it fully."""
+        """Why the candidate cannot pass verification, seen on its size or the first samples; None to verify it
+        fully. The wording of a size problem is verification's, so the fallbacks read it the same way."""
+        size = model.ByteSize()
+        if size >= self.float_size:
+            return f"file is not smaller than float ({size} B vs {self.float_size} B): not verified further"
         if self.samples is None:
             return None
         if self.reference is None:
@@ -338,7 +344,9 @@ def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool
         if attempt.technique != candidate.technique or (ver is not None and ver.passed):
             continue
         if ver is None:
-            if attempt.error and not attempt.error.startswith("skipped"):
+            # A build failure, or a pre-screen rejection for fidelity (a size rejection is worded as verification's)
+            error = attempt.error or ""
+            if error and not error.startswith("skipped") and not any(p in error for p in _NOT_CALIBRATION):
                 return True
             continue
         if not any(any(p in problem for p in _NOT_CALIBRATION) for problem in ver.problems):

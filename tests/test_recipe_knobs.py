@@ -238,3 +238,19 @@ def test_the_measured_handful_screens_out_a_candidate_far_below_the_floor(
     normal = produce(digits, profile, plan, calibration, validation)
     assert all(a.verification is not None for a in normal.attempts if a.error is None)
     assert not any("validation samples" in (a.error or "") for a in normal.attempts)
+
+
+def test_a_size_rejection_before_verification_stops_the_calibration_fallbacks() -> None:
+    percentile = Candidate(
+        step="percentile_calibration", technique="full_int8", recipe=Recipe(calibration_method="percentile")
+    )
+    larger = Attempt(
+        step="plan",
+        technique="full_int8",
+        recipe=Recipe(),
+        accepted=False,
+        error="file is not smaller than float (10 B vs 8 B): not verified further",
+    )
+    assert not _calibration_can_help(percentile, [larger])
+    low = larger.model_copy(update={"error": "output SQNR 0.0 dB on the first 4 validation samples, more than 3 dB"})
+    assert _calibration_can_help(percentile, [low])
