@@ -319,7 +319,9 @@ def short(recipe_label: str) -> str:
 
 def shortened(cell: str) -> str:
     """A table cell with every long recipe label (from the rows file) as its short form."""
-    return re.sub(r"(weight_only_int8|full_int8): \{[^}]*\}", lambda m: short(m.group(0)), cell)
+    cell = re.sub(r"(weight_only_int8|full_int8): \{[^}]*\}", lambda m: short(m.group(0)), cell)
+    # A measured point of the recipe space is named by its recipe, already in the cell.
+    return re.sub(r"\[(full int8 |weight-only )[^\]]*\]", "[recipe space]", cell)
 
 
 def describe(p: Pick) -> str:
