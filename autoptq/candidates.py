@@ -11,10 +11,16 @@ from autoptq.hostcost import load_table, predicted_ratio
 from autoptq.planner import Plan, device_conformant_recipe, predict
 from autoptq.profiles import HardwareProfile
 from autoptq.recipe import Recipe, Technique
-from autoptq.space import OP_GROUPS, full_int8_space, weight_only_space
+from autoptq.space import OP_GROUPS, device_int8_ops, full_int8_space, weight_only_space
 
 CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
 """Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
+MEASURED_FLOAT_LEAVES = frozenset({"keep_float_too_small"})
+"""Leaves that keep float on a cost guess (int8 would not be faster), not for a structural reason: on a CPU measured
+here the guess is checked by measuring the handful (a model small enough for this leaf quantizes and times in
+seconds). Measured on the digits CNN: the guess "slower, barely smaller" was a tie on speed at 0.75x size."""
+MEASURED_TECHNIQUES = ("weight_only_int8", "full_int8")
+"""What a CPU measured here can run faster than float (fp16 and 16-bit activations have no fast kernels there)."""
 MEASURED_CHOICES = 4
 """How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
 plan's own and the best the cost model ranks among the recipe space."""
@@ -111,7 +117,7 @@ def measured_choices(
     """The candidates the default choice measures on a CPU target: the plan's own, then the best the cost model
     ranks among the plan's fallbacks and the weight-only recipe space (up to MEASURED_CHOICES in all), then
     onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
-    if not found:
+    if not found and plan.leaf not in MEASURED_FLOAT_LEAVES:
         return found
     recipes = weight_only_space(profile, graph, Recipe(reduce_range=plan.recipe.reduce_range))
     space = [
@@ -121,10 +127,13 @@ def measured_choices(
     ]
     if data is not None:
         base = Recipe(calibration_method=plan.recipe.calibration_method)
+        # SmoothQuant is left to the accuracy loop: it calibrates twice (the smoother, then the smoothed graph), and
+        # on MiniLM static MatMul + SmoothQuant kept cosine 0.953 where weight-only keeps 0.99 at the same speed.
         space += [
             candidate
             for recipe in full_int8_space(profile, graph, base)
-            if (
+            if not recipe.smooth_quant
+            and (
                 candidate := conformant(f"full int8 {_static_label(recipe)}", "full_int8", recipe, profile, graph, data)
             )
         ]
@@ -141,10 +150,22 @@ def measured_choices(
         )
 
     # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
-    allowed = {plan.technique, *plan.fallbacks}
+    allowed = {plan.technique, *plan.fallbacks} if found else set(MEASURED_TECHNIQUES)
     pool = _distinct([*(c for c in found[1:] if c.step not in CALIBRATION_STEPS), *space])
-    ranked = sorted((c for c in pool if c.technique in allowed), key=lambda c: (predicted_ms(c), _size_rank(c)))
-    chosen = _distinct([found[0], *ranked[: MEASURED_CHOICES - 1]])
+    int8_ops = set(device_int8_ops(profile, graph))
+    ranked = sorted(
+        (c for c in pool if c.technique in allowed),
+        key=lambda c: (_known_slow(c, profile, int8_ops), predicted_ms(c), _size_rank(c)),
+    )
+    # The best of each technique goes in before the rest of the ranking: the cost model ranks within a technique
+    # better than across (on ddddocr-ocr weight-only Gemm+LSTM is as fast as full int8 and 0.30x against 0.48x size,
+    # since static QDQ leaves the LSTM weights float), unless the rules mark its best as the slow path.
+    firsts: list[Candidate] = []
+    for candidate in ranked:
+        taken = {c.technique for c in [*found[:1], *firsts]}
+        if candidate.technique not in taken and not _known_slow(candidate, profile, int8_ops):
+            firsts.append(candidate)
+    chosen = _distinct([*found[:1], *firsts, *ranked])[:MEASURED_CHOICES]
     return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
 
 
@@ -177,12 +198,42 @@ def _label(recipe: Recipe) -> str:
 def _static_label(recipe: Recipe) -> str:
     granularity = "per-channel" if recipe.per_channel else "per-tensor"
     ops = "+".join(recipe.op_types_to_quantize) if recipe.op_types_to_quantize else "all ops"
-    return f"{recipe.activation_dtype} activations {granularity} {ops}"
+    spelled = (" QOperator" if recipe.quant_format == "qoperator" else "") + (
+        " SmoothQuant" if recipe.smooth_quant else ""
+    )
+    return f"{recipe.activation_dtype} activations {granularity} {ops}{spelled}"
 
 
-def _size_rank(candidate: Candidate) -> tuple[int, int]:
-    # Among equal latency estimates: more op types quantized (smaller), per-channel (more faithful) first.
-    return (-len(candidate.recipe.op_types_to_quantize), 0 if candidate.recipe.per_channel else 1)
+def _known_slow(candidate: Candidate, profile: HardwareProfile, int8_ops: set[str]) -> int:
+    """How many of a candidate's knobs the device's rules mark as the slow path (the cost model times kernels, not
+    these): activations other than the device's preferred (first listed) dtype, Q/DQ pairs around ops the device
+    has no int8 kernel for, dynamic Conv (ConvInteger). Measured on the corpus on x86-vnni: int8 activations 1.5x
+    float where uint8 is 0.46x (ddddocr-det), weight-only Conv 3-5x float."""
+    recipe = candidate.recipe
+    if candidate.technique == "weight_only_int8":
+        return int("Conv" in recipe.op_types_to_quantize)
+    if candidate.technique != "full_int8":
+        return 0
+    preferred = profile.quantization.activations.dtype[0]
+    beyond = bool(int8_ops) and not set(recipe.op_types_to_quantize or ["*"]) <= int8_ops
+    return int(recipe.activation_dtype != preferred) + int(beyond and not profile.integer_only)
+
+
+def _size_rank(candidate: Candidate) -> tuple[int, int, int]:
+    # Among equal latency estimates: QOperator (measured on onnxruntime's CPU on 4 corpus convnets: 0-9% faster and
+    # ~4% smaller than the same recipe in QDQ, same outputs; the cost model cannot tell the two apart), then more op
+    # types quantized (smaller), then per-channel (more faithful).
+    recipe = candidate.recipe
+    return (
+        0 if recipe.quant_format == "qoperator" else 1,
+        -len(recipe.op_types_to_quantize),
+        0 if recipe.per_channel else 1,
+    )
+
+
+def same_recipe(a: Candidate, b: Candidate) -> bool:
+    """Whether two candidates build the same model (whatever step offered them)."""
+    return a.technique == b.technique and a.recipe == b.recipe
 
 
 def _distinct(found: list[Candidate]) -> list[Candidate]:

@@ -167,9 +167,13 @@ def time_kernel(kernel: Kernel, shape: tuple[int, ...], profile: HardwareProfile
     return KernelTiming(kernel=kernel, shape=list(shape), macs=macs, fp32_ms=fp32_ms, ratio=ratios)
 
 
-def calibrate_host(profile: HardwareProfile, model: str | Path | None = None, budget_s: float = 0.5) -> HostTable:
-    """Time this machine's kernels for the model's shapes (or the default grid)."""
-    shapes = model_shapes(load_model(model)) if model is not None else []
+def calibrate_host(
+    profile: HardwareProfile, model: str | Path | ModelGraph | None = None, budget_s: float = 0.5
+) -> HostTable:
+    """Time this machine's kernels for the model's shapes (or the default grid). A loaded graph may have its open
+    input dims bound from data (api.bound), which a path cannot."""
+    graph = model if isinstance(model, ModelGraph) or model is None else load_model(model)
+    shapes = model_shapes(graph) if graph is not None else []
     shapes = shapes or DEFAULT_SHAPES
     return HostTable(
         machine=machine_id(),

@@ -14,11 +14,13 @@ from autoptq.canonical import device_graph
 from autoptq.cost import LatencyEstimate, SizeEstimate, estimate_latency, estimate_size, float_latency
 from autoptq.coverage import CoverageReport, analyse
 from autoptq.graph import ModelGraph, load_model
+from autoptq.hostcost import load_table, predicted_ratio
 from autoptq.profiles import HardwareProfile, Precision
 from autoptq.recipe import FixedOutputParams, Recipe, Technique
 from autoptq.resources import data_dir
 from autoptq.rules import FactSpec, FactValue, RuleSet, TraceStep, load_rules
-from autoptq.space import conform_weight_only, device_int8_ops
+from autoptq.space import conform_weight_only, device_int8_ops, quant_formats
+from autoptq.verify import measurable_here
 
 Objective = Literal["speed", "size", "accuracy"]
 
@@ -262,6 +264,8 @@ def device_conformant_recipe(
             int8_ops = device_int8_ops(profile, graph)
             if int8_ops and set(int8_ops) != present_ops:
                 update["op_types_to_quantize"] = int8_ops
+        if base.quant_format not in quant_formats(profile):
+            update["quant_format"] = "qdq"  # QOperator ops only run on onnxruntime's CPU kernels
         if technique == "full_int8":
             update["fixed_output_params"] = {
                 op: FixedOutputParams(scale=p.scale, zero_point=p.zero_point)
@@ -396,6 +400,8 @@ def plan_model(
         recipe = recipe.model_copy(update={"op_types_to_quantize": sorted(wanted)})
     size, latency, baseline = predict(graph, coverage, profile, leaf.technique, recipe)
     ratio = latency.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else None
+    hosted = host_table_ratio(graph, profile, leaf.technique, recipe)
+    ratio = hosted if hosted is not None else ratio
     float_where = "this target" if "fp32" in profile.precisions else f"its host {profile.host}"
     warnings = [*leaf.warnings, *_warnings(leaf.technique, ratio, float_where, size, goals, data, coverage)]
     if nothing_to_quantize:
@@ -427,11 +433,24 @@ def plan_model(
             float_latency_ms=None if baseline is None else [round(baseline.low_ms, 4), round(baseline.high_ms, 4)],
             basis=f"size from the model's tensors under the recipe; latency: {latency.basis}"
             + ("" if baseline is None or baseline.basis == latency.basis else f"; float: {baseline.basis}")
-            + ("; no ratio: this device cannot run the float model and has no host" if baseline is None else ""),
+            + ("; no ratio: this device cannot run the float model and has no host" if baseline is None else "")
+            + (HOST_TABLE_BASIS if hosted is not None else ""),
         ),
         warnings=warnings,
         rules=rules_label(tree.source),
     )
+
+
+HOST_TABLE_BASIS = "; latency ratio from the host table `autoptq calibrate-host` measured on this machine"
+
+
+def host_table_ratio(graph: ModelGraph, profile: HardwareProfile, technique: Technique, recipe: Recipe) -> float | None:
+    """The latency ratio the host table predicts, for a CPU this machine stands in for once `calibrate-host` has
+    timed its kernels (None otherwise: the roofline's ratio stands)."""
+    if technique not in ("weight_only_int8", "full_int8") or not measurable_here(profile):
+        return None
+    table = load_table()
+    return None if table is None else predicted_ratio(graph, profile, technique, recipe, table)
 
 
 def _warnings(

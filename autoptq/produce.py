@@ -3,29 +3,42 @@ is better than float, or keep float and say why."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.calibration import Dataset
-from autoptq.candidates import CALIBRATION_STEPS, candidates, measured_choices
+from autoptq.candidates import (
+    CALIBRATION_STEPS,
+    MEASURED_FLOAT_LEAVES,
+    Candidate,
+    candidates,
+    measured_choices,
+    same_recipe,
+)
 from autoptq.canonical import float_model_for
 from autoptq.device_file import DeviceFile
 from autoptq.errors import AutoptqError
 from autoptq.graph import ModelGraph
 from autoptq.intio import read_integer_io
+from autoptq.metrics import compare
 from autoptq.planner import Objective, Plan
 from autoptq.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
 from autoptq.profiles import HardwareProfile
 from autoptq.quantizers import QUANTIZERS
-from autoptq.quantizers.common import AppliedRecipe
+from autoptq.quantizers.common import AppliedRecipe, IOQuantization, QuantizationResult
+from autoptq.quantizers.full_int8 import ranges_file, static_qdq
 from autoptq.recipe import Recipe, Technique
 from autoptq.tuning import Budget, TuningResult, tune
 from autoptq.user_metric import UserMetric
 from autoptq.verify import (
     DEFAULT_MIN_SQNR_DB,
+    SLOWER_TOLERANCE,
     ModelRunner,
     Verification,
     measurable_here,
@@ -83,12 +96,13 @@ def produce(
     float_bytes = graph.original_bytes()
     found = candidates(plan, profile, graph, calibration)
     # On a CPU this machine stands in for, the default choice is the best measured of a handful, not the first
-    # that passes; the plan's remaining fallbacks follow in case none of them passes.
-    measured = measure_latency and measurable_here(profile) and bool(found)
+    # that passes; the plan's remaining fallbacks follow in case none of them passes. A plan that keeps float on a
+    # cost guess alone is checked the same way (the guess is what measurement is for).
+    measured = measure_latency and measurable_here(profile) and (bool(found) or plan.leaf in MEASURED_FLOAT_LEAVES)
     measured_count = 0
     if measured:
         choices = measured_choices(found, plan, profile, graph, calibration)
-        found = [*choices, *(c for c in found if c not in choices)]
+        found = [*choices, *(c for c in found if not any(same_recipe(c, m) for m in choices))]
         measured_count = len(choices)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
@@ -99,44 +113,61 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
-    for candidate in found:
-        if passed and len(attempts) >= measured_count:
-            break  # the measured handful is done and one passed (further fallbacks only run when none did)
-        if candidate.step in CALIBRATION_STEPS and _rejected_only_for_cost(attempts):
-            # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
-            attempts.append(
-                Attempt(**candidate.model_dump(), accepted=False, error="skipped: the last rejection was speed/size")
+    screen = _Screen(float_model, validation, min_sqnr_db, len(float_bytes))
+    with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
+        for candidate in found:
+            if passed and len(attempts) >= measured_count:
+                break  # the measured handful is done and one passed (further fallbacks only run when none did)
+            if candidate.step in CALIBRATION_STEPS and not _calibration_can_help(candidate, attempts):
+                # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
+                attempts.append(
+                    Attempt(
+                        **candidate.model_dump(),
+                        accepted=False,
+                        error="skipped: no static candidate failed on fidelity alone",
+                    )
+                )
+                continue
+            try:
+                result = _quantize(candidate, source, calibration, profile, Path(ranges))
+            except AutoptqError as exc:
+                attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
+                continue
+            problem = screen.problem(result.model, result.applied.integer_io) if measured else None
+            if problem is not None:
+                attempts.append(
+                    Attempt(**candidate.model_dump(), accepted=False, error=problem, applied=result.applied)
+                )
+                continue
+            verification = verify(
+                float_model,
+                result.model,
+                result.applied.integer_io,
+                validation,
+                profile,
+                min_sqnr_db,
+                measure_latency,
+                float_size_bytes=len(float_bytes),
+                metric=metric,
             )
-            continue
-        try:
-            result = QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
-        except AutoptqError as exc:
-            attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
-            continue
-        verification = verify(
-            float_model,
-            result.model,
-            result.applied.integer_io,
-            validation,
-            profile,
-            min_sqnr_db,
-            measure_latency,
-            float_size_bytes=len(float_bytes),
-            metric=metric,
-        )
-        attempt = Attempt(
-            **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
-        )
-        attempts.append(attempt)
-        if verification.passed:
-            passed.append((attempt, result.model.SerializeToString(deterministic=True)))
-            if not measured:
-                break
+            attempt = Attempt(
+                **candidate.model_dump(),
+                accepted=verification.passed,
+                verification=verification,
+                applied=result.applied,
+            )
+            attempts.append(attempt)
+            if verification.passed:
+                passed.append((attempt, result.model.SerializeToString(deterministic=True)))
+                if not measured:
+                    break
     if measured and len(passed) > 1 and validation.samples:
         originals = [attempt for attempt, _ in passed]
         passed = _retime(float_model, passed, validation)
         for original, (retimed, _) in zip(originals, passed, strict=True):
             attempts[attempts.index(original)] = retimed
+        # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
+        passed = [(a, data) for a, data in passed if a.accepted]
     if passed:
         best, best_bytes = best_measured(passed, plan) if measured else passed[0]
         return Outcome(
@@ -165,7 +196,7 @@ def produce(
     )
 
 
-_COST_PROBLEMS = ("slower than float", "not smaller than float")
+_NOT_CALIBRATION = ("slower than float", "not smaller than float", "does not run in onnxruntime")
 TIE = 0.05
 """Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
 tie; among the fastest and smallest the most faithful output wins."""
@@ -186,10 +217,14 @@ def _retime(
     retimed = []
     for (attempt, data), ratio in zip(passed, ratios, strict=True):
         latency = attempt.verification.latency if attempt.verification else None
-        if latency is not None:
+        if latency is not None and attempt.verification is not None:
             joint = latency.model_copy(update={"ratio": ratio, "candidate_ms": round(latency.float_ms * ratio, 5)})
-            verification = attempt.verification.model_copy(update={"latency": joint})
-            attempt = attempt.model_copy(update={"verification": verification})
+            update: dict[str, object] = {"latency": joint}
+            if ratio > 1 + SLOWER_TOLERANCE:
+                problem = f"slower than float on the host (measured ratio above {1 + SLOWER_TOLERANCE:.2f})"
+                update |= {"passed": False, "problems": [*attempt.verification.problems, problem]}
+            verification = attempt.verification.model_copy(update=update)
+            attempt = attempt.model_copy(update={"verification": verification, "accepted": verification.passed})
         retimed.append((attempt, data))
     return retimed
 
@@ -243,12 +278,80 @@ def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
     )
 
 
-def _rejected_only_for_cost(attempts: list[Attempt]) -> bool:
-    """Whether the last verified attempt failed on speed or size alone."""
-    last = next((a for a in reversed(attempts) if a.verification is not None), None)
-    if last is None or not last.verification.problems:
-        return False
-    return all(any(p in problem for p in _COST_PROBLEMS) for problem in last.verification.problems)
+SCREEN_SAMPLES = 4
+SCREEN_MARGIN_DB = 3.0
+"""The measured handful's pre-screen: a candidate not smaller than float, or whose output SQNR on the first
+SCREEN_SAMPLES validation samples is more than SCREEN_MARGIN_DB below the floor, is rejected before the full
+verification (all samples, then timing), which it could not pass (on light-resnet50 every static recipe is larger
+than the float file and at 0 dB)."""
+
+
+class _Screen:
+    """Fidelity on a few validation samples against float outputs computed once for every candidate."""
+
+    def __init__(self, float_model: ModelProto, validation: Dataset, min_sqnr_db: float, float_size: int) -> None:
+        self.samples = validation.take(SCREEN_SAMPLES) if len(validation) > SCREEN_SAMPLES else None
+        self.floor = min_sqnr_db
+        self.float_model = float_model
+        self.float_size = float_size
+        self.reference: list[list[np.ndarray]] | None = None
+
+    def problem(self, model: ModelProto, integer_io: Sequence[IOQuantization]) -> str | None:
+        """Why the candidate cannot pass verification, seen on its size or the first samples; None to verify it
+        fully. The wording of a size problem is verification's, so the fallbacks read it the same way."""
+        size = model.ByteSize()
+        if size >= self.float_size:
+            return f"file is not smaller than float ({size} B vs {self.float_size} B): not verified further"
+        if self.samples is None:
+            return None
+        if self.reference is None:
+            runner = ModelRunner(self.float_model)
+            self.reference = [runner.run(s) for s in self.samples.samples]
+        try:
+            candidate = ModelRunner(model, integer_io)
+            outputs = [candidate.run(s) for s in self.samples.samples]
+        except Exception:  # whatever onnxruntime raises: the full verification reports it in its own words
+            return None
+        worst = min(
+            compare(str(i), [r[i] for r in self.reference], [o[i] for o in outputs]).sqnr_db
+            for i in range(len(self.reference[0]))
+        )
+        if worst >= self.floor - SCREEN_MARGIN_DB:
+            return None
+        return (
+            f"output SQNR {worst:.1f} dB on the first {len(self.samples)} validation samples, more than "
+            f"{SCREEN_MARGIN_DB:g} dB below the floor {self.floor:g} dB: not verified further"
+        )
+
+
+def _quantize(
+    candidate: Candidate, source: ModelProto, calibration: Dataset | None, profile: HardwareProfile, ranges: Path
+) -> QuantizationResult:
+    """Build a candidate; static ones share their calibration ranges (one calibration per method and activation
+    width, whatever the op set, granularity or format: the ranges are of the float model's tensors)."""
+    if candidate.technique in ("full_int8", "int16x8"):
+        cache = ranges / ranges_file(candidate.recipe)
+        return static_qdq(source, candidate.recipe, calibration, candidate.technique, calibration_cache=cache)
+    return QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
+
+
+def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool:
+    """Whether another calibration method could turn a failure into a pass: only where a verified attempt of the
+    same technique failed on fidelity alone, or failed to build (calibration moves ranges, not kernels: it cannot
+    make a slower or larger model faster or smaller, nor run one onnxruntime could not)."""
+    for attempt in attempts:
+        ver = attempt.verification
+        if attempt.technique != candidate.technique or (ver is not None and ver.passed):
+            continue
+        if ver is None:
+            # A build failure, or a pre-screen rejection for fidelity (a size rejection is worded as verification's)
+            error = attempt.error or ""
+            if error and not error.startswith("skipped") and not any(p in error for p in _NOT_CALIBRATION):
+                return True
+            continue
+        if not any(any(p in problem for p in _NOT_CALIBRATION) for problem in ver.problems):
+            return True
+    return False
 
 
 def _accepted_reason(attempt: Attempt, attempts: list[Attempt]) -> str:

@@ -11,6 +11,9 @@ TECHNIQUES: tuple[str, ...] = ("weight_only_int8", "full_int8", "fp16", "int16x8
 
 QuantDtype = Literal["int8", "uint8", "int16", "uint16", "float16", "float32"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+QuantFormat = Literal["qdq", "qoperator"]
+"""How a static model spells its integer ops: QuantizeLinear/DequantizeLinear pairs around float ops (QDQ, what
+every runtime reads) or QLinear* ops (QOperator, onnxruntime's CPU kernels only)."""
 
 
 class StrictModel(BaseModel):
@@ -47,6 +50,9 @@ class Recipe(StrictModel):
     fixed_output_params: dict[str, FixedOutputParams] = Field(default_factory=dict)
     io_dtype: QuantDtype = "float32"
     fp16_op_block_list: list[str] = Field(default_factory=list)
+    quant_format: QuantFormat = "qdq"
+    smooth_quant: bool = False
+    smooth_quant_alpha: float = Field(default=0.5, ge=0, le=1)
 
 
 class RecipeOverrides(StrictModel):
@@ -65,6 +71,9 @@ class RecipeOverrides(StrictModel):
     reduce_range: bool | None = None
     io_dtype: QuantDtype | None = None
     fp16_op_block_list: list[str] | None = None
+    quant_format: QuantFormat | None = None
+    smooth_quant: bool | None = None
+    smooth_quant_alpha: float | None = Field(default=None, ge=0, le=1)
 
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""

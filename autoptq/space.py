@@ -9,6 +9,7 @@ device's rules forbid.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Iterable
 
@@ -196,9 +197,43 @@ def device_int8_ops(profile: HardwareProfile, graph: ModelGraph) -> list[str]:
     return sorted(op for op in present if "int8" in profile.ops.get(op, {}))
 
 
+def quant_formats(profile: HardwareProfile) -> list[str]:
+    """The static formats a device reads: QDQ everywhere; QOperator (QLinear* ops) only where the model runs on
+    onnxruntime's CPU execution provider (a CPU profile deployed as ONNX), since no converter or other runtime
+    reads those contrib-style ops."""
+    ort_cpu = profile.kind == "cpu" and profile.format == "onnx" and not profile.integer_only
+    return ["qdq", "qoperator"] if ort_cpu else ["qdq"]
+
+
+SMOOTH_QUANT_MATMUL_SHARE = 0.5
+"""SmoothQuant is offered where MatMul/Gemm with constant weights carry at least this share of the MACs (transformer
+encoders): it moves activation outliers into the weights of exactly those ops."""
+
+
+def smooth_quant_installed() -> bool:
+    """Whether onnxruntime's SmoothQuant can run: it imports neural-compressor 2.x's ONNX adaptor (extra
+    `autoptq[smoothquant]`)."""
+    try:
+        return importlib.util.find_spec("neural_compressor.adaptor.ox_utils.smooth_quant") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def smooth_quant_offered(profile: HardwareProfile, graph: ModelGraph) -> bool:
+    """SmoothQuant on this device and model: a CPU that keeps float ops beside int8 ones (the inserted scaling Muls
+    stay float), a MatMul-heavy model, and the extra installed."""
+    if profile.integer_only or not smooth_quant_installed():
+        return False
+    nodes = graph.compute_nodes()
+    total = sum(n.macs for n in nodes)
+    dense = sum(n.macs for n in nodes if n.op_type in ("MatMul", "Gemm") and n.weight_inputs)
+    return bool(total) and dense / total >= SMOOTH_QUANT_MATMUL_SHARE
+
+
 def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -> list[Recipe]:
-    """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set. An integer-only
-    device must quantize every op (a float op would run on the host), so it gets the `all` op set only."""
+    """Every full-int8 recipe the device's rules allow: activation dtype x granularity x op set x format. An
+    integer-only device must quantize every op (a float op would run on the host), so it gets the `all` op set
+    only."""
     rules = profile.quantization
     dtypes = [d for d in ("uint8", "int8") if d in rules.activations.dtype]
     granularities = [g for g in ("per_channel", "per_tensor") if g in rules.weights.granularity]
@@ -208,11 +243,26 @@ def full_int8_space(profile: HardwareProfile, graph: ModelGraph, base: Recipe) -
     if not profile.integer_only and int8_ops and int8_ops != present:
         # "all" spelled out: an empty list would be completed to the device's int8 ops by the planner.
         op_sets = [int8_ops, present]
-    return [
+    recipes = [
         base.model_copy(
-            update={"activation_dtype": dtype, "per_channel": granularity == "per_channel", "op_types_to_quantize": ops}
+            update={
+                "activation_dtype": dtype,
+                "per_channel": granularity == "per_channel",
+                "op_types_to_quantize": ops,
+                "quant_format": quant_format,
+            }
         )
         for dtype in dtypes
         for granularity in granularities
         for ops in op_sets
+        for quant_format in quant_formats(profile)
     ]
+    if smooth_quant_offered(profile, graph):
+        # Smoothing pays with per-channel weight scales (they absorb the migrated outliers) and the device's
+        # preferred activation dtype: only those points get the knob, which keeps the space from doubling.
+        recipes += [
+            r.model_copy(update={"smooth_quant": True})
+            for r in recipes
+            if r.per_channel and r.activation_dtype == dtypes[0]
+        ]
+    return recipes

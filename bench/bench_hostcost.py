@@ -9,21 +9,24 @@ and full-int8 recipes autoptq would consider on x86-vnni, the latency ratio is p
 - measured: the quantized model against float, interleaved side by side in this process, one thread.
 
 Ratio error = predicted / measured - 1. Models: the shipped digits CNN, zoo models (text encoder, MobileNet-style,
-transformer block) and the MiniLM encoder if bench/export_minilm.py wrote it.
+transformer block), the MiniLM encoder if bench/export_minilm.py wrote it, and the corpus of bench/corpus.py with its
+quick data (open input dims bound from the data, as `autoptq quantize` does).
 
-Run: python bench/bench_hostcost.py [--quick]
+Run: python bench/bench_hostcost.py [--quick] [--corpus-only]
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
-from benchlib import REPO_DIR, environment, markdown_table, parse_args, write_result
+from benchlib import REPO_DIR, environment, markdown_table, write_result
 
 from autoptq import zoo
-from autoptq.api import load_data, split_data
+from autoptq.api import bound, load_data, split_data
 from autoptq.calibration import synthetic_dataset
+from autoptq.canonical import float_model_for
 from autoptq.coverage import analyse
 from autoptq.graph import ModelGraph, load_model
 from autoptq.hostcost import calibrate_host, predicted_ratio, write_table
@@ -34,10 +37,25 @@ from autoptq.quantizers import QUANTIZERS
 from autoptq.recipe import Recipe
 from autoptq.verify import ModelRunner, measure_latency
 
-MINILM = Path.home() / ".cache" / "autoptq-corpus" / "minilm"
+CORPUS = Path.home() / ".cache" / "autoptq-corpus"
+MINILM = CORPUS / "minilm"
 
 
-def models(quick: bool) -> list[tuple[str, ModelGraph, object, object]]:
+def corpus_models() -> list[tuple[str, ModelGraph, object, object]]:
+    """The corpus models with stacked quick data (models/<name>/*.onnx, data/<name>/quick/{calib,val}.npz)."""
+    found = []
+    for model in sorted(CORPUS.glob("models/*/*.onnx")):
+        data = CORPUS / "data" / model.parent.name / "quick"
+        if (data / "calib.npz").is_file() and (data / "val.npz").is_file():
+            graph = load_model(model)
+            calib, val = load_data(data / "calib.npz", graph), load_data(data / "val.npz", graph)
+            found.append((model.parent.name, bound(graph, calib, val), calib, val))
+    return found
+
+
+def models(quick: bool, corpus_only: bool) -> list[tuple[str, ModelGraph, object, object]]:
+    if corpus_only:
+        return corpus_models()
     examples = REPO_DIR / "examples"
     digits = load_model(examples / "digits_cnn.onnx")
     found = [("digits CNN", digits, load_data(examples / "calib.npz", digits), load_data(examples / "val.npz", digits))]
@@ -56,27 +74,27 @@ def models(quick: bool) -> list[tuple[str, ModelGraph, object, object]]:
         found.append(
             ("MiniLM-L6 encoder", graph, load_data(MINILM / "calib.npz", graph), load_data(MINILM / "val.npz", graph))
         )
-    return found
+    return found + corpus_models()
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the digits CNN only")
+    parser.add_argument("--corpus-only", action="store_true", help="the corpus models only")
+    args = parser.parse_args()
     profile = load_profile("x86-vnni")
     rows = []
     errors: dict[str, list[float]] = {"roofline": [], "host table": []}
     with tempfile.TemporaryDirectory() as folder:
-        for name, graph, data, val in models(args.quick):
+        for name, graph, data, val in models(args.quick, args.corpus_only):
             calibration, validation, _ = split_data(graph, data, val, False)
             table_path = Path(folder) / f"{len(rows)}.json"
-            model_file = graph.path
-            if model_file is None:
-                model_file = Path(folder) / "model.onnx"
-                model_file.write_bytes(graph.original_bytes())
-            table = calibrate_host(profile, model_file)
+            table = calibrate_host(profile, graph)
             write_table(table, table_path)
-            prepared = prepare(graph.model, validation.take(PREPARATION_SAMPLES)).model
+            float_model = float_model_for(graph, profile)
+            prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES)).model
             coverage = analyse(graph, profile)
-            reference = ModelRunner(graph.model)
+            reference = ModelRunner(float_model)
             for technique in ("weight_only_int8", "full_int8"):
                 recipe = device_conformant_recipe(Recipe(), technique, profile, graph, calibration)
                 if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
@@ -104,7 +122,7 @@ def main() -> None:
         ["# Host cost model: predicted vs measured latency ratio (x86-vnni recipes, this machine)", "", environment(),
          "", markdown_table(headers, rows), "", *summary]
     )  # fmt: skip
-    print(write_result("hostcost", text))
+    print(write_result("hostcost_corpus" if args.corpus_only else "hostcost", text))
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from onnx import ModelProto
 
 from autoptq import api
+from autoptq import produce as produce_module
 from autoptq.calibration import Dataset, load_dataset
 from autoptq.graph import ModelGraph, load_model
 from autoptq.planner import Plan, load_tree, plan_model
 from autoptq.produce import candidates, produce
 from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
 from autoptq.quantizers.common import QuantizationError
 from autoptq.recipe import Recipe
 
@@ -110,16 +112,16 @@ def test_nothing_passes_keeps_float_and_says_what_was_tried(
 def test_a_failing_quantizer_falls_back_to_percentile(
     monkeypatch: pytest.MonkeyPatch, digits: ModelGraph, calibration: Dataset, validation: Dataset
 ) -> None:
-    real = QUANTIZERS["full_int8"]
+    real = produce_module.static_qdq
     methods: list[str] = []
 
-    def minmax_breaks(model: object, recipe: Recipe, data: object, profile: object) -> object:
+    def minmax_breaks(model: ModelProto, recipe: Recipe, data: Dataset, technique: str, **options: Any) -> object:
         methods.append(recipe.calibration_method)
         if recipe.calibration_method == "minmax":
             raise QuantizationError("onnxruntime static quantization failed: simulated")
-        return real(model, recipe, data, profile)
+        return real(model, recipe, data, technique, **options)
 
-    monkeypatch.setitem(QUANTIZERS, "full_int8", minmax_breaks)
+    monkeypatch.setattr(produce_module, "static_qdq", minmax_breaks)
     plan = plan_for(digits, "edgetpu", calibration)
     outcome = produce(digits, load_profile("edgetpu"), plan, calibration, validation.take(60))
     assert methods == ["minmax", "percentile"]

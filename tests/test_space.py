@@ -201,8 +201,8 @@ def test_full_int8_keeps_qdq_off_ops_without_int8_kernels_on_a_cpu() -> None:
     edgetpu_recipe = device_conformant_recipe(Recipe(), "full_int8", load_profile("edgetpu"), graph, None)
     assert tuple(edgetpu_recipe.op_types_to_quantize) == every
     space = full_int8_space(x86, graph, Recipe())
-    # uint8/int8 activations x per-channel/per-tensor x (device int8 ops, all ops)
-    assert len(space) == 8 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), every}
+    # uint8/int8 activations x per-channel/per-tensor x (device int8 ops, all ops) x (QDQ, QOperator)
+    assert len(space) == 16 and {tuple(r.op_types_to_quantize) for r in space} == {tuple(int8_ops), every}
     edgetpu = load_profile("edgetpu")
     on_edgetpu = full_int8_space(edgetpu, graph, Recipe())
     rules = edgetpu.quantization

@@ -71,6 +71,8 @@ def static_qdq(
     """
     samples = calibration_samples(calibration, recipe, technique)
     recipe, opset_notes = per_tensor_below_opset_13(model, recipe)
+    if recipe.smooth_quant:
+        model, recipe = smoothed(model, recipe, samples)
     overrides = fixed_output_overrides(model, recipe)
     extra_options: dict[str, object] = {
         "ActivationSymmetric": recipe.activation_symmetric,
@@ -88,12 +90,14 @@ def static_qdq(
         target = folder / "quantized.onnx"
         try:
             if not (calibration_cache and calibration_cache.is_file()):
-                calibration_cache = collect_ranges(source, samples, recipe, folder, calibration_cache)
+                # A shared cache holds every float tensor's range, so any later op set finds the ones it needs.
+                calibrated = recipe.model_copy(update={"op_types_to_quantize": []}) if calibration_cache else recipe
+                calibration_cache = collect_ranges(source, samples, calibrated, folder, calibration_cache)
             quantize_static(
                 str(source),
                 str(target),
                 None,
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QOperator if recipe.quant_format == "qoperator" else QuantFormat.QDQ,
                 op_types_to_quantize=recipe.op_types_to_quantize or None,
                 per_channel=recipe.per_channel,
                 reduce_range=recipe.reduce_range,
@@ -111,7 +115,7 @@ def static_qdq(
     applied = AppliedRecipe(
         technique=technique,
         recipe=recipe,
-        quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude)),
+        quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude), recipe.quant_format),
         excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
         notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})", *opset_notes]
         + [f"fixed output quantization on {name}" for name in sorted(overrides)],
@@ -119,6 +123,33 @@ def static_qdq(
     if recipe.io_dtype != "float32":
         quantized, applied = make_integer_io(quantized, applied)
     return QuantizationResult(model=quantized, applied=applied)
+
+
+def smoothed(model: ModelProto, recipe: Recipe, samples: Dataset) -> tuple[ModelProto, Recipe]:
+    """SmoothQuant (onnxruntime's, from neural-compressor 2.x): per-channel scales move activation outliers of
+    MatMul inputs into the weights, as Mul nodes before them. The Muls are kept float, as onnxruntime does."""
+    try:
+        from neural_compressor.adaptor.ox_utils.smooth_quant import ORTSmoothQuant
+    except ImportError as exc:
+        raise QuantizationError(
+            f"SmoothQuant needs neural-compressor 2.x (pip install 'autoptq[smoothquant]'): {exc}"
+        ) from exc
+    before = {node.name for node in model.graph.node}
+    feeds = [(sample, None) for sample in samples.samples]
+    work = ModelProto()
+    work.CopyFrom(model)  # the smoother rewrites the weights of the model it is given in place
+    try:
+        with quiet():
+            # Folding the scales into preceding ops fails on scalar Mul constants (neural-compressor 2.6, MiniLM):
+            # the scales stay explicit Muls instead.
+            transformed = ORTSmoothQuant(work, feeds, recipe.reduce_range).transform(
+                recipe.smooth_quant_alpha, folding=False, op_types=["MatMul", "Gemm"], calib_iter=len(feeds)
+            )
+    except Exception as exc:  # neural-compressor raises whatever its graph walk hits
+        raise QuantizationError(f"SmoothQuant failed: {exc}") from exc
+    smoothed_model = transformed.model
+    added = [node.name for node in smoothed_model.graph.node if node.name not in before]
+    return smoothed_model, recipe.model_copy(update={"nodes_to_exclude": [*recipe.nodes_to_exclude, *added]})
 
 
 def per_tensor_below_opset_13(model: ModelProto, recipe: Recipe) -> tuple[Recipe, list[str]]:
@@ -129,6 +160,15 @@ def per_tensor_below_opset_13(model: ModelProto, recipe: Recipe) -> tuple[Recipe
         return recipe, []
     note = f"weights per tensor: the model stays at opset {opset} (the upgrade to 13 failed) and per-axis needs 13"
     return recipe.model_copy(update={"per_channel": False}), [note]
+
+
+def ranges_file(recipe: Recipe) -> str:
+    """The name of a calibration cache that recipes calibrating alike share: the method, its percentile, the
+    activation width (entropy searches thresholds over the quantized levels) and the sample count."""
+    levels = _levels(recipe.activation_dtype) if recipe.calibration_method == "entropy" else 0
+    percentile = recipe.calibration_percentile if recipe.calibration_method == "percentile" else 0
+    smooth = f"-smooth{recipe.smooth_quant_alpha}" if recipe.smooth_quant else ""  # a different float graph
+    return f"ranges-{recipe.calibration_method}-{percentile}-{levels}-{recipe.calibration_samples}{smooth}.json"
 
 
 ENTROPY_HISTOGRAM_BINS = 2048
@@ -222,9 +262,11 @@ def fixed_output_overrides(model: ModelProto, recipe: Recipe) -> dict[str, list[
     return overrides
 
 
-def _quantized_node_count(model: ModelProto, excluded: set[str]) -> int:
+def _quantized_node_count(model: ModelProto, excluded: set[str], quant_format: str = "qdq") -> int:
     """Compute nodes fed by at least one DequantizeLinear (the ones that now run on quantized values); an excluded
-    node reading a quantized activation still computes in float."""
+    node reading a quantized activation still computes in float. QOperator: the QLinear*/QGemm-style ops."""
+    if quant_format == "qoperator":
+        return sum(1 for node in model.graph.node if node.op_type.startswith("Q") and node.op_type != "QuantizeLinear")
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return sum(
         1

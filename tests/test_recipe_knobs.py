@@ -1,0 +1,256 @@
+"""Knobs of the recipe space beyond the first ones (issue 11): the QOperator format on onnxruntime CPU targets,
+calibration ranges shared between static candidates, the measured check of a cost-guess float plan, and the early
+stop of calibration fallbacks that cannot help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autoptq import zoo
+from autoptq.api import QuantizeOptions, plan_for
+from autoptq.calibration import Dataset, load_dataset
+from autoptq.candidates import Candidate, candidates, measured_choices
+from autoptq.graph import ModelGraph, load_model
+from autoptq.hostcost import calibrate_host, predicted_ratio, write_table
+from autoptq.metrics import sqnr_db
+from autoptq.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.produce import Attempt, _calibration_can_help, produce
+from autoptq.profiles import load_profile
+from autoptq.quantizers import full_int8
+from autoptq.quantizers.common import QuantizationError
+from autoptq.quantizers.full_int8 import ranges_file, static_qdq
+from autoptq.recipe import Recipe
+from autoptq.space import full_int8_space, quant_formats, smooth_quant_installed, smooth_quant_offered
+from autoptq.verify import ModelRunner, Verification, measurable_here
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def digits() -> ModelGraph:
+    return load_model(EXAMPLES / "digits_cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def calibration(digits: ModelGraph) -> Dataset:
+    return load_dataset(EXAMPLES / "calib.npz", digits).take(32)
+
+
+@pytest.fixture(scope="module")
+def validation(digits: ModelGraph) -> Dataset:
+    return load_dataset(EXAMPLES / "val.npz", digits).take(16)
+
+
+def test_qoperator_is_offered_only_where_onnxruntime_s_cpu_runs_the_model() -> None:
+    assert quant_formats(load_profile("x86-vnni")) == ["qdq", "qoperator"]
+    assert quant_formats(load_profile("arm-a76")) == ["qdq", "qoperator"]
+    for name in ("edgetpu", "mcu-cortex-m", "tflite-int8", "gpu-fp16"):
+        assert quant_formats(load_profile(name)) == ["qdq"], name
+    graph = load_model(zoo.transformer_block())
+    x86 = full_int8_space(load_profile("x86-vnni"), graph, Recipe())
+    assert {r.quant_format for r in x86} == {"qdq", "qoperator"}
+    assert all(r.quant_format == "qdq" for r in full_int8_space(load_profile("edgetpu"), graph, Recipe()))
+    # The device's rules stay the hard limit: a QOperator recipe is made QDQ for a device that cannot read it.
+    asked = Recipe(quant_format="qoperator")
+    assert device_conformant_recipe(asked, "full_int8", load_profile("edgetpu"), graph, None).quant_format == "qdq"
+    assert device_conformant_recipe(asked, "full_int8", load_profile("x86-vnni"), graph, None).quant_format == (
+        "qoperator"
+    )
+
+
+def test_qoperator_writes_qlinear_ops_with_the_same_outputs_as_qdq(
+    digits: ModelGraph, calibration: Dataset, validation: Dataset, tmp_path: Path
+) -> None:
+    recipe = Recipe(per_channel=True)
+    qdq = static_qdq(digits.model, recipe, calibration, "full_int8", calibration_cache=tmp_path / "r.json").model
+    qop_recipe = recipe.model_copy(update={"quant_format": "qoperator"})
+    qop = static_qdq(digits.model, qop_recipe, calibration, "full_int8", calibration_cache=tmp_path / "r.json")
+    ops = {n.op_type for n in qop.model.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+    assert "QLinearConv" not in {n.op_type for n in qdq.graph.node}
+    assert qop.applied.quantized_nodes >= 2
+    float_runner, qdq_runner, qop_runner = ModelRunner(digits.model), ModelRunner(qdq), ModelRunner(qop.model)
+    reference = np.concatenate([float_runner.run(s)[0] for s in validation.samples])
+    from_qdq = np.concatenate([qdq_runner.run(s)[0] for s in validation.samples])
+    from_qop = np.concatenate([qop_runner.run(s)[0] for s in validation.samples])
+    # Same integer arithmetic in two spellings: both close to float, and to each other.
+    assert sqnr_db(reference, from_qop) > 20
+    assert sqnr_db(from_qdq, from_qop) > 30
+
+
+def test_static_candidates_share_one_calibration_per_method(
+    monkeypatch: pytest.MonkeyPatch, digits: ModelGraph, calibration: Dataset, validation: Dataset
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    calls: list[str] = []
+    real = full_int8.collect_ranges
+
+    def counting(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Any:
+        calls.append(recipe.calibration_method)
+        assert recipe.op_types_to_quantize == [], "a shared cache holds the ranges of every tensor"
+        return real(source, samples, recipe, folder, cache)
+
+    monkeypatch.setattr(full_int8, "collect_ranges", counting)
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    outcome = produce(digits, profile, plan, calibration, validation)
+    static = [a for a in outcome.attempts if a.technique == "full_int8" and a.verification is not None]
+    assert len(static) >= 2, "the measured handful has several static candidates"
+    assert calls == ["minmax"], "one min-max calibration for all of them"
+
+
+def test_names_of_shared_range_caches_follow_what_changes_the_ranges() -> None:
+    base = Recipe()
+    assert ranges_file(base) == ranges_file(base.model_copy(update={"per_channel": False, "quant_format": "qoperator"}))
+    assert ranges_file(base) == ranges_file(base.model_copy(update={"activation_dtype": "int8"}))
+    entropy = base.model_copy(update={"calibration_method": "entropy"})
+    assert ranges_file(entropy) != ranges_file(entropy.model_copy(update={"activation_dtype": "uint16"}))
+    assert ranges_file(base) != ranges_file(base.model_copy(update={"calibration_samples": 7}))
+    percentile = base.model_copy(update={"calibration_method": "percentile"})
+    assert ranges_file(percentile) != ranges_file(percentile.model_copy(update={"calibration_percentile": 99.9}))
+
+
+def test_a_cost_guess_float_plan_is_checked_by_measurement(
+    digits: ModelGraph, calibration: Dataset, validation: Dataset
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    assert plan.technique == "none" and plan.leaf == "keep_float_too_small"
+    assert candidates(plan, profile, digits, calibration) == []
+    handful = measured_choices([], plan, profile, digits, calibration)
+    assert {c.technique for c in handful} == {"weight_only_int8", "full_int8"}
+    outcome = produce(digits, profile, plan, calibration, validation)
+    assert len(outcome.attempts) == len(handful)
+    if not outcome.kept_float:
+        # Kept only when measured not slower beyond the noise margin and smaller, like any candidate.
+        assert outcome.verification is not None and outcome.verification.passed
+        assert outcome.verification.latency is not None and outcome.verification.latency.ratio <= 1.05
+        assert outcome.verification.size_ratio < 1
+    # A structural float plan (no data on an integer-only device) stays float without trying anything.
+    edgetpu = plan_for(digits, load_profile("edgetpu"), load_tree(), None, QuantizeOptions())
+    assert produce(digits, load_profile("edgetpu"), edgetpu, None, validation).attempts == []
+
+
+def _failed(problems: list[str], technique: str = "full_int8") -> Attempt:
+    verification = Verification(
+        passed=False, problems=problems, samples=1, min_sqnr_db=10.0, size_bytes=1, float_size_bytes=2, size_ratio=0.5
+    )
+    return Attempt(step="plan", technique=technique, recipe=Recipe(), accepted=False, verification=verification)
+
+
+def test_calibration_fallbacks_run_only_where_a_fidelity_failure_could_be_fixed() -> None:
+    percentile = Candidate(
+        step="percentile_calibration", technique="full_int8", recipe=Recipe(calibration_method="percentile")
+    )
+    slower = "slower than float on the host (measured ratio above 1.05)"
+    low = "output 'y' SQNR 3.0 dB is below the floor 10.0 dB"
+    assert not _calibration_can_help(percentile, [_failed([slower])])
+    assert not _calibration_can_help(percentile, [_failed([low, slower])]), "faster kernels are not calibration's"
+    assert not _calibration_can_help(percentile, [_failed([low], technique="weight_only_int8")])
+    assert _calibration_can_help(percentile, [_failed([slower]), _failed([low])])
+    broken = Attempt(step="plan", technique="full_int8", recipe=Recipe(), accepted=False, error="quantizer failed")
+    assert _calibration_can_help(percentile, [broken])
+    skipped = broken.model_copy(update={"error": "skipped: no static candidate failed on fidelity alone"})
+    assert not _calibration_can_help(percentile, [skipped])
+
+
+def test_smooth_quant_is_offered_on_matmul_heavy_models_where_installed() -> None:
+    block = load_model(zoo.transformer_block())
+    convnet = load_model(zoo.small_convnet(size=16))
+    x86 = load_profile("x86-vnni")
+    if not smooth_quant_installed():
+        assert not smooth_quant_offered(x86, block)
+        with pytest.raises(QuantizationError, match="smoothquant"):
+            static_qdq(block.model, Recipe(smooth_quant=True), token_free_data(block), "full_int8")
+        return
+    assert smooth_quant_offered(x86, block) and not smooth_quant_offered(x86, convnet)
+    assert not smooth_quant_offered(load_profile("edgetpu"), block), "its inserted Muls stay float"
+    smoothed = [r for r in full_int8_space(x86, block, Recipe()) if r.smooth_quant]
+    assert smoothed and all(r.per_channel and r.activation_dtype == "uint8" for r in smoothed)
+
+
+@pytest.mark.skipif(not smooth_quant_installed(), reason="needs autoptq[smoothquant] (neural-compressor 2.x)")
+def test_smooth_quant_keeps_the_float_function_and_its_muls_float() -> None:
+    block = load_model(zoo.transformer_block())
+    data = token_free_data(block)
+    recipe = Recipe(smooth_quant=True, op_types_to_quantize=["MatMul"])
+    result = static_qdq(block.model, recipe, data, "full_int8")
+    added = [n for n in result.model.graph.node if n.name in result.applied.recipe.nodes_to_exclude]
+    assert added and all(n.op_type == "Mul" for n in added)
+    float_out = np.concatenate([ModelRunner(block.model).run(s)[0] for s in data.samples])
+    quant_out = np.concatenate([ModelRunner(result.model).run(s)[0] for s in data.samples])
+    assert sqnr_db(float_out, quant_out) > 15
+
+
+def token_free_data(graph: ModelGraph, count: int = 8) -> Dataset:
+    """Random float inputs for a model whose inputs are all float (the zoo's transformer block)."""
+    rng = np.random.default_rng(0)
+    samples = [
+        {t.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in t.shape]).astype(np.float32)}
+        for t in graph.inputs
+        for _ in range(count)
+    ]
+    return Dataset(samples=samples, labels=None, source="random")
+
+
+def test_the_plan_s_latency_ratio_comes_from_the_host_table_once_calibrated(
+    digits: ModelGraph, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    goals = UserGoals(prefer="size")  # the digits CNN's leaf is then weight-only, which the table times
+    roofline = plan_model(digits, profile, load_tree(), None, goals)
+    assert roofline.technique == "weight_only_int8" and HOST_TABLE_BASIS not in roofline.predicted.basis
+    table = calibrate_host(profile, EXAMPLES / "digits_cnn.onnx", budget_s=0.1)
+    write_table(table)
+    hosted = plan_model(digits, profile, load_tree(), None, goals)
+    expected = predicted_ratio(digits, profile, hosted.technique, hosted.recipe, table)
+    assert hosted.predicted.latency_ratio == round(expected, 3)
+    assert hosted.predicted.basis.endswith(HOST_TABLE_BASIS)
+    # A device this machine does not stand in for keeps the roofline, table or not.
+    arm = plan_model(digits, load_profile("arm-a76"), load_tree(), None, goals)
+    assert HOST_TABLE_BASIS not in arm.predicted.basis
+
+
+def test_the_measured_handful_screens_out_a_candidate_far_below_the_floor(
+    digits: ModelGraph, calibration: Dataset, validation: Dataset
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    # The digits CNN quantizes at ~40-50 dB: a 200 dB floor is missed on the first samples by every candidate.
+    outcome = produce(digits, profile, plan, calibration, validation, min_sqnr_db=200.0)
+    assert outcome.kept_float and outcome.attempts
+    for attempt in outcome.attempts:
+        assert attempt.verification is None and attempt.error is not None
+        assert "on the first 4 validation samples" in attempt.error and "below the floor 200 dB" in attempt.error
+    # At the default floor the same candidates are verified in full (the screen lets them through).
+    normal = produce(digits, profile, plan, calibration, validation)
+    assert all(a.verification is not None for a in normal.attempts if a.error is None)
+    assert not any("validation samples" in (a.error or "") for a in normal.attempts)
+
+
+def test_a_size_rejection_before_verification_stops_the_calibration_fallbacks() -> None:
+    percentile = Candidate(
+        step="percentile_calibration", technique="full_int8", recipe=Recipe(calibration_method="percentile")
+    )
+    larger = Attempt(
+        step="plan",
+        technique="full_int8",
+        recipe=Recipe(),
+        accepted=False,
+        error="file is not smaller than float (10 B vs 8 B): not verified further",
+    )
+    assert not _calibration_can_help(percentile, [larger])
+    low = larger.model_copy(update={"error": "output SQNR 0.0 dB on the first 4 validation samples, more than 3 dB"})
+    assert _calibration_can_help(percentile, [low])
