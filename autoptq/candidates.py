@@ -15,12 +15,6 @@ from autoptq.space import OP_GROUPS, device_int8_ops, full_int8_space, weight_on
 
 CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
 """Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
-MEASURED_FLOAT_LEAVES = frozenset({"keep_float_too_small"})
-"""Leaves that keep float on a cost guess (int8 would not be faster), not for a structural reason: on a CPU measured
-here the guess is checked by measuring the handful (a model small enough for this leaf quantizes and times in
-seconds). Measured on the digits CNN: the guess "slower, barely smaller" was a tie on speed at 0.75x size."""
-MEASURED_TECHNIQUES = ("weight_only_int8", "full_int8")
-"""What a CPU measured here can run faster than float (fp16 and 16-bit activations have no fast kernels there)."""
 MEASURED_CHOICES = 4
 """How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
 plan's own and the best the cost model ranks among the recipe space."""
@@ -117,7 +111,7 @@ def measured_choices(
     """The candidates the default choice measures on a CPU target: the plan's own, then the best the cost model
     ranks among the plan's fallbacks and the weight-only recipe space (up to MEASURED_CHOICES in all), then
     onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
-    if not found and plan.leaf not in MEASURED_FLOAT_LEAVES:
+    if not found:
         return found
     recipes = weight_only_space(profile, graph, Recipe(reduce_range=plan.recipe.reduce_range))
     space = [
@@ -150,7 +144,7 @@ def measured_choices(
         )
 
     # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
-    allowed = {plan.technique, *plan.fallbacks} if found else set(MEASURED_TECHNIQUES)
+    allowed = {plan.technique, *plan.fallbacks}
     pool = _distinct([*(c for c in found[1:] if c.step not in CALIBRATION_STEPS), *space])
     int8_ops = set(device_int8_ops(profile, graph))
     ranked = sorted(
@@ -162,10 +156,10 @@ def measured_choices(
     # since static QDQ leaves the LSTM weights float), unless the rules mark its best as the slow path.
     firsts: list[Candidate] = []
     for candidate in ranked:
-        taken = {c.technique for c in [*found[:1], *firsts]}
+        taken = {c.technique for c in [found[0], *firsts]}
         if candidate.technique not in taken and not _known_slow(candidate, profile, int8_ops):
             firsts.append(candidate)
-    chosen = _distinct([*found[:1], *firsts, *ranked])[:MEASURED_CHOICES]
+    chosen = _distinct([found[0], *firsts, *ranked])[:MEASURED_CHOICES]
     return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
 
 

@@ -97,7 +97,7 @@ def test_static_candidates_share_one_calibration_per_method(
         return real(source, samples, recipe, folder, cache)
 
     monkeypatch.setattr(full_int8, "collect_ranges", counting)
-    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
     outcome = produce(digits, profile, plan, calibration, validation)
     static = [a for a in outcome.attempts if a.technique == "full_int8" and a.verification is not None]
     assert len(static) >= 2, "the measured handful has several static candidates"
@@ -115,27 +115,18 @@ def test_names_of_shared_range_caches_follow_what_changes_the_ranges() -> None:
     assert ranges_file(percentile) != ranges_file(percentile.model_copy(update={"calibration_percentile": 99.9}))
 
 
-def test_a_cost_guess_float_plan_is_checked_by_measurement(
+def test_a_float_plan_stays_float_without_trying_anything(
     digits: ModelGraph, calibration: Dataset, validation: Dataset
 ) -> None:
+    # The digits CNN on x86 ("too small"): every recipe measures 1.04-1.05x (weight-only) or ~1.3x (static) float,
+    # so the tree's float stands rather than a choice that timing noise would flip from run to run.
     profile = load_profile("x86-vnni")
-    if not measurable_here(profile):
-        pytest.skip("this machine does not stand in for x86-vnni")
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
     assert plan.technique == "none" and plan.leaf == "keep_float_too_small"
     assert candidates(plan, profile, digits, calibration) == []
-    handful = measured_choices([], plan, profile, digits, calibration)
-    assert {c.technique for c in handful} == {"weight_only_int8", "full_int8"}
+    assert measured_choices([], plan, profile, digits, calibration) == []
     outcome = produce(digits, profile, plan, calibration, validation)
-    assert len(outcome.attempts) == len(handful)
-    if not outcome.kept_float:
-        # Kept only when measured not slower beyond the noise margin and smaller, like any candidate.
-        assert outcome.verification is not None and outcome.verification.passed
-        assert outcome.verification.latency is not None and outcome.verification.latency.ratio <= 1.05
-        assert outcome.verification.size_ratio < 1
-    # A structural float plan (no data on an integer-only device) stays float without trying anything.
-    edgetpu = plan_for(digits, load_profile("edgetpu"), load_tree(), None, QuantizeOptions())
-    assert produce(digits, load_profile("edgetpu"), edgetpu, None, validation).attempts == []
+    assert outcome.kept_float and outcome.attempts == []
 
 
 def _failed(problems: list[str], technique: str = "full_int8") -> Attempt:
@@ -227,7 +218,7 @@ def test_the_measured_handful_screens_out_a_candidate_far_below_the_floor(
     profile = load_profile("x86-vnni")
     if not measurable_here(profile):
         pytest.skip("this machine does not stand in for x86-vnni")
-    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
+    plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
     # The digits CNN quantizes at ~40-50 dB: a 200 dB floor is missed on the first samples by every candidate.
     outcome = produce(digits, profile, plan, calibration, validation, min_sqnr_db=200.0)
     assert outcome.kept_float and outcome.attempts
