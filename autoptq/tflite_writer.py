@@ -131,9 +131,6 @@ class TfliteExport(BaseModel):
     approximate_ops: list[str] = Field(
         default_factory=list, description="TFLite ops the exact tier only approximates (a stated LSB tolerance)"
     )
-    per_channel_fully_connected: bool = Field(
-        default=False, description="a FULLY_CONNECTED has per-channel weights (LiteRT rounds those once)"
-    )
     arena_estimate: ArenaEstimate
 
 
@@ -269,7 +266,6 @@ class _Writer:
         self.approximate: set[str] = set()
         self.io_in: list[TfliteTensorIO] = []
         self.io_out: list[TfliteTensorIO] = []
-        self.per_channel_fc = False
         self.row_order: dict[str, np.ndarray] = {}  # flattened NHWC tensor → ONNX index of each of its elements
 
     # --- tensors -----------------------------------------------------------------------------------------------------
@@ -663,7 +659,6 @@ class _Writer:
         n = weights.shape[1]
         scales = self.device.weight_scales[node.input[1]].reshape(-1).astype(np.float32)
         w_scale = scales if scales.size == n else np.broadcast_to(scales, (1,)).astype(np.float32)
-        self.per_channel_fc |= w_scale.size > 1
         w_index = self.constant(
             node.input[1], weights.T, self.tfl.TensorType.INT8, w_scale, np.zeros(w_scale.size, np.int64), 0
         )
@@ -1307,7 +1302,6 @@ class _Writer:
             outputs=self.io_out,
             op_counts=dict(sorted(counts.items())),
             approximate_ops=sorted(self.approximate),
-            per_channel_fully_connected=self.per_channel_fc,
             arena_estimate=self.arena_estimate(names),
         )
 
