@@ -44,7 +44,6 @@ _FLOAT_OPS = {
     "Tanh",
     "Identity",
     "Dropout",
-    "ConvTranspose",
 }
 """Ops the exact tier computes in float between dequantize and quantize that TFLite has an int8 kernel for."""
 _SHAPE_OPS = frozenset(
@@ -131,9 +130,6 @@ class TfliteExport(BaseModel):
     op_counts: dict[str, int] = Field(description="TFLite builtin op → how many the file holds")
     approximate_ops: list[str] = Field(
         default_factory=list, description="TFLite ops the exact tier only approximates (a stated LSB tolerance)"
-    )
-    per_channel_fully_connected: bool = Field(
-        default=False, description="a FULLY_CONNECTED has per-channel weights (LiteRT rounds those once)"
     )
     arena_estimate: ArenaEstimate
 
@@ -270,7 +266,6 @@ class _Writer:
         self.approximate: set[str] = set()
         self.io_in: list[TfliteTensorIO] = []
         self.io_out: list[TfliteTensorIO] = []
-        self.per_channel_fc = False
         self.row_order: dict[str, np.ndarray] = {}  # flattened NHWC tensor → ONNX index of each of its elements
 
     # --- tensors -----------------------------------------------------------------------------------------------------
@@ -664,7 +659,6 @@ class _Writer:
         n = weights.shape[1]
         scales = self.device.weight_scales[node.input[1]].reshape(-1).astype(np.float32)
         w_scale = scales if scales.size == n else np.broadcast_to(scales, (1,)).astype(np.float32)
-        self.per_channel_fc |= w_scale.size > 1
         w_index = self.constant(
             node.input[1], weights.T, self.tfl.TensorType.INT8, w_scale, np.zeros(w_scale.size, np.int64), 0
         )
@@ -1147,9 +1141,6 @@ class _Writer:
         quantize = self.single_consumer(node.output[0], "Quantize", node)
         out = self.output(quantize.output[0], quantize, nhwc=x.nhwc)
         self.done.add(quantize.name)
-        if node.op_type == "ConvTranspose":
-            self.transpose_conv(node, x, out)
-            return
         code = {"Softmax": "SOFTMAX", "HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Tanh": "TANH"}[node.op_type]
         self.approximate.add(code)
         options = None
@@ -1169,24 +1160,28 @@ class _Writer:
 
         self.op(code, [x.index], [out.index], 1 if code == "HARD_SWISH" else 2, options)
 
-    def transpose_conv(self, node: NodeProto, x: _Value, out: _Value) -> None:
-        """ConvTranspose (the exact tier computes it in float) → TRANSPOSE_CONV with the quantizer's int8 weights
-        (ONNX [I, O/g, kh, kw] → [O, kh, kw, I]) and an int32 bias at `s_in · s_w[o]`; SAME or VALID geometry only."""
+    def int_conv_transpose(self, node: NodeProto) -> None:
+        """IntConvTranspose + Requantize → TRANSPOSE_CONV: weights ONNX [I, O, kh, kw] → [O, kh, kw, I] with per-axis
+        scales on dim 0, int32 bias at `s_in · s_w[o]`, a fused RELU* (version 4) when the clamp narrows; SAME or
+        VALID geometry only."""
         attrs = NodeAttributes(node)
-        weights = self.device.float_weights.get(node.input[1])
-        if weights is None or attrs.integer("group", 1) != 1:
-            raise self.error(node, "only an ungrouped ConvTranspose with quantized constant weights is written")
-        values, scales, axis = weights
-        if values.min() < -128 or values.max() > 127 or (axis != 1 and scales.size > 1):
-            raise self.error(node, "its weights are not symmetric int8 per output channel")
-        _, out_channels, kh, kw = values.shape
-        strides = attrs.integers("strides", [1, 1])
-        if any(d != 1 for d in attrs.integers("dilations", [1, 1])) or any(attrs.integers("output_padding", [0, 0])):
+        requant = self.single_consumer(node.output[0], "Requantize", node)
+        x = self.value(node.input[0], node)
+        weights = self.inits[node.input[1]]
+        if weights.dtype != np.int8:
+            raise self.error(node, "its weights have a non-zero zero point (TFLite needs symmetric int8 weights)")
+        source = self.device.params.get(node.input[0])
+        if source is None or attrs.integer("x_zero_point") != source.zero_point:
+            raise self.error(node, "its input zero point disagrees with the device graph")
+        _, out_channels, kh, kw = weights.shape
+        strides = attrs.integers("strides")
+        if any(d != 1 for d in attrs.integers("dilations")) or any(attrs.integers("output_padding")):
             raise self.error(node, "dilations and output_padding are not written")
+        out = self.output(requant.output[0], requant)
         in_shape, out_shape = self.flat.tensors[x.index].shape, self.flat.tensors[out.index].shape
         valid = [(i - 1) * s + k for i, s, k in zip(in_shape[1:3], strides, (kh, kw), strict=True)]
         same = [i * s for i, s in zip(in_shape[1:3], strides, strict=True)]
-        pads = attrs.integers("pads", [0, 0, 0, 0])
+        pads = attrs.integers("pads")
         totals = [v - o for v, o in zip(valid, out_shape[1:3], strict=True)]
         if out_shape[1:3] == valid and not any(pads):
             padding = self.tfl.Padding.VALID
@@ -1199,29 +1194,30 @@ class _Writer:
             padding = self.tfl.Padding.SAME
         else:
             raise self.error(node, f"pads {pads} give neither TFLite's SAME nor VALID output size")
-        w_scale = np.broadcast_to(scales, (out_channels,)).astype(np.float32)
+        scales = self.device.weight_scales[node.input[1]]
+        w_scale = np.broadcast_to(scales.reshape(-1), (out_channels,)).astype(np.float32)
         w_index = self.constant(
             node.input[1],
-            values.transpose(1, 2, 3, 0).astype(np.int8),
+            weights.transpose(1, 2, 3, 0),
             self.tfl.TensorType.INT8,
             w_scale,
             np.zeros(out_channels, np.int64),
             0,
         )
-        bias_scale = np.float64(x.params.scale) * w_scale.astype(np.float64)
         inputs = [self.int32(f"{node.name}/output_shape", out_shape), w_index, x.index]
         if len(node.input) > 2 and node.input[2]:
-            real = self.inits[node.input[2]].astype(np.float64).reshape(-1)
-            bias = np.clip(kernels.round_half_away(real / bias_scale), kernels.INT32_MIN, kernels.INT32_MAX)
+            bias_scale = (np.float64(x.params.scale) * w_scale.astype(np.float64)).astype(np.float32)
             inputs.append(
                 self.constant(
                     f"{node.name}/bias",
-                    bias.astype(np.int32),
+                    np.broadcast_to(self.inits[node.input[2]].reshape(-1), (out_channels,)).astype(np.int32),
                     self.tfl.TensorType.INT32,
-                    bias_scale.astype(np.float32),
+                    bias_scale,
                     np.zeros(out_channels, np.int64),
                 )
             )
+        act = self.fused(requant, self.device.params[requant.output[0]], *_bounds(requant))
+        self.check_requantize(requant, x.params.scale * w_scale.astype(np.float64) / out.params.scale)
         tfl, (sh, sw) = self.tfl, strides
 
         def options(b: object) -> tuple[int, int]:
@@ -1229,10 +1225,13 @@ class _Writer:
             tfl.TransposeConvOptionsAddPadding(b, padding)
             tfl.TransposeConvOptionsAddStrideH(b, sh)
             tfl.TransposeConvOptionsAddStrideW(b, sw)
+            tfl.TransposeConvOptionsAddFusedActivationFunction(b, act)
             return tfl.BuiltinOptions.TransposeConvOptions, tfl.TransposeConvOptionsEnd(b)
 
-        self.approximate.add("TRANSPOSE_CONV")
-        self.op("TRANSPOSE_CONV", inputs, [out.index], 3 if len(inputs) > 3 else 2, options)
+        # op_version.cc: a fused activation needs version 4, a bias 3, int8 2.
+        version = 4 if act != tfl.ActivationFunctionType.NONE else 3 if len(inputs) > 3 else 2
+        self.op("TRANSPOSE_CONV", inputs, [out.index], version, options)
+        self.done.add(requant.name)
 
     # --- serialization -----------------------------------------------------------------------------------------------
 
@@ -1303,7 +1302,6 @@ class _Writer:
             outputs=self.io_out,
             op_counts=dict(sorted(counts.items())),
             approximate_ops=sorted(self.approximate),
-            per_channel_fully_connected=self.per_channel_fc,
             arena_estimate=self.arena_estimate(names),
         )
 
@@ -1457,6 +1455,7 @@ _HANDLERS: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "Quantize": _Writer.quantize,
     "Dequantize": _Writer.dequantize,
     "IntConv": _Writer.int_conv,
+    "IntConvTranspose": _Writer.int_conv_transpose,
     "IntMatMul": _Writer.int_matmul,
     "IntAdd": _Writer.int_add,
     "IntMul": _Writer.int_mul,
@@ -1465,7 +1464,8 @@ _HANDLERS: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "IntAveragePool": _Writer.int_average_pool,
     "IntMean": _Writer.int_mean,
 }
-"""Device op → the TFLite op(s) it becomes (a Requantize after IntConv/IntMatMul/IntMul is fused into them)."""
+"""Device op → the TFLite op(s) it becomes (a Requantize after IntConv/IntConvTranspose/IntMatMul/IntMul is fused into
+them)."""
 _STANDARD: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "Identity": _Writer.identity,
     "Dropout": _Writer.identity,

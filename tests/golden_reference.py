@@ -42,6 +42,11 @@ class IntConv(_DeviceOp):
         return (kernels.conv_accumulate(x, w, bias, **attributes).astype(np.int32),)
 
 
+class IntConvTranspose(_DeviceOp):
+    def _run(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, **attributes: Any) -> tuple:
+        return (kernels.conv_transpose_accumulate(x, w, bias, **attributes).astype(np.int32),)
+
+
 class IntMatMul(_DeviceOp):
     def _run(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, **attributes: Any) -> tuple:
         return (kernels.matmul_accumulate(a, b, bias, **attributes).astype(np.int32),)
@@ -112,7 +117,19 @@ class MaxPool(OpRun):
         return (result.astype(x.dtype),)
 
 
-DEVICE_OPS = [Quantize, Dequantize, IntConv, IntMatMul, IntMul, Requantize, IntAdd, Lut, IntAveragePool, IntMean]
+DEVICE_OPS = [
+    Quantize,
+    Dequantize,
+    IntConv,
+    IntConvTranspose,
+    IntMatMul,
+    IntMul,
+    Requantize,
+    IntAdd,
+    Lut,
+    IntAveragePool,
+    IntMean,
+]
 
 
 def run_golden(device: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

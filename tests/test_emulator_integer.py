@@ -31,7 +31,7 @@ from autoptq.emulators.integer import (
 )
 from autoptq.emulators.intgraph import DEVICE_DOMAIN, build_device_graph
 from autoptq.emulators.kernels import InputRounding, Rounding
-from autoptq.emulators.lowering import lower
+from autoptq.emulators.lowering import FLOAT32_EXACT, lower
 from autoptq.errors import AutoptqError, DataError
 from autoptq.metrics import sqnr_db
 from autoptq.profiles import HardwareProfile, load_profile
@@ -686,6 +686,74 @@ def test_lowered_pair_saturation_matches_the_kernel(op_type: str, most: bool) ->
     )
     device.ir_version = 9
     np.testing.assert_array_equal(lowered_run(device, {"x": x}), expected)
+
+
+CONV_TRANSPOSE_GEOMETRY = {
+    "strides": [2, 3],
+    "pads": [1, 0, 0, 2],
+    "output_padding": [1, 0],
+    "dilations": [1, 2],
+    "x_zero_point": 3,
+}
+"""Every ONNX ConvTranspose attribute the kernel takes, with asymmetric values."""
+
+
+def test_conv_transpose_kernel_follows_onnx_geometry() -> None:
+    """The scatter-accumulation kernel against ONNX's own ConvTranspose (onnx.reference, float64: exact on these
+    integers) on the centred input."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (2, 3, 4, 5)).astype(np.int8)
+    weights = rng.integers(-127, 128, (3, 4, 3, 2)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 4).astype(np.int32)
+    got = kernels.conv_transpose_accumulate(x, weights, bias, **CONV_TRANSPOSE_GEOMETRY)
+    attributes = {k: v for k, v in CONV_TRANSPOSE_GEOMETRY.items() if k != "x_zero_point"}
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attributes)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [tensor(n, None, TensorProto.DOUBLE) for n in ("x", "w", "b")],
+        [tensor("y", None, TensorProto.DOUBLE)],
+    )
+    reference = onnx.reference.ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"x": x.astype(np.float64) - 3, "w": weights.astype(np.float64), "b": bias.astype(np.float64)}
+    np.testing.assert_array_equal(got, reference.run(None, feeds)[0].astype(np.int64))
+
+
+@pytest.mark.parametrize("in_channels", [3, 256], ids=["float32", "int64-channel-chunks"])
+def test_lowered_conv_transpose_matches_the_kernel(in_channels: int) -> None:
+    """The lowering's float ConvTranspose of integers is exact below 2^24; with 256 input channels of ±127 weights
+    the bound is above it and the input channels are summed in int64 chunks."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (1, in_channels, 4, 5)).astype(np.int8)
+    weights = rng.choice([-127, 127], size=(in_channels, 4, 3, 2)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 4).astype(np.int32)
+    expected = kernels.conv_transpose_accumulate(x, weights, bias, **CONV_TRANSPOSE_GEOMETRY)
+    bound = (128 + 3) * np.abs(weights.astype(np.int64)).sum(axis=(0, 2, 3)).max() + np.abs(bias).max()
+    assert (bound >= FLOAT32_EXACT) == (in_channels == 256)
+    identity = kernels.quantize_multiplier(1.0)  # Requantize by 1 makes the accumulator a graph output
+    requantize = {"rounding": "tflite_double", "input_zero_point": 0, "zero_point": 0, "qmin": I32_MIN, "qmax": I32_MAX}
+    nodes = [
+        helper.make_node("IntConvTranspose", ["x", "w", "b"], ["acc"], **CONV_TRANSPOSE_GEOMETRY),
+        helper.make_node("Requantize", ["acc", "one", "zero"], ["y"], to=TensorProto.INT32, **requantize),
+    ]
+    for node in nodes:
+        node.domain = DEVICE_DOMAIN
+    constants = {"w": weights, "b": bias, "one": np.int32(identity[0]), "zero": np.int32(identity[1])}
+    graph = helper.make_graph(
+        nodes,
+        "device",
+        [tensor("x", list(x.shape), TensorProto.INT8)],
+        [tensor("y", list(expected.shape), TensorProto.INT32)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()],
+    )
+    device = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DEVICE_DOMAIN, 1)]
+    )
+    device.ir_version = 9
+    np.testing.assert_array_equal(lowered_run(device, {"x": x}), expected)
+    np.testing.assert_array_equal(run_golden(device, {"x": x})[0], expected)
+    chunks = sum(node.op_type == "ConvTranspose" for node in lower(device).graph.node)
+    assert chunks == (1 if in_channels == 3 else 2)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="models onnxruntime's x86 MLAS kernels")

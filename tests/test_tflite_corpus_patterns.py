@@ -154,7 +154,7 @@ def test_the_folded_upsampling_head_is_written_as_transpose_conv() -> None:
     prepared = prepare(model, Dataset(samples(model, 4, 1), None, "test")).model
     ops, lsb = litert_vs_exact(quantize(prepared), samples(model, 6, 2))
     assert ops == {"CONV_2D": 1, "TRANSPOSE_CONV": 1}  # the Relu is the output range (ORT drops its Q/DQ)
-    assert lsb <= 1  # TRANSPOSE_CONV: 1 LSB at the op (docs/tflite.md)
+    assert lsb == 0  # TRANSPOSE_CONV: TFLite's integer kernel in the exact tier
 
 
 # --- a graph input read by slices, an output that is an Identity -----------------------------------------------------

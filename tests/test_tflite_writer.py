@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import ModelProto, helper
+from onnx import ModelProto, helper, numpy_helper
 
 from autoptq import api
 from autoptq.calibration import Dataset
 from autoptq.emulators.integer import build_exact_model, exact_session, quantize_inputs
+from autoptq.emulators.intgraph import build_device_graph
 from autoptq.errors import AutoptqError
 from autoptq.profiles import load_profile
 from autoptq.quantizers.full_int8 import static_qdq
@@ -199,13 +200,15 @@ def slice_split_model() -> ModelProto:
     return build(nodes, [tensor("x", [1, 3, 6, 7])], [tensor("y", [1, 6, 4, 4])], inits, opset=13)
 
 
-def softmax_model() -> ModelProto:
-    """SOFTMAX after a FULLY_CONNECTED."""
-    nodes = [
-        helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1),
-        helper.make_node("Softmax", ["g"], ["y"], name="softmax", axis=-1),
-    ]
-    inits = [const("w", weights(10, 16) * 4), const("b", weights(10))]
+def softmax_model(seed: int = 0, softmax: bool = True) -> ModelProto:
+    """SOFTMAX after a FULLY_CONNECTED (or the FULLY_CONNECTED alone), weights drawn from their own seed (not the
+    module's stream, whose state depends on which tests ran before)."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g" if softmax else "y"], name="fc", transB=1)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["g"], ["y"], name="softmax", axis=-1))
+    w, b = (rng.standard_normal(shape) * 0.3 for shape in ((10, 16), (10,)))
+    inits = [const("w", (w * 4).astype(np.float32)), const("b", b.astype(np.float32))]
     return build(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 10])], inits)
 
 
@@ -244,20 +247,31 @@ def test_convolutions_are_bit_exact() -> None:
     assert (litert, tflm) == (0, 0)
 
 
-def test_per_tensor_fully_connected_is_bit_exact() -> None:
+def test_per_tensor_fully_connected_is_bit_exact_in_tflm() -> None:
+    """LiteRT's reference FULLY_CONNECTED requantizes in double, `round(acc · s_in·s_w / s_out)` (one rounding);
+    TFLM, like CONV_2D and the exact tier, uses the fixed-point multiplier (two roundings)."""
     ops, litert, tflm = written_ops(dense_model(), per_channel=False)
     assert ops == {"FULLY_CONNECTED": 2}
-    assert (litert, tflm) == (0, 0)
+    assert tflm == 0 and litert <= 1  # the stated tolerance (tflite_runtime.agreement)
 
 
-def test_per_channel_fully_connected_rounds_once_in_litert_only() -> None:
+def test_per_channel_fully_connected_is_bit_exact_in_tflm() -> None:
     qdq = quantize(dense_model())
     exported = export_tflite(qdq, PROFILE)
-    assert exported.per_channel_fully_connected
     feeds = samples(dense_model(), 40, 3)
     exact = exact_outputs(qdq, feeds)
     assert max_lsb(run_tflm(exported, feeds), exact) == 0
     assert max_lsb(run_litert(exported, feeds), exact) <= 1  # the stated tolerance (tflite_runtime.agreement)
+
+
+def test_litert_rounds_a_fully_connected_tie_once_and_softmax_amplifies_it() -> None:
+    """On these weights one logit is 2713 · 0.0057127 = 15.498 before the zero point: the fixed-point multiplier
+    rounds it twice (SRDHM to 1984 = 15.5 · 2^7, then the shift: 16), LiteRT's double once (15). TFLM agrees with the
+    exact tier; in LiteRT the 1-LSB step at the logits (scale 0.091) moves the SOFTMAX output by 5 LSB."""
+    fully_connected = written_ops(softmax_model(7, softmax=False), per_channel=False)
+    assert fully_connected == ({"FULLY_CONNECTED": 1}, 1, 0)
+    _, litert, tflm = written_ops(softmax_model(7), per_channel=False)
+    assert tflm == 0 and litert == 5
 
 
 def test_arithmetic_is_bit_exact() -> None:
@@ -314,23 +328,71 @@ def test_hard_sigmoid_and_division_by_a_constant_are_bit_exact() -> None:
     assert litert == 0 and tflm == 0
 
 
-@pytest.mark.parametrize(("pads", "kernel"), [([0, 0, 0, 0], 2), ([1, 1, 1, 1], 4)])
-def test_transpose_conv_within_the_stated_tolerance(pads: list[int], kernel: int) -> None:
-    """TRANSPOSE_CONV, VALID (k 2, s 2, no pads) and SAME (k 4, s 2, pads 1): computed in float by the exact tier."""
+@pytest.mark.parametrize(
+    ("pads", "kernel", "bias", "activation"),
+    [
+        ([0, 0, 0, 0], 2, True, "Relu"),
+        ([0, 0, 0, 0], 2, False, "Sigmoid"),
+        ([1, 1, 1, 1], 4, False, "Relu"),
+        ([1, 1, 1, 1], 4, True, "Sigmoid"),
+    ],
+)
+def test_transpose_conv_is_bit_exact(pads: list[int], kernel: int, bias: bool, activation: str) -> None:
+    """TRANSPOSE_CONV, VALID (k 2, s 2, no pads) and SAME (k 4, s 2, pads 1), per-channel weights, with and without
+    bias: the exact tier runs TFLite's integer kernel (int32 scatter-accumulation, int32 bias, CONV_2D's per-channel
+    requantization). Computed in float instead it was 1 LSB off, which a LOGISTIC after it can amplify."""
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
-        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], name="tconv", strides=[2, 2], pads=pads),
+        helper.make_node(
+            "ConvTranspose", ["c", "wt", *(["bt"] if bias else [])], ["t"], name="tconv", strides=[2, 2], pads=pads
+        ),
+        helper.make_node(activation, ["t"], ["y"], name="activation"),
     ]
-    inits = [
-        const("w", weights(4, 3, 1, 1)),
-        const("b", weights(4)),
-        const("wt", weights(4, 5, kernel, kernel)),
-        const("bt", weights(5)),
-    ]
+    inits = [const("w", weights(4, 3, 1, 1)), const("b", weights(4)), const("wt", weights(4, 5, kernel, kernel))]
+    inits += [const("bt", weights(5))] if bias else []
     model = build(nodes, [tensor("x", [1, 3, 4, 5])], [tensor("y", [1, 5, 8, 10])], inits)
+    qdq = quantize(model)
+    assert "ConvTranspose" in build_device_graph(qdq, PROFILE).exact_ops
     ops, litert, tflm = written_ops(model)
-    assert ops == {"CONV_2D": 1, "TRANSPOSE_CONV": 1}
-    assert litert <= 1 and tflm <= 1
+    # The Relu is the output range of the TRANSPOSE_CONV (onnxruntime drops its Q/DQ pair).
+    assert ops == {"CONV_2D": 1, "TRANSPOSE_CONV": 1, **({"LOGISTIC": 1} if activation == "Sigmoid" else {})}
+    assert (litert, tflm) == (0, 0)
+
+
+def test_a_relu_kept_before_the_transpose_conv_output_is_fused_bit_exactly() -> None:
+    """A Relu between ConvTranspose and its QuantizeLinear that narrows the int8 range (zero point −100) is fused:
+    TRANSPOSE_CONV version 4 with RELU (op_version.cc), bit-exact in LiteRT and TFLM. onnxruntime's quantizer drops
+    a Relu it can express as the output range, so the QDQ model is edited to keep one."""
+    import tflite
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["t"], name="tconv", strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["y"], name="relu"),
+    ]
+    inits = [const("w", weights(4, 3, 1, 1)), const("b", weights(4)), const("wt", weights(4, 5, 2, 2))]
+    model = build(nodes, [tensor("x", [1, 3, 4, 5])], [tensor("y", [1, 5, 8, 10])], [*inits, const("bt", weights(5))])
+    qdq = quantize(model)
+    tconv = next(n for n in qdq.graph.node if n.op_type == "ConvTranspose")
+    quantize_linear = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tconv.output[0])
+    tconv.output[0] = "tconv_raw"
+    position = list(qdq.graph.node).index(tconv) + 1
+    qdq.graph.node.insert(position, helper.make_node("Relu", ["tconv_raw"], [quantize_linear.input[0]], name="kept"))
+    zero_point = next(i for i in qdq.graph.initializer if i.name == quantize_linear.input[2])
+    zero_point.CopyFrom(numpy_helper.from_array(np.array(-100, np.int8), zero_point.name))
+
+    exported = export_tflite(qdq, PROFILE)
+    file = tflite.Model.GetRootAsModel(exported.content, 0)
+    codes = [file.OperatorCodes(i) for i in range(file.OperatorCodesLength())]
+    assert {(c.BuiltinCode(), c.Version()) for c in codes} == {
+        (tflite.BuiltinOperator.CONV_2D, 3),
+        (tflite.BuiltinOperator.TRANSPOSE_CONV, 4),
+    }
+    feeds = samples(model, 6, 2)
+    exact = exact_outputs(qdq, feeds)
+    assert min(int(sample[0].min()) for sample in exact) == -100  # the clamp bites
+    assert max_lsb(run_litert(exported, feeds), exact) == 0
+    assert max_lsb(run_tflm(exported, feeds), exact) == 0
 
 
 def test_softmax_within_the_stated_tolerance() -> None:

@@ -9,6 +9,7 @@ clamp bounds, rounding and accumulation modes) as attributes and initializers:
 | `Quantize(x)` | real → integer at a float boundary (`rounding`: half_away as TFLite, half_even as onnxruntime) |
 | `Dequantize(q)` | integer → real, as DequantizeLinear |
 | `IntConv(x, w, b)` | 2-D convolution accumulator `Σ (x − zp_x)·w + b` (`accumulation`: int32 or int16_pairs) |
+| `IntConvTranspose(x, w, b)` | 2-D transposed convolution accumulator (TFLite TRANSPOSE_CONV), int32 |
 | `IntMatMul(a, b, bias)` | `(a − zp_a) @ (b − zp_b) + bias` (Gemm, MatMul with constant or activation weights) |
 | `IntMul(a, b)` | `(a − zp_a)·(b − zp_b)` |
 | `Requantize(acc, M, e)` | `clamp(requant(acc − input_zp) + zp, qmin, qmax)` per channel; also rescales tensors |
@@ -151,8 +152,6 @@ class DeviceGraph:
     """Float32 scales of each IntConv / IntMatMul weight initializer (one per channel, or one per tensor)."""
     functions: dict[str, str] = field(default_factory=dict)
     """Lut node name → the ONNX function its table holds (Sigmoid, Tanh)."""
-    float_weights: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
-    """A quantized constant a float op reads dequantized → (integers − zero point, scales, axis)."""
 
     @property
     def approximate_nodes(self) -> list[str]:
@@ -453,7 +452,6 @@ class _Builder:
             centred = constant.values.astype(np.int64) - constant.zero_point.reshape(shape)
             real = centred.astype(np.float32) * constant.scale.reshape(shape)
             self.initializers[name] = numpy_helper.from_array(real.astype(np.float32), name)
-            self.result.float_weights[name] = (centred, constant.scale.reshape(-1).astype(np.float32), constant.axis)
         elif name in self.constants:
             self.initializers[name] = numpy_helper.from_array(self.constants[name], name)
         self.float_ready.add(name)
@@ -581,6 +579,47 @@ class _Builder:
             pads=pads,
             dilations=dilations,
             accumulation=self.accumulation(x_params, weights.values, weights.zero_point, node),
+        )
+        self.declare(acc, TensorProto.INT32, like=consumer.target)
+        self.requantize_product(acc, consumer, x_params.scale, w_scale, node.name, (-1, 1, 1))
+        return None
+
+    def conv_transpose(self, node: NodeProto) -> str | None:
+        """TFLite's int8 TRANSPOSE_CONV (reference_integer_ops::TransposeConv): int32 accumulation of
+        `(x − zp)·w` scattered over the output, int32 bias at `s_in · s_w[o]`, per-output-channel requantization as
+        CONV_2D. onnxruntime has no integer kernel for it and runs it in float between dequantize and quantize."""
+        if self.rounding == "float_rne":
+            return "the runtime computes it in float between dequantize and quantize"
+        consumer = self.quantize_consumer(node.output[0], fuse=True)
+        x = self.views.get(node.input[0])
+        weights = self.const_q.get(node.input[1])
+        if consumer is None or x is None or weights is None:
+            return "its input, weights or output are not quantized"
+        attrs = NodeAttributes(node)
+        if weights.values.ndim != 4 or attrs.integer("group", 1) != 1:
+            return "only ungrouped 2-D transposed convolutions are emulated"
+        if not weights.per_tensor and weights.axis != 1:
+            return "its weights are quantized along an axis other than the output channels (1)"
+        if attrs.text("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in attrs.values:
+            return "only explicit pads are emulated (no auto_pad, no output_shape)"
+        x_name, x_params = x
+        out_channels = weights.values.shape[1]
+        w_scale, w_zero = weights.along(out_channels)
+        w = weights.values.astype(np.int64) - w_zero.reshape(1, -1, 1, 1)
+        bias = self.bias(node, 2, x_params.scale, w_scale)
+        acc = self.fresh(f"{node.name}/acc")
+        w_name = self.const(_narrow(w), f"{node.name}/w")
+        self.result.weight_scales[w_name] = weights.scale.reshape(-1).astype(np.float32)
+        self.emit(
+            "IntConvTranspose",
+            [x_name, w_name, *bias],
+            [acc],
+            node.name,
+            x_zero_point=x_params.zero_point,
+            strides=attrs.integers("strides", [1, 1]),
+            pads=attrs.integers("pads", [0, 0, 0, 0]),
+            output_padding=attrs.integers("output_padding", [0, 0]),
+            dilations=attrs.integers("dilations", [1, 1]),
         )
         self.declare(acc, TensorProto.INT32, like=consumer.target)
         self.requantize_product(acc, consumer, x_params.scale, w_scale, node.name, (-1, 1, 1))
@@ -1110,6 +1149,7 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 
 _HANDLERS: dict[str, Callable[[_Builder, NodeProto], str | None]] = {
     "Conv": _Builder.conv,
+    "ConvTranspose": _Builder.conv_transpose,
     "Gemm": _Builder.gemm,
     "MatMul": _Builder.matmul,
     "Add": _Builder.add,

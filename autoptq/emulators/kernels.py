@@ -255,6 +255,42 @@ def conv_accumulate(
     return acc
 
 
+def conv_transpose_accumulate(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    x_zero_point: int,
+    strides: Sequence[int],
+    pads: Sequence[int],
+    output_padding: Sequence[int],
+    dilations: Sequence[int],
+) -> np.ndarray:
+    """2-D transposed convolution accumulator `Σ (x − zp_x)·w + bias` (NCHW, weights (C_in, C_out, kh, kw), zero
+    point 0, one group), as TFLite's reference_integer_ops::TransposeConv scatters it: each input pixel adds
+    `(x − zp)·w[c, o, i, j]` at output `(y·s + i·d − top, x·s + j·d − left)`, contributions falling outside the
+    output are dropped; ONNX's output size `s·(n − 1) + output_padding + d·(k − 1) + 1 − pads`."""
+    n, _, h, wd = x.shape
+    _, out_c, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    top, left, bottom, right = pads
+    centred = x.astype(np.int64) - x_zero_point
+    full_h = sh * (h - 1) + output_padding[0] + dh * (kh - 1) + 1
+    full_w = sw * (wd - 1) + output_padding[1] + dw * (kw - 1) + 1
+    full = np.zeros((n, out_c, full_h, full_w), np.int64)
+    weights = w.astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (h - 1) + 1, sh)
+            columns = slice(j * dw, j * dw + sw * (wd - 1) + 1, sw)
+            full[:, :, rows, columns] += np.einsum("nchw,co->nohw", centred, weights[:, :, i, j])
+    acc = full[:, :, top : full_h - bottom, left : full_w - right]
+    if bias is not None:
+        acc = acc + bias.astype(np.int64).reshape(1, -1, 1, 1)
+    return acc
+
+
 def matmul_accumulate(
     a: np.ndarray,
     b: np.ndarray,

@@ -308,7 +308,7 @@ def _conv(lowering: _Lowering, node: NodeProto) -> None:
         total = lowering.op("Add", [pairs, lowering.const(correction.reshape(-1, 1, 1), np.float64)], output)
         lowering.bind(output, lowering.op("Cast", [total], output, to=TensorProto.INT64), TensorProto.INT64)
         return
-    accumulator = _conv_accumulator(lowering, node, centred, weights, bias, conv_attrs)
+    accumulator = _conv_accumulator(lowering, node, centred, weights, bias, conv_attrs, "Conv")
     if not risky.size:
         lowering.bind(output, *accumulator)
         return
@@ -319,6 +319,19 @@ def _conv(lowering: _Lowering, node: NodeProto) -> None:
     _subtract_excess(lowering, output, accumulator, excess)
 
 
+def _conv_transpose(lowering: _Lowering, node: NodeProto) -> None:
+    """TFLite's TRANSPOSE_CONV accumulator: a float ConvTranspose of integers, exact under the same 2^24 bound as
+    Conv (every output element, and every partial sum of it, is a sum of a subset of the products bounded there)."""
+    attrs = NodeAttributes(node)
+    weights = lowering.constants[node.input[1]].astype(np.int64)
+    bias = lowering.constants[node.input[2]].astype(np.int64) if len(node.input) > 2 else np.zeros(0, np.int64)
+    conv_attrs: dict[str, object] = {k: attrs.integers(k) for k in ("strides", "pads", "dilations", "output_padding")}
+    conv_attrs.update(group=1, kernel_shape=list(weights.shape[2:]))
+    centred = lowering.centred(node.input[0], attrs.integer("x_zero_point"))
+    accumulator = _conv_accumulator(lowering, node, centred, weights, bias, conv_attrs, "ConvTranspose")
+    lowering.bind(node.output[0], *accumulator)
+
+
 def _conv_accumulator(
     lowering: _Lowering,
     node: NodeProto,
@@ -326,20 +339,25 @@ def _conv_accumulator(
     weights: np.ndarray,
     bias: np.ndarray,
     conv_attrs: dict[str, object],
+    op_type: str,
 ) -> tuple[str, int]:
-    """`Σ (x − zp)·w + bias` as exact float32 (bound below 2^24) or as int64 summed over channel chunks."""
+    """`Σ (x − zp)·w + bias` of a Conv (weights (O, C/group, kh, kw)) or ConvTranspose (weights (C, O, kh, kw)) as
+    exact float32 (bound below 2^24) or as int64 summed over input-channel chunks."""
     output = node.output[0]
     reach = _input_reach(lowering, node.input[0], NodeAttributes(node).integer("x_zero_point"))
-    per_channel = np.abs(weights).sum(axis=(2, 3))  # (O, C/group)
+    transposed = op_type == "ConvTranspose"
+    per_channel = np.abs(weights).sum(axis=(2, 3))  # (O, C/group), or (C, O) transposed
+    if transposed:
+        per_channel = per_channel.T
     if np.max(reach * per_channel.sum(axis=1) + np.abs(bias).max(initial=0)) < FLOAT32_EXACT:
         inputs = [centred, lowering.const(weights, np.float32, f"{output}/w")]
         if bias.size:
             inputs.append(lowering.const(bias, np.float32, f"{output}/b"))
-        return lowering.op("Conv", inputs, output, **conv_attrs), TensorProto.FLOAT
+        return lowering.op(op_type, inputs, output, **conv_attrs), TensorProto.FLOAT
     if np.max(reach * per_channel.sum(axis=1)) < FLOAT32_EXACT:
         # Only the bias is beyond float32's exact range (a tiny weight scale makes it large): sum the products in
         # float32, exactly, and add the bias in int64.
-        conv = lowering.op("Conv", [centred, lowering.const(weights, np.float32, f"{output}/w")], output, **conv_attrs)
+        conv = lowering.op(op_type, [centred, lowering.const(weights, np.float32, f"{output}/w")], output, **conv_attrs)
         total = lowering.op("Cast", [conv], output, to=TensorProto.INT64)
         return lowering.op(
             "Add", [total, lowering.const(bias.reshape(-1, *[1] * (weights.ndim - 2)), np.int64)], output
@@ -350,7 +368,8 @@ def _conv_accumulator(
     for start, stop in _channel_chunks(reach * per_channel, node.name):
         bounds = [lowering.const([start], np.int64), lowering.const([stop], np.int64), lowering.const([1], np.int64)]
         part = lowering.op("Slice", [centred, *bounds], output)
-        conv = lowering.op("Conv", [part, lowering.const(weights[:, start:stop], np.float32)], output, **conv_attrs)
+        chunk_weights = weights[start:stop] if transposed else weights[:, start:stop]
+        conv = lowering.op(op_type, [part, lowering.const(chunk_weights, np.float32)], output, **conv_attrs)
         chunk = lowering.op("Cast", [conv], output, to=TensorProto.INT64)
         total = chunk if total is None else lowering.op("Add", [total, chunk], output)
     assert total is not None
@@ -628,6 +647,7 @@ _LOWERINGS: dict[str, Callable[[_Lowering, NodeProto], None]] = {
     "Quantize": _quantize,
     "Dequantize": _dequantize,
     "IntConv": _conv,
+    "IntConvTranspose": _conv_transpose,
     "IntMatMul": _matmul,
     "IntMul": _mul,
     "IntAdd": _add,

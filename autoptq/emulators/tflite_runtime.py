@@ -6,10 +6,12 @@ run in a real TFLite runtime and held to the exact tier.
 - `tflm`: TFLite Micro's Python interpreter (`tflite-micro`), which also reports the tensor arena the model needs.
 
 Both compare every output element with the exact tier, in LSB of the output's scale: ops the exact tier computes
-bit for bit (convolutions, fully connected, add/sub/mul, pools, mean, data movement) must agree exactly; the ops the
-exact tier only approximates (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, RESIZE_BILINEAR: dequantize → float32 → quantize
-or a float-built table, where TFLite's reference kernels use fixed-point arithmetic) are allowed 1 LSB at their own
-output, which later layers can amplify: the comparison states it.
+bit for bit (convolutions, transposed convolutions, fully connected, add/sub/mul, pools, mean, data movement) must
+agree exactly; the ops the exact tier only approximates (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, RESIZE_BILINEAR:
+dequantize → float32 → quantize or a float-built table, where TFLite's reference kernels use fixed-point arithmetic)
+are allowed 1 LSB at their own output, which later layers can amplify: the comparison states it. LiteRT's reference
+FULLY_CONNECTED requantizes in double (one rounding) where TFLM and the exact tier use the fixed-point multiplier, so
+the litert tier allows it 1 LSB too.
 """
 
 from __future__ import annotations
@@ -105,10 +107,10 @@ def agreement(
             f"{', '.join(exported.approximate_ops)}: the exact tier computes them in float32 (or a float-built table), "
             "TFLite's reference kernels in fixed point"
         )
-    if tier == "litert" and exported.per_channel_fully_connected:
+    if tier == "litert" and "FULLY_CONNECTED" in exported.op_counts:
         reasons.append(
-            "per-channel FULLY_CONNECTED: LiteRT's reference kernel requantizes it with one rounding (TFLM, CONV_2D "
-            "and the exact tier round twice, gemmlowp style), which moves ties"
+            "FULLY_CONNECTED: LiteRT's reference kernel requantizes it in double, round(acc · s_in·s_w / s_out), one "
+            "rounding (TFLM, CONV_2D and the exact tier use the fixed-point multiplier, which rounds twice)"
         )
     tolerance = APPROXIMATE_TOLERANCE_LSB if reasons else 0
     reason = (
