@@ -1,10 +1,10 @@
 """Bring a model into the form the quantizers expect, on a copy, checking every step.
 
-Steps: upgrade opsets below 13 (per-channel weights need it), name every node, fold constant weight paths into
-initializers, remove Identity nodes, fold a bias Add and BatchNormalization into the preceding convolution, infer
-shapes, and run onnxruntime's `quant_pre_process` when symbolic shapes need it. After each step the result must
-load in onnxruntime and reproduce the previous outputs within float tolerance; a step that fails or changes outputs
-is skipped with a note, never trusted.
+Steps: upgrade opsets below 13 (per-channel weights need it), stop listing initializers as inputs, name every
+node, fold constant weight paths into initializers, remove Identity nodes, fold a bias Add and BatchNormalization
+into the preceding convolution, infer shapes, and run onnxruntime's `quant_pre_process` when symbolic shapes need
+it. After each step the result must load in onnxruntime and reproduce the previous outputs within float tolerance;
+a step that fails or changes outputs is skipped with a note, never trusted.
 """
 
 from __future__ import annotations
@@ -403,6 +403,21 @@ def working_directory(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+def initializers_out_of_inputs(model: ModelProto) -> tuple[ModelProto | None, str]:
+    """Stop listing initializers as graph inputs (IR 3 exports do): a quantizer replaces such a weight by its
+    quantized form and leaves the input behind, so the produced model would ask for every weight as an input."""
+    weights = {init.name for init in model.graph.initializer}
+    listed = [value for value in model.graph.input if value.name in weights]
+    if not listed:
+        return None, "not needed: no initializer is listed as a graph input"
+    result = _copy(model)
+    kept = [value for value in result.graph.input if value.name not in weights]
+    del result.graph.input[:]
+    result.graph.input.extend(kept)
+    result.ir_version = max(result.ir_version, 4)  # IR 4 is the first that lets an initializer be no input
+    return result, f"{len(listed)} initializers no longer listed as graph inputs"
+
+
 def upgrade_opset(model: ModelProto) -> tuple[ModelProto | None, str]:
     """Convert a model below opset 13 with onnx's version converter: onnxruntime's quantizers write per-axis
     DequantizeLinear nodes without upgrading, and opset 11/12 (Paddle's default) rejects their `axis`."""
@@ -420,6 +435,7 @@ def _one_line(exc: BaseException) -> str:
 
 STEPS: list[tuple[str, Callable[[ModelProto], tuple[ModelProto | None, str]]]] = [
     ("upgrade opset", upgrade_opset),  # first: the converter adds unnamed nodes (Softmax 11 -> 13 wraps a Flatten)
+    ("initializers out of inputs", initializers_out_of_inputs),
     ("name nodes", name_nodes),
     ("fold constant weight paths", fold_constant_paths),
     ("remove Identity", drop_identities),

@@ -429,3 +429,20 @@ def test_api_check_errors(files: dict[str, Path], produced: dict) -> None:
     model.graph.output.extend([tensor("a", [1, 10]), tensor("b", [1, 10])])
     with pytest.raises(AutoptqError, match="do not match the reference model's"):
         api.check(model, "edgetpu", files["model"], files["val"])
+
+
+def test_a_qoperator_model_is_checked_on_the_fast_tier_saying_why(files: dict[str, Path], tmp_path: Path) -> None:
+    """onnxruntime's QOperator format (a recipe knob for its CPU targets) names its own integer kernels: the exact
+    tier, which rewrites QDQ models, hands over to the fast tier (onnxruntime itself) instead of failing."""
+    model = onnx.load(str(files["model"]))
+    arrays = np.load(files["calib"])
+    name = model.graph.input[0].name
+    samples = Dataset([{name: arrays[name][i : i + 1]} for i in range(16)], None, "calib")
+    recipe = Recipe(calibration_samples=16, activation_dtype="uint8", quant_format="qoperator", reduce_range=True)
+    quantized = static_qdq(model, recipe, samples, "full_int8").model
+    assert any(n.op_type.startswith("QLinear") for n in quantized.graph.node)
+    path = save(quantized, tmp_path, "qoperator.onnx")
+    report = api.check(path, "x86-avx2", reference=files["model"], data=files["val"])
+    assert report.tier == "fast"
+    assert "QOperator format" in report.fidelity_statement
+    assert report.fidelity[0].sqnr_db > 20

@@ -370,3 +370,18 @@ def test_shape_arithmetic_folds_in_passes_until_the_output_shape_is_static() -> 
     assert [n.op_type for n in folded.graph.node] == ["Reshape", "MatMul", "Softmax", "Reshape"]
     inferred = onnx.shape_inference.infer_shapes(folded)
     assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [1, 2]
+
+
+def test_initializers_listed_as_inputs_are_dropped_so_the_quantized_model_asks_only_for_data() -> None:
+    """IR 3 exports (the onnx package's light_* models) list every weight among the graph inputs."""
+    from autoptq.quantizers.full_int8 import static_qdq
+
+    model = residual_with_identity()
+    model.graph.input.append(tensor("w", [4, 4, 3, 3]))
+    feeds = [{"x": np.random.default_rng(i).uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)} for i in range(4)]
+    samples = Dataset(feeds, None, "test")
+    prepared = prep.prepare(model, samples)
+    step = next(s for s in prepared.steps if s.name == "initializers out of inputs")
+    assert step.applied, step.note
+    quantized = static_qdq(prepared.model, Recipe(calibration_samples=4), samples, "full_int8").model
+    assert [i.name for i in quantized.graph.input] == ["x"]

@@ -64,7 +64,7 @@ def emulate(
 
         return tflite_runtime.emulate(model, profile, samples, tier)
     io = {item.name: item for item in read_integer_io(model)}
-    inputs = [value.name for value in model.graph.input]
+    inputs = data_inputs(model)
     if tier == "fast":
         runner, findings, statement = _fast_runner(model, profile)
     else:
@@ -103,7 +103,7 @@ def exact_session(lowered: ModelProto) -> ort.InferenceSession:
 def quantize_inputs(model: ModelProto, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A float sample as the model takes it: integer inputs quantized as the device's host does."""
     io = {item.name: item for item in read_integer_io(model)}
-    return _feeds(sample, [value.name for value in model.graph.input], io)
+    return _feeds(sample, data_inputs(model), io)
 
 
 def output_scales(model: ModelProto) -> dict[str, float | None]:
@@ -260,6 +260,13 @@ def _fast_statement(
 
 
 # --- feeds and outputs -----------------------------------------------------------------------------------------------
+
+
+def data_inputs(model: ModelProto) -> list[str]:
+    """The graph inputs a sample must give: an input with an initializer (IR 3 exports list every weight so) has a
+    default value and is a parameter, not data."""
+    weights = {init.name for init in model.graph.initializer}
+    return [value.name for value in model.graph.input if value.name not in weights]
 
 
 def _feeds(sample: dict[str, np.ndarray], inputs: list[str], io: dict[str, IOQuantization]) -> dict[str, np.ndarray]:

@@ -166,6 +166,13 @@ def build_device_graph(model: ModelProto, profile: HardwareProfile) -> DeviceGra
     rounding = profile.quantization.rounding
     if rounding == "fp16_storage":
         raise EmulationError(f"profile {profile.name!r} computes in fp16: use the fp16 emulator, not the integer one")
+    operator_format = sorted({n.op_type for n in model.graph.node if n.op_type.startswith("QLinear")})
+    if operator_format:
+        # QOperator models name onnxruntime's own integer kernels: the fast tier runs exactly those.
+        raise EmulationError(
+            f"exact tier: the model is in onnxruntime's QOperator format ({', '.join(operator_format)}); the exact "
+            "tier rewrites QDQ models"
+        )
     pairs = profile.quantization.int8_dot_product == "int16_pair_saturating"
     return _Builder(model, rounding, pairs).build()
 
