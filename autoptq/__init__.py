@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from autoptq._version import __version__
 from autoptq.api import QuantizeOptions, audit, make_variants, plan, quantize
-from autoptq.coverage import CoverageReport
+from autoptq.decide.planner import Plan, UserGoals
+from autoptq.devices.coverage import CoverageReport
+from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError, DataError, ModelLoadError, OutputError, ProfileError, RulesError
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import Plan, UserGoals
-from autoptq.profiles import HardwareProfile, load_profile
+from autoptq.model.graph import ModelGraph, load_model
 
 __all__ = [
     "AutoptqError",

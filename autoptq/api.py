@@ -13,27 +13,30 @@ from onnx import ModelProto
 from pydantic import BaseModel, Field
 
 from autoptq._version import __version__
-from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
-from autoptq.canonical import device_graph, float_model_for
-from autoptq.check import CheckReport
-from autoptq.check import check as run_check
-from autoptq.coverage import CoverageReport, analyse
-from autoptq.device_file import device_file
+from autoptq.decide.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.decide.rules import RuleSet
+from autoptq.decide.sensitivity import SensitivityReport, sensitivity_report
+from autoptq.decide.tuning import Budget
+from autoptq.deploy.device_file import device_file
+from autoptq.devices.canonical import device_graph, float_model_for
+from autoptq.devices.coverage import CoverageReport, analyse
+from autoptq.devices.profiles import HardwareProfile, load_profile, profile_file
 from autoptq.errors import AutoptqError, OutputError
-from autoptq.graph import ModelGraph, load_model
-from autoptq.html_report import render_html
-from autoptq.images import ImagePreprocessing, parse_preprocessing
-from autoptq.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
-from autoptq.outputs import check_output_folder, check_output_path, commit_staged, stage_folder, write_atomic
-from autoptq.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.produce import Outcome, produce, produce_tuned
-from autoptq.profiles import HardwareProfile, load_profile, profile_file
-from autoptq.recipe import Recipe, RecipeFile, Technique
-from autoptq.replay import load_recipe, split_spec
-from autoptq.replay import replay as run_replay
-from autoptq.report import render_variants_report
-from autoptq.report_data import (
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.io.outputs import check_output_folder, check_output_path, commit_staged, stage_folder, write_atomic
+from autoptq.io.user_metric import MetricFunction, UserMetric, load_metric
+from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.images import ImagePreprocessing, parse_preprocessing
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.model.shapes import apply_user_shapes, bind, parse_input_shapes
+from autoptq.pipeline.check import CheckReport
+from autoptq.pipeline.check import check as run_check
+from autoptq.pipeline.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
+from autoptq.pipeline.produce import Outcome, produce, produce_tuned
+from autoptq.pipeline.replay import load_recipe, split_spec
+from autoptq.pipeline.replay import replay as run_replay
+from autoptq.report.data import (
     STATIC_TECHNIQUES,
     audit_section,
     check_section,
@@ -42,13 +45,10 @@ from autoptq.report_data import (
     sensitivity_section,
     variants_page,
 )
-from autoptq.report_models import HtmlReport
-from autoptq.rules import RuleSet
-from autoptq.sensitivity import SensitivityReport, sensitivity_report
-from autoptq.shapes import apply_user_shapes, bind, parse_input_shapes
-from autoptq.tuning import Budget
-from autoptq.user_metric import MetricFunction, UserMetric, load_metric
-from autoptq.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.report.html_page import render_html
+from autoptq.report.models import HtmlReport
+from autoptq.report.text import render_variants_report
+from autoptq.techniques.recipe import Recipe, RecipeFile, Technique
 
 if TYPE_CHECKING:
     from autoptq.batch import BatchIndex
@@ -88,7 +88,7 @@ def audit(
     """Audit a model against one or more devices: what maps, where it falls back, memory fit.
 
     By default the audit judges the graph the device toolchain compiles: open input dims bound from `input_shapes`
-    and `data` (autoptq.shapes), then the rewrites the device's converter applies (autoptq.canonical).
+    and `data` (autoptq.model.shapes), then the rewrites the device's converter applies (autoptq.devices.canonical).
     `as_exported` judges the file literally instead."""
     graph = as_graph(model, input_shapes)
     if isinstance(targets, (str, Path, HardwareProfile)):
@@ -198,7 +198,7 @@ def quantize(
     """Plan, prepare, quantize, verify (with fallback) and write the result atomically to `output`.
 
     `metric`: `module:function` or a callable scoring the validation outputs, higher is better (see
-    autoptq.user_metric); reported on every candidate, and the quantity `--max-drop` bounds."""
+    autoptq.io.user_metric); reported on every candidate, and the quantity `--max-drop` bounds."""
     options = options or QuantizeOptions()
     graph = as_graph(model, input_shapes)
     user_metric = load_metric(metric)
@@ -432,7 +432,7 @@ def check(
     input_shapes: InputShapes | None = None,
     metric: str | MetricFunction | UserMetric | None = None,
 ) -> CheckReport:
-    """Emulate a quantized model on a target and compare it with its float reference (see autoptq.check)."""
+    """Emulate a quantized model on a target and compare it with its float reference (see autoptq.pipeline.check)."""
 
     profile = as_profile(target)
     reference_graph = as_graph(reference, input_shapes)

@@ -27,16 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from autoptq import api
 from autoptq._version import __version__
-from autoptq.coverage import analyse
+from autoptq.decide.planner import UserGoals, load_tree, predict
+from autoptq.decide.tuning import Budget
+from autoptq.devices.coverage import analyse
+from autoptq.devices.profiles import load_profile
 from autoptq.errors import AutoptqError, ModelLoadError, OutputError
-from autoptq.graph import read_model
-from autoptq.manifest import Variant
-from autoptq.outputs import check_output_path, write_atomic
-from autoptq.planner import UserGoals, load_tree, predict
-from autoptq.profiles import load_profile
-from autoptq.recipe import Recipe, Technique
-from autoptq.tuning import Budget
-from autoptq.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.io.outputs import check_output_path, write_atomic
+from autoptq.model.graph import read_model
+from autoptq.pipeline.manifest import Variant
+from autoptq.techniques.recipe import Recipe, Technique
 
 try:
     import dask

@@ -18,20 +18,21 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from autoptq import api, report
+from autoptq import api
 from autoptq._version import __version__
-from autoptq.calibration import synthetic_dataset
+from autoptq.decide.planner import UserGoals, decision_matrix, load_tree
+from autoptq.decide.tuning import Budget
+from autoptq.devices.profiles import load_profile, profile_file, profile_json_schema, shipped_profile_names
 from autoptq.errors import AutoptqError
-from autoptq.graph import onnx_version, ort_version
-from autoptq.manifest import outcome_failed
-from autoptq.outputs import check_output_path, write_atomic
-from autoptq.planner import UserGoals, decision_matrix, load_tree
-from autoptq.profiles import load_profile, profile_file, profile_json_schema, shipped_profile_names
-from autoptq.replay import render_recipes
-from autoptq.resources import data_dir
-from autoptq.tuning import Budget
-from autoptq.user_metric import load_metric
-from autoptq.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
+from autoptq.io.outputs import check_output_path, write_atomic
+from autoptq.io.resources import data_dir
+from autoptq.io.user_metric import load_metric
+from autoptq.model.calibration import synthetic_dataset
+from autoptq.model.graph import onnx_version, ort_version
+from autoptq.pipeline.manifest import outcome_failed
+from autoptq.pipeline.replay import render_recipes
+from autoptq.report import text as report
 
 app = typer.Typer(
     name="autoptq",
@@ -703,7 +704,7 @@ def calibrate_host(
     ] = None,
 ) -> None:
     """Time this machine's onnxruntime fp32 and int8 kernels and cache the table the default choice ranks with."""
-    from autoptq import hostcost
+    from autoptq.decide import hostcost
 
     profile = load_profile(target)
     if model is not None:

@@ -27,12 +27,12 @@ from pathlib import Path
 from benchlib import REPO_DIR, environment, markdown_table, parse_args, rate, seconds, write_result
 from onnx import ModelProto, TensorProto, helper
 
-from autoptq import zoo
-from autoptq.coverage import analyse
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import load_tree, plan_model
-from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.rules import RuleSet
+from autoptq.decide.planner import load_tree, plan_model
+from autoptq.decide.rules import RuleSet
+from autoptq.devices.coverage import analyse
+from autoptq.devices.profiles import HardwareProfile, load_profile
+from autoptq.model import zoo
+from autoptq.model.graph import ModelGraph, load_model
 
 NAME = "bench_analysis"
 SUPERLINEAR_EXPONENT = 1.3

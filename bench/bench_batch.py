@@ -1,7 +1,7 @@
 """`autoptq batch` throughput: a zoo of 8 models x 3 targets with 1 vs 2 Dask workers, and the overhead per job.
 
 Zoo: three classic CNNs that ship with the onnx package (`onnx/backend/test/data/light/light_*.onnx`: SqueezeNet,
-ShuffleNet, Inception v1; opset 9), the shipped digits example, and four models of `autoptq.zoo`. The onnx "light"
+ShuffleNet, Inception v1; opset 9), the shipped digits example, and four models of `autoptq.model.zoo`. The onnx "light"
 files store every weight as a ConstantOfShape filled with 0.02 (which makes every output saturate); they are
 materialized here into seeded random initializers with the same shapes (He-normal weights, small biases, unit
 BatchNorm statistics), so the files are full size (5 to 28 MB) and the jobs do realistic work. Calibration data:
@@ -30,8 +30,9 @@ from benchlib import REPO_DIR, environment, markdown_table, parse_args, seconds,
 from distributed import Client, as_completed, get_task_stream
 from onnx import ModelProto, helper, numpy_helper
 
-from autoptq import api, zoo
+from autoptq import api
 from autoptq.batch import BatchIndex, local_cluster
+from autoptq.model import zoo
 
 NAME = "batch"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

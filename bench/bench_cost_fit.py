@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from onnx import NodeProto, TensorProto, ValueInfoProto, helper
 
-from autoptq.cost import LatencyEstimate, estimate_latency
-from autoptq.coverage import analyse
-from autoptq.graph import ModelGraph, build_graph, infer_shapes
-from autoptq.profiles import HardwareProfile, Precision, load_profile
+from autoptq.devices.cost import LatencyEstimate, estimate_latency
+from autoptq.devices.coverage import analyse
+from autoptq.devices.profiles import HardwareProfile, Precision, load_profile
+from autoptq.model.graph import ModelGraph, build_graph, infer_shapes
 
 NAME = "cost_fit"
 CLASSES = 1000

@@ -3,15 +3,16 @@ target) this machine stands in for.
 
 For each case:
 
-- oracle: every recipe of the space (autoptq.space: the weight-only space, granularity x weight dtype x op groups,
+- oracle: every recipe of the space (autoptq.techniques.space: the weight-only space,
+  granularity x weight dtype x op groups,
   and the full-int8 space, activation dtype x granularity x op set x QDQ/QOperator (+ SmoothQuant where installed
   and offered), min-max calibration only), each quantized and
   verified (onnxruntime on this machine, latency measured side by side with float, fidelity on held-out data);
   the pick is the same objective autoptq uses (fastest within 5%, then smallest within 5%, then most faithful:
   the user metric when given, else the lowest output SQNR), float if nothing passes;
-- autoptq: `autoptq.produce.produce` on the plan, i.e. `autoptq quantize` without a budget (the best measured of a
-  handful the cost model ranks highest, plus onnxruntime's plain defaults);
-- the loop: `autoptq.tuning.tune` under a fidelity budget (`--min-sqnr`, 5 dB below the oracle pick's SQNR, or
+- autoptq: `autoptq.pipeline.produce.produce` on the plan, i.e. `autoptq quantize` without a budget (the best measured
+  of a handful the cost model ranks highest, plus onnxruntime's plain defaults);
+- the loop: `autoptq.decide.tuning.tune` under a fidelity budget (`--min-sqnr`, 5 dB below the oracle pick's SQNR, or
   `--max-drop 0.02` of the user metric) and a 180 s time budget.
 
 A cell agrees when autoptq's pick is the oracle's recipe, or matches or beats it by the objective both use (faster
@@ -49,23 +50,23 @@ from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table, write_r
 from onnx import ModelProto
 
 from autoptq.api import QuantizeOptions, bound, load_data, plan_for, split_data
-from autoptq.calibration import Dataset
-from autoptq.candidates import Candidate, conformant
-from autoptq.canonical import float_model_for
+from autoptq.decide.candidates import Candidate, conformant
+from autoptq.decide.planner import Plan, load_tree
+from autoptq.decide.tuning import Budget, tune
+from autoptq.devices.canonical import float_model_for
+from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError
-from autoptq.graph import ModelGraph, load_model
-from autoptq.intio import read_integer_io
-from autoptq.outputs import write_atomic
-from autoptq.planner import Plan, load_tree
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.produce import TIE, Attempt, best_measured, produce
-from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.space import full_int8_space, weight_only_space
-from autoptq.tuning import Budget, tune
-from autoptq.user_metric import UserMetric, load_metric
-from autoptq.verify import ModelRunner, measurable_here, measure_together, verify
+from autoptq.evaluate.verify import ModelRunner, measurable_here, measure_together, verify
+from autoptq.io.outputs import write_atomic
+from autoptq.io.user_metric import UserMetric, load_metric
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.intio import read_integer_io
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.space import full_int8_space, weight_only_space
 
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"
 TARGETS = ("x86-vnni", "x86-avx2")

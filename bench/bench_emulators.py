@@ -1,16 +1,16 @@
 """The integer emulator's tiers side by side: speed against native onnxruntime, fast-vs-exact LSB differences, and
 accuracy per tier on the trained digits model.
 
-Models: MobileNet-style networks from `autoptq.zoo` (random weights, random N(0,1) inputs), each quantized for
+Models: MobileNet-style networks from `autoptq.model.zoo` (random weights, random N(0,1) inputs), each quantized for
 edgetpu, mcu-cortex-m, qualcomm-htp and x86-avx2 (full-range 8-bit weights, and reduce_range 7-bit weights) with the
-recipe autoptq's planner writes for that device (static QDQ, `autoptq.quantizers.full_int8.static_qdq`).
+recipe autoptq's planner writes for that device (static QDQ, `autoptq.techniques.full_int8.static_qdq`).
 
 Per model and device, three runners of one inference each, built once and timed interleaved in one process (every
 round runs each runner once, in a new random order; the cell is each runner's median):
-- native: the QDQ model in onnxruntime (`autoptq.activations.session`: CPU, all graph optimizations, one thread) fed
-  integers it already has: what the model costs on this CPU;
-- fast tier: the same kind of session driven the way `autoptq.emulators.integer.emulate(tier="fast")` drives it: a
-  float sample quantized at integer inputs, integer outputs dequantized;
+- native: the QDQ model in onnxruntime (`autoptq.model.activations.session`: CPU, all graph optimizations, one
+  thread) fed integers it already has: what the model costs on this CPU;
+- fast tier: the same kind of session driven the way `autoptq.evaluate.emulators.integer.emulate(tier="fast")` drives
+  it: a float sample quantized at integer inputs, integer outputs dequantized;
 - exact tier: the lowered device-arithmetic model (`build_exact_model` + `exact_session`) driven the same way.
 Each runner's outputs are first compared with `emulate()` itself, so the timed code is the tier's code. Setup is the
 one-time cost of `emulate(model, profile, [], tier)` (building the device graph, lowering, creating the session).
@@ -37,19 +37,20 @@ import onnxruntime as ort
 from benchlib import REPO_DIR, environment, markdown_table, parse_args, write_result
 from onnx import ModelProto
 
-from autoptq import api, zoo
-from autoptq.activations import expose, session
-from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
-from autoptq.emulators import kernels
-from autoptq.emulators.integer import build_exact_model, emulate, exact_session, lsb_difference, output_scales
-from autoptq.graph import ModelGraph, load_model
-from autoptq.intio import read_integer_io
-from autoptq.metrics import accuracy
-from autoptq.planner import device_conformant_recipe
-from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import Recipe
-from autoptq.verify import ModelRunner
+from autoptq import api
+from autoptq.decide.planner import device_conformant_recipe
+from autoptq.deploy import kernels
+from autoptq.devices.profiles import HardwareProfile, load_profile
+from autoptq.evaluate.emulators.integer import build_exact_model, emulate, exact_session, lsb_difference, output_scales
+from autoptq.evaluate.metrics import accuracy
+from autoptq.evaluate.verify import ModelRunner
+from autoptq.model import zoo
+from autoptq.model.activations import expose, session
+from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.intio import read_integer_io
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 
 NAME = "emulators"
 EXACT_LIMIT = 30.0

@@ -3,8 +3,8 @@
 For each model, `autoptq calibrate-host` is run on its shapes (into a temporary table), then for the weight-only
 and full-int8 recipes autoptq would consider on x86-vnni, the latency ratio is predicted three ways and measured:
 
-- roofline: autoptq.planner.predict with the profile's assumed constants (what the planner used before);
-- host table: autoptq.hostcost.predicted_ratio (fp32 roofline per node, quantized MatMul/Gemm/Conv scaled by the
+- roofline: autoptq.decide.planner.predict with the profile's assumed constants (what the planner used before);
+- host table: autoptq.decide.hostcost.predicted_ratio (fp32 roofline per node, quantized MatMul/Gemm/Conv scaled by the
   measured kernel ratio);
 - measured: the quantized model against float, interleaved side by side in this process, one thread.
 
@@ -23,19 +23,19 @@ from pathlib import Path
 
 from benchlib import REPO_DIR, environment, markdown_table, write_result
 
-from autoptq import zoo
 from autoptq.api import bound, load_data, split_data
-from autoptq.calibration import synthetic_dataset
-from autoptq.canonical import float_model_for
-from autoptq.coverage import analyse
-from autoptq.graph import ModelGraph, load_model
-from autoptq.hostcost import calibrate_host, predicted_ratio, write_table
-from autoptq.planner import device_conformant_recipe, predict
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.verify import ModelRunner, measure_latency
+from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
+from autoptq.decide.planner import device_conformant_recipe, predict
+from autoptq.devices.canonical import float_model_for
+from autoptq.devices.coverage import analyse
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.verify import ModelRunner, measure_latency
+from autoptq.model import zoo
+from autoptq.model.calibration import synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
 
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"
 MINILM = CORPUS / "minilm"

@@ -26,8 +26,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from autoptq import api
 from autoptq.api import load_data
-from autoptq.graph import load_model
-from autoptq.verify import ModelRunner, measure_latency
+from autoptq.evaluate.verify import ModelRunner, measure_latency
+from autoptq.model.graph import load_model
 
 MINILM = Path.home() / ".cache" / "autoptq-corpus" / "minilm"
 

@@ -7,9 +7,9 @@ the same calibration samples and the same held-out samples.
 
 Latency is a ratio against float measured side by side in this one process: every session (float, a second float
 session as a noise control, and each method's model) has the same pinned options (one intra-op thread, all graph
-optimizations; autoptq.activations.session) and they run round-robin, one inference each per round, in a new random
-order every round; the ratio is the median candidate time over the median float time, and the reported ratio is the
-median over a few trials with fresh sessions. Absolute float times are context only.
+optimizations; autoptq.model.activations.session) and they run round-robin, one inference each per round, in a new
+random order every round; the ratio is the median candidate time over the median float time, and the reported ratio is
+the median over a few trials with fresh sessions. Absolute float times are context only.
 
 Run: python bench/bench_quantizers.py [--quick]
 """
@@ -32,13 +32,14 @@ from benchlib import REPO_DIR, environment, markdown_table, parse_args, write_re
 from onnx import ModelProto
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
-from autoptq import zoo
 from autoptq.api import QuantizeOptions, quantize
-from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
-from autoptq.graph import load_model
-from autoptq.metrics import accuracy
-from autoptq.quantizers.common import IOQuantization, quiet
-from autoptq.verify import DEFAULT_MIN_SQNR_DB, SLOWER_TOLERANCE, ModelRunner, fidelity
+from autoptq.evaluate.metrics import accuracy
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, SLOWER_TOLERANCE, ModelRunner, fidelity
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.model.graph import load_model
+from autoptq.model.ortio import quiet
+from autoptq.techniques.common import IOQuantization
 
 NAME = "bench_quantizers"
 TARGET = "x86-vnni"

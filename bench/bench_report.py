@@ -23,11 +23,11 @@ from pathlib import Path
 from benchlib import environment, markdown_table, parse_args, write_result
 
 from autoptq import api
-from autoptq.calibration import synthetic_dataset
-from autoptq.graph import load_model
-from autoptq.html_report import CSP
-from autoptq.tuning import Budget
-from autoptq.zoo import chain_of_blocks
+from autoptq.decide.tuning import Budget
+from autoptq.model.calibration import synthetic_dataset
+from autoptq.model.graph import load_model
+from autoptq.model.zoo import chain_of_blocks
+from autoptq.report.html_page import CSP
 
 TARGET_S = 2.0
 PROBE = (

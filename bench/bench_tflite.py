@@ -30,21 +30,21 @@ import onnx
 from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table, parse_args
 
 from autoptq.api import bound, load_data
-from autoptq.calibration import Dataset
-from autoptq.canonical import device_graph, float_model_for
-from autoptq.coverage import analyse
-from autoptq.emulators.integer import emulate as emulate_integer
-from autoptq.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
+from autoptq.decide.planner import device_conformant_recipe
+from autoptq.deploy.tflite_writer import export_tflite
+from autoptq.devices.canonical import device_graph, float_model_for
+from autoptq.devices.coverage import analyse
+from autoptq.devices.profiles import load_profile
 from autoptq.errors import AutoptqError
-from autoptq.graph import ModelGraph, load_model
-from autoptq.outputs import write_atomic
-from autoptq.planner import device_conformant_recipe
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.tflite_writer import export_tflite
-from autoptq.verify import ModelRunner
+from autoptq.evaluate.emulators.integer import emulate as emulate_integer
+from autoptq.evaluate.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
+from autoptq.evaluate.verify import ModelRunner
+from autoptq.io.outputs import write_atomic
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
 
 PROFILE = load_profile("tflite-int8")
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"

@@ -1,8 +1,8 @@
 """Accuracy-aware search: autoptq's greedy walk against an exhaustive search over subsets of sensitive nodes.
 
-For each MobileNet-style model (autoptq.zoo) and integer-only target (edgetpu, qualcomm-htp: the latency of every
-candidate is the cost model's estimate there, so the choice is deterministic), `autoptq.tuning.tune` runs twice on
-the same plan and data:
+For each MobileNet-style model (autoptq.model.zoo) and integer-only target (edgetpu, qualcomm-htp: the latency of
+every candidate is the cost model's estimate there, so the choice is deterministic), `autoptq.decide.tuning.tune` runs
+twice on the same plan and data:
 
 - greedy (autoptq's behaviour, the default `Budget(max_trials=40)`): once a candidate meets the budget, later
   candidates are tried only if the cost model says they could beat it on the objective; the exclusions are prefixes
@@ -17,7 +17,7 @@ A choice matches when both runs chose the same technique, calibration method and
 runs of a case are timed side by side in this one process, alternating which goes first from case to case, after an
 untimed probe run (one trial) that warms the process up and measures the plan's own SQNR.
 
-The data are RANDOM: N(0, 1) inputs from `autoptq.calibration.synthetic_dataset` (seeded), so there are no labels
+The data are RANDOM: N(0, 1) inputs from `autoptq.model.calibration.synthetic_dataset` (seeded), so there are no labels
 and the budget is a fidelity budget: the minimum output SQNR against float, set a few dB above what the plan's
 default recipe reaches, so the default misses it and the walk has to look further. Every number except the wall
 times is deterministic.
@@ -37,13 +37,13 @@ from pathlib import Path
 from benchlib import environment, markdown_table, parse_args, write_result
 from onnx import ModelProto
 
-from autoptq import zoo
 from autoptq.api import QuantizeOptions, plan_for
-from autoptq.calibration import Dataset, synthetic_dataset
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import Plan, load_tree
-from autoptq.profiles import load_profile
-from autoptq.tuning import Budget, Trial, TuningResult, tune
+from autoptq.decide.planner import Plan, load_tree
+from autoptq.decide.tuning import Budget, Trial, TuningResult, tune
+from autoptq.devices.profiles import load_profile
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
 
 NAME = "tuning"
 SUBSETS = 6

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import onnxruntime
 
-from autoptq.outputs import write_atomic
+from autoptq.io.outputs import write_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -36,7 +36,7 @@ import onnx
 from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table
 from pydantic import BaseModel
 
-from autoptq.outputs import write_atomic
+from autoptq.io.outputs import write_atomic
 
 HOST_TARGET = "x86-vnni"
 AUTOPTQ = [sys.executable, "-m", "autoptq.cli"]
@@ -639,7 +639,7 @@ def main() -> None:
         bench = BenchResult.model_validate_json(args.json.read_text(encoding="utf-8"))
         write_atomic(args.markdown, render(bench))
         return
-    from autoptq.profiles import shipped_profile_names
+    from autoptq.devices.profiles import shipped_profile_names
 
     targets = args.targets.split(",") if args.targets else shipped_profile_names()
     models = []

@@ -1,5 +1,5 @@
 """Golden reference for the integer emulator: a device graph run as is by `onnx.reference.ReferenceEvaluator`, each
-device op an `OpRun` class that hands its inputs and attributes to a numpy kernel of `autoptq.emulators.kernels`
+device op an `OpRun` class that hands its inputs and attributes to a numpy kernel of `autoptq.deploy.kernels`
 (device-op attribute names are the kernels' parameter names).
 
 It shares nothing with the exact tier but the device graph: the lowering re-derives the same arithmetic from
@@ -15,8 +15,8 @@ from onnx import ModelProto, helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from autoptq.emulators import kernels
-from autoptq.emulators.intgraph import DEVICE_DOMAIN
+from autoptq.deploy import kernels
+from autoptq.deploy.intgraph import DEVICE_DOMAIN
 
 
 def _dtype(elem_type: int) -> np.dtype:

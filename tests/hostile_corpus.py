@@ -12,8 +12,8 @@ import onnx
 import yaml
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from autoptq.profiles import profiles_dir
-from autoptq.resources import data_dir
+from autoptq.devices.profiles import profiles_dir
+from autoptq.io.resources import data_dir
 
 
 def tiny_model(weight: float = 1.0, opset: int = 17, classes: int = 4) -> ModelProto:

@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 
 from autoptq.batch import STAGING_PREFIX, local_cluster, read_entries
 from autoptq.errors import AutoptqError
-from autoptq.zoo import mobilenet_style, small_convnet
+from autoptq.model.zoo import mobilenet_style, small_convnet
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TARGETS = "edgetpu,gpu-fp16"

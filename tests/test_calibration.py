@@ -12,10 +12,10 @@ import pytest
 from conftest import build, const, tensor
 from onnx import helper
 
-from autoptq import zoo
-from autoptq.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.errors import DataError
-from autoptq.graph import ModelGraph, load_model
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -15,13 +15,13 @@ import pytest
 from onnx import ModelProto, helper
 
 from autoptq import api
-from autoptq.calibration import Dataset
-from autoptq.check import CheckReport
+from autoptq.devices.profiles import load_profile, shipped_profile_names
 from autoptq.errors import AutoptqError
-from autoptq.profiles import load_profile, shipped_profile_names
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import Recipe
-from autoptq.verify import measurable_here
+from autoptq.evaluate.verify import measurable_here
+from autoptq.model.calibration import Dataset
+from autoptq.pipeline.check import CheckReport
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, save, tensor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

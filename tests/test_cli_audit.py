@@ -13,8 +13,8 @@ import yaml
 from conftest import save, tensor
 from onnx import helper
 
-from autoptq import zoo
-from autoptq.profiles import shipped_profile_names
+from autoptq.devices.profiles import shipped_profile_names
+from autoptq.model import zoo
 
 Run = Callable[[list[str]], tuple[int, str, str]]
 

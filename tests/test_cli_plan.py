@@ -14,8 +14,8 @@ import onnx
 import pytest
 from conftest import save
 
-from autoptq import zoo
-from autoptq.planner import FACTS
+from autoptq.decide.planner import FACTS
+from autoptq.model import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "examples" / "digits_cnn.onnx"

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from autoptq._version import __version__
-from autoptq.profiles import shipped_profile_names
+from autoptq.devices.profiles import shipped_profile_names
 from tests.hostile_corpus import tiny_model, write_data, write_tiny
 
 Run = Callable[[list[object]], tuple[int, str, str]]

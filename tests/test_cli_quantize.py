@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto
 
 import autoptq
-from autoptq.intio import read_integer_io
-from autoptq.verify import ModelRunner
+from autoptq.evaluate.verify import ModelRunner
+from autoptq.model.intio import read_integer_io
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RunCli = Callable[[list[object]], tuple[int, str, str]]

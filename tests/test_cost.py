@@ -1,4 +1,4 @@
-"""autoptq.cost: the latency roofline, its device/host/transfer split, ranges, and the fitted Edge TPU constants."""
+"""devices.cost: the latency roofline, its device/host/transfer split, ranges, and the fitted Edge TPU constants."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from autoptq import zoo
-from autoptq.cost import LatencyEstimate, estimate_latency
-from autoptq.coverage import CoverageReport, analyse
-from autoptq.graph import ModelGraph, load_model
-from autoptq.profiles import HardwareProfile, Precision, load_profile, shipped_profile_names
+from autoptq.devices.cost import LatencyEstimate, estimate_latency
+from autoptq.devices.coverage import CoverageReport, analyse
+from autoptq.devices.profiles import HardwareProfile, Precision, load_profile, shipped_profile_names
+from autoptq.model import zoo
+from autoptq.model.graph import ModelGraph, load_model
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 

@@ -1,4 +1,4 @@
-"""autoptq.coverage: per-node statuses, the rank/shape/dtype rules, named checks, partitioning and memory fit."""
+"""devices.coverage: per-node statuses, the rank/shape/dtype rules, named checks, partitioning and memory fit."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import yaml
 from conftest import build, const, tensor
 from onnx import TensorProto, helper
 
-from autoptq import zoo
-from autoptq.coverage import CHECKS, STATUS_TEXT, CoverageReport, analyse, peak_activation_bytes
-from autoptq.graph import ModelGraph, load_model
-from autoptq.profiles import ConstraintCheck, load_profile, shipped_profile_names
-from autoptq.report import render_audit
-from autoptq.shapes import bind
+from autoptq.devices.coverage import CHECKS, STATUS_TEXT, CoverageReport, analyse, peak_activation_bytes
+from autoptq.devices.profiles import ConstraintCheck, load_profile, shipped_profile_names
+from autoptq.model import zoo
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.shapes import bind
+from autoptq.report.text import render_audit
 
 # Sizes pinned: the hand-computed numbers below depend on them.
 MOBILENET = {"size": 64, "width": 16, "blocks": 6, "classes": 10}

@@ -1,4 +1,4 @@
-"""autoptq.emulators.device_rules: a device-conformant QDQ model passes; each rule broken on purpose is reported at
+"""autoptq.devices.device_rules: a device-conformant QDQ model passes; each rule broken on purpose is reported at
 the right node; the per-op table and parameter memory of the quantized graph."""
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from conftest import build, const, save, tensor
 from onnx import ModelProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-from autoptq import zoo
-from autoptq.calibration import synthetic_dataset
-from autoptq.emulators.device_rules import RULES, DeviceRulesResult, check_device_rules
-from autoptq.graph import load_model
-from autoptq.planner import device_conformant_recipe
-from autoptq.profiles import HardwareProfile, load_profile, shipped_profile_names
-from autoptq.quantizers.common import DatasetReader, quiet
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import Recipe
-from autoptq.report import render_device_rules
+from autoptq.decide.planner import device_conformant_recipe
+from autoptq.devices.device_rules import RULES, DeviceRulesResult, check_device_rules
+from autoptq.devices.profiles import HardwareProfile, load_profile, shipped_profile_names
+from autoptq.model import zoo
+from autoptq.model.calibration import synthetic_dataset
+from autoptq.model.graph import load_model
+from autoptq.model.ortio import quiet
+from autoptq.report.text import render_device_rules
+from autoptq.techniques.common import DatasetReader
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 
 
 def quantize(model: ModelProto, target: str = "edgetpu", **changes: object) -> ModelProto:

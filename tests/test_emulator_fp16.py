@@ -10,14 +10,14 @@ import onnx
 import pytest
 from onnx import ModelProto, TensorProto, helper
 
-from autoptq.calibration import Dataset
-from autoptq.emulators import emulator_for
-from autoptq.emulators.fp16 import FP16_MAX, STATEMENT, emulate, rounding_losses
-from autoptq.intio import read_integer_io
-from autoptq.profiles import load_profile
-from autoptq.quantizers.fp16 import quantize
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import Recipe
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.emulators import emulator_for
+from autoptq.evaluate.emulators.fp16 import FP16_MAX, STATEMENT, emulate, rounding_losses
+from autoptq.model.calibration import Dataset
+from autoptq.model.intio import read_integer_io
+from autoptq.techniques.fp16 import quantize
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 GPU = load_profile("gpu-fp16")

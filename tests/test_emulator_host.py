@@ -11,13 +11,13 @@ import onnxruntime as ort
 import pytest
 from onnx import ModelProto, helper
 
-from autoptq.calibration import Dataset
-from autoptq.emulators import emulator_for
-from autoptq.emulators.host import STATEMENT, emulate
-from autoptq.intio import read_integer_io
-from autoptq.profiles import load_profile, shipped_profile_names
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import Recipe
+from autoptq.devices.profiles import load_profile, shipped_profile_names
+from autoptq.evaluate.emulators import emulator_for
+from autoptq.evaluate.emulators.host import STATEMENT, emulate
+from autoptq.model.calibration import Dataset
+from autoptq.model.intio import read_integer_io
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from autoptq import zoo
-from autoptq.activations import expose, session
-from autoptq.calibration import Dataset
-from autoptq.emulators import kernels
-from autoptq.emulators.integer import (
+from autoptq.deploy import kernels
+from autoptq.deploy.intgraph import DEVICE_DOMAIN, build_device_graph
+from autoptq.deploy.kernels import InputRounding, Rounding
+from autoptq.devices.profiles import FixedOutputParams, HardwareProfile, load_profile
+from autoptq.errors import AutoptqError, DataError
+from autoptq.evaluate.emulators.integer import (
     FAST_FIDELITY,
     EmulationError,
     build_exact_model,
@@ -29,14 +30,13 @@ from autoptq.emulators.integer import (
     output_scales,
     quantize_inputs,
 )
-from autoptq.emulators.intgraph import DEVICE_DOMAIN, build_device_graph
-from autoptq.emulators.kernels import InputRounding, Rounding
-from autoptq.emulators.lowering import FLOAT32_EXACT, lower
-from autoptq.errors import AutoptqError, DataError
-from autoptq.metrics import sqnr_db
-from autoptq.profiles import HardwareProfile, load_profile
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import FixedOutputParams, Recipe
+from autoptq.evaluate.emulators.lowering import FLOAT32_EXACT, lower
+from autoptq.evaluate.metrics import sqnr_db
+from autoptq.model import zoo
+from autoptq.model.activations import expose, session
+from autoptq.model.calibration import Dataset
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 from tests.golden_reference import run_golden
 

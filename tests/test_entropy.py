@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnxruntime.quantization.calibrate import HistogramCollector
 
-from autoptq.quantizers.entropy import entropy_threshold
+from autoptq.techniques.entropy import entropy_threshold
 
 
 @pytest.mark.parametrize("shape", ["normal", "relu_squared", "laplace"])

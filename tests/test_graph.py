@@ -1,4 +1,4 @@
-"""autoptq.graph: loading (safely), shapes, MACs, parameters and activation bytes, control flow, external data."""
+"""autoptq.model.graph: loading (safely), shapes, MACs, parameters and activation bytes, control flow, external data."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from conftest import build, const, save, tensor
 from onnx import TensorProto, helper
 
-from autoptq import zoo
 from autoptq.errors import ModelLoadError
-from autoptq.graph import ModelGraph, build_graph, dtype_itemsize, load_model
+from autoptq.model import zoo
+from autoptq.model.graph import ModelGraph, build_graph, dtype_itemsize, load_model
 
 F = TensorProto.FLOAT
 

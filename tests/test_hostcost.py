@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from autoptq import zoo
-from autoptq.cost import node_seconds
-from autoptq.graph import load_model
-from autoptq.hostcost import HostTable, KernelTiming, load_table, machine_id, model_shapes, predicted_ratio
-from autoptq.profiles import load_profile
-from autoptq.recipe import Recipe
+from autoptq.decide.hostcost import HostTable, KernelTiming, load_table, machine_id, model_shapes, predicted_ratio
+from autoptq.devices.cost import node_seconds
+from autoptq.devices.profiles import load_profile
+from autoptq.model import zoo
+from autoptq.model.graph import load_model
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import save
 
 RunCli = Callable[[list[str]], tuple[int, str, str]]

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from autoptq import api, outputs
-from autoptq.profiles import load_profile
-from autoptq.resources import data_dir
+from autoptq import api
+from autoptq.devices.profiles import load_profile
+from autoptq.io import outputs
+from autoptq.io.resources import data_dir
 from tests.hostile_corpus import (
     bomb_profile,
     bomb_rules,
@@ -512,6 +513,6 @@ def test_nan_outputs_give_one_diagnosis_line_not_warnings(run_cli: Run, tmp_path
 def test_yaml_safe_loader_still_refuses_python_tags(tmp_path: Path) -> None:
     text = "!!python/object/apply:os.system ['true']\n"
     with pytest.raises(yaml.YAMLError):
-        from autoptq import safeyaml
+        from autoptq.io import safeyaml
 
         safeyaml.load(text)

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from autoptq import html_report, plots
 from autoptq.cli import main
-from autoptq.report_models import (
+from autoptq.report import html_page as html_report
+from autoptq.report import plots
+from autoptq.report.models import (
     CoverageMap,
     HtmlReport,
     LatencyBreakdown,
@@ -363,9 +364,10 @@ def test_renderer_marks_the_choice_and_escapes_names() -> None:
 def test_sensitivity_on_other_model_families(family: str) -> None:
     """Beyond the example: a transformer block (MatMul of two activations, Softmax, Erf-GELU) and depthwise
     convolutions, with synthetic inputs; the ranking is ordered and the page draws every section it has."""
-    from autoptq import api, zoo
-    from autoptq.calibration import synthetic_dataset
-    from autoptq.graph import load_model
+    from autoptq import api
+    from autoptq.model import zoo
+    from autoptq.model.calibration import synthetic_dataset
+    from autoptq.model.graph import load_model
 
     graph = load_model(getattr(zoo, family)())
     result = api.sensitivity(graph, "edgetpu", synthetic_dataset(graph, 20))

@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from autoptq.calibration import load_dataset
 from autoptq.errors import DataError
-from autoptq.graph import load_model
-from autoptq.images import parse_preprocessing
+from autoptq.model.calibration import load_dataset
+from autoptq.model.graph import load_model
+from autoptq.model.images import parse_preprocessing
 
 PIL = pytest.importorskip("PIL.Image")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -45,7 +45,7 @@ def test_images_in_class_folders_feed_the_model_with_labels(tmp_path: Path) -> N
 def test_normalisation_follows_the_declared_mean_std_and_layout(tmp_path: Path) -> None:
     PIL.fromarray(np.full((4, 6, 3), 200, np.uint8), mode="RGB").save(tmp_path / "a.png")
     spec = parse_preprocessing("size=4x6,layout=NHWC,scale=1/255,mean=0.5/0.5/0.5,std=0.25/0.25/0.25")
-    from autoptq.images import load_images
+    from autoptq.model.images import load_images
 
     images, labels = load_images(tmp_path, spec)
     assert labels is None and images.shape == (1, 1, 4, 6, 3)

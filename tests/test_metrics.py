@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from autoptq.metrics import SQNR_CAP_DB, accuracy, compare, cosine, looks_like_classifier, sqnr_db, top1
+from autoptq.evaluate.metrics import SQNR_CAP_DB, accuracy, compare, cosine, looks_like_classifier, sqnr_db, top1
 
 
 @pytest.fixture

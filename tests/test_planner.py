@@ -13,10 +13,7 @@ import yaml
 from conftest import build, const, tensor
 from onnx import ModelProto, helper
 
-from autoptq import zoo
-from autoptq.calibration import Dataset, synthetic_dataset
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import (
+from autoptq.decide.planner import (
     DYNAMIC_QUANT_OPS,
     FACTS,
     Plan,
@@ -25,8 +22,11 @@ from autoptq.planner import (
     load_tree,
     plan_model,
 )
-from autoptq.profiles import HardwareProfile, load_profile, profiles_dir, shipped_profile_names
-from autoptq.rules import RuleSet
+from autoptq.decide.rules import RuleSet
+from autoptq.devices.profiles import HardwareProfile, load_profile, profiles_dir, shipped_profile_names
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, synthetic_dataset
+from autoptq.model.graph import ModelGraph, load_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

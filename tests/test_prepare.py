@@ -10,13 +10,13 @@ import pytest
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from autoptq import prepare as prep
-from autoptq import zoo
-from autoptq.activations import session
-from autoptq.calibration import Dataset
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
+from autoptq.devices.profiles import load_profile
+from autoptq.model import prepare as prep
+from autoptq.model import zoo
+from autoptq.model.activations import session
+from autoptq.model.calibration import Dataset
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 
@@ -325,8 +325,8 @@ def residual_with_identity() -> ModelProto:
 
 
 def test_identity_nodes_are_removed_and_an_integer_device_sees_no_float_island() -> None:
-    from autoptq.emulators.device_rules import check_device_rules
-    from autoptq.quantizers.full_int8 import static_qdq
+    from autoptq.devices.device_rules import check_device_rules
+    from autoptq.techniques.full_int8 import static_qdq
 
     model = residual_with_identity()
     feeds = [{"x": np.random.default_rng(i).uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)} for i in range(4)]
@@ -374,7 +374,7 @@ def test_shape_arithmetic_folds_in_passes_until_the_output_shape_is_static() -> 
 
 def test_initializers_listed_as_inputs_are_dropped_so_the_quantized_model_asks_only_for_data() -> None:
     """IR 3 exports (the onnx package's light_* models) list every weight among the graph inputs."""
-    from autoptq.quantizers.full_int8 import static_qdq
+    from autoptq.techniques.full_int8 import static_qdq
 
     model = residual_with_identity()
     model.graph.input.append(tensor("w", [4, 4, 3, 3]))

@@ -9,14 +9,14 @@ import pytest
 from onnx import ModelProto
 
 from autoptq import api
-from autoptq import produce as produce_module
-from autoptq.calibration import Dataset, load_dataset
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import Plan, load_tree, plan_model
-from autoptq.produce import candidates, produce
-from autoptq.profiles import load_profile
-from autoptq.quantizers.common import QuantizationError
-from autoptq.recipe import Recipe
+from autoptq.decide.planner import Plan, load_tree, plan_model
+from autoptq.devices.profiles import load_profile
+from autoptq.model.calibration import Dataset, load_dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.pipeline import produce as produce_module
+from autoptq.pipeline.produce import candidates, produce
+from autoptq.techniques.common import QuantizationError
+from autoptq.techniques.recipe import Recipe
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FLOAT_ACCURACY = 0.9833

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from autoptq.errors import ProfileError
-from autoptq.profiles import (
+from autoptq.devices.profiles import (
     HardwareProfile,
     load_profile,
     profile_json_schema,
     profiles_dir,
     shipped_profile_names,
 )
+from autoptq.errors import ProfileError
 
 SHIPPED = shipped_profile_names()
 EXPECTED = {

@@ -10,16 +10,16 @@ import pytest
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from autoptq import zoo
-from autoptq.calibration import Dataset
+from autoptq.devices.profiles import FixedOutputParams, load_profile
 from autoptq.errors import DataError
-from autoptq.metrics import sqnr_db
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.quantizers.common import QuantizationError, QuantizationResult
-from autoptq.quantizers.fp16 import FP16_MAX
-from autoptq.recipe import FixedOutputParams, Recipe
-from autoptq.verify import ModelRunner
+from autoptq.evaluate.metrics import sqnr_db
+from autoptq.evaluate.verify import ModelRunner
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.common import QuantizationError, QuantizationResult
+from autoptq.techniques.fp16 import FP16_MAX
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 X86 = load_profile("x86-vnni")
@@ -196,8 +196,8 @@ def test_full_int8_each_calibration_method_runs(convnet: ModelProto, convnet_dat
 
 
 def test_entropy_calibration_differs_from_minmax_on_real_data() -> None:
-    from autoptq.calibration import load_dataset
-    from autoptq.graph import load_model
+    from autoptq.model.calibration import load_dataset
+    from autoptq.model.graph import load_model
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     graph = load_model(examples / "digits_cnn.onnx")

@@ -13,15 +13,16 @@ import pytest
 from conftest import build, const, tensor
 from onnx import helper
 
-from autoptq import api, zoo
-from autoptq.calibration import Dataset, load_dataset
-from autoptq.canonical import canonical_model
-from autoptq.graph import load_model, model_opset
-from autoptq.profiles import load_profile
-from autoptq.quantizers.common import calibration_samples
-from autoptq.quantizers.full_int8 import collect_ranges, static_qdq
-from autoptq.recipe import Recipe
-from autoptq.shapes import bind, model_for_target, parse_input_shapes
+from autoptq import api
+from autoptq.devices.canonical import canonical_model
+from autoptq.devices.profiles import load_profile
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, load_dataset
+from autoptq.model.graph import load_model, model_opset
+from autoptq.model.shapes import bind, model_for_target, parse_input_shapes
+from autoptq.techniques.common import calibration_samples
+from autoptq.techniques.full_int8 import collect_ranges, static_qdq
+from autoptq.techniques.recipe import Recipe
 
 RNG = np.random.default_rng(7)
 
@@ -183,7 +184,7 @@ def test_streamed_minmax_ranges_equal_onnxruntime_batch_calibration(tmp_path: Pa
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from autoptq.quantizers.common import DatasetReader
+    from autoptq.techniques.common import DatasetReader
 
     model_path = save(recogniser(32), tmp_path, "rec.onnx")
     data = Dataset([{"x": RNG.uniform(-1, 2, (1, 1, 32, 32)).astype(np.float32)} for _ in range(7)], None, "s")

@@ -10,22 +10,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autoptq import zoo
 from autoptq.api import QuantizeOptions, plan_for
-from autoptq.calibration import Dataset, load_dataset
-from autoptq.candidates import Candidate, candidates, measured_choices
-from autoptq.graph import ModelGraph, load_model
-from autoptq.hostcost import calibrate_host, predicted_ratio, write_table
-from autoptq.metrics import sqnr_db
-from autoptq.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
-from autoptq.produce import Attempt, _calibration_can_help, produce
-from autoptq.profiles import load_profile
-from autoptq.quantizers import full_int8
-from autoptq.quantizers.common import QuantizationError
-from autoptq.quantizers.full_int8 import ranges_file, static_qdq
-from autoptq.recipe import Recipe
-from autoptq.space import full_int8_space, quant_formats, smooth_quant_installed, smooth_quant_offered
-from autoptq.verify import ModelRunner, Verification, measurable_here
+from autoptq.decide.candidates import Candidate, candidates, measured_choices
+from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
+from autoptq.decide.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.metrics import sqnr_db
+from autoptq.evaluate.verify import ModelRunner, Verification, measurable_here
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset, load_dataset
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.pipeline.produce import Attempt, _calibration_can_help, produce
+from autoptq.techniques import full_int8
+from autoptq.techniques.common import QuantizationError
+from autoptq.techniques.full_int8 import ranges_file, static_qdq
+from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.space import full_int8_space, quant_formats, smooth_quant_installed, smooth_quant_offered
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -11,8 +11,8 @@ import yaml
 
 from autoptq import api
 from autoptq.errors import AutoptqError
-from autoptq.recipe import RecipeFile
-from autoptq.replay import load_recipe
+from autoptq.pipeline.replay import load_recipe
+from autoptq.techniques.recipe import RecipeFile
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODEL, CALIB, VAL = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "calib.npz", EXAMPLES / "val.npz"

@@ -13,9 +13,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from autoptq.decide.rules import Comparison, Decision, FactSpec, RuleSet, load_rules
 from autoptq.errors import RulesError
-from autoptq.recipe import RecipeOverrides
-from autoptq.rules import Comparison, Decision, FactSpec, RuleSet, load_rules
+from autoptq.techniques.recipe import RecipeOverrides
 
 FACTS = {
     spec.name: spec

@@ -9,18 +9,20 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from autoptq import zoo
 from autoptq.api import QuantizeOptions, plan_for, split_data
-from autoptq.calibration import Dataset
-from autoptq.candidates import space_steps
-from autoptq.graph import load_model
-from autoptq.metrics import OutputFidelity
-from autoptq.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
-from autoptq.produce import TIE, Attempt, best_measured, produce
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.space import (
+from autoptq.decide.candidates import space_steps
+from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.decide.tuning import Budget, tune
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.metrics import OutputFidelity
+from autoptq.evaluate.verify import LatencyMeasurement, Verification, measurable_here
+from autoptq.model import zoo
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import load_model
+from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.space import (
     conform_weight_only,
     device_int8_ops,
     full_int8_space,
@@ -28,8 +30,6 @@ from autoptq.space import (
     weight_only_options,
     weight_only_space,
 )
-from autoptq.tuning import Budget, tune
-from autoptq.verify import LatencyMeasurement, Verification, measurable_here
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import pytest
 from onnx import ModelProto, TensorProto, helper
 
 from autoptq import api
-from autoptq.calibration import Dataset
-from autoptq.canonical import float_model_for
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.tflite_writer import TfliteExportError, export_tflite
+from autoptq.deploy.tflite_writer import TfliteExportError, export_tflite
+from autoptq.devices.canonical import float_model_for
+from autoptq.model.calibration import Dataset
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from tests.conftest import build, const, tensor
 from tests.test_tflite_writer import PROFILE, exact_outputs, max_lsb, quantize, samples, weights
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 
-from autoptq.emulators.tflite_runtime import run_litert
+from autoptq.evaluate.emulators.tflite_runtime import run_litert
 
 
 def step_note(prepared_steps: list, name: str) -> tuple[bool, str]:

@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 
 from autoptq.api import bound, load_data
-from autoptq.canonical import float_model_for
-from autoptq.emulators.integer import emulate
-from autoptq.graph import load_model
-from autoptq.planner import device_conformant_recipe
-from autoptq.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.tflite_writer import export_tflite
-from autoptq.verify import ModelRunner
+from autoptq.decide.planner import device_conformant_recipe
+from autoptq.deploy.tflite_writer import export_tflite
+from autoptq.devices.canonical import float_model_for
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.emulators.integer import emulate
+from autoptq.evaluate.verify import ModelRunner
+from autoptq.model.graph import load_model
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
 from bench import corpus
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 
-from autoptq.emulators.tflite_runtime import run_litert, sample_shapes
+from autoptq.evaluate.emulators.tflite_runtime import run_litert, sample_shapes
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 PROFILE = load_profile("tflite-int8")

@@ -15,21 +15,21 @@ import pytest
 from onnx import ModelProto, helper, numpy_helper
 
 from autoptq import api
-from autoptq.calibration import Dataset
-from autoptq.emulators.integer import build_exact_model, exact_session, quantize_inputs
-from autoptq.emulators.intgraph import build_device_graph
+from autoptq.deploy.intgraph import build_device_graph
+from autoptq.deploy.tflite_writer import TfliteExportError, export_tflite
+from autoptq.devices.profiles import FixedOutputParams, load_profile
 from autoptq.errors import AutoptqError
-from autoptq.profiles import load_profile
-from autoptq.quantizers.full_int8 import static_qdq
-from autoptq.recipe import FixedOutputParams, Recipe
-from autoptq.tflite_writer import TfliteExportError, export_tflite
+from autoptq.evaluate.emulators.integer import build_exact_model, exact_session, quantize_inputs
+from autoptq.model.calibration import Dataset
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 pytest.importorskip("tflite", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 pytest.importorskip("tflite_micro", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
 
-from autoptq.emulators.tflite_runtime import run_litert, run_tflm
+from autoptq.evaluate.emulators.tflite_runtime import run_litert, run_tflm
 
 PROFILE = load_profile("tflite-int8")
 FIXED = {

@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autoptq.api import QuantizeOptions, plan_for
-from autoptq.calibration import Dataset, load_dataset
-from autoptq.graph import ModelGraph, load_model
-from autoptq.planner import Plan, load_tree
-from autoptq.profiles import load_profile
-from autoptq.tuning import Budget, Trial, choose, pareto_front, tune
+from autoptq.decide.planner import Plan, load_tree
+from autoptq.decide.tuning import Budget, Trial, choose, pareto_front, tune
+from autoptq.devices.profiles import load_profile
+from autoptq.model.calibration import Dataset, load_dataset
+from autoptq.model.graph import ModelGraph, load_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WIDTH = 32

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoptq import api, zoo
+from autoptq import api
 from autoptq.errors import AutoptqError
-from autoptq.user_metric import load_metric
+from autoptq.io.user_metric import load_metric
+from autoptq.model import zoo
 from tests.conftest import save
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "metrics"

@@ -10,13 +10,8 @@ import onnx
 import pytest
 from onnx import ModelProto, helper, numpy_helper
 
-from autoptq.calibration import Dataset, load_dataset
-from autoptq.graph import load_model
-from autoptq.intio import IOQuantization
-from autoptq.profiles import load_profile
-from autoptq.quantizers import QUANTIZERS
-from autoptq.recipe import Recipe
-from autoptq.verify import (
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.verify import (
     DEFAULT_MIN_SQNR_DB,
     ModelRunner,
     dequantize_output,
@@ -25,6 +20,11 @@ from autoptq.verify import (
     quantize_input,
     verify,
 )
+from autoptq.model.calibration import Dataset, load_dataset
+from autoptq.model.graph import load_model
+from autoptq.model.intio import IOQuantization
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

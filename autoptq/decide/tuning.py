@@ -1,0 +1,610 @@
+"""Accuracy-aware planning: walk the plan's fallbacks under an accuracy or fidelity budget, measured on the target's
+emulator, and always return the best candidate found.
+
+Each trial is a recipe: the plan's own, better calibration, per-channel weights, the k most sensitive nodes kept in
+float (greedy, fewest first), 16-bit activations, fp16, weight-only, or float itself. Every trial is measured on the
+emulator (accuracy with labels, else SQNR and top-1 agreement against float), sized, costed with the latency
+estimate of its device partitioning (excluded nodes move to the host on an integer-only device: the cut and the
+transfers are re-audited), and judged against the device. At the end the Pareto front of (accuracy, latency, size)
+is computed and the objective picks among the candidates within budget; if none is, the closest is returned and
+marked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoptq.decide.candidates import Candidate, fallback_candidate, space_steps
+from autoptq.decide.hostcost import load_table, predicted_ratio
+from autoptq.decide.planner import Objective, Plan, predict
+from autoptq.decide.sensitivity import NodeSensitivity, rank_nodes
+from autoptq.devices.canonical import device_graph, float_model_for
+from autoptq.devices.coverage import CoverageReport, analyse
+from autoptq.devices.device_rules import check_device_rules
+from autoptq.devices.profiles import HardwareProfile
+from autoptq.errors import AutoptqError
+from autoptq.evaluate.emulators import TIERS, emulator_for
+from autoptq.evaluate.metrics import accuracy, compare
+from autoptq.evaluate.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
+from autoptq.io.user_metric import UserMetric
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import ModelGraph
+from autoptq.model.intio import read_integer_io
+from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
+from autoptq.techniques import QUANTIZERS
+from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.recipe import Recipe, Technique
+
+MIN_DEVICE_MAC_FRACTION = 0.5
+"""An integer-only device must run at least this share of MACs for a candidate to count as running on it (the
+default tree's `integer_runs_most` threshold)."""
+MAX_EXCLUDED = 8
+"""Greedy exclusion stops after this many nodes: beyond it, a different technique is the better fallback."""
+
+
+class Budget(BaseModel):
+    """What "accurate enough" means, and how long to look."""
+
+    max_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="largest acceptable drop of top-1 accuracy, or of the user's metric when given",
+    )
+    relative: bool = Field(default=False, description="max_drop is a fraction of the float accuracy")
+    min_sqnr_db: float | None = Field(default=None, allow_inf_nan=False, description="lowest acceptable SQNR (dB)")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="lowest acceptable share of top-1 predictions kept"
+    )
+    time_budget_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_trials: int = Field(default=40, ge=1)
+
+    @property
+    def has_target(self) -> bool:
+        """Whether any accuracy or fidelity budget is set."""
+        return any(v is not None for v in (self.max_drop, self.min_sqnr_db, self.min_top1_agreement))
+
+    def allowed_drop(self, float_accuracy: float | None) -> float | None:
+        """The absolute accuracy drop allowed (None without a drop budget or without labels)."""
+        if self.max_drop is None or float_accuracy is None:
+            return None
+        return self.max_drop * float_accuracy if self.relative else self.max_drop
+
+
+class Trial(BaseModel):
+    """One candidate tried, with everything the choice looks at."""
+
+    index: int
+    step: str
+    technique: Technique
+    recipe: Recipe | None
+    excluded: list[str] = Field(default_factory=list)
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    min_sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    size_bytes: int | None = None
+    latency_ms: float | None = Field(default=None, description="estimate (cost model), not a measurement")
+    latency_range_ms: list[float] | None = None
+    latency_ratio: float | None = Field(
+        default=None, description="latency / float latency: measured on this machine where it stands in, else estimated"
+    )
+    latency_ratio_source: str = ""
+    device_mac_fraction: float | None = None
+    device_verdict: str = ""
+    runnable: bool = True
+    meets_budget: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class TuningResult(BaseModel):
+    """The trials, the sensitivity ranking, and the chosen candidate."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    target: str
+    budget: Budget
+    tier: str
+    metric: str | None = Field(default=None, description="the user metric the accuracy columns hold (else top-1)")
+    float_accuracy: float | None
+    trials: list[Trial]
+    sensitivity: list[NodeSensitivity]
+    pareto: list[int]
+    chosen: int
+    within_budget: bool
+    message: str
+    stopped_by: str = Field(description="'walk complete', 'time budget' or 'trial budget'")
+    model_bytes: bytes = Field(default=b"", exclude=True, repr=False)
+
+
+class _Search:
+    """The state of one accuracy-aware search (kept in one place so the steps stay small functions)."""
+
+    def __init__(
+        self,
+        graph: ModelGraph,
+        profile: HardwareProfile,
+        plan: Plan,
+        calibration: Dataset | None,
+        validation: Dataset,
+        budget: Budget,
+        progress: Callable[[str], None],
+        exhaustive: bool,
+        prefer: Objective,
+        subsets: int = 0,
+        metric: UserMetric | None = None,
+    ) -> None:
+        self.graph, self.profile, self.plan, self.prefer = device_graph(graph, profile), profile, plan, prefer
+        self.subsets = subsets
+        self.calibration, self.validation, self.budget = calibration, validation, budget
+        self.progress, self.exhaustive = progress, exhaustive
+        self.started = time.perf_counter()
+        self.tier = _search_tier(profile)
+        self.float_model = float_model_for(graph, profile)
+        self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
+        self.float_outputs = _run_float(self.float_model, validation)
+        self.float_runner = ModelRunner(self.float_model) if measurable_here(profile) else None
+        self.host_table = load_table() if self.float_runner is not None else None
+        self.metric = metric
+        self.output_names = [o.name for o in self.float_model.graph.output]
+        self.float_accuracy = self._score(self.float_outputs)
+        self.trials: list[Trial] = []
+        self.models: dict[int, bytes] = {}
+        self.sensitivity: list[NodeSensitivity] = []
+        self.stopped_by = "walk complete"
+        # Last: nothing after it can fail before the caller's try/finally removes it.
+        self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
+
+    # --- limits -------------------------------------------------------------------------------------------------
+
+    def out_of_budget(self) -> bool:
+        if len(self.trials) >= self.budget.max_trials:
+            self.stopped_by = "trial budget"
+            return True
+        if self.budget.time_budget_s is not None and time.perf_counter() - self.started > self.budget.time_budget_s:
+            self.stopped_by = "time budget"
+            return True
+        return False
+
+    def best_within(self) -> Trial | None:
+        """The best trial within budget so far for the objective (None if there is none)."""
+        within = [t for t in self.trials if t.meets_budget]
+        if not within:
+            return None
+        index, _ = choose(within, choice_front(within), self.prefer)
+        return next(t for t in within if t.index == index)
+
+    def worth_trying(self, technique: Technique, recipe: Recipe | None) -> bool:
+        """Whether a candidate could beat the best within budget on the objective, judged from the cost model's
+        predictions (cheap: nothing is quantized). Before anything meets the budget every candidate is worth it."""
+        best = self.best_within()
+        if best is None or self.exhaustive:
+            return True
+        if technique == "none" and self.profile.integer_only:
+            return False  # float is no deployment on an integer-only device
+        if self.prefer == "accuracy":
+            return technique != "none"  # a more faithful quantized candidate may exist; float is the last resort
+        size, estimate, baseline = predict(self.graph, analyse(self.graph, self.profile), self.profile, technique,
+                                           recipe or Recipe())  # fmt: skip
+        if self.prefer == "size":
+            return best.size_bytes is None or size.size_bytes < best.size_bytes
+        if technique == "none":
+            ratio = 1.0
+        elif self.host_table is not None and technique in ("weight_only_int8", "full_int8"):
+            # Kernel ratios timed on this machine (`autoptq calibrate-host`) beat the roofline's assumed constants.
+            ratio = predicted_ratio(self.graph, self.profile, technique, recipe or Recipe(), self.host_table)
+        elif baseline is not None and baseline.estimate_ms:
+            ratio = estimate.estimate_ms / baseline.estimate_ms
+        else:
+            return best.latency_ms is None or estimate.estimate_ms < best.latency_ms
+        return best.latency_ratio is None or ratio < best.latency_ratio / (1 + SLOWER_TOLERANCE)
+
+    # --- one trial ----------------------------------------------------------------------------------------------
+
+    def run(self, step: str, technique: Technique, recipe: Recipe | None) -> Trial:
+        start = time.perf_counter()
+        excluded = list(recipe.nodes_to_exclude) if recipe else []
+        trial = Trial(index=len(self.trials), step=step, technique=technique, recipe=recipe, excluded=excluded)
+        try:
+            model = self._build(technique, recipe)
+        except AutoptqError as exc:
+            trial.error = str(exc)
+        else:
+            self._measure(trial, model)
+            self.models[trial.index] = model.SerializeToString(deterministic=True)
+        trial.seconds = round(time.perf_counter() - start, 3)
+        self.trials.append(trial)
+        self.progress(_progress_line(trial, len(self.trials), self.budget))
+        return trial
+
+    def _build(self, technique: Technique, recipe: Recipe | None) -> ModelProto:
+        if technique == "none" or recipe is None:
+            return self.float_model
+        if technique in ("full_int8", "int16x8"):
+            cache = self.cache_dir / f"{technique}-{recipe.calibration_method}-{recipe.calibration_percentile}.json"
+            return static_qdq(self.prepared, recipe, self.calibration, technique, calibration_cache=cache).model
+        return QUANTIZERS[technique](self.prepared, recipe, self.calibration, self.profile).model
+
+    def _measure(self, trial: Trial, model: ModelProto) -> None:
+        quantized = trial.technique != "none"
+        outputs = self._emulate(model) if quantized else self.float_outputs
+        names = [o.name for o in self.float_model.graph.output]
+        fidelity = [
+            compare(name, [r[i] for r in self.float_outputs], [c[i] for c in outputs]) for i, name in enumerate(names)
+        ]
+        trial.min_sqnr_db = min(f.sqnr_db for f in fidelity) if fidelity else None
+        trial.top1_agreement = fidelity[0].top1_agreement if fidelity else None
+        try:
+            trial.accuracy = self._score(outputs) if quantized else self.float_accuracy
+        except AutoptqError as exc:  # the user's metric failed on this candidate's outputs (e.g. NaN): no score
+            trial.accuracy, trial.error = None, str(exc)
+        if trial.accuracy is not None and self.float_accuracy is not None:
+            trial.accuracy_drop = round(self.float_accuracy - trial.accuracy, 6)
+        trial.size_bytes = model.ByteSize()
+        violations = check_device_rules(model, self.profile).violations if quantized else []
+        # Nodes left computing in float (the excluded ones and what the quantizer leaves float around them) run on
+        # the host of an integer-only device: the partitioning is re-audited with them there.
+        in_float = {v.node for v in violations if v.rule == "integer_compute"} | set(trial.excluded)
+        coverage = analyse(self.graph, self.profile, float_nodes=in_float if quantized else ())
+        self._judge_device(trial, coverage)
+        broken = [v for v in violations if v.rule != "integer_compute"]
+        if broken and trial.runnable:
+            # Any other broken rule is a model the device cannot run at all (not a matter of placement).
+            trial.runnable = False
+            trial.device_verdict = (
+                f"breaks {len(broken)} device rule(s), e.g. {broken[0].rule} at {broken[0].node}: {broken[0].detail}"
+            )
+        _, estimate, baseline = predict(self.graph, coverage, self.profile, trial.technique, trial.recipe or Recipe())
+        chosen = estimate if quantized or baseline is None else baseline
+        trial.latency_ms = round(chosen.estimate_ms, 5)
+        trial.latency_range_ms = [round(chosen.low_ms, 5), round(chosen.high_ms, 5)]
+        self._latency_ratio(trial, model, chosen.estimate_ms, baseline.estimate_ms if baseline else None)
+        trial.meets_budget = trial.runnable and self._within_budget(trial)
+
+    def _latency_ratio(self, trial: Trial, model: ModelProto, estimate_ms: float, float_ms: float | None) -> None:
+        """Latency relative to float: measured side by side where this machine stands in for the target (the
+        estimate cannot see, e.g., that tiny int8 kernels lose to float), else from the cost model."""
+        if trial.technique == "none":
+            trial.latency_ratio, trial.latency_ratio_source = 1.0, "float itself"
+        elif self.float_runner is not None and self.validation.samples:
+            runner = ModelRunner(model, read_integer_io(model))
+            timing = measure_latency(self.float_runner, runner, self.validation.samples[0], budget_s=0.3)
+            trial.latency_ratio, trial.latency_ratio_source = timing.ratio, "measured"
+        elif float_ms:
+            trial.latency_ratio, trial.latency_ratio_source = round(estimate_ms / float_ms, 4), "estimate"
+
+    def _score(self, outputs: list[list[np.ndarray]]) -> float | None:
+        """The user's metric when given, else top-1 accuracy with labels on a classifier, else None."""
+        if self.metric is not None:
+            return round(self.metric.score(self.output_names, outputs, self.validation.labels), 6)
+        return _accuracy_of(outputs, self.validation)
+
+    def _emulate(self, model: ModelProto) -> list[list[np.ndarray]]:
+        result = emulator_for(self.profile.emulator)(model, self.profile, list(self.validation.samples), self.tier)
+        return result.outputs
+
+    def _judge_device(self, trial: Trial, coverage: CoverageReport) -> None:
+        trial.device_mac_fraction = round(coverage.device_mac_fraction, 4)
+        if trial.technique == "none" and self.profile.integer_only:
+            # Float is no deployment for an integer-only device: it would run entirely on the host, if there is one.
+            trial.runnable = False
+            trial.device_verdict = "float cannot run on this integer-only device" + (
+                f" (it would run entirely on the host {self.profile.host})" if self.profile.host else ""
+            )
+            trial.device_mac_fraction = 0.0
+            return
+        trial.runnable = coverage.runnable
+        on_host = sum(1 for n in coverage.nodes if not n.on_device)
+        if self.profile.integer_only and coverage.device_mac_fraction < MIN_DEVICE_MAC_FRACTION:
+            # Mostly-on-the-host is the float model by another name: the tree's own rule (integer_runs_most) says
+            # quantizing for the device cannot help then.
+            trial.runnable = False
+            trial.device_verdict = (
+                f"not a deployment on the device: only {100 * coverage.device_mac_fraction:.1f}% of MACs run on it"
+            )
+        elif not coverage.runnable:
+            trial.device_verdict = "cannot run: nodes the device lacks have no host to fall back to"
+        elif on_host == 0:
+            trial.device_verdict = "all on the device"
+        else:
+            cut = f"; first cut at {coverage.first_cut.node}" if coverage.first_cut else ""
+            nodes = "1 node" if on_host == 1 else f"{on_host} nodes"
+            trial.device_verdict = (
+                f"{nodes} on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
+                f"{coverage.transitions} device<->host transitions"
+            )
+
+    def _within_budget(self, trial: Trial) -> bool:
+        budget = self.budget
+        allowed = budget.allowed_drop(self.float_accuracy)
+        if allowed is not None and (trial.accuracy_drop is None or trial.accuracy_drop > allowed + 1e-12):
+            return False
+        if budget.min_sqnr_db is not None and (trial.min_sqnr_db is None or trial.min_sqnr_db < budget.min_sqnr_db):
+            return False
+        agreement = budget.min_top1_agreement
+        return agreement is None or (trial.top1_agreement is not None and trial.top1_agreement >= agreement)
+
+    # --- the walk -----------------------------------------------------------------------------------------------
+
+    def walk(self) -> None:
+        """The plan, then its fallbacks in order. Once a candidate meets the budget, only candidates the cost model
+        says could beat it are tried (so the walk returns the best, not the first); limits stop it at any point."""
+        if self.plan.technique == "none":
+            self.run("plan (keep float)", "none", None)
+            return
+        self.run("plan", self.plan.technique, self.plan.recipe)
+        for candidate in space_steps(self.plan, self.profile, self.graph, self.calibration):
+            # The technique's own recipe space first (granularity, embeddings, op subsets, activation dtype), then
+            # the technique fallbacks; the cost model prunes what cannot beat the best within budget.
+            if self.out_of_budget():
+                return
+            if not self._tried(candidate) and self.worth_trying(candidate.technique, candidate.recipe):
+                self.run(candidate.step, candidate.technique, candidate.recipe)
+        steps = [*self.plan.fallbacks, *([] if "none" in self.plan.fallbacks else ["none"])]
+        for name in steps:
+            if self.out_of_budget():
+                return
+            if name == "exclude_sensitive":
+                # Exclusions only add float work to a recipe already tried: once within budget, none can be faster.
+                if self.best_within() is None or self.exhaustive:
+                    self._exclude_greedily()
+            elif name == "none":
+                if self.worth_trying("none", None):
+                    self.run("float (none)", "none", None)
+            else:
+                candidate = self._fallback(name)
+                if candidate is None or self._tried(candidate):
+                    continue
+                if self.worth_trying(candidate.technique, candidate.recipe):
+                    self.run(name, candidate.technique, candidate.recipe)
+
+    def _fallback(self, name: str) -> Candidate | None:
+        return fallback_candidate(name, self.plan, self.profile, self.graph, self.calibration)
+
+    def _tried(self, candidate: Candidate) -> bool:
+        return any(t.technique == candidate.technique and t.recipe == candidate.recipe for t in self.trials)
+
+    def _best_static_recipe(self) -> Recipe | None:
+        static = [
+            t
+            for t in self.trials
+            if t.technique == self.plan.technique and t.recipe is not None and t.error is None and not t.excluded
+        ]
+        if not static:
+            return None
+        return max(static, key=_quality).recipe
+
+    def _exclude_greedily(self) -> None:
+        """Keep the most sensitive nodes in float, one more at a time, on the best calibration found so far."""
+        base = self._best_static_recipe()
+        if base is None or self.plan.technique not in ("full_int8", "int16x8") or self.calibration is None:
+            return
+        if self.profile.integer_only and self.profile.host is None:
+            self.progress("  exclude_sensitive: skipped, a node kept in float has no host to run on")
+            return
+        self.sensitivity = rank_nodes(
+            self.prepared,
+            base,
+            self.plan.technique,
+            self.calibration,
+            self.validation.take(16),
+            self._output_sqnr,
+            self.cache_dir / f"sensitivity-{base.calibration_method}.json",
+        )
+        if self.subsets:
+            self._exclude_every_subset(base)
+            return
+        for count in range(1, min(MAX_EXCLUDED, len(self.sensitivity)) + 1):
+            if (self.best_within() is not None and not self.exhaustive) or self.out_of_budget():
+                return
+            excluded = [s.node for s in self.sensitivity[:count]]
+            recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *excluded]})
+            trial = self.run(f"exclude {count} most sensitive", self.plan.technique, recipe)
+            if trial.meets_budget and count > 1 and not self.exhaustive:
+                self._prune(base, excluded)
+                return
+            if not trial.runnable and self.profile.integer_only and not self.exhaustive:
+                return  # more exclusions only move more of the model off the device
+
+    def _prune(self, base: Recipe, excluded: list[str]) -> None:
+        """Backward pass over a set that meets the budget: put each node back (least sensitive first) and keep it
+        quantized if the budget still holds. Ranking order is only a guide: a later node can make an earlier one
+        unnecessary, and every node kept quantized is latency and size saved."""
+        kept = list(excluded)
+        for node in reversed(excluded[:-1]):
+            if self.out_of_budget():
+                return
+            trial_set = [n for n in kept if n != node]
+            recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *trial_set]})
+            trial = self.run(f"exclude {len(trial_set)}: without {node}", self.plan.technique, recipe)
+            if trial.meets_budget:
+                kept = trial_set
+
+    def _exclude_every_subset(self, base: Recipe) -> None:
+        """Benchmark baseline: every non-empty subset of the `subsets` most sensitive nodes kept in float."""
+        ranked = [s.node for s in self.sensitivity[: self.subsets]]
+        for size in range(1, len(ranked) + 1):
+            for chosen in itertools.combinations(ranked, size):
+                if self.out_of_budget():
+                    return
+                recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *chosen]})
+                self.run(f"exclude {{{', '.join(chosen)}}}", self.plan.technique, recipe)
+
+    def _output_sqnr(self, model: ModelProto) -> float:
+        """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
+        samples = self.validation.take(16)
+        outputs = _run_float(model, samples)
+        reference = self.float_outputs[: len(samples)]
+        return min(
+            compare(str(i), [r[i] for r in reference], [o[i] for o in outputs]).sqnr_db
+            for i in range(len(reference[0]))
+        )
+
+
+def _is_classifier(graph: ModelGraph) -> bool:
+    shape = graph.outputs[0].shape if graph.outputs else None
+    return shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
+
+
+def _search_tier(profile: HardwareProfile) -> str:
+    # The integer family searches on its fast tier (onnxruntime integer kernels, ~1 LSB from the device); the chosen
+    # candidate is re-checked on the exact tier by `autoptq check`.
+    return "fast" if profile.emulator == "integer" else TIERS[profile.emulator][0]
+
+
+def _run_float(model: ModelProto, data: Dataset) -> list[list[np.ndarray]]:
+    runner = ModelRunner(model)
+    return [runner.run(sample) for sample in data.samples]
+
+
+def _accuracy_of(outputs: list[list[np.ndarray]], data: Dataset) -> float | None:
+    if data.labels is None or not outputs or np.asarray(outputs[0][0]).ndim != 2:
+        return None
+    return round(accuracy([o[0] for o in outputs], data.labels), 6)
+
+
+def _quality(trial: Trial) -> tuple[float, float]:
+    """Higher is better: accuracy when known, then SQNR."""
+    return (
+        trial.accuracy if trial.accuracy is not None else -1.0,
+        trial.min_sqnr_db if trial.min_sqnr_db is not None else -1e9,
+    )
+
+
+def _latency(trial: Trial) -> float | None:
+    """What the choice compares: the ratio to float (measured or estimated), else the estimate in ms."""
+    return trial.latency_ratio if trial.latency_ratio is not None else trial.latency_ms
+
+
+def _progress_line(trial: Trial, count: int, budget: Budget) -> str:
+    if trial.error:
+        return f"  trial {count}: {trial.step} ({trial.technique}): failed: {trial.error}"
+    metric = (
+        f"accuracy {trial.accuracy:.4f}"
+        if trial.accuracy is not None
+        else f"SQNR {trial.min_sqnr_db:.1f} dB"
+        if trial.min_sqnr_db is not None
+        else "no metric"
+    )
+    verdict = "within budget" if trial.meets_budget else "misses budget" if budget.has_target else ""
+    return f"  trial {count}: {trial.step} ({trial.technique}): {metric}, {trial.size_bytes} B; {verdict}".rstrip("; ")
+
+
+def pareto_front(trials: list[Trial]) -> list[int]:
+    """Indices of the trials no other trial beats on accuracy/fidelity, latency estimate and size at once."""
+    usable = [t for t in trials if t.error is None and t.runnable and _latency(t) is not None and t.size_bytes]
+
+    def dominates(a: Trial, b: Trial) -> bool:
+        la, lb = _latency(a), _latency(b)
+        better_or_equal = _quality(a) >= _quality(b) and la <= lb and a.size_bytes <= b.size_bytes
+        strictly = _quality(a) > _quality(b) or la < lb or a.size_bytes < b.size_bytes
+        return better_or_equal and strictly
+
+    return [t.index for t in usable if not any(dominates(o, t) for o in usable if o is not t)]
+
+
+def choice_front(trials: list[Trial]) -> list[int]:
+    """The Pareto front the choice is made on: of the trials within budget when there are any (one that misses the
+    budget must not knock out one that meets it), else of all."""
+    within = [t for t in trials if t.meets_budget]
+    return pareto_front(within or trials)
+
+
+def choose(trials: list[Trial], front: list[int], prefer: Objective) -> tuple[int, bool]:
+    """The trial the objective picks among those within budget on the front, or the closest if none is.
+
+    `prefer=accuracy` picks the most accurate quantized candidate within budget (float only if none is), since the
+    float model is always the most accurate and choosing it would make the objective mean "never quantize"."""
+    by_index = {t.index: t for t in trials}
+    within = [by_index[i] for i in front if by_index[i].meets_budget]
+    if prefer == "accuracy" and any(t.technique != "none" for t in within):
+        within = [t for t in within if t.technique != "none"]
+    if within:
+        key = {
+            "speed": lambda t: (_latency(t), t.size_bytes, tuple(-q for q in _quality(t))),
+            "size": lambda t: (t.size_bytes, _latency(t), tuple(-q for q in _quality(t))),
+            "accuracy": lambda t: (tuple(-q for q in _quality(t)), _latency(t), t.size_bytes),
+        }[prefer]
+        return min(within, key=key).index, True
+    candidates = [t for t in trials if t.error is None and t.runnable] or [t for t in trials if t.error is None]
+    if not candidates:
+        raise AutoptqError("every candidate failed to build; see the trials")
+    return max(candidates, key=_quality).index, False
+
+
+def tune(
+    graph: ModelGraph,
+    profile: HardwareProfile,
+    plan: Plan,
+    calibration: Dataset | None,
+    validation: Dataset,
+    budget: Budget,
+    prefer: Objective = "speed",
+    progress: Callable[[str], None] = lambda _line: None,
+    exhaustive: bool = False,
+    subsets: int = 0,
+    metric: UserMetric | None = None,
+) -> TuningResult:
+    """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
+
+    For benchmarking the greedy walk: `exhaustive` evaluates every candidate of the same search (no early stop);
+    with `subsets=K` as well, the exclusions are every subset of the K most sensitive nodes, not the greedy prefixes.
+    """
+    if budget.max_drop is not None and metric is None and (validation.labels is None or not _is_classifier(graph)):
+        raise AutoptqError(
+            "--max-drop needs a --metric, or a classifier ([batch, classes] first output) with labelled validation "
+            "data (a 'labels' array in --val or --data); otherwise budget fidelity with --min-sqnr or "
+            "--min-top1-agreement"
+        )
+    search = _Search(
+        graph,
+        profile,
+        plan,
+        calibration,
+        validation,
+        budget,
+        progress,
+        exhaustive or bool(subsets),
+        prefer,
+        subsets,
+        metric,
+    )
+    try:
+        search.walk()
+    finally:
+        shutil.rmtree(search.cache_dir, ignore_errors=True)
+    front = choice_front(search.trials)
+    chosen, within = choose(search.trials, front, prefer)
+    trial = search.trials[chosen]
+    if within:
+        message = f"trial {chosen + 1} ({trial.step}, {trial.technique}) meets the budget and is the {prefer} choice"
+    else:
+        message = (
+            f"NO candidate meets the budget; returning the closest: trial {chosen + 1} ({trial.step}, "
+            f"{trial.technique}), clearly not within budget"
+        )
+    return TuningResult(
+        target=profile.name,
+        budget=budget,
+        tier=search.tier,
+        metric=metric.name if metric else None,
+        float_accuracy=search.float_accuracy,
+        trials=search.trials,
+        sensitivity=search.sensitivity,
+        pareto=front,
+        chosen=chosen,
+        within_budget=within,
+        message=message,
+        stopped_by=search.stopped_by,
+        model_bytes=search.models.get(chosen, b""),
+    )

@@ -1,0 +1,320 @@
+"""The `litert` and `tflm` tiers of the integer family: the `.tflite` autoptq writes for a `format: tflite` profile,
+run in a real TFLite runtime and held to the exact tier.
+
+- `litert`: LiteRT's interpreter (`ai-edge-litert`) with its reference kernels (`OpResolverType.BUILTIN_REF`: no
+  XNNPACK, which differs by 1 LSB on some depthwise convolutions).
+- `tflm`: TFLite Micro's Python interpreter (`tflite-micro`), which also reports the tensor arena the model needs.
+
+Both compare every output element with the exact tier, in LSB of the output's scale: ops the exact tier computes
+bit for bit (convolutions, transposed convolutions, fully connected, add/sub/mul, pools, mean, data movement) must
+agree exactly; the ops the exact tier only approximates (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, RESIZE_BILINEAR:
+dequantize → float32 → quantize or a float-built table, where TFLite's reference kernels use fixed-point arithmetic)
+are allowed 1 LSB at their own output, which later layers can amplify: the comparison states it. LiteRT's reference
+FULLY_CONNECTED requantizes in double (one rounding) where TFLM and the exact tier use the fixed-point multiplier, so
+the litert tier allows it 1 LSB too.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto
+from pydantic import BaseModel, Field
+
+from autoptq.deploy import kernels
+from autoptq.deploy.tflite_writer import INSTALL_HINT, TfliteExport, TfliteTensorIO, export_tflite
+from autoptq.devices.profiles import HardwareProfile
+from autoptq.errors import AutoptqError, DataError
+from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding, TierAgreement
+from autoptq.evaluate.emulators.integer import emulate as emulate_integer
+from autoptq.evaluate.emulators.integer import lsb_difference, output_scales
+
+TFLITE_TIERS = ("litert", "tflm")
+APPROXIMATE_TOLERANCE_LSB = 1
+"""LSB allowed at the output of an op the exact tier only approximates (see the module docstring)."""
+_ARENA_LINE = re.compile(r"Arena allocation total (\d+) bytes")
+_ARENA_SEARCH_SPAN = 4096
+"""Bytes above the recorded total searched for the smallest arena that runs (TFLM's Prepare needs a little more)."""
+
+
+class ArenaMeasurement(BaseModel):
+    """TFLite Micro's tensor arena for a model, bytes."""
+
+    recorded_bytes: int = Field(description="'Arena allocation total' of TFLM's RecordingMicroAllocator")
+    needed_bytes: int = Field(description="smallest arena_size (16-byte steps) with which TFLM allocated and ran")
+
+
+def emulate(
+    model: ModelProto, profile: HardwareProfile, samples: list[dict[str, np.ndarray]], tier: str
+) -> EmulationResult:
+    """Write `model` as `.tflite`, run it in LiteRT or TFLM, and compare every output with the exact tier."""
+    if tier not in TFLITE_TIERS:
+        raise AutoptqError(f"unknown device-file tier {tier!r} (tiers: {', '.join(TFLITE_TIERS)})")
+    if profile.format != "tflite":
+        raise AutoptqError(
+            f"tier {tier!r} runs the .tflite file of a 'format: tflite' profile; {profile.name} deploys "
+            f"{profile.format}"
+        )
+    exported = export_tflite(model, profile, sample_shapes(samples))
+    arena = None
+    if tier == "litert":
+        raw = run_litert(exported, samples)
+    else:
+        raw = run_tflm(exported, samples)
+        arena = measure_tflm_arena(exported)
+    exact = emulate_integer(model, profile, samples, "exact")
+    outputs = [[_real(value, io) for value, io in zip(sample, exported.outputs, strict=True)] for sample in raw]
+    agreements = agreement(model, exported, exact.outputs, outputs, tier)
+    findings = [
+        NodeFinding(
+            node=a.output,
+            kind="device_file_mismatch",
+            detail=f"{tier} differs from the exact tier by up to {a.max_abs_lsb:g} LSB (tolerance {a.tolerance_lsb})",
+        )
+        for a in agreements
+        if not a.within_tolerance
+    ]
+    return EmulationResult(
+        tier=tier,  # type: ignore[arg-type]
+        fidelity_statement=_statement(tier, exported, agreements, arena),
+        output_names=exact.output_names,
+        outputs=outputs,
+        findings=[*exact.findings, *findings],
+        agreement=agreements,
+        arena_bytes=None if arena is None else arena.needed_bytes,
+        arena_recorded_bytes=None if arena is None else arena.recorded_bytes,
+    )
+
+
+def agreement(
+    model: ModelProto,
+    exported: TfliteExport,
+    exact: Sequence[list[np.ndarray]],
+    device: Sequence[list[np.ndarray]],
+    tier: str,
+) -> list[TierAgreement]:
+    """Per output: how far the device file's outputs are from the exact tier's, in LSB, and the tolerance."""
+    scales = output_scales(model)
+    reasons = []
+    if exported.approximate_ops:
+        reasons.append(
+            f"{', '.join(exported.approximate_ops)}: the exact tier computes them in float32 (or a float-built table), "
+            "TFLite's reference kernels in fixed point"
+        )
+    if tier == "litert" and "FULLY_CONNECTED" in exported.op_counts:
+        reasons.append(
+            "FULLY_CONNECTED: LiteRT's reference kernel requantizes it in double, round(acc · s_in·s_w / s_out), one "
+            "rounding (TFLM, CONV_2D and the exact tier use the fixed-point multiplier, which rounds twice)"
+        )
+    tolerance = APPROXIMATE_TOLERANCE_LSB if reasons else 0
+    reason = (
+        "; ".join(reasons) + f": {tolerance} LSB at those ops' outputs, which later layers can amplify"
+        if reasons
+        else "every op of the file is computed bit for bit by the exact tier"
+    )
+    found = []
+    for index, io in enumerate(exported.outputs):
+        scale = scales.get(io.name) or 1.0
+        a = np.concatenate([np.asarray(s[index], np.float64).reshape(-1) for s in exact]) if exact else np.zeros(0)
+        b = np.concatenate([np.asarray(s[index], np.float64).reshape(-1) for s in device]) if device else np.zeros(0)
+        stats = lsb_difference(a, b, scale)
+        found.append(
+            TierAgreement(
+                output=io.name,
+                elements=int(stats["elements"]),
+                bit_exact_fraction=round(1.0 - stats["differing_fraction"], 6),
+                max_abs_lsb=stats["max_abs_lsb"],
+                tolerance_lsb=tolerance,
+                reason=reason,
+                within_tolerance=stats["max_abs_lsb"] <= tolerance,
+            )
+        )
+    return found
+
+
+def sample_shapes(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, list[int]]:
+    """The input shapes of the first sample (they fix a dynamic model's dimensions in the file)."""
+    return {name: list(np.shape(value)) for name, value in samples[0].items()} if samples else {}
+
+
+# --- LiteRT ----------------------------------------------------------------------------------------------------------
+
+
+def litert_interpreter(content: bytes) -> object:
+    """A LiteRT interpreter on the reference kernels, tensors allocated."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as exc:
+        raise AutoptqError(f"tier 'litert' needs LiteRT: {INSTALL_HINT}") from exc
+    interpreter = Interpreter(
+        model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_REF, num_threads=1
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_litert(exported: TfliteExport, samples: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Raw outputs (integers, ONNX layout) of the file in LiteRT, one list per sample."""
+    interpreter = litert_interpreter(exported.content)
+    inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
+    results = []
+    for sample in samples:
+        for io in exported.inputs:
+            interpreter.set_tensor(inputs[io.name], feed(sample, io))
+        interpreter.invoke()
+        results.append([_onnx_layout(interpreter.get_tensor(outputs[io.name]), io) for io in exported.outputs])
+    return results
+
+
+# --- TFLite Micro ----------------------------------------------------------------------------------------------------
+
+
+def _tflm_runtime() -> object:
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError as exc:
+        raise AutoptqError(f"tier 'tflm' needs TFLite Micro: {INSTALL_HINT}") from exc
+    return runtime
+
+
+def run_tflm(exported: TfliteExport, samples: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Raw outputs (integers, ONNX layout) of the file in TFLite Micro, one list per sample."""
+    runtime = _tflm_runtime()
+    interpreter = runtime.Interpreter.from_bytes(exported.content)
+    results = []
+    for sample in samples:
+        for position, io in enumerate(exported.inputs):
+            interpreter.set_input(feed(sample, io), position)
+        interpreter.invoke()
+        results.append(
+            [_onnx_layout(interpreter.get_output(position), io) for position, io in enumerate(exported.outputs)]
+        )
+    return results
+
+
+def measure_tflm_arena(exported: TfliteExport) -> ArenaMeasurement:
+    """The arena TFLM records for the model, and the smallest `arena_size` that allocates and runs, found by
+    bisection in child processes (a far too small arena can crash the process)."""
+    with tempfile.TemporaryDirectory(prefix="autoptq-tflm-") as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(exported.content)
+        inputs = len(exported.inputs)
+        recorded = _recorded_arena(path, inputs)
+        low, high = recorded - 16, recorded + _ARENA_SEARCH_SPAN
+        if not _runs_with_arena(path, inputs, high):
+            raise AutoptqError(f"TFLite Micro did not run the model with a {high}-byte arena")
+        while high - low > 16:  # invariant: `high` runs, `low` does not (the recorded total is a lower bound)
+            middle = (low + high) // 32 * 16
+            if middle <= low:
+                break
+            if _runs_with_arena(path, inputs, middle):
+                high = middle
+            else:
+                low = middle
+    return ArenaMeasurement(recorded_bytes=recorded, needed_bytes=high)
+
+
+_PROBE = """
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+it = runtime.Interpreter.from_bytes(open(sys.argv[1], "rb").read(), arena_size=int(sys.argv[2]))
+for i in range(int(sys.argv[4])):
+    d = it.get_input_details(i)
+    it.set_input(np.zeros(d["shape"], d["dtype"]), i)
+it.invoke()
+if sys.argv[3] == "record":
+    it.print_allocations()
+"""
+
+
+def _recorded_arena(path: Path, inputs: int) -> int:
+    """TFLM's 'Arena allocation total' (printed to the C-level stderr of a child process, with a roomy arena)."""
+    roomy = max(64 * 1024, 10 * path.stat().st_size)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), str(roomy), "record", str(inputs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    found = _ARENA_LINE.search(done.stdout + done.stderr)
+    if done.returncode != 0 or found is None:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AutoptqError(f"TFLite Micro could not run the model: {tail}")
+    return int(found.group(1))
+
+
+def _runs_with_arena(path: Path, inputs: int, arena: int) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), str(arena), "run", str(inputs)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+# --- feeds and outputs -----------------------------------------------------------------------------------------------
+
+
+def feed(sample: dict[str, np.ndarray], io: TfliteTensorIO) -> np.ndarray:
+    """A float sample for one input of the file: quantized as the exact tier's host does (float32 division, round
+    half away from zero), in the file's layout."""
+    if io.name not in sample:
+        raise DataError(f"sample has no array for model input {io.name!r}")
+    value = np.asarray(sample[io.name])
+    if io.scale is not None and io.zero_point is not None:
+        value = kernels.quantize(
+            value, scale=io.scale, zero_point=io.zero_point, dtype=np.dtype(io.dtype), rounding="half_away"
+        )
+    else:
+        value = value.astype(np.float32)
+    if io.perm is not None:
+        value = value.transpose(io.perm)
+    return np.ascontiguousarray(value.reshape(io.shape))
+
+
+def _onnx_layout(value: np.ndarray, io: TfliteTensorIO) -> np.ndarray:
+    return np.asarray(value).transpose(io.perm) if io.perm is not None else np.asarray(value)
+
+
+def _real(value: np.ndarray, io: TfliteTensorIO) -> np.ndarray:
+    if io.scale is None or io.zero_point is None:
+        return value
+    return kernels.dequantize(value, scale=io.scale, zero_point=io.zero_point)
+
+
+def _statement(
+    tier: str, exported: TfliteExport, agreements: list[TierAgreement], arena: ArenaMeasurement | None
+) -> str:
+    runtime = (
+        "LiteRT's interpreter with the reference kernels (BUILTIN_REF, no XNNPACK)"
+        if tier == "litert"
+        else "TFLite Micro's Python interpreter (reference kernels, not CMSIS-NN)"
+    )
+    ops = ", ".join(f"{op} ×{n}" for op, n in exported.op_counts.items())
+    parts = [f"{tier} tier: the model.tflite autoptq writes ({len(exported.content)} bytes; {ops}) run in {runtime}."]
+    for a in agreements:
+        verdict = "bit for bit" if a.max_abs_lsb == 0 else f"within {a.max_abs_lsb:g} LSB"
+        parts.append(
+            f"Output {a.output!r} vs the exact tier: {verdict} ({a.bit_exact_fraction:.2%} of {a.elements} elements "
+            f"equal; tolerance {a.tolerance_lsb} LSB: {a.reason})."
+        )
+    if arena is not None:
+        parts.append(
+            f"Tensor arena: {arena.needed_bytes} bytes, the smallest arena_size that ran (TFLM records "
+            f"{arena.recorded_bytes} bytes of allocations; Prepare needs a little more)."
+        )
+    parts.append("Integer inputs are quantized on the host with round half away from zero (float32 division).")
+    return " ".join(parts)
+
+
+__all__ = ["TFLITE_TIERS", "ArenaMeasurement", "TierAgreement", "emulate", "measure_tflm_arena", "run_litert"]

@@ -1,0 +1,216 @@
+"""fp16: onnxruntime's float16 converter with the profile's block list and an overflow guard.
+
+The guard keeps in fp32 every node whose weights or calibrated activations (inputs or outputs) exceed the fp16 range
+(65504), and says which and why; the converter would otherwise clamp or overflow to inf silently.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+
+import numpy as np
+import onnx
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from autoptq.devices.profiles import HardwareProfile
+from autoptq.model.activations import absolute_maxima, session
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import remove_nodes
+from autoptq.model.ortio import quiet
+from autoptq.techniques.common import AppliedRecipe, QuantizationError, QuantizationResult
+from autoptq.techniques.recipe import Recipe
+
+FP16_MAX = 65504.0
+HEADROOM = 0.5
+"""Activations above half the fp16 range are kept in fp32 too: calibration data rarely shows the true maximum."""
+
+
+def quantize(
+    model: ModelProto, recipe: Recipe, calibration: Dataset | None, profile: HardwareProfile
+) -> QuantizationResult:
+    """Convert to fp16 (float I/O kept), except blocked op types and nodes that would overflow."""
+    del profile  # the planner put the device's fp16 block list into the recipe
+    excluded = {name: "excluded by the recipe" for name in recipe.nodes_to_exclude}
+    excluded.update(_weight_overflows(model))
+    notes: list[str] = []
+    if calibration is not None and len(calibration):
+        excluded.update(_activation_overflows(model, calibration))
+    else:
+        notes.append("no data: the overflow guard checked weights only, not activations")
+    # Always an explicit list: None would silently switch to the converter's own defaults instead.
+    op_block_list = sorted(set(recipe.fp16_op_block_list) | set(DEFAULT_OP_BLOCK_LIST))
+    converted, repaired = _convert_checked(model, op_block_list, excluded)
+    excluded.update(repaired)
+    blocked = set(recipe.fp16_op_block_list)
+    kept = [n.name for n in model.graph.node if n.op_type in blocked and n.name not in excluded]
+    excluded.update({name: "op type has no fp16 kernel on the device" for name in kept})
+    converter_kept = [n.name for n in model.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST and n.name not in excluded]
+    excluded.update({name: "onnxruntime's fp16 converter keeps this op type in fp32" for name in converter_kept})
+    return QuantizationResult(
+        model=converted,
+        applied=AppliedRecipe(
+            technique="fp16",
+            recipe=recipe,
+            quantized_nodes=len(model.graph.node) - len(excluded),
+            excluded=dict(sorted(excluded.items())),
+            notes=notes,
+        ),
+    )
+
+
+MAX_REPAIRS = 32
+"""Nodes the converter's type errors may send back to fp32 before the conversion is given up."""
+
+
+def _convert_checked(
+    model: ModelProto, op_block_list: list[str], excluded: dict[str, str]
+) -> tuple[ModelProto, dict[str, str]]:
+    """Convert, then load the result in onnxruntime; a node that onnxruntime names in a type error (Resize scales,
+    Cast targets, tensors whose declared type the converter left stale) is kept in fp32 and the conversion rerun,
+    so one awkward node costs that node, not the whole model."""
+    names = {node.name for node in model.graph.node}
+    repaired: dict[str, str] = {}
+    for _ in range(MAX_REPAIRS):
+        problem = None
+        try:
+            with quiet():
+                converted = convert_float_to_float16(
+                    model,
+                    keep_io_types=True,
+                    op_block_list=op_block_list,
+                    node_block_list=sorted({*excluded, *repaired}) or None,
+                    disable_shape_infer=False,
+                )
+            # The converter leaves declared types that its own Casts contradict (a node kept in fp32 whose output
+            # is still declared fp16): drop them all and let inference derive them from the nodes.
+            del converted.graph.value_info[:]
+            _sort_topologically(converted.graph)  # the converter appends its Casts after their consumers
+            _drop_round_trip_casts(converted)
+            session(converted)
+        except Exception as exc:  # the converter and onnxruntime raise plain exceptions naming the node
+            problem = " ".join(str(exc).split())
+        if problem is None:
+            return converted, repaired
+        node = next((n for n in NODE_IN_MESSAGE.findall(problem) if n in names and n not in repaired), None)
+        if node is None:
+            raise QuantizationError(f"fp16 conversion failed: {problem[:300]}")
+        repaired[node] = f"kept in fp32: the fp16 graph failed to load here ({problem[:160]})"
+    raise QuantizationError(f"fp16 conversion failed: still rejected after keeping {len(repaired)} nodes in fp32")
+
+
+NODE_IN_MESSAGE = re.compile(r"[Nn]ode \(([^()]+)\)")
+"""How onnxruntime and onnx name the node in a load or type-inference error: `Node (Resize_12) Op (Resize)`."""
+
+
+def _weight_overflows(model: ModelProto) -> dict[str, str]:
+    large = {}
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if np.issubdtype(values.dtype, np.floating) and values.size and float(np.max(np.abs(values))) > FP16_MAX:
+            large[init.name] = float(np.max(np.abs(values)))
+    found = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in large:
+                found[node.name] = f"weight {name!r} reaches {large[name]:.4g} > fp16 max {FP16_MAX:g}"
+    return found
+
+
+def _activation_overflows(model: ModelProto, calibration: Dataset) -> dict[str, str]:
+    maxima = absolute_maxima(model, calibration)
+    for sample in calibration.take(32).samples:  # graph inputs: absolute_maxima covers node outputs only
+        for name, value in sample.items():
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating) and value.size:
+                maxima[name] = max(maxima.get(name, 0.0), float(np.max(np.abs(value.astype(np.float64)))))
+    limit = FP16_MAX * HEADROOM
+    found = {}
+    for node in model.graph.node:
+        # Its readers stay in fp32 too: converting one would cast the large tensor to fp16, i.e. to inf.
+        for role, name in [*(("output", o) for o in node.output), *(("input", i) for i in node.input)]:
+            if maxima.get(name, 0.0) > limit:
+                found[node.name] = (
+                    f"{role} {name!r} reaches {maxima[name]:.4g} on calibration data, above {limit:g} "
+                    f"(half the fp16 max {FP16_MAX:g})"
+                )
+                break
+    return found
+
+
+def _drop_round_trip_casts(model: ModelProto) -> None:
+    """Remove the converter's fp32 -> fp16 -> fp32 Cast pairs (it inserts them between two nodes kept in fp32, and
+    between a float graph input and a node kept in fp32): they would overflow exactly the large values the guard
+    keeps in fp32, and round the others."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    read_in_subgraphs = {name for node in graph.node for name in _reads(node)[len(node.input) :]}
+    renamed: dict[str, str] = {}
+    dropped: list[NodeProto] = []
+    firsts: list[NodeProto] = []
+    for node in graph.node:
+        first = producers.get(node.input[0]) if node.op_type == "Cast" else None
+        if (
+            first is None
+            or _cast_target(node) != TensorProto.FLOAT
+            or first.op_type != "Cast"
+            or _cast_target(first) != TensorProto.FLOAT16
+            or types.get(first.input[0]) != TensorProto.FLOAT
+        ):
+            continue
+        firsts.append(first)
+        if node.output[0] in outputs or node.output[0] in read_in_subgraphs:
+            node.CopyFrom(helper.make_node("Identity", [first.input[0]], [node.output[0]], name=node.name))
+        else:
+            renamed[node.output[0]] = first.input[0]
+            dropped.append(node)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    dropped_ids = {id(node) for node in dropped}
+    still_read = {name for node in graph.node if id(node) not in dropped_ids for name in _reads(node)}
+    unused = [node for node in firsts if node.output[0] not in still_read and node.output[0] not in outputs]
+    remove_nodes(graph, [*dropped, *unused])
+
+
+def _cast_target(node: NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _sort_topologically(graph: GraphProto) -> None:
+    """Reorder nodes so every producer precedes its consumers (ONNX requires it), keeping the order otherwise."""
+    producers = {out: index for index, node in enumerate(graph.node) for out in node.output if out}
+    waiting_on = [{producers[n] for n in _reads(node) if n in producers} - {i} for i, node in enumerate(graph.node)]
+    consumers: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting_on):
+        for producer in needs:
+            consumers.setdefault(producer, []).append(index)
+    ready = [index for index, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for consumer in consumers.get(index, []):
+            waiting_on[consumer].discard(index)
+            if not waiting_on[consumer]:
+                heapq.heappush(ready, consumer)
+    placed = set(order)
+    order += [index for index in range(len(graph.node)) if index not in placed]  # a cycle: leave those as they were
+    nodes = [graph.node[index] for index in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: NodeProto) -> list[str]:
+    """Tensors a node reads, including those its subgraphs read from the enclosing graph."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        for subgraph in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+            for inner in subgraph.node:
+                names += _reads(inner)
+    return names
