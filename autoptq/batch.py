@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from autoptq import api
 from autoptq._version import __version__
-from autoptq.decide.planner import UserGoals, load_tree, predict
+from autoptq.decide.planner import UserGoals, load_tree
 from autoptq.decide.tuning import Budget
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import load_profile
 from autoptq.errors import AutoptqError, ModelLoadError, OutputError
+from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.io.outputs import check_output_path, write_atomic
 from autoptq.model.graph import read_model

@@ -3,7 +3,7 @@
 For each model, `autoptq calibrate-host` is run on its shapes (into a temporary table), then for the weight-only
 and full-int8 recipes autoptq would consider on x86-vnni, the latency ratio is predicted three ways and measured:
 
-- roofline: autoptq.decide.planner.predict with the profile's assumed constants (what the planner used before);
+- roofline: autoptq.evaluate.estimate.predict with the profile's assumed constants (what the planner used before);
 - host table: autoptq.decide.hostcost.predicted_ratio (fp32 roofline per node, quantized MatMul/Gemm/Conv scaled by the
   measured kernel ratio);
 - measured: the quantized model against float, interleaved side by side in this process, one thread.
@@ -25,10 +25,11 @@ from benchlib import REPO_DIR, environment, markdown_table, write_result
 
 from autoptq.api import bound, load_data, split_data
 from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
-from autoptq.decide.planner import device_conformant_recipe, predict
+from autoptq.decide.planner import device_conformant_recipe
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.verify import ModelRunner, measure_latency
 from autoptq.model import zoo
 from autoptq.model.calibration import synthetic_dataset

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoptq.decide.hostcost import load_table, predicted_ratio
-from autoptq.decide.planner import Plan, device_conformant_recipe, predict
+from autoptq.decide.planner import Plan, device_conformant_recipe
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile
+from autoptq.evaluate.estimate import predict
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.techniques.recipe import Recipe, Technique

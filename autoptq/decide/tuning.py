@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.decide.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.decide.hostcost import load_table, predicted_ratio
-from autoptq.decide.planner import Objective, Plan, predict
+from autoptq.decide.planner import Objective, Plan
 from autoptq.decide.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import CoverageReport, analyse
@@ -33,6 +33,7 @@ from autoptq.devices.device_rules import check_device_rules
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators import TIERS, emulator_for
+from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.metrics import accuracy, compare
 from autoptq.evaluate.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
 from autoptq.io.user_metric import UserMetric

@@ -13,7 +13,6 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 from pydantic import BaseModel, Field
 
-from autoptq.decide.planner import predict
 from autoptq.deploy.intgraph import EmulationError
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.coverage import CoverageReport, analyse
@@ -22,6 +21,7 @@ from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators import TIERS, emulator_for
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding, TierAgreement
+from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.metrics import OutputFidelity, accuracy, compare
 from autoptq.evaluate.verify import ModelRunner, measurable_here, measure_latency
 from autoptq.io.user_metric import MetricScore, UserMetric

@@ -12,7 +12,7 @@ import onnxruntime
 from onnx import ModelProto
 
 from autoptq._version import __version__
-from autoptq.decide.planner import Plan, predict
+from autoptq.decide.planner import Plan
 from autoptq.decide.sensitivity import NodeSensitivity, SensitivityReport, sensitivity_report, sqnr_along_graph
 from autoptq.decide.tuning import TuningResult
 from autoptq.devices.canonical import float_model_for
@@ -20,6 +20,7 @@ from autoptq.devices.cost import LatencyEstimate, estimate_latency
 from autoptq.devices.coverage import CoverageReport, analyse
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
+from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.metrics import OutputFidelity
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
