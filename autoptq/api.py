@@ -12,6 +12,7 @@ import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, Field
 
+from autoptq import techniques
 from autoptq._version import __version__
 from autoptq.decide.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
 from autoptq.decide.rules import RuleSet
@@ -37,7 +38,6 @@ from autoptq.pipeline.produce import Outcome, produce, produce_tuned
 from autoptq.pipeline.replay import load_recipe, split_spec
 from autoptq.pipeline.replay import replay as run_replay
 from autoptq.report.data import (
-    STATIC_TECHNIQUES,
     audit_section,
     check_section,
     model_context,
@@ -48,7 +48,7 @@ from autoptq.report.data import (
 from autoptq.report.html_page import render_html
 from autoptq.report.models import HtmlReport
 from autoptq.report.text import render_variants_report
-from autoptq.techniques.recipe import Recipe, RecipeFile, Technique
+from autoptq.techniques.recipe import Recipe, RecipeFile, TechniqueName
 
 if TYPE_CHECKING:
     from autoptq.batch import BatchIndex
@@ -132,7 +132,7 @@ def plan(
 class QuantizeOptions(BaseModel):
     """Settings of a quantize or variants run."""
 
-    technique: Technique | None = Field(default=None, description="override the planned technique")
+    technique: TechniqueName | None = Field(default=None, description="override the planned technique")
     min_sqnr_db: float = Field(default=DEFAULT_MIN_SQNR_DB, allow_inf_nan=False)
     measure_latency: bool = True
     synthetic_calibration: bool = False
@@ -451,7 +451,7 @@ def sensitivity(
     target: TargetSource,
     data: str | Path | Dataset,
     validation: str | Path | Dataset | None = None,
-    technique: Technique | None = None,
+    technique: TechniqueName | None = None,
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     input_shapes: InputShapes | None = None,
@@ -466,9 +466,10 @@ def sensitivity(
     calibration, held_out, _ = split_data(graph, dataset, validation_set, False)
     assert calibration is not None  # data was given
     planned = plan_model(graph, profile, load_tree(rules), calibration)
-    if technique is not None and technique not in STATIC_TECHNIQUES:
-        raise AutoptqError(f"--technique {technique}: sensitivity ranks static quantization (full_int8 or int16x8)")
-    chosen = technique or (planned.technique if planned.technique in STATIC_TECHNIQUES else "full_int8")
+    static = [name for name, t in techniques.REGISTRY.items() if t.calibrated]
+    if technique is not None and technique not in static:
+        raise AutoptqError(f"--technique {technique}: sensitivity ranks static quantization ({' or '.join(static)})")
+    chosen = technique or (planned.technique if planned.technique in static else static[0])
     if chosen == planned.technique:
         recipe, note = planned.recipe, f"the plan's technique for {profile.name}, under its recipe"
     else:

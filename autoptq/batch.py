@@ -37,7 +37,7 @@ from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.io.outputs import check_output_path, write_atomic
 from autoptq.model.graph import read_model
 from autoptq.pipeline.manifest import Variant
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 try:
     import dask
@@ -60,7 +60,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    technique: Technique | None = Field(default=None, description="override the planned technique")
+    technique: TechniqueName | None = Field(default=None, description="override the planned technique")
     max_drop: float | None = Field(default=None, ge=0, lt=1, description="accuracy budget, absolute (labels needed)")
     min_sqnr: float | None = Field(default=None, description="fidelity budget in dB (also the verification floor)")
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
@@ -143,8 +143,8 @@ class JobEntry(BaseModel):
     model: str
     target: str
     status: JobStatus
-    planned_technique: Technique | None = None
-    technique: Technique | None = None
+    planned_technique: TechniqueName | None = None
+    technique: TechniqueName | None = None
     variant_failed: bool | None = Field(
         default=None, description="as in manifest.json: quantization planned and nothing beat float, or budget not met"
     )

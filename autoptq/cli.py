@@ -33,6 +33,7 @@ from autoptq.model.graph import onnx_version, ort_version
 from autoptq.pipeline.manifest import outcome_failed
 from autoptq.pipeline.replay import render_recipes
 from autoptq.report import text as report
+from autoptq.techniques import REGISTRY
 
 app = typer.Typer(
     name="autoptq",
@@ -370,11 +371,10 @@ def warn_synthetic(synthetic: bool) -> None:
         typer.echo("WARNING: calibrating on SYNTHETIC random data: the accuracy of the result is unknown.", err=True)
 
 
-class TechniqueChoice(str, Enum):
-    weight_only_int8 = "weight_only_int8"
-    full_int8 = "full_int8"
-    fp16 = "fp16"
-    int16x8 = "int16x8"
+# The choices come from the registry: a new technique is on the command line as soon as it is registered.
+TechniqueChoice = Enum(  # type: ignore[misc]
+    "TechniqueChoice", {name: name for name, t in REGISTRY.items() if t.quantizes}, type=str
+)
 
 
 @app.command()
@@ -661,9 +661,9 @@ def check(
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
-class StaticTechnique(str, Enum):
-    full_int8 = "full_int8"
-    int16x8 = "int16x8"
+StaticTechnique = Enum(  # type: ignore[misc]
+    "StaticTechnique", {name: name for name, t in REGISTRY.items() if t.calibrated}, type=str
+)
 
 
 @app.command()

@@ -64,7 +64,7 @@ from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import full_int8_space, weight_only_space
 
@@ -218,7 +218,7 @@ def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dic
         if name not in entries:
             began = time.perf_counter()
             try:
-                result = QUANTIZERS[candidate.technique](prepared, candidate.recipe, s.calibration, s.profile)
+                result = REGISTRY[candidate.technique].quantize(prepared, candidate.recipe, s.calibration, s.profile)
                 ver = verify(float_model, result.model, result.applied.integer_io, s.validation, s.profile,
                              metric=metric, float_size_bytes=len(s.graph.original_bytes()))  # fmt: skip
                 attempt = Attempt(**candidate.model_dump(), accepted=ver.passed, verification=ver)
@@ -237,7 +237,7 @@ def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dic
     best = best_measured(passed, s.plan)[0] if passed else None
     model = None
     if best is not None:
-        model = QUANTIZERS[best.technique](prepared, best.recipe, s.calibration, s.profile).model
+        model = REGISTRY[best.technique].quantize(prepared, best.recipe, s.calibration, s.profile).model
     return pick_of(best, total, model), len(space)
 
 

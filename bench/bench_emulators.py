@@ -3,7 +3,7 @@ accuracy per tier on the trained digits model.
 
 Models: MobileNet-style networks from `autoptq.model.zoo` (random weights, random N(0,1) inputs), each quantized for
 edgetpu, mcu-cortex-m, qualcomm-htp and x86-avx2 (full-range 8-bit weights, and reduce_range 7-bit weights) with the
-recipe autoptq's planner writes for that device (static QDQ, `autoptq.techniques.full_int8.static_qdq`).
+recipe autoptq's planner writes for that device (static QDQ, `autoptq.techniques.qdq.static_qdq`).
 
 Per model and device, three runners of one inference each, built once and timed interleaved in one process (every
 round runs each runner once, in a new random order; the cell is each runner's median):
@@ -49,7 +49,7 @@ from autoptq.model.activations import expose, session
 from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.intio import read_integer_io
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 
 NAME = "emulators"

@@ -35,7 +35,7 @@ from autoptq.model import zoo
 from autoptq.model.calibration import synthetic_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"
@@ -100,7 +100,7 @@ def main() -> None:
                 recipe = device_conformant_recipe(Recipe(), technique, profile, graph, calibration)
                 if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
                     continue
-                quantized = QUANTIZERS[technique](prepared, recipe, calibration, profile).model
+                quantized = REGISTRY[technique].quantize(prepared, recipe, calibration, profile).model
                 measured = measure_latency(reference, ModelRunner(quantized), validation.samples[0], budget_s=2.0).ratio
                 _, estimate, baseline = predict(graph, coverage, profile, technique, recipe)
                 roofline = estimate.estimate_ms / baseline.estimate_ms

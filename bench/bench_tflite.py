@@ -43,7 +43,7 @@ from autoptq.io.outputs import write_atomic
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 
 PROFILE = load_profile("tflite-int8")
@@ -82,7 +82,7 @@ def full_int8(graph: ModelGraph, calib: Dataset) -> onnx.ModelProto:
     recipe = device_conformant_recipe(Recipe(), "full_int8", PROFILE, graph, calib)
     # Quantize every op onnxruntime can (also those it leaves in float by default): a device file is all int8.
     recipe = recipe.model_copy(update={"op_types_to_quantize": sorted({n.op_type for n in prepared.graph.node})})
-    return QUANTIZERS["full_int8"](prepared, recipe, calib, PROFILE).model
+    return REGISTRY["full_int8"].quantize(prepared, recipe, calib, PROFILE).model
 
 
 def run_case(case: Case, folder: Path, max_val: int) -> list[str]:

@@ -20,7 +20,7 @@ from autoptq.errors import AutoptqError
 from autoptq.evaluate.verify import measurable_here
 from autoptq.model.calibration import Dataset
 from autoptq.pipeline.check import CheckReport
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, save, tensor
 

@@ -22,7 +22,7 @@ from autoptq.model.graph import load_model
 from autoptq.model.ortio import quiet
 from autoptq.report.text import render_device_rules
 from autoptq.techniques.common import DatasetReader
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 
 

@@ -15,8 +15,8 @@ from autoptq.evaluate.emulators import emulator_for
 from autoptq.evaluate.emulators.fp16 import FP16_MAX, STATEMENT, emulate, rounding_losses
 from autoptq.model.calibration import Dataset
 from autoptq.model.intio import read_integer_io
-from autoptq.techniques.fp16 import quantize
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.fp16 import convert
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
@@ -77,7 +77,7 @@ def test_storage_rounding_matches_numpy_float16_rounding_of_every_activation(con
     model = elementwise()
     feeds = samples(24)
     if converted:
-        result = quantize(model, Recipe(), Dataset(feeds, None, "feeds"), GPU)
+        result = convert(model, Recipe(), Dataset(feeds, None, "feeds"))
         assert result.applied.excluded == {}  # every node converted
         model = result.model
         assert all(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)
@@ -172,7 +172,7 @@ def test_nodes_the_converter_kept_in_fp32_are_not_rounded() -> None:
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.uniform(1, 3, (1, 8)).astype(np.float32)} for _ in range(8)]
     float_model = guarded()
-    converted = quantize(float_model, Recipe(), Dataset(feeds, None, "calibration"), GPU)
+    converted = convert(float_model, Recipe(), Dataset(feeds, None, "calibration"))
     assert set(converted.applied.excluded) == {"big", "back"}  # the overflow guard: big's output, back's input
     assert "above 32752" in converted.applied.excluded["big"]
     result = emulate(converted.model, GPU, feeds)

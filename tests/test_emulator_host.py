@@ -16,7 +16,7 @@ from autoptq.evaluate.emulators import emulator_for
 from autoptq.evaluate.emulators.host import STATEMENT, emulate
 from autoptq.model.calibration import Dataset
 from autoptq.model.intio import read_integer_io
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 

@@ -35,7 +35,7 @@ from autoptq.evaluate.metrics import sqnr_db
 from autoptq.model import zoo
 from autoptq.model.activations import expose, session
 from autoptq.model.calibration import Dataset
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 from tests.golden_reference import run_golden

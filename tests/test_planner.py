@@ -14,7 +14,6 @@ from conftest import build, const, tensor
 from onnx import ModelProto, helper
 
 from autoptq.decide.planner import (
-    DYNAMIC_QUANT_OPS,
     FACTS,
     Plan,
     UserGoals,
@@ -27,6 +26,7 @@ from autoptq.devices.profiles import HardwareProfile, load_profile, profiles_dir
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset, synthetic_dataset
 from autoptq.model.graph import ModelGraph, load_model
+from autoptq.techniques.weight_only import DYNAMIC_QUANT_OPS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

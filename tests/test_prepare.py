@@ -15,7 +15,7 @@ from autoptq.model import prepare as prep
 from autoptq.model import zoo
 from autoptq.model.activations import session
 from autoptq.model.calibration import Dataset
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
@@ -96,11 +96,11 @@ def test_weight_only_quantizer_quantizes_the_folded_weight() -> None:
     profile = load_profile("x86-vnni")
     recipe = Recipe(op_types_to_quantize=["MatMul"], per_channel=False)
 
-    unprepared = QUANTIZERS["weight_only_int8"](model, recipe, None, profile)
+    unprepared = REGISTRY["weight_only_int8"].quantize(model, recipe, None, profile)
     assert any(n.op_type == "MatMul" and n.name == "fc1" for n in unprepared.model.graph.node)
 
     prepared = prep.prepare(model, samples_for(model)).model
-    result = QUANTIZERS["weight_only_int8"](prepared, recipe, None, profile)
+    result = REGISTRY["weight_only_int8"].quantize(prepared, recipe, None, profile)
     assert all(n.op_type != "MatMul" for n in result.model.graph.node)
     assert result.applied.quantized_nodes == unprepared.applied.quantized_nodes + 1
     # fc1's weight is now stored as int8.
@@ -326,7 +326,7 @@ def residual_with_identity() -> ModelProto:
 
 def test_identity_nodes_are_removed_and_an_integer_device_sees_no_float_island() -> None:
     from autoptq.devices.device_rules import check_device_rules
-    from autoptq.techniques.full_int8 import static_qdq
+    from autoptq.techniques.qdq import static_qdq
 
     model = residual_with_identity()
     feeds = [{"x": np.random.default_rng(i).uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)} for i in range(4)]
@@ -374,7 +374,7 @@ def test_shape_arithmetic_folds_in_passes_until_the_output_shape_is_static() -> 
 
 def test_initializers_listed_as_inputs_are_dropped_so_the_quantized_model_asks_only_for_data() -> None:
     """IR 3 exports (the onnx package's light_* models) list every weight among the graph inputs."""
-    from autoptq.techniques.full_int8 import static_qdq
+    from autoptq.techniques.qdq import static_qdq
 
     model = residual_with_identity()
     model.graph.input.append(tensor("w", [4, 4, 3, 3]))

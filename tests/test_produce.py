@@ -13,8 +13,8 @@ from autoptq.decide.planner import Plan, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
-from autoptq.pipeline import produce as produce_module
 from autoptq.pipeline.produce import candidates, produce
+from autoptq.techniques import static as static_module
 from autoptq.techniques.common import QuantizationError
 from autoptq.techniques.recipe import Recipe
 
@@ -112,7 +112,7 @@ def test_nothing_passes_keeps_float_and_says_what_was_tried(
 def test_a_failing_quantizer_falls_back_to_percentile(
     monkeypatch: pytest.MonkeyPatch, digits: ModelGraph, calibration: Dataset, validation: Dataset
 ) -> None:
-    real = produce_module.static_qdq
+    real = static_module.static_qdq
     methods: list[str] = []
 
     def minmax_breaks(model: ModelProto, recipe: Recipe, data: Dataset, technique: str, **options: Any) -> object:
@@ -121,7 +121,7 @@ def test_a_failing_quantizer_falls_back_to_percentile(
             raise QuantizationError("onnxruntime static quantization failed: simulated")
         return real(model, recipe, data, technique, **options)
 
-    monkeypatch.setattr(produce_module, "static_qdq", minmax_breaks)
+    monkeypatch.setattr(static_module, "static_qdq", minmax_breaks)
     plan = plan_for(digits, "edgetpu", calibration)
     outcome = produce(digits, load_profile("edgetpu"), plan, calibration, validation.take(60))
     assert methods == ["minmax", "percentile"]

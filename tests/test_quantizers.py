@@ -16,7 +16,7 @@ from autoptq.evaluate.metrics import sqnr_db
 from autoptq.evaluate.verify import ModelRunner
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.common import QuantizationError, QuantizationResult
 from autoptq.techniques.fp16 import FP16_MAX
 from autoptq.techniques.recipe import Recipe
@@ -112,7 +112,7 @@ def conv_matmul() -> ModelProto:
 
 def test_weight_only_quantizes_only_the_named_op_types(conv_matmul: ModelProto) -> None:
     original = conv_matmul.SerializeToString()
-    result = QUANTIZERS["weight_only_int8"](conv_matmul, Recipe(op_types_to_quantize=["MatMul"]), None, X86)
+    result = REGISTRY["weight_only_int8"].quantize(conv_matmul, Recipe(op_types_to_quantize=["MatMul"]), None, X86)
     assert conv_matmul.SerializeToString() == original
     assert "MatMulInteger" in ops(result.model)
     assert "ConvInteger" not in ops(result.model)
@@ -122,19 +122,19 @@ def test_weight_only_quantizes_only_the_named_op_types(conv_matmul: ModelProto) 
     assert result.applied.quantized_nodes == 1
     assert result.applied.recipe.op_types_to_quantize == ["MatMul"]
 
-    conv_only = QUANTIZERS["weight_only_int8"](conv_matmul, Recipe(op_types_to_quantize=["Conv"]), None, X86)
+    conv_only = REGISTRY["weight_only_int8"].quantize(conv_matmul, Recipe(op_types_to_quantize=["Conv"]), None, X86)
     assert "ConvInteger" in ops(conv_only.model)
     assert "MatMulInteger" not in ops(conv_only.model)
 
 
 def test_weight_only_refuses_op_types_the_model_lacks(conv_matmul: ModelProto) -> None:
     with pytest.raises(QuantizationError, match="Gemm"):
-        QUANTIZERS["weight_only_int8"](conv_matmul, Recipe(op_types_to_quantize=["Gemm"]), None, X86)
+        REGISTRY["weight_only_int8"].quantize(conv_matmul, Recipe(op_types_to_quantize=["Gemm"]), None, X86)
 
 
 def test_weight_only_excluded_node_stays_float(conv_matmul: ModelProto) -> None:
     recipe = Recipe(op_types_to_quantize=["MatMul", "Conv"], nodes_to_exclude=["fc"])
-    result = QUANTIZERS["weight_only_int8"](conv_matmul, recipe, None, X86)
+    result = REGISTRY["weight_only_int8"].quantize(conv_matmul, recipe, None, X86)
     assert "ConvInteger" in ops(result.model)
     assert "MatMulInteger" not in ops(result.model)
     assert initializers(result.model)["mw"].dtype == np.float32
@@ -147,7 +147,7 @@ def test_weight_only_excluded_node_stays_float(conv_matmul: ModelProto) -> None:
 @pytest.mark.parametrize(("dtype", "numpy_dtype"), [("uint8", np.uint8), ("int8", np.int8)])
 def test_full_int8_activation_dtype(convnet: ModelProto, convnet_data: Dataset, dtype: str, numpy_dtype: type) -> None:
     original = convnet.SerializeToString()
-    result = QUANTIZERS["full_int8"](convnet, Recipe(activation_dtype=dtype), convnet_data, X86)
+    result = REGISTRY["full_int8"].quantize(convnet, Recipe(activation_dtype=dtype), convnet_data, X86)
     assert convnet.SerializeToString() == original
     activations = activation_quantizers(result.model)
     assert activations, "no activation was quantized"
@@ -159,8 +159,8 @@ def test_full_int8_activation_dtype(convnet: ModelProto, convnet_data: Dataset, 
 
 
 def test_full_int8_per_channel_shows_in_the_weight_scales(convnet: ModelProto, convnet_data: Dataset) -> None:
-    per_channel = QUANTIZERS["full_int8"](convnet, Recipe(per_channel=True), convnet_data, X86)
-    per_tensor = QUANTIZERS["full_int8"](convnet, Recipe(per_channel=False), convnet_data, X86)
+    per_channel = REGISTRY["full_int8"].quantize(convnet, Recipe(per_channel=True), convnet_data, X86)
+    per_tensor = REGISTRY["full_int8"].quantize(convnet, Recipe(per_channel=False), convnet_data, X86)
     conv_weights = {n.input[1] for n in convnet.graph.node if n.op_type == "Conv"}
     channels = {
         n.input[1]: initializers(convnet)[n.input[1]].shape[0] for n in convnet.graph.node if n.op_type == "Conv"
@@ -175,7 +175,7 @@ def test_full_int8_per_channel_shows_in_the_weight_scales(convnet: ModelProto, c
 
 def test_full_int8_symmetric_weights_have_zero_point_zero(convnet: ModelProto, convnet_data: Dataset) -> None:
     for per_channel in (True, False):
-        result = QUANTIZERS["full_int8"](
+        result = REGISTRY["full_int8"].quantize(
             convnet, Recipe(weight_symmetric=True, per_channel=per_channel), convnet_data, X86
         )
         weights = weight_dequantizers(result.model)
@@ -187,7 +187,7 @@ def test_full_int8_symmetric_weights_have_zero_point_zero(convnet: ModelProto, c
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_full_int8_each_calibration_method_runs(convnet: ModelProto, convnet_data: Dataset, method: str) -> None:
-    result = QUANTIZERS["full_int8"](convnet, Recipe(calibration_method=method), convnet_data, X86)
+    result = REGISTRY["full_int8"].quantize(convnet, Recipe(calibration_method=method), convnet_data, X86)
     assert f"({method})" in " ".join(result.applied.notes)
     assert result.applied.recipe.calibration_method == method
     # Entropy (KL) clips the long tails of random-input activations, the logits included, so it trades SQNR here;
@@ -204,7 +204,7 @@ def test_entropy_calibration_differs_from_minmax_on_real_data() -> None:
     data = load_dataset(examples / "calib.npz", graph)
     ranges = {
         method: activation_quantizers(
-            QUANTIZERS["full_int8"](graph.model, Recipe(calibration_method=method), data, X86).model
+            REGISTRY["full_int8"].quantize(graph.model, Recipe(calibration_method=method), data, X86).model
         )
         for method in ("minmax", "entropy")
     }
@@ -216,31 +216,33 @@ def test_entropy_calibration_differs_from_minmax_on_real_data() -> None:
 
 
 def test_full_int8_percentile_clips_the_range(convnet: ModelProto, convnet_data: Dataset) -> None:
-    minmax = activation_quantizers(QUANTIZERS["full_int8"](convnet, Recipe(), convnet_data, X86).model)
+    minmax = activation_quantizers(REGISTRY["full_int8"].quantize(convnet, Recipe(), convnet_data, X86).model)
     clipped = activation_quantizers(
-        QUANTIZERS["full_int8"](
-            convnet, Recipe(calibration_method="percentile", calibration_percentile=90.0), convnet_data, X86
-        ).model
+        REGISTRY["full_int8"]
+        .quantize(convnet, Recipe(calibration_method="percentile", calibration_percentile=90.0), convnet_data, X86)
+        .model
     )
     assert clipped["input"][0] < 0.7 * minmax["input"][0]
 
 
 def test_full_int8_calibration_samples_limit(convnet: ModelProto, convnet_data: Dataset) -> None:
-    result = QUANTIZERS["full_int8"](convnet, Recipe(calibration_samples=3), convnet_data, X86)
+    result = REGISTRY["full_int8"].quantize(convnet, Recipe(calibration_samples=3), convnet_data, X86)
     assert "calibrated on 3 samples (minmax)" in result.applied.notes
 
 
 def test_full_int8_reduce_range_uses_7_bit_weights(convnet: ModelProto, convnet_data: Dataset) -> None:
-    full = weight_dequantizers(QUANTIZERS["full_int8"](convnet, Recipe(per_channel=False), convnet_data, X86).model)
+    full = weight_dequantizers(
+        REGISTRY["full_int8"].quantize(convnet, Recipe(per_channel=False), convnet_data, X86).model
+    )
     reduced = weight_dequantizers(
-        QUANTIZERS["full_int8"](convnet, Recipe(per_channel=False, reduce_range=True), convnet_data, X86).model
+        REGISTRY["full_int8"].quantize(convnet, Recipe(per_channel=False, reduce_range=True), convnet_data, X86).model
     )
     assert max(int(np.abs(v.astype(np.int32)).max()) for v, _, _ in full.values()) == 127
     assert max(int(np.abs(v.astype(np.int32)).max()) for v, _, _ in reduced.values()) <= 64
 
 
 def test_full_int8_excluded_node_stays_float(convnet: ModelProto, convnet_data: Dataset) -> None:
-    result = QUANTIZERS["full_int8"](convnet, Recipe(nodes_to_exclude=["logits"]), convnet_data, X86)
+    result = REGISTRY["full_int8"].quantize(convnet, Recipe(nodes_to_exclude=["logits"]), convnet_data, X86)
     logits = next(n for n in result.model.graph.node if n.name == "logits")
     inits = initializers(result.model)
     assert logits.op_type == "Gemm"
@@ -249,13 +251,13 @@ def test_full_int8_excluded_node_stays_float(convnet: ModelProto, convnet_data: 
     producers = {out: n for n in result.model.graph.node for out in n.output}
     assert "logits_out" not in producers or producers["logits_out"].op_type != "DequantizeLinear"
     assert result.applied.excluded == {"logits": "excluded by the recipe"}
-    quantized = QUANTIZERS["full_int8"](convnet, Recipe(), convnet_data, X86)
+    quantized = REGISTRY["full_int8"].quantize(convnet, Recipe(), convnet_data, X86)
     assert result.applied.quantized_nodes < quantized.applied.quantized_nodes
 
 
 def test_full_int8_needs_data(convnet: ModelProto) -> None:
     with pytest.raises(DataError, match="representative data"):
-        QUANTIZERS["full_int8"](convnet, Recipe(), None, X86)
+        REGISTRY["full_int8"].quantize(convnet, Recipe(), None, X86)
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +270,7 @@ def test_fixed_softmax_output_quantization(mobilenet: ModelProto, dtype: str, ze
     recipe = Recipe(
         activation_dtype=dtype, fixed_output_params={"Softmax": FixedOutputParams(scale=1 / 256, zero_point=-128)}
     )
-    result = QUANTIZERS["full_int8"](mobilenet, recipe, dataset(mobilenet), EDGETPU)
+    result = REGISTRY["full_int8"].quantize(mobilenet, recipe, dataset(mobilenet), EDGETPU)
     softmax = next(n for n in result.model.graph.node if n.op_type == "Softmax")
     quant = next(
         n for n in result.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0]
@@ -287,7 +289,7 @@ def test_integer_io_for_the_edgetpu(mobilenet: ModelProto) -> None:
         io_dtype="int8",
         fixed_output_params={"Softmax": FixedOutputParams(scale=1 / 256, zero_point=-128)},
     )
-    result = QUANTIZERS["full_int8"](mobilenet, recipe, data, EDGETPU)
+    result = REGISTRY["full_int8"].quantize(mobilenet, recipe, data, EDGETPU)
     assert [i.type.tensor_type.elem_type for i in result.model.graph.input] == [TensorProto.INT8]
     assert [o.type.tensor_type.elem_type for o in result.model.graph.output] == [TensorProto.INT8]
     io = {item.name: item for item in result.applied.integer_io}
@@ -321,7 +323,7 @@ def _types(model: ModelProto) -> dict[str, int]:
 def test_fp16_converts_and_respects_the_block_list(mobilenet: ModelProto) -> None:
     data = dataset(mobilenet, count=4)
     original = mobilenet.SerializeToString()
-    result = QUANTIZERS["fp16"](mobilenet, Recipe(fp16_op_block_list=["Softmax"]), data, GPU)
+    result = REGISTRY["fp16"].quantize(mobilenet, Recipe(fp16_op_block_list=["Softmax"]), data, GPU)
     assert mobilenet.SerializeToString() == original
     types = _types(result.model)
     softmax = next(n for n in result.model.graph.node if n.op_type == "Softmax")
@@ -333,7 +335,7 @@ def test_fp16_converts_and_respects_the_block_list(mobilenet: ModelProto) -> Non
     assert result.model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert fidelity(mobilenet, result, data) > 40
 
-    unblocked = QUANTIZERS["fp16"](mobilenet, Recipe(), data, GPU)
+    unblocked = REGISTRY["fp16"].quantize(mobilenet, Recipe(), data, GPU)
     softmax = next(n for n in unblocked.model.graph.node if n.op_type == "Softmax")
     assert _types(unblocked.model)[softmax.input[0]] == TensorProto.FLOAT16
     assert unblocked.applied.excluded == {}
@@ -352,7 +354,7 @@ def _overflowing_model() -> ModelProto:
 def test_fp16_overflow_guard_keeps_the_overflowing_node_in_fp32() -> None:
     model = _overflowing_model()
     data = dataset(model, count=4, scale=0.1, offset=1.5)
-    result = QUANTIZERS["fp16"](model, Recipe(), data, GPU)
+    result = REGISTRY["fp16"].quantize(model, Recipe(), data, GPU)
     assert "big_matmul" in result.applied.excluded
     reason = result.applied.excluded["big_matmul"]
     largest = max(float(np.abs(s["x"].sum(axis=1) * 3.0e4).max()) for s in data.samples)
@@ -375,7 +377,7 @@ def test_fp16_keeps_weights_beyond_the_fp16_range_in_fp32() -> None:
     model = build(
         nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("huge", [1.0e5] * 4), const("tiny", 2.0**-16)]
     )
-    result = QUANTIZERS["fp16"](model, Recipe(), None, GPU)
+    result = REGISTRY["fp16"].quantize(model, Recipe(), None, GPU)
     assert "scale_up" in result.applied.excluded
     assert "'huge'" in result.applied.excluded["scale_up"] and "1e+05" in result.applied.excluded["scale_up"]
     assert any("weights only" in note for note in result.applied.notes)
@@ -390,7 +392,7 @@ def test_fp16_keeps_weights_beyond_the_fp16_range_in_fp32() -> None:
 
 
 def test_int16x8_on_qualcomm_htp(convnet: ModelProto, convnet_data: Dataset) -> None:
-    result = QUANTIZERS["int16x8"](convnet, Recipe(activation_dtype="uint16"), convnet_data, HTP)
+    result = REGISTRY["int16x8"].quantize(convnet, Recipe(activation_dtype="uint16"), convnet_data, HTP)
     activations = activation_quantizers(result.model)
     assert activations
     assert {zp.dtype for _, zp in activations.values()} == {np.dtype(np.uint16)}
@@ -400,23 +402,23 @@ def test_int16x8_on_qualcomm_htp(convnet: ModelProto, convnet_data: Dataset) -> 
 
 
 def test_int16x8_forces_16_bit_activations(convnet: ModelProto, convnet_data: Dataset) -> None:
-    result = QUANTIZERS["int16x8"](convnet, Recipe(activation_dtype="uint8"), convnet_data, HTP)
+    result = REGISTRY["int16x8"].quantize(convnet, Recipe(activation_dtype="uint8"), convnet_data, HTP)
     assert result.applied.recipe.activation_dtype == "int16"
     assert {zp.dtype for _, zp in activation_quantizers(result.model).values()} == {np.dtype(np.int16)}
 
 
 def test_int16x8_refuses_a_profile_without_int16(convnet: ModelProto, convnet_data: Dataset) -> None:
     with pytest.raises(QuantizationError, match="16-bit"):
-        QUANTIZERS["int16x8"](convnet, Recipe(), convnet_data, X86)
+        REGISTRY["int16x8"].quantize(convnet, Recipe(), convnet_data, X86)
     with pytest.raises(QuantizationError):
-        QUANTIZERS["int16x8"](convnet, Recipe(), convnet_data, EDGETPU)
+        REGISTRY["int16x8"].quantize(convnet, Recipe(), convnet_data, EDGETPU)
 
 
 def test_fp16_guard_covers_large_graph_inputs() -> None:
     nodes = [helper.make_node("Div", ["x", "divisor"], ["y"], name="shrink")]
     model = build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("divisor", 1.0e3)])
     data = Dataset([{"x": np.full((1, 4), 1.0e5, np.float32)}], None, "test")
-    result = QUANTIZERS["fp16"](model, Recipe(), data, GPU)
+    result = REGISTRY["fp16"].quantize(model, Recipe(), data, GPU)
     assert "input 'x' reaches 1e+05" in result.applied.excluded["shrink"]
     (got,) = ReferenceEvaluator(result.model).run(None, data.samples[0])
     np.testing.assert_allclose(got, 100.0, rtol=1e-6)
@@ -429,7 +431,7 @@ def test_fp16_reports_the_converters_own_block_list_whatever_the_recipe() -> Non
     ]
     model = build(nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])], [const("floor", np.zeros(4))])
     for block_list in ([], ["Softmax"]):
-        result = QUANTIZERS["fp16"](model, Recipe(fp16_op_block_list=block_list), None, GPU)
+        result = REGISTRY["fp16"].quantize(model, Recipe(fp16_op_block_list=block_list), None, GPU)
         assert result.applied.excluded["clamp"] == "onnxruntime's fp16 converter keeps this op type in fp32"
         assert _types(result.model)["floor"] == TensorProto.FLOAT
         assert ("probs" in result.applied.excluded) == bool(block_list)
@@ -448,7 +450,7 @@ def test_fp16_reports_the_converters_own_block_list_whatever_the_recipe() -> Non
 def test_every_technique_writes_a_valid_onnx_model(
     convnet: ModelProto, convnet_data: Dataset, technique: str, recipe: Recipe, profile: object
 ) -> None:
-    result = QUANTIZERS[technique](convnet, recipe, convnet_data, profile)
+    result = REGISTRY[technique].quantize(convnet, recipe, convnet_data, profile)
     onnx.checker.check_model(result.model, full_check=True)  # includes: nodes topologically sorted
     assert result.applied.technique == technique
     assert result.applied.recipe.model_dump(exclude={"activation_dtype"}) == recipe.model_dump(
@@ -460,7 +462,7 @@ def test_integer_io_keeps_a_float_output_when_its_producer_is_excluded(
     convnet: ModelProto, convnet_data: Dataset
 ) -> None:
     recipe = Recipe(activation_dtype="int8", io_dtype="int8", nodes_to_exclude=["logits"])
-    result = QUANTIZERS["full_int8"](convnet, recipe, convnet_data, EDGETPU)
+    result = REGISTRY["full_int8"].quantize(convnet, recipe, convnet_data, EDGETPU)
     assert [io.name for io in result.applied.integer_io] == ["input"]
     assert result.model.graph.input[0].type.tensor_type.elem_type == TensorProto.INT8
     assert result.model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT

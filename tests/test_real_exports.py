@@ -21,7 +21,7 @@ from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import load_model, model_opset
 from autoptq.model.shapes import bind, model_for_target, parse_input_shapes
 from autoptq.techniques.common import calibration_samples
-from autoptq.techniques.full_int8 import collect_ranges, static_qdq
+from autoptq.techniques.qdq import collect_ranges, static_qdq
 from autoptq.techniques.recipe import Recipe
 
 RNG = np.random.default_rng(7)

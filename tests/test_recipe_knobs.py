@@ -21,9 +21,9 @@ from autoptq.model import zoo
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.pipeline.produce import Attempt, _calibration_can_help, produce
-from autoptq.techniques import full_int8
+from autoptq.techniques import qdq
 from autoptq.techniques.common import QuantizationError
-from autoptq.techniques.full_int8 import ranges_file, static_qdq
+from autoptq.techniques.qdq import ranges_file, static_qdq
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import full_int8_space, quant_formats, smooth_quant_installed, smooth_quant_offered
 
@@ -89,14 +89,14 @@ def test_static_candidates_share_one_calibration_per_method(
     if not measurable_here(profile):
         pytest.skip("this machine does not stand in for x86-vnni")
     calls: list[str] = []
-    real = full_int8.collect_ranges
+    real = qdq.collect_ranges
 
     def counting(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Any:
         calls.append(recipe.calibration_method)
         assert recipe.op_types_to_quantize == [], "a shared cache holds the ranges of every tensor"
         return real(source, samples, recipe, folder, cache)
 
-    monkeypatch.setattr(full_int8, "collect_ranges", counting)
+    monkeypatch.setattr(qdq, "collect_ranges", counting)
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
     outcome = produce(digits, profile, plan, calibration, validation)
     static = [a for a in outcome.attempts if a.technique == "full_int8" and a.verification is not None]

@@ -20,7 +20,7 @@ from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model
 from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import (
     conform_weight_only,
@@ -114,8 +114,10 @@ def test_the_default_on_a_cpu_is_per_channel_int8_with_the_embedding_table(encod
 
 def test_per_channel_and_embedding_knobs_show_in_the_quantized_graph(encoder: onnx.ModelProto) -> None:
     profile = load_profile("x86-vnni")
-    on = QUANTIZERS["weight_only_int8"](encoder, Recipe(op_types_to_quantize=["Gather", "MatMul"]), None, profile)
-    off = QUANTIZERS["weight_only_int8"](
+    on = REGISTRY["weight_only_int8"].quantize(
+        encoder, Recipe(op_types_to_quantize=["Gather", "MatMul"]), None, profile
+    )
+    off = REGISTRY["weight_only_int8"].quantize(
         encoder, Recipe(op_types_to_quantize=["MatMul"], per_channel=False), None, profile
     )
 

@@ -17,7 +17,7 @@ from autoptq.evaluate.emulators.integer import emulate
 from autoptq.evaluate.verify import ModelRunner
 from autoptq.model.graph import load_model
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from bench import corpus
 
@@ -52,7 +52,7 @@ def test_the_corpus_cnn_is_written_and_litert_scores_as_the_exact_tier(
     prepared = prepare(float_model_for(graph, PROFILE), calib.take(PREPARATION_SAMPLES)).model
     recipe = device_conformant_recipe(Recipe(), "full_int8", PROFILE, graph, calib)
     recipe = recipe.model_copy(update={"op_types_to_quantize": sorted({n.op_type for n in prepared.graph.node})})
-    qdq = QUANTIZERS["full_int8"](prepared, recipe, calib, PROFILE).model
+    qdq = REGISTRY["full_int8"].quantize(prepared, recipe, calib, PROFILE).model
     samples = list(val.samples)
     exported = export_tflite(qdq, PROFILE, sample_shapes(samples))
 

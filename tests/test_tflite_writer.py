@@ -21,7 +21,7 @@ from autoptq.devices.profiles import FixedOutputParams, load_profile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators.integer import build_exact_model, exact_session, quantize_inputs
 from autoptq.model.calibration import Dataset
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 

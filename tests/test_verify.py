@@ -23,7 +23,7 @@ from autoptq.evaluate.verify import (
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import load_model
 from autoptq.model.intio import IOQuantization
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from tests.conftest import build, const, tensor
 
@@ -47,7 +47,7 @@ def digits_data(digits: ModelProto) -> tuple[Dataset, Dataset]:
 
 @pytest.fixture(scope="module")
 def digits_int8(digits: ModelProto, digits_data: tuple[Dataset, Dataset]) -> ModelProto:
-    return QUANTIZERS["full_int8"](digits, Recipe(), digits_data[0], X86).model
+    return REGISTRY["full_int8"].quantize(digits, Recipe(), digits_data[0], X86).model
 
 
 def test_a_good_candidate_passes(digits: ModelProto, digits_data: tuple[Dataset, Dataset], digits_int8: ModelProto):
@@ -134,7 +134,7 @@ def test_a_candidate_larger_than_float_fails() -> None:
         [tensor("y", [1, 4])],
         [const("w", np.random.default_rng(0).standard_normal((4, 4)))],
     )
-    quantized = QUANTIZERS["weight_only_int8"](tiny, Recipe(op_types_to_quantize=["MatMul"]), None, X86).model
+    quantized = REGISTRY["weight_only_int8"].quantize(tiny, Recipe(op_types_to_quantize=["MatMul"]), None, X86).model
     assert quantized.ByteSize() > tiny.ByteSize()
     data = Dataset([{"x": np.ones((1, 4), np.float32)}], None, "test")
     result = verify(tiny, quantized, [], data, EDGETPU)
@@ -227,7 +227,9 @@ def test_integer_io_conversion_rounds_half_away_from_zero_and_clamps() -> None:
 
 
 def test_model_runner_converts_integer_io(digits: ModelProto, digits_data: tuple[Dataset, Dataset]) -> None:
-    result = QUANTIZERS["full_int8"](digits, Recipe(activation_dtype="int8", io_dtype="int8"), digits_data[0], EDGETPU)
+    result = REGISTRY["full_int8"].quantize(
+        digits, Recipe(activation_dtype="int8", io_dtype="int8"), digits_data[0], EDGETPU
+    )
     runner = ModelRunner(result.model, result.applied.integer_io)
     sample = digits_data[1].samples[0]
     fed = runner.feed(sample)

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoptq.decide.hostcost import load_table, predicted_ratio
-from autoptq.decide.planner import Plan, device_conformant_recipe
+from autoptq.decide.planner import Plan
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.estimate import predict
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
-from autoptq.techniques.recipe import Recipe, Technique
-from autoptq.techniques.space import OP_GROUPS, device_int8_ops, full_int8_space, weight_only_space
+from autoptq.techniques import REGISTRY, by_name
+from autoptq.techniques.recipe import Recipe, TechniqueName
+from autoptq.techniques.space import device_int8_ops
 
-CALIBRATION_STEPS = frozenset({"percentile_calibration", "entropy_calibration"})
-"""Fallbacks that move ranges, not kernels: they cannot change speed or size, only accuracy."""
 MEASURED_CHOICES = 4
 """How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
 plan's own and the best the cost model ranks among the recipe space."""
@@ -25,14 +24,14 @@ class Candidate(BaseModel):
     """One recipe to try: the plan's own, or one of its fallbacks."""
 
     step: str = Field(description="'plan' or the fallback's name")
-    technique: Technique
+    technique: TechniqueName
     recipe: Recipe
 
 
 def candidates(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
     """The plan's recipe followed by its fallbacks, each made device-conformant; those that cannot apply to this
     device or data are left out."""
-    if plan.technique == "none":
+    if not by_name(plan.technique).quantizes:
         return []
     found = [Candidate(step="plan", technique=plan.technique, recipe=plan.recipe)]
     for name in plan.fallbacks:
@@ -47,62 +46,34 @@ def candidates(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Da
 def fallback_candidate(
     name: str, plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
 ) -> Candidate | None:
-    """The candidate a named fallback stands for on this device and data, or None where it cannot apply
+    """The candidate a named fallback stands for on this device and data, or None where it cannot apply: a step of
+    the plan's technique changes its recipe, a technique's name starts that technique's own recipe over
     ("exclude_sensitive" is the accuracy loop's own, "none" is the float model itself)."""
-    static = plan.technique in ("full_int8", "int16x8")
-    if name in ("percentile_calibration", "entropy_calibration") and static:
-        method = "percentile" if name == "percentile_calibration" else "entropy"
-        return Candidate(
-            step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"calibration_method": method})
-        )
-    if name == "per_channel" and not plan.recipe.per_channel:
-        return Candidate(
-            step=name, technique=plan.technique, recipe=plan.recipe.model_copy(update={"per_channel": True})
-        )
-    if name == "int16x8" and "int16" in profile.precisions and data is not None:
-        return conformant(name, "int16x8", Recipe(), profile, graph, data)
-    if name == "fp16" and "fp16" in profile.precisions:
-        return conformant(name, "fp16", Recipe(), profile, graph, data)
-    if name == "weight_only_int8" and not profile.integer_only:
-        recipe = Recipe(reduce_range=plan.recipe.reduce_range)  # the device's default weight-only space point
-        return conformant(name, "weight_only_int8", recipe, profile, graph, data)
-    if name == "full_int8" and data is not None:
-        recipe = Recipe(
-            activation_dtype="uint8", reduce_range=profile.quantization.int8_dot_product != "int32_accumulate"
-        )
-        return conformant(name, "full_int8", recipe, profile, graph, data)
-    # "exclude_sensitive" needs per-node sensitivity (the accuracy-aware loop); "none" is the float model itself.
-    return None
+    step = by_name(plan.technique).steps().get(name)
+    if step is not None:
+        recipe = step(plan.recipe)
+        return None if recipe is None else Candidate(step=name, technique=plan.technique, recipe=recipe)
+    if name not in REGISTRY or not REGISTRY[name].quantizes:
+        return None
+    base = REGISTRY[name].fallback_recipe(plan.recipe, profile, data)
+    return None if base is None else conformant(name, name, base, profile, graph, data)
 
 
 def conformant(
-    step: str, technique: Technique, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+    step: str, name: TechniqueName, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
 ) -> Candidate | None:
-    recipe = device_conformant_recipe(base, technique, profile, graph, data)
-    if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
-        return None  # no op of the types where dynamic quantization pays
-    return Candidate(step=step, technique=technique, recipe=recipe)
+    """A candidate with the device's rules filled in, or None where the recipe then has nothing to quantize."""
+    recipe = by_name(name).conform(base, profile, graph, data)
+    if not by_name(name).applies(recipe):
+        return None
+    return Candidate(step=step, technique=name, recipe=recipe)
 
 
 def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
-    """onnxruntime's plain defaults as candidates: `quantize_dynamic` (per-tensor int8 weights, every op type it
-    handles) and, with data, `quantize_static` (QDQ, int8 activations and weights, per tensor, min-max), each
-    made conformant with the device's rules (the hard limit)."""
-    found = []
-    if not profile.integer_only:
-        every_op = sorted({op for ops in OP_GROUPS.values() for op in ops})
-        dynamic = conformant(
-            "onnxruntime quantize_dynamic defaults",
-            "weight_only_int8",
-            Recipe(per_channel=False, op_types_to_quantize=every_op),
-            profile,
-            graph,
-            data,
-        )
-        found.append(dynamic)
-    if data is not None:
-        static = Recipe(activation_dtype="int8", per_channel=False)
-        found.append(conformant("onnxruntime quantize_static defaults", "full_int8", static, profile, graph, data))
+    """onnxruntime's plain defaults as candidates (`quantize_dynamic`, and with data `quantize_static`), each made
+    conformant with the device's rules (the hard limit)."""
+    defaults = [(t.name, default) for t in REGISTRY.values() if (default := t.onnxruntime_default(profile, data))]
+    found = [conformant(label, name, recipe, profile, graph, data) for name, (label, recipe) in defaults]
     return [c for c in found if c is not None]
 
 
@@ -114,29 +85,17 @@ def measured_choices(
     onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
     if not found:
         return found
-    recipes = weight_only_space(profile, graph, Recipe(reduce_range=plan.recipe.reduce_range))
     space = [
         candidate
-        for recipe in recipes
-        if (candidate := conformant(f"weight-only {_label(recipe)}", "weight_only_int8", recipe, profile, graph, data))
+        for option in REGISTRY.values()
+        for label, recipe in option.choice_space(plan.recipe, profile, graph, data)
+        if (candidate := conformant(label, option.name, recipe, profile, graph, data))
     ]
-    if data is not None:
-        base = Recipe(calibration_method=plan.recipe.calibration_method)
-        # SmoothQuant is left to the accuracy loop: it calibrates twice (the smoother, then the smoothed graph), and
-        # on MiniLM static MatMul + SmoothQuant kept cosine 0.953 where weight-only keeps 0.99 at the same speed.
-        space += [
-            candidate
-            for recipe in full_int8_space(profile, graph, base)
-            if not recipe.smooth_quant
-            and (
-                candidate := conformant(f"full int8 {_static_label(recipe)}", "full_int8", recipe, profile, graph, data)
-            )
-        ]
     coverage = analyse(graph, profile)
     table = load_table()  # measured on this machine by `autoptq calibrate-host`, when it was run
 
     def predicted_ms(candidate: Candidate) -> float:
-        if table is not None and candidate.technique in ("weight_only_int8", "full_int8"):
+        if table is not None and by_name(candidate.technique).host_timed:
             return predicted_ratio(graph, profile, candidate.technique, candidate.recipe, table)
         size, estimate, baseline = predict(graph, coverage, profile, candidate.technique, candidate.recipe)
         del size
@@ -146,7 +105,8 @@ def measured_choices(
 
     # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
     allowed = {plan.technique, *plan.fallbacks}
-    pool = _distinct([*(c for c in found[1:] if c.step not in CALIBRATION_STEPS), *space])
+    same_kernels = by_name(plan.technique).range_steps
+    pool = _distinct([*(c for c in found[1:] if c.step not in same_kernels), *space])
     int8_ops = set(device_int8_ops(profile, graph))
     ranked = sorted(
         (c for c in pool if c.technique in allowed),
@@ -171,47 +131,17 @@ SPACE_STEPS = 6
 def space_steps(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
     """Points of the plan technique's recipe space other than the plan's own, the most faithful first (per-channel
     before per-tensor, then the most ops quantized), at most SPACE_STEPS: the accuracy loop's first walk."""
-    if plan.technique == "weight_only_int8":
-        base = Recipe(reduce_range=plan.recipe.reduce_range)
-        recipes = [(f"weight-only {_label(r)}", r) for r in weight_only_space(profile, graph, base)]
-    elif plan.technique == "full_int8" and data is not None:
-        base = plan.recipe.model_copy(update={"op_types_to_quantize": []})
-        recipes = [(f"full int8 {_static_label(r)}", r) for r in full_int8_space(profile, graph, base)]
-    else:
-        return []
+    recipes = by_name(plan.technique).search_space(plan.recipe, profile, graph, data)
     found = [c for step, r in recipes if (c := conformant(step, plan.technique, r, profile, graph, data))]
     found = [c for c in _distinct(found) if c.recipe != plan.recipe]
     found.sort(key=lambda c: (not c.recipe.per_channel, -len(c.recipe.op_types_to_quantize or ["*"] * 99)))
     return found[:SPACE_STEPS]
 
 
-def _label(recipe: Recipe) -> str:
-    granularity = "per-channel" if recipe.per_channel else "per-tensor"
-    return f"{granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"
-
-
-def _static_label(recipe: Recipe) -> str:
-    granularity = "per-channel" if recipe.per_channel else "per-tensor"
-    ops = "+".join(recipe.op_types_to_quantize) if recipe.op_types_to_quantize else "all ops"
-    spelled = (" QOperator" if recipe.quant_format == "qoperator" else "") + (
-        " SmoothQuant" if recipe.smooth_quant else ""
-    )
-    return f"{recipe.activation_dtype} activations {granularity} {ops}{spelled}"
-
-
 def _known_slow(candidate: Candidate, profile: HardwareProfile, int8_ops: set[str]) -> int:
     """How many of a candidate's knobs the device's rules mark as the slow path (the cost model times kernels, not
-    these): activations other than the device's preferred (first listed) dtype, Q/DQ pairs around ops the device
-    has no int8 kernel for, dynamic Conv (ConvInteger). Measured on the corpus on x86-vnni: int8 activations 1.5x
-    float where uint8 is 0.46x (ddddocr-det), weight-only Conv 3-5x float."""
-    recipe = candidate.recipe
-    if candidate.technique == "weight_only_int8":
-        return int("Conv" in recipe.op_types_to_quantize)
-    if candidate.technique != "full_int8":
-        return 0
-    preferred = profile.quantization.activations.dtype[0]
-    beyond = bool(int8_ops) and not set(recipe.op_types_to_quantize or ["*"]) <= int8_ops
-    return int(recipe.activation_dtype != preferred) + int(beyond and not profile.integer_only)
+    these), as its technique judges them."""
+    return by_name(candidate.technique).known_slow(candidate.recipe, profile, int8_ops)
 
 
 def _size_rank(candidate: Candidate) -> tuple[int, int, int]:

@@ -32,8 +32,8 @@ from autoptq.evaluate.verify import ModelRunner, measure_latency
 from autoptq.io.outputs import write_atomic
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model
-from autoptq.techniques import QUANTIZERS
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques import REGISTRY, by_name
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 Kernel = Literal["MatMul", "Conv"]
 KERNEL_OF = {"MatMul": "MatMul", "Gemm": "MatMul", "Conv": "Conv"}
@@ -153,16 +153,13 @@ def time_kernel(kernel: Kernel, shape: tuple[int, ...], profile: HardwareProfile
     """fp32 vs weight-only and static int8 for one shape, interleaved side by side."""
     model, data, macs = _kernel_model(kernel, shape)
     reference = ModelRunner(model)
-    recipes: dict[Technique, Recipe] = {
-        "weight_only_int8": Recipe(op_types_to_quantize=[kernel]),
-        "full_int8": Recipe(activation_dtype="uint8", calibration_samples=len(data)),
-    }
     ratios: dict[str, float] = {}
     fp32_ms = 0.0
-    for technique, recipe in recipes.items():
-        quantized = QUANTIZERS[technique](model, recipe, data, profile).model
+    for timed in (t for t in REGISTRY.values() if t.host_timed):
+        recipe = timed.kernel_recipe(kernel, len(data))
+        quantized = timed.quantize(model, recipe, data, profile).model
         timing = measure_latency(reference, ModelRunner(quantized), data.samples[0], budget_s=budget_s)
-        ratios[technique] = timing.ratio
+        ratios[timed.name] = timing.ratio
         fp32_ms = timing.float_ms
     return KernelTiming(kernel=kernel, shape=list(shape), macs=macs, fp32_ms=fp32_ms, ratio=ratios)
 
@@ -196,10 +193,10 @@ def write_table(table: HostTable, path: Path | None = None) -> Path:
 
 
 def predicted_ratio(
-    graph: ModelGraph, profile: HardwareProfile, technique: Technique, recipe: Recipe, table: HostTable
+    graph: ModelGraph, profile: HardwareProfile, technique: TechniqueName, recipe: Recipe, table: HostTable
 ) -> float:
     """Predicted latency / fp32 latency of a candidate on this machine (see the module docstring)."""
-    if technique not in ("weight_only_int8", "full_int8"):
+    if not by_name(technique).host_timed:
         raise AutoptqError(f"the host table has no {technique} timings")
     excluded = set(recipe.nodes_to_exclude)
     wanted = set(recipe.op_types_to_quantize)

@@ -14,35 +14,22 @@ from autoptq.decide.rules import FactSpec, FactValue, RuleSet, TraceStep, load_r
 from autoptq.devices.canonical import device_graph
 from autoptq.devices.cost import SizeEstimate
 from autoptq.devices.coverage import CoverageReport, analyse
-from autoptq.devices.profiles import FixedOutputParams, HardwareProfile, Precision
+from autoptq.devices.profiles import HardwareProfile, Precision
 from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.verify import measurable_here
 from autoptq.io.resources import data_dir
 from autoptq.model.calibration import Dataset
-from autoptq.model.graph import ModelGraph, load_model
-from autoptq.techniques.recipe import Recipe, Technique
-from autoptq.techniques.space import conform_weight_only, device_int8_ops, quant_formats
+from autoptq.model.graph import CONTROL_FLOW_OPS, ModelGraph, load_model
+from autoptq.techniques import by_name, fallback_steps
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 Objective = Literal["speed", "size", "accuracy"]
 
-FALLBACKS: tuple[str, ...] = (
-    "percentile_calibration",
-    "entropy_calibration",
-    "per_channel",
-    "exclude_sensitive",
-    "int16x8",
-    "fp16",
-    "weight_only_int8",
-    "full_int8",
-    "none",
-)
-"""Steps the accuracy loop may take after a leaf's recipe misses the budget, named in a leaf's `fallbacks`."""
+EXCLUDE_SENSITIVE = "exclude_sensitive"
+"""The accuracy loop's own fallback step: keep the most sensitive nodes in float, one more at a time."""
 
 WEIGHT_BOUND_OPS = frozenset({"MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
-CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
-DYNAMIC_QUANT_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
-"""Op types onnxruntime's dynamic quantizer speeds up on a CPU (Conv becomes ConvInteger, which is slow)."""
 
 
 def _spec(name: str, kind: Literal["bool", "int", "float", "str"], description: str) -> tuple[str, FactSpec]:
@@ -121,7 +108,7 @@ class Plan(BaseModel):
     """Which technique to use on one target, with everything the quantizer needs and why."""
 
     target: str
-    technique: Technique
+    technique: TechniqueName
     leaf: str
     summary: str
     recipe: Recipe
@@ -144,9 +131,15 @@ def default_rules_path() -> Path:
     return data_dir("rules") / "post_training.yaml"
 
 
+def fallback_names() -> set[str]:
+    """Steps the accuracy loop may take after a leaf's recipe misses the budget, named in a leaf's `fallbacks`: the
+    registered techniques, their recipe steps, and excluding sensitive nodes."""
+    return {*fallback_steps(), EXCLUDE_SENSITIVE}
+
+
 def load_tree(path: str | Path | None = None) -> RuleSet:
     """Load and validate a decision tree (the shipped one by default)."""
-    return load_rules(Path(path) if path else default_rules_path(), FACTS, FALLBACKS)
+    return load_rules(Path(path) if path else default_rules_path(), FACTS, fallback_names())
 
 
 def _throughput(profile: HardwareProfile, precision: Precision) -> float:
@@ -213,8 +206,8 @@ def model_facts(graph: ModelGraph) -> dict[str, FactValue | None]:
         "model.weight_bound_mac_fraction": share(WEIGHT_BOUND_OPS, "macs", macs),
         "model.conv_param_fraction": share(CONV_OPS, "param_count", params),
         "model.conv_mac_fraction": share(CONV_OPS, "macs", macs),
-        "model.control_flow": any(n.op_type in CONTROL_FLOW for n in nodes),
-        "model.control_flow_mac_fraction": share(CONTROL_FLOW, "macs", macs),
+        "model.control_flow": any(n.op_type in CONTROL_FLOW_OPS for n in nodes),
+        "model.control_flow_mac_fraction": share(CONTROL_FLOW_OPS, "macs", macs),
         "model.dynamic_shapes": graph.has_dynamic_shapes,
     }
 
@@ -234,58 +227,10 @@ def user_facts(goals: UserGoals) -> dict[str, FactValue | None]:
 
 
 def device_conformant_recipe(
-    base: Recipe, technique: Technique, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+    base: Recipe, name: TechniqueName, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
 ) -> Recipe:
     """Fill in what the device dictates (dtypes, symmetry, granularity, fixed outputs, I/O) over the leaf's recipe."""
-    rules = profile.quantization
-    present_ops = {n.op_type for n in graph.compute_nodes()}
-    update: dict[str, object] = {}
-    if technique in ("full_int8", "int16x8"):
-        allowed = rules.activations.dtype
-        wanted = base.activation_dtype if technique == "full_int8" else "uint16"
-        if technique == "full_int8" and wanted not in allowed:
-            wanted = next((d for d in allowed if d in ("int8", "uint8")), wanted)
-        if technique == "int16x8":
-            wanted = next((d for d in allowed if d in ("int16", "uint16")), "int16")
-        update["activation_dtype"] = wanted
-        update["weight_dtype"] = next((d for d in rules.weights.dtype if d in ("int8", "uint8")), "int8")
-        update["weight_symmetric"] = rules.weights.symmetric or base.weight_symmetric
-        update["activation_symmetric"] = rules.activations.symmetric
-        if rules.int8_dot_product == "int16_pair_saturating":
-            update["reduce_range"] = True  # 7-bit weights: u8 x s8 pair sums then fit int16
-        if base.per_channel and "per_channel" not in rules.weights.granularity:
-            update["per_channel"] = False
-        if technique == "full_int8" and profile.integer_only and not base.op_types_to_quantize:
-            # An integer-only device quantizes everything: a float op would go to the host. Named explicitly, since
-            # onnxruntime's default is the op types it has special handlers for, which leaves Sub, ReduceMean, LSTM...
-            # in float.
-            update["op_types_to_quantize"] = sorted(present_ops)
-        elif technique == "full_int8" and not base.op_types_to_quantize:
-            # Q/DQ only around ops the device runs as int8 kernels: elsewhere they are pure overhead.
-            int8_ops = device_int8_ops(profile, graph)
-            if int8_ops and set(int8_ops) != present_ops:
-                update["op_types_to_quantize"] = int8_ops
-        if base.quant_format not in quant_formats(profile):
-            update["quant_format"] = "qdq"  # QOperator ops only run on onnxruntime's CPU kernels
-        if technique == "full_int8":
-            update["fixed_output_params"] = {
-                op: FixedOutputParams(scale=p.scale, zero_point=p.zero_point)
-                for op, p in rules.fixed_output_params.items()
-                if op in present_ops
-            }
-        # An integer-only device takes the activation type at its I/O (16-bit for 16x8), a CPU keeps float I/O.
-        integer_io = profile.integer_only and rules.io_dtype != "float32"
-        update["io_dtype"] = (wanted if technique == "int16x8" else rules.io_dtype) if integer_io else "float32"
-        if data is not None:
-            update["calibration_samples"] = min(base.calibration_samples, len(data))
-    if technique == "weight_only_int8":
-        base = conform_weight_only(base, profile, graph)
-        if rules.int8_dot_product == "int16_pair_saturating":
-            update["reduce_range"] = True
-    if technique == "fp16":
-        blocked = [op for op in present_ops if "fp16" not in profile.precisions_for(op)]
-        update["fp16_op_block_list"] = sorted(set(base.fp16_op_block_list) | set(blocked))
-    return base.model_copy(update=update)
+    return by_name(name).conform(base, profile, graph, data)
 
 
 def plan_model(
@@ -310,22 +255,19 @@ def plan_model(
     decision = tree.evaluate(facts)
     leaf = decision.leaf
     base = leaf.recipe.apply_to(Recipe())
-    recipe = device_conformant_recipe(base, leaf.technique, profile, graph, data)
-    nothing_to_quantize = leaf.technique == "weight_only_int8" and not recipe.op_types_to_quantize
-    if nothing_to_quantize:
-        # An empty list means "every op type" to the quantizers (Conv included): keep the leaf's own list instead.
-        wanted = base.op_types_to_quantize or DYNAMIC_QUANT_OPS
-        recipe = recipe.model_copy(update={"op_types_to_quantize": sorted(wanted)})
+    chosen = by_name(leaf.technique)
+    recipe = chosen.conform(base, profile, graph, data)
+    idle = None if chosen.applies(recipe) else chosen.nothing_to_quantize(base, recipe)
+    if idle is not None:
+        recipe = idle[0]
     size, latency, baseline = predict(graph, coverage, profile, leaf.technique, recipe)
     ratio = latency.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else None
     hosted = host_table_ratio(graph, profile, leaf.technique, recipe)
     ratio = hosted if hosted is not None else ratio
     float_where = "this target" if "fp32" in profile.precisions else f"its host {profile.host}"
     warnings = [*leaf.warnings, *_warnings(leaf.technique, ratio, float_where, size, goals, data, coverage)]
-    if nothing_to_quantize:
-        warnings.append(
-            f"the model has no {'/'.join(recipe.op_types_to_quantize)} node: weight-only int8 would change nothing"
-        )
+    if idle is not None:
+        warnings.append(idle[1])
     if profile.shapes.static and graph.binding is not None:
         warnings += [
             f"input {i.name!r} dim {a.axis} varies in the data ({min(a.seen)}..{max(a.seen)}) but {profile.name} "
@@ -362,17 +304,17 @@ def plan_model(
 HOST_TABLE_BASIS = "; latency ratio from the host table `autoptq calibrate-host` measured on this machine"
 
 
-def host_table_ratio(graph: ModelGraph, profile: HardwareProfile, technique: Technique, recipe: Recipe) -> float | None:
+def host_table_ratio(graph: ModelGraph, profile: HardwareProfile, name: TechniqueName, recipe: Recipe) -> float | None:
     """The latency ratio the host table predicts, for a CPU this machine stands in for once `calibrate-host` has
     timed its kernels (None otherwise: the roofline's ratio stands)."""
-    if technique not in ("weight_only_int8", "full_int8") or not measurable_here(profile):
+    if not by_name(name).host_timed or not measurable_here(profile):
         return None
     table = load_table()
-    return None if table is None else predicted_ratio(graph, profile, technique, recipe, table)
+    return None if table is None else predicted_ratio(graph, profile, name, recipe, table)
 
 
 def _warnings(
-    technique: Technique,
+    name: TechniqueName,
     ratio: float | None,
     float_where: str,
     size: SizeEstimate,
@@ -381,17 +323,18 @@ def _warnings(
     coverage: CoverageReport,
 ) -> list[str]:
     found: list[str] = []
-    if technique != "none" and ratio is not None and ratio > 1.0:
+    quantizes = by_name(name).quantizes
+    if quantizes and ratio is not None and ratio > 1.0:
         found.append(
             f"estimated {ratio:.2f}x the latency of the float model on {float_where}: quantizing may make it slower"
         )
-    if technique != "none" and size.size_bytes >= size.float_size_bytes:
+    if quantizes and size.size_bytes >= size.float_size_bytes:
         found.append("estimated file size is not smaller than float (Q/DQ overhead on small tensors)")
     if goals.max_size_bytes is not None and size.size_bytes > goals.max_size_bytes:
         found.append(f"estimated size {size.size_bytes} B exceeds the budget of {goals.max_size_bytes} B")
     if data is not None and data.synthetic:
         found.append("SYNTHETIC calibration data: ranges come from random inputs, accuracy is not representative")
-    if coverage.first_cut is not None and technique != "none":
+    if coverage.first_cut is not None and quantizes:
         found.append(
             f"falls back at {coverage.first_cut.node} ({coverage.first_cut.op_type}): "
             f"{100 * (1 - coverage.mac_fraction_before_first_cut):.1f}% of MACs after it run on the host"
@@ -416,7 +359,7 @@ class MatrixCell(BaseModel):
     family: str
     with_data: bool
     target: str
-    technique: Technique
+    technique: TechniqueName
     leaf: str
     latency_ratio: float | None
 

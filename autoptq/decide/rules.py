@@ -51,7 +51,7 @@ from autoptq.errors import RulesError
 from autoptq.io import safeyaml
 from autoptq.io.safeyaml import BoundedSafeLoader
 from autoptq.schema import StrictModel
-from autoptq.techniques.recipe import RecipeOverrides, Technique
+from autoptq.techniques.recipe import RecipeOverrides, TechniqueName
 
 FactValue = bool | int | float | str
 """The value of a fact; None (not part of this alias) means unknown."""
@@ -209,7 +209,7 @@ class Leaf(_RulesModel):
     """An outcome of the tree: the technique, its recipe overrides and what to try when it fails."""
 
     id: str = Field(min_length=1)
-    technique: Technique
+    technique: TechniqueName
     summary: str = Field(min_length=1)
     recipe: RecipeOverrides = Field(default_factory=RecipeOverrides)
     fallbacks: list[str] = Field(default_factory=list)

@@ -21,8 +21,9 @@ from autoptq.evaluate.verify import ModelRunner, quantize_input
 from autoptq.model.activations import expose, float_tensors, session
 from autoptq.model.calibration import Dataset
 from autoptq.model.intio import read_integer_io
-from autoptq.techniques.full_int8 import static_qdq
+from autoptq.techniques import by_name
 from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.static import StaticQdq
 
 QUANTIZABLE_OPS = frozenset(
     {
@@ -136,6 +137,14 @@ def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Da
     ]
 
 
+def static_technique(name: str) -> StaticQdq:
+    """The static technique named `name`: per-node ranking quantizes one node at a time, which static QDQ can."""
+    chosen = by_name(name)
+    if not isinstance(chosen, StaticQdq):
+        raise AutoptqError(f"per-node sensitivity ranks static quantization, not {name}")
+    return chosen
+
+
 def rank_nodes(
     model: ModelProto,
     recipe: Recipe,
@@ -151,7 +160,8 @@ def rank_nodes(
     recipe = recipe.model_copy(update={"io_dtype": "float32"})
     excluded = set(recipe.nodes_to_exclude)
     candidates = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in excluded]
-    full = static_qdq(model, recipe, calibration, technique, calibration_cache=cache).model
+    static = static_technique(technique)
+    full = static.quantize_nodes(model, recipe, calibration, cache).model
     along_graph = activation_sqnr(model, full, samples)
     node_sqnr = {n.name: along_graph.get(n.output[0]) for n in candidates}
     if len(candidates) > MAX_CANDIDATES:
@@ -161,9 +171,7 @@ def rank_nodes(
     ranked = []
     for node in candidates:
         try:
-            alone = static_qdq(
-                model, recipe, calibration, technique, calibration_cache=cache, nodes_to_quantize=[node.name]
-            )
+            alone = static.quantize_nodes(model, recipe, calibration, cache, nodes=[node.name])
         except AutoptqError:
             continue
         ranked.append(
@@ -204,7 +212,7 @@ def sensitivity_report(
     with tempfile.TemporaryDirectory(prefix="autoptq-sensitivity-") as folder:
         cache = Path(folder) / "calibration.json"
         ranked = rank_nodes(model, recipe, technique, calibration, samples, output_sqnr, cache)
-        full = static_qdq(model, float_io, calibration, technique, calibration_cache=cache).model
+        full = static_technique(technique).quantize_nodes(model, float_io, calibration, cache).model
     producers = {out: node for node in model.graph.node for out in node.output}
     along = [
         LayerSqnrValue(tensor=name, node=producers[name].name, op_type=producers[name].op_type, sqnr_db=round(value, 3))

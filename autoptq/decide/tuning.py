@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.decide.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.decide.hostcost import load_table, predicted_ratio
-from autoptq.decide.planner import Objective, Plan
+from autoptq.decide.planner import EXCLUDE_SENSITIVE, Objective, Plan
 from autoptq.decide.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import CoverageReport, analyse
@@ -41,9 +41,8 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.techniques import QUANTIZERS
-from autoptq.techniques.full_int8 import static_qdq
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques import KEEP_FLOAT, by_name
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 MIN_DEVICE_MAC_FRACTION = 0.5
 """An integer-only device must run at least this share of MACs for a candidate to count as running on it (the
@@ -86,7 +85,7 @@ class Trial(BaseModel):
 
     index: int
     step: str
-    technique: Technique
+    technique: TechniqueName
     recipe: Recipe | None
     excluded: list[str] = Field(default_factory=list)
     accuracy: float | None = None
@@ -185,25 +184,26 @@ class _Search:
         index, _ = choose(within, choice_front(within), self.prefer)
         return next(t for t in within if t.index == index)
 
-    def worth_trying(self, technique: Technique, recipe: Recipe | None) -> bool:
+    def worth_trying(self, name: TechniqueName, recipe: Recipe | None) -> bool:
         """Whether a candidate could beat the best within budget on the objective, judged from the cost model's
         predictions (cheap: nothing is quantized). Before anything meets the budget every candidate is worth it."""
         best = self.best_within()
         if best is None or self.exhaustive:
             return True
-        if technique == "none" and self.profile.integer_only:
+        quantizes = by_name(name).quantizes
+        if not quantizes and self.profile.integer_only:
             return False  # float is no deployment on an integer-only device
         if self.prefer == "accuracy":
-            return technique != "none"  # a more faithful quantized candidate may exist; float is the last resort
-        size, estimate, baseline = predict(self.graph, analyse(self.graph, self.profile), self.profile, technique,
+            return quantizes  # a more faithful quantized candidate may exist; float is the last resort
+        size, estimate, baseline = predict(self.graph, analyse(self.graph, self.profile), self.profile, name,
                                            recipe or Recipe())  # fmt: skip
         if self.prefer == "size":
             return best.size_bytes is None or size.size_bytes < best.size_bytes
-        if technique == "none":
+        if not quantizes:
             ratio = 1.0
-        elif self.host_table is not None and technique in ("weight_only_int8", "full_int8"):
+        elif self.host_table is not None and by_name(name).host_timed:
             # Kernel ratios timed on this machine (`autoptq calibrate-host`) beat the roofline's assumed constants.
-            ratio = predicted_ratio(self.graph, self.profile, technique, recipe or Recipe(), self.host_table)
+            ratio = predicted_ratio(self.graph, self.profile, name, recipe or Recipe(), self.host_table)
         elif baseline is not None and baseline.estimate_ms:
             ratio = estimate.estimate_ms / baseline.estimate_ms
         else:
@@ -212,7 +212,7 @@ class _Search:
 
     # --- one trial ----------------------------------------------------------------------------------------------
 
-    def run(self, step: str, technique: Technique, recipe: Recipe | None) -> Trial:
+    def run(self, step: str, technique: TechniqueName, recipe: Recipe | None) -> Trial:
         start = time.perf_counter()
         excluded = list(recipe.nodes_to_exclude) if recipe else []
         trial = Trial(index=len(self.trials), step=step, technique=technique, recipe=recipe, excluded=excluded)
@@ -228,13 +228,14 @@ class _Search:
         self.progress(_progress_line(trial, len(self.trials), self.budget))
         return trial
 
-    def _build(self, technique: Technique, recipe: Recipe | None) -> ModelProto:
-        if technique == "none" or recipe is None:
+    def _build(self, name: TechniqueName, recipe: Recipe | None) -> ModelProto:
+        chosen = by_name(name)
+        if not chosen.quantizes or recipe is None:
             return self.float_model
-        if technique in ("full_int8", "int16x8"):
-            cache = self.cache_dir / f"{technique}-{recipe.calibration_method}-{recipe.calibration_percentile}.json"
-            return static_qdq(self.prepared, recipe, self.calibration, technique, calibration_cache=cache).model
-        return QUANTIZERS[technique](self.prepared, recipe, self.calibration, self.profile).model
+        cache = None
+        if chosen.calibrated:
+            cache = self.cache_dir / f"{name}-{recipe.calibration_method}-{recipe.calibration_percentile}.json"
+        return chosen.quantize(self.prepared, recipe, self.calibration, self.profile, calibration_cache=cache).model
 
     def _measure(self, trial: Trial, model: ModelProto) -> None:
         quantized = trial.technique != "none"
@@ -340,8 +341,8 @@ class _Search:
     def walk(self) -> None:
         """The plan, then its fallbacks in order. Once a candidate meets the budget, only candidates the cost model
         says could beat it are tried (so the walk returns the best, not the first); limits stop it at any point."""
-        if self.plan.technique == "none":
-            self.run("plan (keep float)", "none", None)
+        if not by_name(self.plan.technique).quantizes:
+            self.run("plan (keep float)", self.plan.technique, None)
             return
         self.run("plan", self.plan.technique, self.plan.recipe)
         for candidate in space_steps(self.plan, self.profile, self.graph, self.calibration):
@@ -351,17 +352,17 @@ class _Search:
                 return
             if not self._tried(candidate) and self.worth_trying(candidate.technique, candidate.recipe):
                 self.run(candidate.step, candidate.technique, candidate.recipe)
-        steps = [*self.plan.fallbacks, *([] if "none" in self.plan.fallbacks else ["none"])]
+        steps = [*self.plan.fallbacks, *([] if KEEP_FLOAT in self.plan.fallbacks else [KEEP_FLOAT])]
         for name in steps:
             if self.out_of_budget():
                 return
-            if name == "exclude_sensitive":
+            if name == EXCLUDE_SENSITIVE:
                 # Exclusions only add float work to a recipe already tried: once within budget, none can be faster.
                 if self.best_within() is None or self.exhaustive:
                     self._exclude_greedily()
-            elif name == "none":
-                if self.worth_trying("none", None):
-                    self.run("float (none)", "none", None)
+            elif name == KEEP_FLOAT:
+                if self.worth_trying(KEEP_FLOAT, None):
+                    self.run("float (none)", KEEP_FLOAT, None)
             else:
                 candidate = self._fallback(name)
                 if candidate is None or self._tried(candidate):
@@ -388,7 +389,7 @@ class _Search:
     def _exclude_greedily(self) -> None:
         """Keep the most sensitive nodes in float, one more at a time, on the best calibration found so far."""
         base = self._best_static_recipe()
-        if base is None or self.plan.technique not in ("full_int8", "int16x8") or self.calibration is None:
+        if base is None or not by_name(self.plan.technique).calibrated or self.calibration is None:
             return
         if self.profile.integer_only and self.profile.host is None:
             self.progress("  exclude_sensitive: skipped, a node kept in float has no host to run on")
@@ -528,8 +529,8 @@ def choose(trials: list[Trial], front: list[int], prefer: Objective) -> tuple[in
     float model is always the most accurate and choosing it would make the objective mean "never quantize"."""
     by_index = {t.index: t for t in trials}
     within = [by_index[i] for i in front if by_index[i].meets_budget]
-    if prefer == "accuracy" and any(t.technique != "none" for t in within):
-        within = [t for t in within if t.technique != "none"]
+    if prefer == "accuracy" and any(by_name(t.technique).quantizes for t in within):
+        within = [t for t in within if by_name(t.technique).quantizes]
     if within:
         key = {
             "speed": lambda t: (_latency(t), t.size_bytes, tuple(-q for q in _quality(t))),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto
 from pydantic import BaseModel, Field
 
 from autoptq.deploy.intgraph import EmulationError
@@ -28,7 +28,8 @@ from autoptq.io.user_metric import MetricScore, UserMetric
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.intio import read_integer_io
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques import recognise
+from autoptq.techniques.recipe import Recipe
 
 
 class AccuracyCheck(BaseModel):
@@ -83,19 +84,6 @@ class CheckReport(BaseModel):
     )
     passed: bool
     failures: list[str]
-
-
-def detect_technique(model: ModelProto) -> Technique:
-    """Which technique produced a model, read from its operators and types."""
-    ops = {node.op_type for node in model.graph.node}
-    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}:
-        return "weight_only_int8"
-    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
-        wide = any(init.data_type in (TensorProto.INT16, TensorProto.UINT16) for init in model.graph.initializer)
-        return "int16x8" if wide else "full_int8"
-    if any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer):
-        return "fp16"
-    return "none"
 
 
 def check(
@@ -228,7 +216,7 @@ def _accuracy(
 def _latency(
     quantized: ModelProto, profile: HardwareProfile, reference: ModelGraph, coverage: CoverageReport, data: Dataset
 ) -> LatencyCheck:
-    technique = detect_technique(quantized)
+    technique = recognise(quantized).name
     _, estimate, _ = predict(reference, coverage, profile, technique, Recipe())
     measured, note = None, "not measured: this machine does not stand in for the target"
     if measurable_here(profile) and data.samples:

@@ -18,7 +18,8 @@ from autoptq.model.intio import IOQuantization
 from autoptq.model.prepare import PreparationStep
 from autoptq.pipeline.check import CheckReport
 from autoptq.pipeline.produce import Outcome
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques import by_name
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 MANIFEST_VERSION = 1
 
@@ -46,7 +47,7 @@ class AttemptSummary(BaseModel):
     """One candidate tried for a target."""
 
     step: str
-    technique: Technique
+    technique: TechniqueName
     accepted: bool
     why_not: str | None = None
 
@@ -56,7 +57,7 @@ class TrialSummary(BaseModel):
 
     index: int
     step: str
-    technique: Technique
+    technique: TechniqueName
     excluded: list[str]
     accuracy: float | None
     accuracy_drop: float | None
@@ -123,8 +124,8 @@ class Variant(BaseModel):
     """One produced model."""
 
     target: str
-    planned_technique: Technique
-    technique: Technique
+    planned_technique: TechniqueName
+    technique: TechniqueName
     kept_float: bool
     reason: str
     recipe: Recipe | None
@@ -226,7 +227,7 @@ def outcome_failed(outcome: Outcome) -> bool:
     """A budget set and not met, or quantization planned and float kept."""
     if outcome.tuning is not None:
         return not outcome.tuning.within_budget
-    return outcome.planned_technique != "none" and outcome.kept_float
+    return by_name(outcome.planned_technique).quantizes and outcome.kept_float
 
 
 def check_summary(result: CheckReport) -> dict[str, object]:

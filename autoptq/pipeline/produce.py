@@ -12,13 +12,7 @@ import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoptq.decide.candidates import (
-    CALIBRATION_STEPS,
-    Candidate,
-    candidates,
-    measured_choices,
-    same_recipe,
-)
+from autoptq.decide.candidates import Candidate, candidates, measured_choices, same_recipe
 from autoptq.decide.planner import Objective, Plan
 from autoptq.decide.tuning import Budget, TuningResult, tune
 from autoptq.deploy.device_file import DeviceFile
@@ -40,17 +34,17 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import KEEP_FLOAT, by_name
 from autoptq.techniques.common import AppliedRecipe, IOQuantization, QuantizationResult
-from autoptq.techniques.full_int8 import ranges_file, static_qdq
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques.qdq import ranges_file
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 
 class Attempt(BaseModel):
     """What happened to one candidate."""
 
     step: str
-    technique: Technique
+    technique: TechniqueName
     recipe: Recipe
     accepted: bool
     error: str | None = None
@@ -64,8 +58,8 @@ class Outcome(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     target: str
-    planned_technique: Technique
-    technique: Technique = Field(description="what the output actually is ('none': the float model)")
+    planned_technique: TechniqueName
+    technique: TechniqueName = Field(description="what the output actually is ('none': the float model)")
     kept_float: bool
     reason: str
     attempts: list[Attempt]
@@ -118,7 +112,9 @@ def produce(
         for candidate in found:
             if passed and len(attempts) >= measured_count:
                 break  # the measured handful is done and one passed (further fallbacks only run when none did)
-            if candidate.step in CALIBRATION_STEPS and not _calibration_can_help(candidate, attempts):
+            if candidate.step in by_name(candidate.technique).range_steps and not _calibration_can_help(
+                candidate, attempts
+            ):
                 # Calibration moves ranges, not kernels: it cannot make a slower or larger model faster or smaller.
                 attempts.append(
                     Attempt(
@@ -186,7 +182,7 @@ def produce(
     return Outcome(
         target=profile.name,
         planned_technique=plan.technique,
-        technique="none",
+        technique=KEEP_FLOAT,
         kept_float=True,
         reason=_float_reason(plan, profile, attempts),
         attempts=attempts,
@@ -329,10 +325,9 @@ def _quantize(
 ) -> QuantizationResult:
     """Build a candidate; static ones share their calibration ranges (one calibration per method and activation
     width, whatever the op set, granularity or format: the ranges are of the float model's tensors)."""
-    if candidate.technique in ("full_int8", "int16x8"):
-        cache = ranges / ranges_file(candidate.recipe)
-        return static_qdq(source, candidate.recipe, calibration, candidate.technique, calibration_cache=cache)
-    return QUANTIZERS[candidate.technique](source, candidate.recipe, calibration, profile)
+    chosen = by_name(candidate.technique)
+    cache = ranges / ranges_file(candidate.recipe) if chosen.calibrated else None
+    return chosen.quantize(source, candidate.recipe, calibration, profile, calibration_cache=cache)
 
 
 def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool:
@@ -368,7 +363,7 @@ def _why(attempt: Attempt) -> str:
 
 
 def _float_reason(plan: Plan, profile: HardwareProfile, attempts: list[Attempt]) -> str:
-    if plan.technique == "none":
+    if not by_name(plan.technique).quantizes:
         return f"the plan keeps float: {plan.summary}"
     tried = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts) or "no candidate applied"
     consequence = " This device runs integers only: the float model cannot run on it." if profile.integer_only else ""
@@ -393,7 +388,7 @@ def produce_tuned(
     result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, metric=metric)
     trial = result.trials[result.chosen]
     float_bytes = graph.original_bytes()
-    is_float = trial.technique == "none"
+    is_float = not by_name(trial.technique).quantizes
     model_bytes = float_bytes if is_float else result.model_bytes
     verification = None
     applied = None

@@ -25,7 +25,7 @@ from autoptq.model.graph import ModelGraph
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.manifest import Manifest
 from autoptq.pipeline.produce import Attempt, Outcome
-from autoptq.techniques import QUANTIZERS
+from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import RecipeFile
 
 RECIPE_FILE_HEADER = (
@@ -132,7 +132,7 @@ def replay(
         )
     float_model = float_model_for(graph, profile)
     prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
-    result = QUANTIZERS[chosen.technique](prepared.model, chosen.recipe, calibration, profile)
+    result = REGISTRY[chosen.technique].quantize(prepared.model, chosen.recipe, calibration, profile)
     verification = verify(
         float_model,
         result.model,

@@ -25,7 +25,7 @@ from autoptq.evaluate.metrics import OutputFidelity
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.pipeline.check import CheckReport, detect_technique
+from autoptq.pipeline.check import CheckReport
 from autoptq.pipeline.manifest import Manifest, sha256
 from autoptq.pipeline.produce import Outcome
 from autoptq.report.models import (
@@ -46,7 +46,8 @@ from autoptq.report.models import (
     TrialsView,
 )
 from autoptq.report.text import fact_text, recipe_fields
-from autoptq.techniques.recipe import Recipe, Technique
+from autoptq.techniques import KEEP_FLOAT, by_name, recognise
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 SQNR_SAMPLES = 8
 """Held-out samples the SQNR along the graph is measured on: a handful is enough to show where error builds up."""
@@ -54,7 +55,6 @@ MEASURED_ELSEWHERE = (
     "latency was also measured side by side with float on this machine (measurements.json, or the table and JSON "
     "output); timings vary run to run, so this page shows the cost model's estimate only"
 )
-STATIC_TECHNIQUES = ("full_int8", "int16x8")
 RANKING_SAMPLES = 16
 """Held-out samples the sensitivity ranking measures output SQNR on (as the accuracy loop does)."""
 SEARCH_RANKING = (
@@ -255,7 +255,7 @@ def outcome_section(
     recipe = _applied_recipe(outcome) or plan.recipe
     kept = set(recipe.nodes_to_exclude) if quantized else set()
     coverage = analyse(graph, profile, float_nodes=kept)
-    technique: Technique = outcome.technique
+    technique: TechniqueName = outcome.technique
     _, estimate, baseline = predict(graph, coverage, profile, technique, recipe if quantized else Recipe())
     ver = outcome.verification
     latency = _estimated_ratio(estimate, baseline)
@@ -274,7 +274,7 @@ def outcome_section(
     else:
         metric = "float model kept: nothing to compare"
     float_on_integer = not quantized and profile.integer_only
-    failed = outcome.kept_float and plan.technique != "none"
+    failed = outcome.kept_float and by_name(plan.technique).quantizes
     budget_missed = outcome.tuning is not None and not outcome.tuning.within_budget
     notes = [outcome.reason]
     if ver is not None and ver.latency is not None:
@@ -311,7 +311,7 @@ def outcome_section(
         kept_by_choice = set(outcome.tuning.trials[outcome.tuning.chosen].excluded)
         if outcome.tuning.sensitivity:
             section.sensitivity = sensitivity_view(outcome.tuning.sensitivity, kept_by_choice, SEARCH_RANKING)
-        elif plan.technique in STATIC_TECHNIQUES and calibration is not None:
+        elif by_name(plan.technique).calibrated and calibration is not None:
             try:
                 ranking = _rank(graph, profile, plan, calibration, held_out)
             except AutoptqError as exc:  # the plan's recipe does not quantize this model: the page says so
@@ -340,7 +340,7 @@ def audit_section(graph: ModelGraph, profile: HardwareProfile, coverage: Coverag
     """The section of an audit: placement and the latency of the model as audited; nothing is produced."""
     precisions = {n.name: n.precision for n in coverage.nodes if n.on_device and n.precision}
     estimate = estimate_latency(graph, coverage, profile, precisions)
-    _, _, baseline = predict(graph, coverage, profile, "none", Recipe())
+    _, _, baseline = predict(graph, coverage, profile, KEEP_FLOAT, Recipe())
     absent = "an audit reads the graph only; quantize or variants produce and measure a model"
     return TargetSection(
         summary=SummaryCard(
@@ -363,7 +363,7 @@ def check_section(
     quantized: ModelProto, profile: HardwareProfile, reference: ModelGraph, report: CheckReport, data: Dataset
 ) -> TargetSection:
     """The section of `autoptq check`: the device's verdict, the emulated metric, and the SQNR along the graph."""
-    technique = detect_technique(quantized)
+    technique = recognise(quantized).name
     coverage = report.device_rules.coverage or analyse(reference, profile)
     reference_coverage = analyse(reference, profile)
     _, estimate, baseline = predict(reference, reference_coverage, profile, technique, Recipe())
@@ -402,7 +402,7 @@ def check_section(
 def sensitivity_section(graph: ModelGraph, profile: HardwareProfile, result: SensitivityReport) -> TargetSection:
     """The section of `autoptq sensitivity`: the ranking, and the SQNR along the fully quantized graph."""
     coverage = analyse(graph, profile)
-    technique: Technique = result.technique  # type: ignore[assignment]
+    technique: TechniqueName = result.technique  # type: ignore[assignment]
     _, estimate, baseline = predict(graph, coverage, profile, technique, result.recipe)
     nothing = "not produced: sensitivity ranks nodes without producing a model"
     return TargetSection(

@@ -26,6 +26,7 @@ from autoptq.decide.tuning import TuningResult
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.pipeline.manifest import Manifest
 from autoptq.pipeline.produce import Outcome
+from autoptq.techniques import by_name
 from autoptq.techniques.recipe import Recipe
 
 Format = Literal["table", "json", "markdown", "sarif"]
@@ -243,17 +244,6 @@ def fact_text(value: object) -> str:
     return str(value)
 
 
-_RECIPE_KEYS: dict[str, list[str]] = {
-    "weight_only_int8": ["weight_dtype", "per_channel", "reduce_range", "op_types_to_quantize", "nodes_to_exclude"],
-    "fp16": ["fp16_op_block_list", "nodes_to_exclude"],
-}
-_STATIC_KEYS = [
-    "activation_dtype", "weight_dtype", "activation_symmetric", "weight_symmetric", "per_channel",
-    "calibration_method", "calibration_samples", "op_types_to_quantize", "nodes_to_exclude", "reduce_range",
-    "fixed_output_params", "io_dtype",
-]  # fmt: skip
-
-
 def _recipe_value(key: str, value: object) -> str:
     if key == "op_types_to_quantize" and value == []:
         return "all the quantizer supports"
@@ -266,10 +256,8 @@ def _recipe_value(key: str, value: object) -> str:
 
 def recipe_fields(technique: str, recipe: Recipe) -> dict[str, str]:
     """The recipe settings that matter for `technique`, as text (empty for float)."""
-    if technique == "none":
-        return {}
     values = recipe.model_dump(mode="json")
-    return {key: _recipe_value(key, values[key]) for key in _RECIPE_KEYS.get(technique, _STATIC_KEYS)}
+    return {key: _recipe_value(key, values[key]) for key in by_name(technique).recipe_keys}
 
 
 def _recipe_lines(plan: Plan) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import heapq
 import re
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -17,8 +19,9 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.activations import absolute_maxima, session
 from autoptq.model.calibration import Dataset
-from autoptq.model.graph import remove_nodes
+from autoptq.model.graph import ModelGraph, remove_nodes
 from autoptq.model.ortio import quiet
+from autoptq.techniques.base import Technique, border_elements, precision_borders
 from autoptq.techniques.common import AppliedRecipe, QuantizationError, QuantizationResult
 from autoptq.techniques.recipe import Recipe
 
@@ -27,11 +30,8 @@ HEADROOM = 0.5
 """Activations above half the fp16 range are kept in fp32 too: calibration data rarely shows the true maximum."""
 
 
-def quantize(
-    model: ModelProto, recipe: Recipe, calibration: Dataset | None, profile: HardwareProfile
-) -> QuantizationResult:
+def convert(model: ModelProto, recipe: Recipe, calibration: Dataset | None) -> QuantizationResult:
     """Convert to fp16 (float I/O kept), except blocked op types and nodes that would overflow."""
-    del profile  # the planner put the device's fp16 block list into the recipe
     excluded = {name: "excluded by the recipe" for name in recipe.nodes_to_exclude}
     excluded.update(_weight_overflows(model))
     notes: list[str] = []
@@ -214,3 +214,50 @@ def _reads(node: NodeProto) -> list[str]:
             for inner in subgraph.node:
                 names += _reads(inner)
     return names
+
+
+class Fp16(Technique):
+    """fp16 weights and activations, float I/O kept, for devices with fp16 arithmetic (GPUs, NPUs)."""
+
+    name: ClassVar[str] = "fp16"
+    precision = "fp16"
+    weight_bytes: ClassVar[int] = 2
+    recipe_keys: ClassVar[tuple[str, ...]] = ("fp16_op_block_list", "nodes_to_exclude")
+
+    def conform(self, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> Recipe:
+        del data
+        blocked = [op for op in {n.op_type for n in graph.compute_nodes()} if "fp16" not in profile.precisions_for(op)]
+        return base.model_copy(update={"fp16_op_block_list": sorted(set(base.fp16_op_block_list) | set(blocked))})
+
+    def fallback_recipe(self, plan_recipe: Recipe, profile: HardwareProfile, data: Dataset | None) -> Recipe | None:
+        del plan_recipe, data
+        return Recipe() if "fp16" in profile.precisions else None
+
+    def quantized_nodes(self, graph: ModelGraph, recipe: Recipe) -> set[str]:
+        excluded, blocked = set(recipe.nodes_to_exclude), set(recipe.fp16_op_block_list)
+        return {n.name for n in graph.compute_nodes() if n.name not in excluded and n.op_type not in blocked}
+
+    def per_channel_weights(self, recipe: Recipe) -> bool:
+        del recipe
+        return False  # fp16 weights carry no scales
+
+    def boundaries(self, graph: ModelGraph, converted: set[str], recipe: Recipe) -> tuple[int, int]:
+        del recipe
+        tensors = precision_borders(graph, converted, float_io=True)  # the converter keeps float I/O
+        return len(tensors), border_elements(graph, tensors)
+
+    def quantize(
+        self,
+        model: ModelProto,
+        recipe: Recipe,
+        calibration: Dataset | None,
+        profile: HardwareProfile,
+        calibration_cache: Path | None = None,
+    ) -> QuantizationResult:
+        del profile, calibration_cache  # the planner put the device's fp16 block list into the recipe
+        return convert(model, recipe, calibration)
+
+    def recognises(self, model: ModelProto) -> bool:
+        if {"QuantizeLinear", "DequantizeLinear"} & {node.op_type for node in model.graph.node}:
+            return False  # a static model (whatever its float parts hold)
+        return any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from autoptq.devices.profiles import FixedOutputParams
 from autoptq.schema import StrictModel
 
-Technique = Literal["weight_only_int8", "full_int8", "fp16", "int16x8", "none"]
-TECHNIQUES: tuple[str, ...] = ("weight_only_int8", "full_int8", "fp16", "int16x8", "none")
+
+def _registered(name: str) -> str:
+    # Imported here: the registry imports the technique modules, which import this one.
+    from autoptq.techniques import REGISTRY
+
+    if name not in REGISTRY:
+        raise ValueError(f"unknown technique {name!r} (known: {', '.join(REGISTRY)})")
+    return name
+
+
+TechniqueName = Annotated[str, AfterValidator(_registered)]
+"""A technique's name, one of `autoptq.techniques.REGISTRY` (`none`: keep the float model)."""
 
 QuantDtype = Literal["int8", "uint8", "int16", "uint16", "float16", "float32"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -76,7 +86,7 @@ class RecipeFile(StrictModel):
     Written by `autoptq plan --format yaml`, read by `autoptq quantize --recipe` (also from a variants manifest)."""
 
     target: str
-    technique: Technique
+    technique: TechniqueName
     recipe: Recipe | None = None
 
     @model_validator(mode="after")

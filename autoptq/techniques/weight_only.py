@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 from onnx import ModelProto
 from onnxruntime.quantization import quantize_dynamic
 
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.calibration import Dataset
+from autoptq.model.graph import ModelGraph
 from autoptq.model.ortio import quiet, save_for_ort, scratch_dir
+from autoptq.techniques.base import SpacePoint, Technique
 from autoptq.techniques.common import QUANT_TYPES, AppliedRecipe, QuantizationError, QuantizationResult, load_result
 from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.space import OP_GROUPS, conform_weight_only, weight_only_space
 
 INTEGER_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention"}
+DYNAMIC_QUANT_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
+"""Op types onnxruntime's dynamic quantizer speeds up on a CPU (Conv becomes ConvInteger, which is slow)."""
+DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"})
+"""Operators only a dynamically quantized model has: they tell its models apart."""
 
 
-def quantize(
-    model: ModelProto, recipe: Recipe, calibration: Dataset | None, profile: HardwareProfile
-) -> QuantizationResult:
+def quantize_weights(model: ModelProto, recipe: Recipe) -> QuantizationResult:
     """Quantize the weights of the op types the recipe names; the rest stays float. No data needed."""
-    del calibration, profile  # dynamic range needs neither ranges nor device rules beyond the recipe
     op_types = recipe.op_types_to_quantize or None
     present = {node.op_type for node in model.graph.node}
     if op_types is not None and not present & set(op_types):
@@ -58,3 +65,99 @@ def quantize(
     if converted == 0:
         applied.notes.append("onnxruntime quantized no node (weights may not be constant initializers)")
     return QuantizationResult(model=quantized, applied=applied)
+
+
+def label(recipe: Recipe) -> str:
+    """How the search and the report name a weight-only point of the recipe space."""
+    granularity = "per-channel" if recipe.per_channel else "per-tensor"
+    return f"weight-only {granularity} {recipe.weight_dtype} {'+'.join(recipe.op_types_to_quantize)}"
+
+
+class WeightOnlyInt8(Technique):
+    """Weight-only int8 (dynamic range quantization): onnxruntime's integer kernels on CPUs, no data needed."""
+
+    name: ClassVar[str] = "weight_only_int8"
+    host_timed: ClassVar[bool] = True
+    recipe_keys: ClassVar[tuple[str, ...]] = (
+        "weight_dtype",
+        "per_channel",
+        "reduce_range",
+        "op_types_to_quantize",
+        "nodes_to_exclude",
+    )
+
+    def conform(self, base: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> Recipe:
+        del data
+        recipe = conform_weight_only(base, profile, graph)
+        if profile.quantization.int8_dot_product == "int16_pair_saturating":
+            recipe = recipe.model_copy(update={"reduce_range": True})  # 7-bit weights: pair sums then fit int16
+        return recipe
+
+    def applies(self, recipe: Recipe) -> bool:
+        return bool(recipe.op_types_to_quantize)  # no op of the types where dynamic quantization pays
+
+    def nothing_to_quantize(self, base: Recipe, recipe: Recipe) -> tuple[Recipe, str]:
+        # An empty list means "every op type" to the quantizers (Conv included): keep the leaf's own list instead.
+        wanted = sorted(base.op_types_to_quantize or DYNAMIC_QUANT_OPS)
+        return (
+            recipe.model_copy(update={"op_types_to_quantize": wanted}),
+            f"the model has no {'/'.join(wanted)} node: weight-only int8 would change nothing",
+        )
+
+    def fallback_recipe(self, plan_recipe: Recipe, profile: HardwareProfile, data: Dataset | None) -> Recipe | None:
+        del data
+        # Activations are quantized at run time in float code: not on an integer-only device.
+        return None if profile.integer_only else Recipe(reduce_range=plan_recipe.reduce_range)
+
+    def onnxruntime_default(self, profile: HardwareProfile, data: Dataset | None) -> SpacePoint | None:
+        # `quantize_dynamic`'s defaults: per-tensor int8 weights, every op type it handles.
+        del data
+        if profile.integer_only:
+            return None
+        every_op = sorted({op for ops in OP_GROUPS.values() for op in ops})
+        return "onnxruntime quantize_dynamic defaults", Recipe(per_channel=False, op_types_to_quantize=every_op)
+
+    def choice_space(
+        self, plan_recipe: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+    ) -> list[SpacePoint]:
+        del data
+        return [(label(r), r) for r in weight_only_space(profile, graph, Recipe(reduce_range=plan_recipe.reduce_range))]
+
+    def search_space(
+        self, plan_recipe: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+    ) -> list[SpacePoint]:
+        return self.choice_space(plan_recipe, profile, graph, data)
+
+    def known_slow(self, recipe: Recipe, profile: HardwareProfile, int8_ops: set[str]) -> int:
+        del profile, int8_ops
+        return int("Conv" in recipe.op_types_to_quantize)  # ConvInteger: measured 3-5x float on x86-vnni
+
+    def quantized_nodes(self, graph: ModelGraph, recipe: Recipe) -> set[str]:
+        excluded, wanted = set(recipe.nodes_to_exclude), set(recipe.op_types_to_quantize)
+        return {n.name for n in graph.compute_nodes() if n.name not in excluded and n.op_type in wanted}
+
+    def boundaries(self, graph: ModelGraph, converted: set[str], recipe: Recipe) -> tuple[int, int]:
+        # Dynamic quantization re-quantizes each converted node's input at run time, scanning it for its range
+        # first.
+        del recipe
+        tensors = {t for n in converted for t in graph.node(n).inputs[:1] if t and t not in graph.constants}
+        elements = sum(graph.tensors[t].numel() or 0 for t in tensors if t in graph.tensors)
+        return len(tensors), elements * 3 // 2
+
+    def kernel_recipe(self, op_type: str, samples: int) -> Recipe:
+        del samples
+        return Recipe(op_types_to_quantize=[op_type])
+
+    def quantize(
+        self,
+        model: ModelProto,
+        recipe: Recipe,
+        calibration: Dataset | None,
+        profile: HardwareProfile,
+        calibration_cache: Path | None = None,
+    ) -> QuantizationResult:
+        del calibration, profile, calibration_cache  # dynamic range needs neither ranges nor device rules
+        return quantize_weights(model, recipe)
+
+    def recognises(self, model: ModelProto) -> bool:
+        return bool(DYNAMIC_OPS & {node.op_type for node in model.graph.node})
