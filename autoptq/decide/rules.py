@@ -517,6 +517,8 @@ def _describe(error: ErrorDetails, raw: Mapping[str, Any]) -> str:
             message = f"unknown {last} {_short(error['input'])} (expected {expected})"
     elif error_type == "value_error":
         message = str(error.get("ctx", {}).get("error", error["msg"]))
+        if loc and isinstance(loc[-1], str) and message.startswith(f"unknown {loc[-1]} "):
+            loc.pop()  # the message names the key already
     else:
         message = f"{error['msg']}, got {_short(error['input'])}"
     where = _dotted(part for part in loc if part not in _CONDITION_TAGS.values())
