@@ -16,8 +16,9 @@ from hypothesis.extra.numpy import arrays
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from autoptq.deploy import kernels
-from autoptq.deploy.intgraph import DEVICE_DOMAIN, build_device_graph
+from autoptq.deploy.intgraph import DEVICE_DOMAIN, build_device_graph, lower
 from autoptq.deploy.kernels import InputRounding, Rounding
+from autoptq.deploy.lowering import FLOAT32_EXACT
 from autoptq.devices.profiles import FixedOutputParams, HardwareProfile, load_profile
 from autoptq.errors import AutoptqError, DataError
 from autoptq.evaluate.emulators.integer import (
@@ -30,7 +31,6 @@ from autoptq.evaluate.emulators.integer import (
     output_scales,
     quantize_inputs,
 )
-from autoptq.evaluate.emulators.lowering import FLOAT32_EXACT, lower
 from autoptq.evaluate.metrics import sqnr_db
 from autoptq.model import zoo
 from autoptq.model.activations import expose, session

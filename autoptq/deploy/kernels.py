@@ -431,7 +431,7 @@ def mean(
 
     TFLite (reference_integer_ops::Mean): `acc = Σ (q − zp_in)`, `MBQM(acc, M, e)` with (M, e) = `multiplier`,
     `shift` for `s_in / (s_out · n)` (the element count n folded into the multiplier by the kernel, one rounding;
-    see intgraph._fold_count). `float_rne` (MLAS
+    see ops.mean.fold_count). `float_rne` (MLAS
     QLinearGlobalAveragePool model): the integer sum times the float32 multiplier `s_in / (s_out · n)`, rounded half
     to even."""
     total = np.sum(np.asarray(q, dtype=np.int64) - input_zero_point, axis=tuple(axes), keepdims=True)

@@ -4,11 +4,11 @@
   optimized graph is inspected to see which compute nodes became integer kernels (QLinearConv, QGemm, ...); each
   that still runs in float between DequantizeLinear and QuantizeLinear is reported as a `float_kernel` finding.
   Within ~1 LSB per layer of TFLite-style devices: onnxruntime rounds half to even in float32 requantization.
-- `exact`: the model rewritten into the device's integer arithmetic (`intgraph`: int32 accumulation or x86's int16
-  pair saturation, per-channel fixed-point requantization with the profile's rounding, integer clamps, lookup-table
-  activations) and lowered to standard ONNX ops (`lowering`) that onnxruntime computes bit for bit. What cannot be
-  made exact (Softmax, ops without an integer kernel here) runs dequantize → float → quantize and is reported as an
-  `approximate` finding and in the fidelity statement.
+- `exact`: the model rewritten into the device's integer arithmetic (`autoptq.deploy.intgraph`: int32 accumulation
+  or x86's int16 pair saturation, per-channel fixed-point requantization with the profile's rounding, integer
+  clamps, lookup-table activations) and lowered to standard ONNX ops (`intgraph.lower`) that onnxruntime computes
+  bit for bit. What cannot be made exact (Softmax, ops without an integer kernel here) runs dequantize → float →
+  quantize and is reported as an `approximate` finding and in the fidelity statement.
 
 Samples are float feeds: integer graph inputs are quantized here, as TFLite's QUANTIZE does (float32 division,
 round half away from zero); integer outputs come back dequantized.
@@ -26,11 +26,10 @@ import onnxruntime as ort
 from onnx import ModelProto
 
 from autoptq.deploy import kernels
-from autoptq.deploy.intgraph import MOVEMENT_OPS, DeviceGraph, EmulationError, build_device_graph
+from autoptq.deploy.intgraph import MOVEMENT_OPS, DeviceGraph, EmulationError, build_device_graph, lower
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError, DataError
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding
-from autoptq.evaluate.emulators.lowering import lower
 from autoptq.model.intio import IOQuantization, read_integer_io
 
 TIERS = ("exact", "fast", "litert", "tflm")
