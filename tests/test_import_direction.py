@@ -4,7 +4,11 @@ packages below it. Every import counts, including the ones inside functions and 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
 
 import autoptq
 
@@ -81,3 +85,23 @@ def test_the_walk_sees_an_upward_import(tmp_path: Path) -> None:
     source.write_text("def f():\n    from autoptq.report import text\n    from autoptq import api\n")
     assert _imported_modules(source) == {"autoptq.report", "autoptq.api"}
     assert _layer_of(_unit("autoptq.report")) > _layer_of(_unit("autoptq.devices.coverage"))
+
+
+RENDERING = ("report/text.py", "report/html_page.py", "report/plots.py")
+RENDERING_MAY_CALL = {"__version__", "by_name"}
+"""Besides result models, rendering reads the version and asks a technique which recipe keys it shows."""
+
+
+@pytest.mark.parametrize("module", RENDERING)
+def test_rendering_depends_only_on_result_models(module: str) -> None:
+    """What a renderer imports from the stages below is a pydantic result model (its own package aside)."""
+    for node in ast.walk(ast.parse((PACKAGE_DIR / module).read_text())):
+        if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("autoptq."):
+            continue
+        if node.module == "autoptq.report" or (node.module or "").startswith("autoptq.report."):
+            continue
+        source = importlib.import_module(node.module or "")
+        for alias in node.names:
+            value = getattr(source, alias.name)
+            is_model = isinstance(value, type) and issubclass(value, BaseModel)
+            assert is_model or alias.name in RENDERING_MAY_CALL, f"{module} imports {node.module}.{alias.name}"

@@ -61,12 +61,3 @@ def device_file(
         next_step=step.format(name=name) if step else None,
     )
     return summary, exported.content
-
-
-def describe(file: DeviceFile) -> str:
-    """One line for reports."""
-    if file.error is not None:
-        return file.error
-    ops = ", ".join(f"{op} ×{n}" for op, n in file.op_counts.items())
-    line = f"`{file.path}` ({file.size_bytes} bytes, sha256 `{(file.sha256 or '')[:16]}...`; {ops})"
-    return line + (f"; next step: `{file.next_step}`" if file.next_step else "")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoptq._version import __version__
-from autoptq.deploy.device_file import describe as describe_device_file
+from autoptq.deploy.device_file import DeviceFile
 from autoptq.devices.coverage import CoverageReport
 
 if TYPE_CHECKING:
@@ -254,6 +254,15 @@ def _recipe_value(key: str, value: object) -> str:
     return fact_text(value)
 
 
+def _device_file_line(file: DeviceFile) -> str:
+    """One line for reports."""
+    if file.error is not None:
+        return file.error
+    ops = ", ".join(f"{op} ×{n}" for op, n in file.op_counts.items())
+    line = f"`{file.path}` ({file.size_bytes} bytes, sha256 `{(file.sha256 or '')[:16]}...`; {ops})"
+    return line + (f"; next step: `{file.next_step}`" if file.next_step else "")
+
+
 def recipe_fields(technique: str, recipe: Recipe) -> dict[str, str]:
     """The recipe settings that matter for `technique`, as text (empty for float)."""
     values = recipe.model_dump(mode="json")
@@ -450,7 +459,7 @@ def render_variants_report(manifest: Manifest) -> str:
                 )
             lines.append("")
         if v.device_file is not None:
-            lines.append(f"- Device file: {describe_device_file(v.device_file)}")
+            lines.append(f"- Device file: {_device_file_line(v.device_file)}")
         if v.check is not None:
             lines.append(f"- Device check: {_check_sentence(v.check)}")
         applied = [s for s in v.preparation if s.applied]
@@ -469,7 +478,7 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
         f"  {outcome.reason}",
     ]
     if outcome.device_file is not None:
-        lines.append(f"  device file: {describe_device_file(outcome.device_file)}")
+        lines.append(f"  device file: {_device_file_line(outcome.device_file)}")
     if outcome.synthetic_data:
         lines.append("  WARNING: calibrated on SYNTHETIC data: accuracy is unknown")
     ver = outcome.verification
