@@ -14,14 +14,30 @@ from pydantic import BaseModel, Field
 
 from autoptq import techniques
 from autoptq._version import __version__
-from autoptq.decide.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model, plans
+from autoptq.decide import hostcost
+from autoptq.decide.planner import (
+    MatrixCell,
+    Plan,
+    UserGoals,
+    decision_matrix,
+    device_conformant_recipe,
+    load_tree,
+    plan_model,
+    plans,
+)
 from autoptq.decide.rules import RuleSet
 from autoptq.decide.sensitivity import SensitivityReport, sensitivity_report
 from autoptq.decide.tuning import Budget
 from autoptq.deploy.device_file import device_file
 from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import CoverageReport, analyse
-from autoptq.devices.profiles import HardwareProfile, load_profile, profile_file
+from autoptq.devices.profiles import (
+    HardwareProfile,
+    load_profile,
+    profile_file,
+    profile_json_schema,
+    shipped_profile_names,
+)
 from autoptq.errors import AutoptqError, OutputError
 from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.io.outputs import check_output_folder, check_output_path, commit_staged, stage_folder, write_atomic
@@ -118,15 +134,21 @@ def plan(
     rules: str | Path | None = None,
     preprocess: str | ImagePreprocessing | None = None,
     input_shapes: InputShapes | None = None,
+    synthetic_calibration: bool = False,
 ) -> list[Plan]:
-    """Plan the post-training quantization of a model for one or more targets (one Plan each)."""
+    """Plan the post-training quantization of a model for one or more targets (one Plan each).
+
+    `synthetic_calibration` plans as if random inputs were the data when none is given (the plan flags it)."""
     tree = load_tree(rules)
     graph = as_graph(model, input_shapes)
     if isinstance(targets, (str, Path, HardwareProfile)):
         targets = [targets]
     profiles = [as_profile(t) for t in targets]
     dataset = load_data(data, graph, preprocess)
-    return plans(bound(graph, dataset), profiles, tree, dataset, goals)
+    graph = bound(graph, dataset)
+    if dataset is None and synthetic_calibration:
+        dataset = synthetic_dataset(graph, SYNTHETIC_SAMPLES)
+    return plans(graph, profiles, tree, dataset, goals)
 
 
 class QuantizeOptions(BaseModel):
@@ -535,6 +557,42 @@ def quantize_html(
     section = outcome_section(graph, as_profile(target), plan, outcome, calibration, held_out)
     title = f"{_name(graph)} quantized for {outcome.target}"
     return render_html(HtmlReport(title=title, context=model_context(graph), targets=[section]))
+
+
+def shipped_targets() -> list[HardwareProfile]:
+    """The shipped hardware profiles, by name."""
+    return [load_profile(name) for name in shipped_profile_names()]
+
+
+def profile_schema() -> str:
+    """The JSON Schema of a hardware profile, for editors validating users' YAML."""
+    return profile_json_schema()
+
+
+def matrix(rules: str | Path | None = None) -> tuple[RuleSet, list[MatrixCell]]:
+    """The decision tree (`rules`, the shipped one by default) and its decision matrix: the technique `plan` chooses
+    for each shipped profile and each model family of autoptq.model.zoo, with and without representative data."""
+    tree = load_tree(rules)
+    return tree, decision_matrix(tree, shipped_targets())
+
+
+def matrix_inputs(rules: str | Path | None = None) -> list[Path]:
+    """The files the decision matrix reads, which a report of it must never overwrite: the tree and the profiles."""
+    return [load_tree(rules).source, *(profile_file(name) for name in shipped_profile_names())]
+
+
+def calibrate_host(
+    model: ModelSource | None = None, target: TargetSource = "x86-vnni", cache: str | Path | None = None
+) -> tuple[hostcost.HostTable, Path]:
+    """Time this machine's onnxruntime fp32 and int8 kernels under `target`'s recipes, on the model's MatMul/Gemm/Conv
+    shapes (default: a standard grid), and merge them into the table the default choice ranks with (`cache`, by
+    default in the user's cache folder). Returns this run's timings and the file written."""
+    profile = as_profile(target)
+    graph = as_graph(model) if model is not None else None  # a bad model fails before anything is written
+    path = Path(cache) if cache is not None else hostcost.default_cache()
+    check_output_path(path, protected=_paths(model), must_exist_parent=False)
+    table = hostcost.calibrate_host(profile, graph)
+    return table, hostcost.write_table(table, path)
 
 
 def _name(graph: ModelGraph) -> str:

@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 the model fails a target's rules or a budget, 2 bad input or
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -16,19 +15,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
+from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from autoptq import api
 from autoptq._version import __version__
-from autoptq.decide.planner import UserGoals, decision_matrix, load_tree
+from autoptq.decide.planner import UserGoals
 from autoptq.decide.tuning import Budget
-from autoptq.devices.profiles import load_profile, profile_file, profile_json_schema, shipped_profile_names
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.io.outputs import check_output_path, write_atomic
-from autoptq.io.resources import data_dir
 from autoptq.io.user_metric import load_metric
-from autoptq.model.calibration import synthetic_dataset
 from autoptq.model.graph import onnx_version, ort_version
 from autoptq.pipeline.manifest import outcome_failed
 from autoptq.pipeline.replay import render_recipes
@@ -152,30 +148,19 @@ def targets_list(
     """List the shipped hardware profiles."""
     if ctx.invoked_subcommand is not None:
         return
-    profiles = [load_profile(name) for name in shipped_profile_names()]
-    if fmt == ListFormat.json:
-        rows = [
-            {"name": p.name, "kind": p.kind, "precisions": list(p.precisions), "description": p.description}
-            for p in profiles
-        ]
-        typer.echo(json.dumps({"schema_version": 1, "kind": "targets", "results": rows}, indent=2, sort_keys=True))
-        return
-    typer.echo(report.render_targets(profiles))
+    typer.echo(report.render_targets(api.shipped_targets(), fmt.value))
 
 
 @targets_app.command("show")
 def targets_show(name: Annotated[str, typer.Argument(help="Profile name or YAML path.")]) -> None:
     """Print one profile, resolved and validated, as YAML."""
-    import yaml
-
-    profile = load_profile(name)
-    typer.echo(yaml.safe_dump(profile.model_dump(mode="json", by_alias=True), sort_keys=False, width=110))
+    typer.echo(report.render_profile(api.as_profile(name)))
 
 
 @targets_app.command("schema")
 def targets_schema() -> None:
     """Print the JSON Schema of a hardware profile (for editor validation of your own YAML)."""
-    typer.echo(profile_json_schema())
+    typer.echo(api.profile_schema())
 
 
 @app.command()
@@ -206,7 +191,7 @@ def audit(
     if fmt == AuditFormat.html:
         emit(api.audit_html(graph, reports), output)
     else:
-        emit(report.render_audit(reports, fmt.value, artifact=_display_path(model.resolve())), output)
+        emit(report.render_audit(reports, fmt.value, artifact=report.display_path(model.resolve())), output)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
 
@@ -216,20 +201,26 @@ class Objective(str, Enum):
     accuracy = "accuracy"
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE_TEXT = re.compile(r"\s*[0-9]*\.?[0-9]+\s*(b|[kmg]i?b)?\s*", re.IGNORECASE)
+"""The spellings --max-size takes: ByteSize also reads TB to EB, bits and one-letter units, and ignores what follows
+a unit ('5 M B' would be 5 MB); the flag keeps to bytes and B, KB, MB, GB, KiB, MiB, GiB (docs/planning.md)."""
+_BYTE_SIZE = TypeAdapter(ByteSize)
 
 
 def parse_size(text: str | None) -> int | None:
-    """'5MB', '500KiB', '123456' → bytes."""
+    """'5MB', '500KiB', '123456' → bytes, by pydantic's ByteSize: KB/MB/GB are powers of 1000 (10MB is 10**7 bytes),
+    KiB/MiB/GiB powers of 1024."""
     if text is None:
         return None
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    if not _SIZE_TEXT.fullmatch(text):
         raise AutoptqError(f"--max-size {text!r}: expected bytes, optionally with a unit (KB, MB, KiB, MiB)")
-    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if not value < 2**63:
+    try:
+        size = _BYTE_SIZE.validate_python(text)
+    except ValidationError:  # the spelling is right, so the number overflowed a float
+        size = None
+    if size is None or size >= 2**63:
         raise AutoptqError(f"--max-size {text[:20]}...: larger than any model can be (at most 2^63 bytes)")
-    return int(value)
+    return int(size)
 
 
 def parse_max_drop(text: str | None) -> float | None:
@@ -424,10 +415,15 @@ def plan(
         raise typer.Exit(outcome_exit_code(outcome))
     if output is not None:
         check_output_path(output, protected=api.protected_inputs(graph, targets, data, rules))
-    data_set = (
-        synthetic_dataset(api.bound(graph), api.SYNTHETIC_SAMPLES) if synthetic_calibration and data is None else None
+    plans = api.plan(
+        graph,
+        targets,
+        data=data,
+        goals=goals,
+        rules=rules,
+        preprocess=preprocess,
+        synthetic_calibration=synthetic_calibration,
     )
-    plans = api.plan(graph, targets, data=data_set or data, goals=goals, rules=rules, preprocess=preprocess)
     warn_synthetic(synthetic_calibration and data is None)
     emit(render_recipes(plans) if fmt == PlanFormat.yaml else report.render_plans(plans, fmt.value), output)
 
@@ -567,15 +563,8 @@ def variants(
         metric=metric,
     )
     warn_synthetic(synthetic_calibration and data is None)
-    for variant in manifest.variants:
-        typer.echo(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
-        typer.echo(f"{'':<14} {variant.reason}")
-    typer.echo(
-        f"Wrote {output / 'manifest.json'}, {output / 'report.md'}, {output / 'report.html'} and "
-        f"{output / 'measurements.json'}"
-    )
-    failed = [v for v in manifest.variants if v.failed]
-    raise typer.Exit(1 if failed else 0)
+    typer.echo(report.render_variants_summary(manifest, output), nl=False)
+    raise typer.Exit(1 if any(v.failed for v in manifest.variants) else 0)
 
 
 @app.command()
@@ -704,19 +693,8 @@ def calibrate_host(
     ] = None,
 ) -> None:
     """Time this machine's onnxruntime fp32 and int8 kernels and cache the table the default choice ranks with."""
-    from autoptq.decide import hostcost
-
-    profile = load_profile(target)
-    if model is not None:
-        api.as_graph(model)  # bad model: one line, nothing written
-    path = cache or hostcost.default_cache()
-    check_output_path(path, protected=[model] if model else [], must_exist_parent=False)
-    table = hostcost.calibrate_host(profile, model)
-    written = hostcost.write_table(table, path)
-    for t in table.timings:
-        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in t.ratio.items())
-        typer.echo(f"{t.kernel:<7} {'x'.join(map(str, t.shape)):<18} fp32 {t.fp32_ms:8.4f} ms  {ratios}")
-    typer.echo(f"Wrote {written}")
+    table, written = api.calibrate_host(model, target, cache)
+    typer.echo(report.render_host_table(table, written), nl=False)
 
 
 @app.command()
@@ -725,21 +703,10 @@ def matrix(
     output: OutputOpt = None,
 ) -> None:
     """Write the decision matrix: the technique chosen per shipped profile x model family x data availability."""
-    tree = load_tree(rules)
-    names = shipped_profile_names()
     if output is not None:
-        check_output_path(output, protected=[tree.source, *(profile_file(name) for name in names)])
-    profiles = [load_profile(name) for name in names]
-    text = report.render_matrix(decision_matrix(tree, profiles), rules=_display_path(tree.source))
-    emit(text, output)
-
-
-def _display_path(path: Path) -> str:
-    """`path` relative to the working folder (or the shipped data), else its name: no machine's layout leaks."""
-    for base in (Path.cwd(), data_dir("rules").parent):
-        if path.is_relative_to(base):
-            return path.relative_to(base).as_posix()
-    return path.name
+        check_output_path(output, protected=api.matrix_inputs(rules))
+    tree, cells = api.matrix(rules)
+    emit(report.render_matrix(cells, rules=report.display_path(tree.source)), output)
 
 
 EXIT_BAD_INPUT = 2

@@ -14,7 +14,9 @@ import onnx
 import pytest
 from conftest import save
 
+from autoptq.cli import parse_size
 from autoptq.decide.planner import FACTS
+from autoptq.errors import AutoptqError
 from autoptq.model import zoo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +137,21 @@ def test_max_size(run_cli: Run, text: str, value: int) -> None:
 def test_max_size_parse_errors(run_cli: Run, text: str) -> None:
     line = _one_line_error(*run_cli(["plan", MODEL, "-t", "x86-vnni", "--max-size", text]))
     assert "--max-size" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("10MB", 10**7), ("2 GB", 2 * 10**9), ("1GiB", 2**30), (" 3 kib ", 3072), ("7b", 7), (".5MiB", 2**19)],
+)
+def test_size_units_keep_their_meaning(text: str, value: int) -> None:
+    # KB, MB, GB are powers of 1000 and KiB, MiB, GiB powers of 1024, as docs/planning.md says.
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["5M", "1TB", "8kbit", "5MB x", "1_000", "1e3", "9" * 400 + "MB"])
+def test_sizes_the_flag_refuses_though_byte_size_reads_some(text: str) -> None:
+    with pytest.raises(AutoptqError, match="--max-size"):
+        parse_size(text)
 
 
 def test_size_budget_exceeded_is_a_warning(run_cli: Run) -> None:

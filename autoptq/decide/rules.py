@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import networkx as nx
 import yaml
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -387,7 +388,6 @@ def _check(parsed: _RulesFile, facts: Mapping[str, FactSpec], fallbacks: Collect
         if item.id in seen:
             return f"{kind} {item.id!r}: duplicate id {item.id!r}"
         seen.add(item.id)
-    nodes = {node.id: node for node in parsed.nodes}
     for node in parsed.nodes:
         for comparison in _comparisons(node.when):
             problem = _check_comparison(comparison, facts)
@@ -404,10 +404,11 @@ def _check(parsed: _RulesFile, facts: Mapping[str, FactSpec], fallbacks: Collect
             return f"leaf {leaf.id!r}: a fallback is listed twice"
     if parsed.start not in seen:
         return f"start {parsed.start!r} is not a node or leaf"
-    cycle = _find_cycle(parsed.start, nodes)
+    graph = _branch_graph(parsed.start, parsed.nodes)
+    cycle = _find_cycle(parsed.start, graph)
     if cycle is not None:
         return f"node {cycle[0]!r}: cycle {' -> '.join(cycle)}"
-    reachable = _reachable(parsed.start, nodes)
+    reachable = {parsed.start, *nx.descendants(graph, parsed.start)}
     for kind, item in [*(("node", n) for n in parsed.nodes), *(("leaf", leaf) for leaf in parsed.leaves)]:
         if item.id not in reachable:
             return f"{kind} {item.id!r} is unreachable from start {parsed.start!r}"
@@ -447,38 +448,23 @@ def _matches(value: object, fact_type: str) -> bool:
     return isinstance(value, _PYTHON_TYPES[fact_type]) and (fact_type == "bool") == isinstance(value, bool)
 
 
-def _find_cycle(start: str, nodes: Mapping[str, Node]) -> list[str] | None:
+def _branch_graph(start: str, nodes: Iterable[Node]) -> nx.DiGraph:
+    """The tree as a directed graph from `start`: an edge from each node to its `yes` target, then to its `no` target
+    (the order the walk for cycles follows them: the cycle reported is the first a yes-first walk meets)."""
+    graph = nx.DiGraph()
+    graph.add_node(start)
+    for node in nodes:
+        graph.add_edges_from([(node.id, node.yes), (node.id, node.no)])
+    return graph
+
+
+def _find_cycle(start: str, graph: nx.DiGraph) -> list[str] | None:
     """A cycle reachable from `start` as [a, b, ..., a], or None. Leaves end every path."""
-    done: set[str] = set()
-    path: list[str] = []
-
-    def visit(node_id: str) -> list[str] | None:
-        if node_id not in nodes or node_id in done:
-            return None
-        if node_id in path:
-            return [*path[path.index(node_id) :], node_id]
-        path.append(node_id)
-        for target in (nodes[node_id].yes, nodes[node_id].no):
-            cycle = visit(target)
-            if cycle is not None:
-                return cycle
-        path.pop()
-        done.add(node_id)
+    try:
+        edges = nx.find_cycle(graph, source=start)
+    except nx.NetworkXNoCycle:
         return None
-
-    return visit(start)
-
-
-def _reachable(start: str, nodes: Mapping[str, Node]) -> set[str]:
-    reached = {start}
-    pending = [start]
-    while pending:
-        node = nodes.get(pending.pop())
-        for target in (node.yes, node.no) if node is not None else ():
-            if target not in reached:
-                reached.add(target)
-                pending.append(target)
-    return reached
+    return [edges[0][0], *(head for _, head in edges)]
 
 
 # --- error messages ---

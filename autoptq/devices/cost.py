@@ -20,8 +20,6 @@ from autoptq.model.graph import ModelGraph, NodeInfo
 PRECISION_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "int8": 1, "int16": 2}
 QDQ_ELEMENT_OPS = 2
 """A Quantize/Dequantize pair costs about two element operations per value crossing it."""
-DYNAMIC_QUANT_ELEMENT_OPS = 3
-"""Dynamic quantization scans an activation for min/max, then quantizes it: about three element operations."""
 
 
 class SegmentCost(BaseModel):
@@ -58,10 +56,6 @@ class SizeEstimate(BaseModel):
     float_param_bytes: int
     qdq_overhead_bytes: int
     label: str = "estimate"
-
-
-def _element_ops(node: NodeInfo) -> bool:
-    return node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
 def node_seconds(node: NodeInfo, precision: Precision, profile: HardwareProfile) -> float:

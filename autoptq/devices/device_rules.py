@@ -26,12 +26,12 @@ from pydantic import BaseModel, Field
 from autoptq.devices.coverage import STATUS_TEXT, CoverageReport, NodeCoverage, OpSummary, analyse, effective_rank
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.graph import ModelGraph, NodeInfo, build_graph, drop_unused_initializers, load_model
+from autoptq.model.ops import QDQ_OPS
 
 FLOAT_DOMAIN = "autoptq.float"
 """Domain given, in the stripped graph, to compute nodes left in float: no op table lists it, so an integer-only
 device reports them unsupported, while a profile that runs any op in float (`runs_any_op_at`) still runs them."""
 
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 """Ops whose input 1 is a weight (BatchNormalization's scale); the only ones whose weights may be quantized per
 channel."""

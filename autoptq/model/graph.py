@@ -22,6 +22,7 @@ from onnx import helper as onnx_helper
 from pydantic import BaseModel, Field
 
 from autoptq.errors import ModelLoadError
+from autoptq.model.ops import CONTROL_FLOW_OPS, RECURRENT_OPS, SHAPE_OPS
 
 if TYPE_CHECKING:
     from autoptq.model.shapes import ShapeBinding
@@ -54,14 +55,13 @@ def folds_to_constant(node: NodeProto, constants: set[str], tensors: dict[str, T
         return True
     if node.domain not in ("", "ai.onnx"):
         return False
-    if node.op_type in ("Shape", "Size") and node.input:
+    if node.op_type in SHAPE_OPS and node.input:
         info = tensors.get(node.input[0])
         return info is not None and info.is_static
     foldable = node.op_type in WEIGHT_PATH_OPS or node.op_type in SHAPE_ARITHMETIC_OPS
     return foldable and all(not i or i in constants for i in node.input)
 
 
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 DATA_MOVEMENT_OPS = frozenset(
     {
         "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice", "Gather",
@@ -791,7 +791,7 @@ def count_macs(
             return 0, False
         k = first[0] if op_type == "Gemm" and attrs.get("transA") else first[-1]
         return math.prod(out) * k, out_known and first_known
-    if op_type in ("LSTM", "GRU", "RNN"):
+    if op_type in RECURRENT_OPS:
         return _recurrent_macs(op_type, attrs, node, tensors)
     if op_type in ("MaxPool", "AveragePool", "LpPool"):
         kernel = attrs.get("kernel_shape") or []

@@ -33,6 +33,7 @@ from autoptq.model.graph import (
     model_opset,
     remove_nodes,
 )
+from autoptq.model.ops import CONV_OPS, SHAPE_OPS
 from autoptq.model.ortio import quiet, save_for_ort, scratch_dir
 
 PREPARATION_SAMPLES = 4
@@ -178,7 +179,7 @@ def _fold_once(model: ModelProto) -> tuple[ModelProto, Counter[str]] | None:
 def _evaluate(
     node: NodeProto, constants: dict[str, np.ndarray], model: ModelProto, shapes: dict[str, TensorInfo]
 ) -> list[np.ndarray]:
-    if node.op_type in ("Shape", "Size"):
+    if node.op_type in SHAPE_OPS:
         # Only the (static) shape of the input is needed, not its values.
         dims = np.asarray(shapes[node.input[0]].shape, dtype=np.int64)
         if node.op_type == "Size":
@@ -251,7 +252,7 @@ def fold_bias_add(model: ModelProto) -> tuple[ModelProto | None, str]:
             continue
         for conv_out, other in (add.input, add.input[::-1]):
             conv = producers.get(conv_out)
-            if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or uses[conv_out] != 1:
+            if conv is None or conv.op_type not in CONV_OPS or uses[conv_out] != 1:
                 continue
             output = _output_channels(conv, constants)
             extra = _per_channel(constants.get(other), output)
@@ -316,7 +317,7 @@ def fold_batchnorm(model: ModelProto) -> tuple[ModelProto | None, str]:
         params = bn.input[1:5]
         if (
             conv is None
-            or conv.op_type not in ("Conv", "ConvTranspose")
+            or conv.op_type not in CONV_OPS
             or uses[conv.output[0]] != 1
             or not all(p in initializers for p in params)
             or conv.input[1] not in initializers

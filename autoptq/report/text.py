@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import yaml
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
@@ -17,9 +18,11 @@ from rich.table import Table
 from autoptq._version import __version__
 from autoptq.deploy.device_file import DeviceFile
 from autoptq.devices.coverage import CoverageReport
+from autoptq.io.resources import data_dir
 
 if TYPE_CHECKING:
     from autoptq.pipeline.check import CheckReport
+from autoptq.decide.hostcost import HostTable
 from autoptq.decide.planner import MatrixCell, Plan
 from autoptq.decide.sensitivity import SensitivityReport
 from autoptq.decide.tuning import TuningResult
@@ -73,8 +76,25 @@ def _bytes(value: int | None) -> str:
     return f"{value} B"
 
 
-def render_targets(profiles: Sequence[HardwareProfile], width: int = 100) -> str:
-    """The profiles as an aligned table with a header, descriptions wrapped to fit `width` columns."""
+def display_path(path: Path) -> str:
+    """`path` relative to the working folder (or the shipped data), else its name: no machine's layout leaks."""
+    for base in (Path.cwd(), data_dir("rules").parent):
+        if path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+    return path.name
+
+
+def render_targets(
+    profiles: Sequence[HardwareProfile], fmt: Literal["table", "json"] = "table", width: int = 100
+) -> str:
+    """The profiles as an aligned table with a header, descriptions wrapped to fit `width` columns; or as JSON."""
+    if fmt == "json":
+        rows = [
+            {"name": p.name, "kind": p.kind, "precisions": list(p.precisions), "description": p.description}
+            for p in profiles
+        ]
+        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": "targets", "results": rows}
+        return json.dumps(document, indent=2, sort_keys=True)
     rows = [(p.name, p.kind, ",".join(p.precisions), p.description) for p in profiles]
     header = ("TARGET", "KIND", "PRECISIONS", "DESCRIPTION")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
@@ -86,6 +106,11 @@ def render_targets(profiles: Sequence[HardwareProfile], width: int = 100) -> str
         lines.append(lead + wrapped[0])
         lines += [" " * indent + more for more in wrapped[1:]]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_profile(profile: HardwareProfile) -> str:
+    """One profile, resolved and validated, as YAML in the order of its fields."""
+    return yaml.safe_dump(profile.model_dump(mode="json", by_alias=True), sort_keys=False, width=110)
 
 
 def audit_summary_lines(report: CoverageReport) -> list[str]:
@@ -466,6 +491,30 @@ def render_variants_report(manifest: Manifest) -> str:
         if applied:
             lines.append("- Preparation: " + "; ".join(f"{s.name} ({s.note})" for s in applied))
         lines += [f"- Warning: {w}" for w in v.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def render_variants_summary(manifest: Manifest, folder: Path) -> str:
+    """What `autoptq variants` wrote: each variant's target, technique, size and file with the reason, then the
+    files beside them in `folder`."""
+    lines = []
+    for variant in manifest.variants:
+        lines.append(f"{variant.target:<14} {variant.technique:<17} {variant.size_bytes:>9} B  {variant.path}")
+        lines.append(f"{'':<14} {variant.reason}")
+    lines.append(
+        f"Wrote {folder / 'manifest.json'}, {folder / 'report.md'}, {folder / 'report.html'} and "
+        f"{folder / 'measurements.json'}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_host_table(table: HostTable, written: Path) -> str:
+    """The kernels `autoptq calibrate-host` timed, fp32 time and int8/fp32 ratio per technique, and the file."""
+    lines = []
+    for t in table.timings:
+        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in t.ratio.items())
+        lines.append(f"{t.kernel:<7} {'x'.join(map(str, t.shape)):<18} fp32 {t.fp32_ms:8.4f} ms  {ratios}")
+    lines.append(f"Wrote {written}")
     return "\n".join(lines) + "\n"
 
 

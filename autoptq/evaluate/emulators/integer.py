@@ -31,6 +31,7 @@ from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError, DataError
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding
 from autoptq.model.intio import IOQuantization, read_integer_io
+from autoptq.model.ops import QDQ_OPS
 
 TIERS = ("exact", "fast", "litert", "tflm")
 VALUE_CHANGING_FUSIONS = ("ConvMulFusion", "MatMulScaleFusion")
@@ -40,7 +41,7 @@ FAST_FIDELITY = (
     "within ~1 LSB per layer of TFLite-style devices (onnxruntime rounds half to even in float32 requantization)"
 )
 _INTEGER_KERNEL_PREFIXES = ("QLinear", "QGemm", "QAttention", "QEmbed", "DynamicQuantize")
-_QUIET_OPS = MOVEMENT_OPS | {"QuantizeLinear", "DequantizeLinear", "Shape", "Cast"}
+_QUIET_OPS = MOVEMENT_OPS | QDQ_OPS | {"Shape", "Cast"}
 """Ops that move or select values: running them on dequantized values loses nothing, so they are not reported."""
 _ARITHMETIC = {
     "tflite_double": "TFLite's reference integer kernels (int32 accumulation; gemmlowp double-rounding "

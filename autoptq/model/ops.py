@@ -1,0 +1,18 @@
+"""ONNX op types grouped by role, named once for every module that asks what kind of node it is looking at.
+
+A set that only one module uses for a meaning of its own stays with that module (graph.py's MAC-free data movement,
+device_rules.py's TFLite same-scale kernels). This module sits in `model`, the lowest package that needs the groups,
+so that every package above can import it too.
+"""
+
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+"""Ops that run subgraphs: the work is in their branches (one per call) or their body (once per iteration)."""
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+"""Convolutions: a weight with one filter per output channel, into which a following Add or BatchNormalization can
+fold."""
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+"""Recurrent cells: gate weights applied at every time step."""
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+"""The pair that marks a quantized tensor in a QDQ model."""
+SHAPE_OPS = frozenset({"Shape", "Size"})
+"""Ops that read only the shape of their input, never its values."""
