@@ -19,7 +19,8 @@ from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.verify import measurable_here
 from autoptq.io.resources import data_dir
 from autoptq.model.calibration import Dataset
-from autoptq.model.graph import CONTROL_FLOW_OPS, ModelGraph, load_model
+from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.ops import CONTROL_FLOW_OPS, CONV_OPS, WEIGHT_BOUND_OPS
 from autoptq.techniques import by_name, fallback_steps
 from autoptq.techniques.recipe import Recipe, TechniqueName
 
@@ -27,9 +28,6 @@ Objective = Literal["speed", "size", "accuracy"]
 
 EXCLUDE_SENSITIVE = "exclude_sensitive"
 """The accuracy loop's own fallback step: keep the most sensitive nodes in float, one more at a time."""
-
-WEIGHT_BOUND_OPS = frozenset({"MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention"})
-CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 
 def _spec(name: str, kind: Literal["bool", "int", "float", "str"], description: str) -> tuple[str, FactSpec]:

@@ -12,6 +12,10 @@ CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 fold."""
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 """Recurrent cells: gate weights applied at every time step."""
+DENSE_OPS = ("MatMul", "Gemm")
+"""Dense layers: a weight matrix applied to every row of the input (in the order recipes list them)."""
+WEIGHT_BOUND_OPS = frozenset({*DENSE_OPS, *RECURRENT_OPS, "Attention"})
+"""Ops whose cost is reading their weights (dense layers, recurrent cells, fused attention), not their MACs."""
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 """The pair that marks a quantized tensor in a QDQ model."""
 SHAPE_OPS = frozenset({"Shape", "Size"})

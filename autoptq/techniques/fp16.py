@@ -20,6 +20,7 @@ from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.activations import absolute_maxima, session
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, remove_nodes
+from autoptq.model.ops import QDQ_OPS
 from autoptq.model.ortio import quiet
 from autoptq.techniques.base import Technique, border_elements, precision_borders
 from autoptq.techniques.common import AppliedRecipe, QuantizationError, QuantizationResult
@@ -258,6 +259,6 @@ class Fp16(Technique):
         return convert(model, recipe, calibration)
 
     def recognises(self, model: ModelProto) -> bool:
-        if {"QuantizeLinear", "DequantizeLinear"} & {node.op_type for node in model.graph.node}:
+        if QDQ_OPS & {node.op_type for node in model.graph.node}:
             return False  # a static model (whatever its float parts hold)
         return any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)

@@ -21,6 +21,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import PER_AXIS_OPSET, drop_unused_initializers, model_opset, remove_nodes
 from autoptq.model.intio import write_integer_io
+from autoptq.model.ops import QDQ_OPS
 from autoptq.model.ortio import quiet, save_for_ort, scratch_dir
 from autoptq.techniques.common import (
     CALIBRATION_METHODS,
@@ -260,9 +261,7 @@ def _quantized_node_count(model: ModelProto, excluded: set[str], quant_format: s
     return sum(
         1
         for node in model.graph.node
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
-        and node.name not in excluded
-        and dequantized.intersection(node.input)
+        if node.op_type not in QDQ_OPS and node.name not in excluded and dequantized.intersection(node.input)
     )
 
 

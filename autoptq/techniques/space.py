@@ -17,10 +17,11 @@ from pydantic import BaseModel, Field
 
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.graph import ModelGraph
+from autoptq.model.ops import DENSE_OPS
 from autoptq.techniques.recipe import Recipe
 
 OP_GROUPS: dict[str, tuple[str, ...]] = {
-    "dense": ("MatMul", "Gemm"),
+    "dense": DENSE_OPS,
     "embeddings": ("Gather",),
     "recurrent": ("LSTM", "GRU"),
     "attention": ("Attention",),
@@ -226,7 +227,7 @@ def smooth_quant_offered(profile: HardwareProfile, graph: ModelGraph) -> bool:
         return False
     nodes = graph.compute_nodes()
     total = sum(n.macs for n in nodes)
-    dense = sum(n.macs for n in nodes if n.op_type in ("MatMul", "Gemm") and n.weight_inputs)
+    dense = sum(n.macs for n in nodes if n.op_type in DENSE_OPS and n.weight_inputs)
     return bool(total) and dense / total >= SMOOTH_QUANT_MATMUL_SHARE
 
 

@@ -12,13 +12,13 @@ from onnx import ModelProto, TensorProto
 from autoptq.devices.profiles import HardwareProfile, QuantizationRules
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
+from autoptq.model.ops import QDQ_OPS
 from autoptq.techniques.base import RecipeStep, Technique, border_elements, per_channel_step, precision_borders
 from autoptq.techniques.common import QuantizationResult
 from autoptq.techniques.qdq import static_qdq
 from autoptq.techniques.recipe import QuantDtype, Recipe
 from autoptq.techniques.space import quant_formats
 
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 WIDE_TYPES = (TensorProto.INT16, TensorProto.UINT16)
 
 
