@@ -24,7 +24,7 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.manifest import Manifest
-from autoptq.pipeline.produce import Attempt, Outcome
+from autoptq.pipeline.produce import Attempt, Outcome, with_findings
 from autoptq.techniques import QUANTIZERS
 from autoptq.techniques.recipe import RecipeFile
 
@@ -144,9 +144,7 @@ def replay(
         float_size_bytes=len(float_bytes),
         metric=metric,
     )
-    reason = f"replayed the {chosen.technique} recipe for {chosen.target} (no search)"
-    if not verification.passed:
-        reason += "; verification found: " + "; ".join(verification.problems)
+    reason = with_findings(f"replayed the {chosen.technique} recipe for {chosen.target} (no search)", verification)
     return Outcome(
         target=profile.name,
         planned_technique=chosen.technique,
