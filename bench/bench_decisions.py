@@ -29,7 +29,7 @@ data/<name>/quick/{calib,val}: stacked .npz or folders of one-sample files; open
 Oracle measurements are cached per recipe in bench/results/decisions_oracle.json (the verified Attempt and the
 seconds it took), so a knob added to the space later measures only its new recipes, and the default can be
 re-run alone; `--fresh` ignores the cache. When the two picks differ, both are re-timed together with float in one
-interleaved round robin (verify.measure_together) before agreement is judged: pairwise ratios taken minutes apart
+interleaved round robin (runner.measure_together) before agreement is judged: pairwise ratios taken minutes apart
 on a loaded machine differ by more than the margins chosen on.
 
 Run: python bench/bench_decisions.py [--quick] [--models a,b] [--targets x86-vnni,x86-avx2] [--fresh] [--no-loop]
@@ -56,7 +56,8 @@ from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.verify import ModelRunner, measurable_here, measure_together, verify
+from autoptq.evaluate.runner import ModelRunner, measurable_here, measure_together
+from autoptq.evaluate.verify import verify
 from autoptq.io.outputs import write_atomic
 from autoptq.io.user_metric import UserMetric, load_metric
 from autoptq.model.calibration import Dataset

@@ -30,7 +30,7 @@ from autoptq.devices.canonical import float_model_for
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.estimate import predict
-from autoptq.evaluate.verify import ModelRunner, measure_latency
+from autoptq.evaluate.runner import ModelRunner, measure_latency
 from autoptq.model import zoo
 from autoptq.model.calibration import synthetic_dataset
 from autoptq.model.graph import ModelGraph, load_model

@@ -26,7 +26,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from autoptq import api
 from autoptq.api import load_data
-from autoptq.evaluate.verify import ModelRunner, measure_latency
+from autoptq.evaluate.runner import ModelRunner, measure_latency
 from autoptq.model.graph import load_model
 
 MINILM = Path.home() / ".cache" / "autoptq-corpus" / "minilm"

@@ -33,8 +33,11 @@ from onnx import ModelProto
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
 from autoptq.api import QuantizeOptions, quantize
-from autoptq.evaluate.metrics import accuracy
-from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, SLOWER_TOLERANCE, ModelRunner, fidelity
+from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.evaluation import SLOWER_TOLERANCE
+from autoptq.evaluate.evaluator import Evaluator
+from autoptq.evaluate.runner import ModelRunner
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset, load_dataset, synthetic_dataset
 from autoptq.model.graph import load_model
@@ -259,23 +262,22 @@ def produce_rows(case: Case, folder: Path) -> list[Row]:
 
 def measure_fidelity(rows: list[Row], case: Case) -> None:
     """Min SQNR and top-1 agreement against float on the held-out samples, and accuracy where labels exist."""
-    reference = rows[0].runner
-    assert reference is not None, "the float model must run"
-    labels = case.held_out.labels
+    assert rows[0].runner is not None, "the float model must run"
+    evaluator = Evaluator(onnx.load_model_from_string(rows[0].model_bytes), load_profile(TARGET), case.held_out)
     for row in rows:
         if row.runner is None:
             continue
-        try:
-            if labels is not None:
-                row.accuracy = accuracy([row.runner.run(s)[0] for s in case.held_out.samples], labels)
-            if row is rows[0]:
-                continue
-            outputs = fidelity(reference, row.runner, case.held_out)
-        except Exception as exc:  # a model that loads but cannot run the samples
-            row.error, row.runner = f"does not run: {short(exc)}", None
+        model = onnx.load_model_from_string(row.model_bytes)
+        evaluation = evaluator.evaluate(model, row.integer_io, measure=False)
+        broken = evaluation.problem("not_runnable")
+        if broken is not None:  # a model that loads but cannot run the samples
+            row.error, row.runner = broken.text, None
             continue
-        row.min_sqnr_db = min(o.sqnr_db for o in outputs)
-        agreements = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
+        row.accuracy = evaluation.accuracy_candidate
+        if row is rows[0]:
+            continue
+        row.min_sqnr_db = evaluation.lowest_sqnr_db
+        agreements = [o.top1_agreement for o in evaluation.fidelity if o.top1_agreement is not None]
         row.top1_agreement = min(agreements) if agreements else None
 
 

@@ -38,7 +38,7 @@ from autoptq.devices.profiles import load_profile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators.integer import emulate as emulate_integer
 from autoptq.evaluate.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
-from autoptq.evaluate.verify import ModelRunner
+from autoptq.evaluate.runner import ModelRunner
 from autoptq.io.outputs import write_atomic
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model

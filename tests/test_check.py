@@ -17,7 +17,7 @@ from onnx import ModelProto, helper
 from autoptq import api
 from autoptq.devices.profiles import load_profile, shipped_profile_names
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.verify import measurable_here
+from autoptq.evaluate.runner import measurable_here
 from autoptq.model.calibration import Dataset
 from autoptq.pipeline.check import CheckReport
 from autoptq.techniques.qdq import static_qdq

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto
 
 import autoptq
-from autoptq.evaluate.verify import ModelRunner
+from autoptq.evaluate.runner import ModelRunner
 from autoptq.model.intio import read_integer_io
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from autoptq.devices.profiles import FixedOutputParams, load_profile
 from autoptq.errors import DataError
 from autoptq.evaluate.metrics import sqnr_db
-from autoptq.evaluate.verify import ModelRunner
+from autoptq.evaluate.runner import ModelRunner
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.techniques import REGISTRY

@@ -15,8 +15,10 @@ from autoptq.decide.candidates import Candidate, candidates, measured_choices
 from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
 from autoptq.decide.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.evaluation import Problem
 from autoptq.evaluate.metrics import sqnr_db
-from autoptq.evaluate.verify import ModelRunner, Verification, measurable_here
+from autoptq.evaluate.runner import ModelRunner, measurable_here
+from autoptq.evaluate.verify import Verification
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
@@ -129,9 +131,9 @@ def test_a_float_plan_stays_float_without_trying_anything(
     assert outcome.kept_float and outcome.attempts == []
 
 
-def _failed(problems: list[str], technique: str = "full_int8") -> Attempt:
+def _failed(problems: list[Problem], technique: str = "full_int8") -> Attempt:
     verification = Verification(
-        passed=False, problems=problems, samples=1, min_sqnr_db=10.0, size_bytes=1, float_size_bytes=2, size_ratio=0.5
+        passed=False, issues=problems, samples=1, min_sqnr_db=10.0, size_bytes=1, float_size_bytes=2, size_ratio=0.5
     )
     return Attempt(step="plan", technique=technique, recipe=Recipe(), accepted=False, verification=verification)
 
@@ -140,15 +142,24 @@ def test_calibration_fallbacks_run_only_where_a_fidelity_failure_could_be_fixed(
     percentile = Candidate(
         step="percentile_calibration", technique="full_int8", recipe=Recipe(calibration_method="percentile")
     )
-    slower = "slower than float on the host (measured ratio above 1.05)"
-    low = "output 'y' SQNR 3.0 dB is below the floor 10.0 dB"
+    slower = Problem(code="slower", text="slower than float on the host (measured ratio above 1.05)")
+    low = Problem(code="below_sqnr_floor", text="output 'y' SQNR 3.0 dB is below the floor 10.0 dB")
     assert not _calibration_can_help(percentile, [_failed([slower])])
     assert not _calibration_can_help(percentile, [_failed([low, slower])]), "faster kernels are not calibration's"
     assert not _calibration_can_help(percentile, [_failed([low], technique="weight_only_int8")])
     assert _calibration_can_help(percentile, [_failed([slower]), _failed([low])])
-    broken = Attempt(step="plan", technique="full_int8", recipe=Recipe(), accepted=False, error="quantizer failed")
+    broken = Attempt(
+        step="plan",
+        technique="full_int8",
+        recipe=Recipe(),
+        accepted=False,
+        error="quantizer failed",
+        error_code="build_failed",
+    )
     assert _calibration_can_help(percentile, [broken])
-    skipped = broken.model_copy(update={"error": "skipped: no static candidate failed on fidelity alone"})
+    skipped = broken.model_copy(
+        update={"error": "skipped: no static candidate failed on fidelity alone", "error_code": "skipped"}
+    )
     assert not _calibration_can_help(percentile, [skipped])
 
 
@@ -241,7 +252,13 @@ def test_a_size_rejection_before_verification_stops_the_calibration_fallbacks() 
         recipe=Recipe(),
         accepted=False,
         error="file is not smaller than float (10 B vs 8 B): not verified further",
+        error_code="not_smaller",
     )
     assert not _calibration_can_help(percentile, [larger])
-    low = larger.model_copy(update={"error": "output SQNR 0.0 dB on the first 4 validation samples, more than 3 dB"})
+    low = larger.model_copy(
+        update={
+            "error": "output SQNR 0.0 dB on the first 4 validation samples, more than 3 dB",
+            "error_code": "below_sqnr_floor",
+        }
+    )
     assert _calibration_can_help(percentile, [low])

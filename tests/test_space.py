@@ -15,7 +15,8 @@ from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tre
 from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.metrics import OutputFidelity
-from autoptq.evaluate.verify import LatencyMeasurement, Verification, measurable_here
+from autoptq.evaluate.runner import LatencyMeasurement, measurable_here
+from autoptq.evaluate.verify import Verification
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model

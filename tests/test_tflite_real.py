@@ -14,7 +14,7 @@ from autoptq.deploy.tflite_writer import export_tflite
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.emulators.integer import emulate
-from autoptq.evaluate.verify import ModelRunner
+from autoptq.evaluate.runner import ModelRunner
 from autoptq.model.graph import load_model
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import REGISTRY

@@ -11,15 +11,8 @@ import pytest
 from onnx import ModelProto, helper, numpy_helper
 
 from autoptq.devices.profiles import load_profile
-from autoptq.evaluate.verify import (
-    DEFAULT_MIN_SQNR_DB,
-    ModelRunner,
-    dequantize_output,
-    measurable_here,
-    measure_latency,
-    quantize_input,
-    verify,
-)
+from autoptq.evaluate.runner import ModelRunner, dequantize_output, measurable_here, measure_latency, quantize_input
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, verify
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import load_model
 from autoptq.model.intio import IOQuantization

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from autoptq.devices.cost import node_seconds
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.verify import ModelRunner, measure_latency
+from autoptq.evaluate.runner import ModelRunner, measure_latency
 from autoptq.io.outputs import write_atomic
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.metrics import compare, sqnr_db, sqnr_from_powers
-from autoptq.evaluate.verify import ModelRunner, quantize_input
+from autoptq.evaluate.runner import ModelRunner, quantize_input
 from autoptq.model.activations import expose, float_tensors, session
 from autoptq.model.calibration import Dataset
 from autoptq.model.intio import read_integer_io

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,18 +27,17 @@ from autoptq.decide.hostcost import load_table, predicted_ratio
 from autoptq.decide.planner import EXCLUDE_SENSITIVE, Objective, Plan
 from autoptq.decide.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.devices.canonical import device_graph, float_model_for
-from autoptq.devices.coverage import CoverageReport, analyse
-from autoptq.devices.device_rules import check_device_rules
+from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.emulators import TIERS, emulator_for
+from autoptq.evaluate.emulators import TIERS
 from autoptq.evaluate.estimate import predict
-from autoptq.evaluate.metrics import accuracy, compare
-from autoptq.evaluate.verify import SLOWER_TOLERANCE, ModelRunner, measurable_here, measure_latency
+from autoptq.evaluate.evaluation import SLOWER_TOLERANCE, DeviceQuery, DeviceVerdict, Evaluation, Latency
+from autoptq.evaluate.evaluator import Evaluator
+from autoptq.evaluate.runner import measurable_here
 from autoptq.io.user_metric import UserMetric
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
-from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import KEEP_FLOAT, by_name
 from autoptq.techniques.recipe import Recipe, TechniqueName
@@ -49,6 +47,11 @@ MIN_DEVICE_MAC_FRACTION = 0.5
 default tree's `integer_runs_most` threshold)."""
 MAX_EXCLUDED = 8
 """Greedy exclusion stops after this many nodes: beyond it, a different technique is the better fallback."""
+TIMING_BUDGET_S = 0.3
+"""Seconds each trial is timed side by side with float where this machine stands in for the target."""
+SENSITIVITY_SAMPLES = 16
+"""Validation samples the sensitivity ranking measures each node's output SQNR on (on the host: a cheap measure);
+the samples `_exclude_greedily` hands the ranking are as many."""
 
 
 class Budget(BaseModel):
@@ -125,6 +128,7 @@ class TuningResult(BaseModel):
     message: str
     stopped_by: str = Field(description="'walk complete', 'time budget' or 'trial budget'")
     model_bytes: bytes = Field(default=b"", exclude=True, repr=False)
+    evaluation: Evaluation | None = Field(default=None, exclude=True, repr=False, description="the chosen trial's")
 
 
 class _Search:
@@ -132,7 +136,6 @@ class _Search:
 
     def __init__(
         self,
-        graph: ModelGraph,
         profile: HardwareProfile,
         plan: Plan,
         calibration: Dataset | None,
@@ -141,25 +144,23 @@ class _Search:
         progress: Callable[[str], None],
         exhaustive: bool,
         prefer: Objective,
+        evaluator: Evaluator,
         subsets: int = 0,
-        metric: UserMetric | None = None,
     ) -> None:
-        self.graph, self.profile, self.plan, self.prefer = device_graph(graph, profile), profile, plan, prefer
+        self.graph, self.profile, self.plan, self.prefer = evaluator.analysis_graph, profile, plan, prefer
         self.subsets = subsets
         self.calibration, self.validation, self.budget = calibration, validation, budget
         self.progress, self.exhaustive = progress, exhaustive
         self.started = time.perf_counter()
         self.tier = _search_tier(profile)
-        self.float_model = float_model_for(graph, profile)
+        self.evaluator = evaluator
+        self.float_model = evaluator.float_model
         self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
-        self.float_outputs = _run_float(self.float_model, validation)
-        self.float_runner = ModelRunner(self.float_model) if measurable_here(profile) else None
-        self.host_table = load_table() if self.float_runner is not None else None
-        self.metric = metric
-        self.output_names = [o.name for o in self.float_model.graph.output]
-        self.float_accuracy = self._score(self.float_outputs)
+        self.host_table = load_table() if measurable_here(profile) else None
+        self.float_accuracy = self._score(evaluator.evaluate_float())
         self.trials: list[Trial] = []
         self.models: dict[int, bytes] = {}
+        self.evaluations: dict[int, Evaluation] = {}
         self.sensitivity: list[NodeSensitivity] = []
         self.stopped_by = "walk complete"
         # Last: nothing after it can fail before the caller's try/finally removes it.
@@ -238,66 +239,60 @@ class _Search:
         return chosen.quantize(self.prepared, recipe, self.calibration, self.profile, calibration_cache=cache).model
 
     def _measure(self, trial: Trial, model: ModelProto) -> None:
-        quantized = trial.technique != "none"
-        outputs = self._emulate(model) if quantized else self.float_outputs
-        names = [o.name for o in self.float_model.graph.output]
-        fidelity = [
-            compare(name, [r[i] for r in self.float_outputs], [c[i] for c in outputs]) for i, name in enumerate(names)
-        ]
-        trial.min_sqnr_db = min(f.sqnr_db for f in fidelity) if fidelity else None
-        trial.top1_agreement = fidelity[0].top1_agreement if fidelity else None
-        try:
-            trial.accuracy = self._score(outputs) if quantized else self.float_accuracy
-        except AutoptqError as exc:  # the user's metric failed on this candidate's outputs (e.g. NaN): no score
-            trial.accuracy, trial.error = None, str(exc)
+        """The search's policy over the evaluator: a trial on the target's emulator tier, scored, sized, judged
+        against the device and costed on the partitioning it gets there."""
+        quantized = by_name(trial.technique).quantizes
+        device = DeviceQuery(technique=trial.technique, recipe=trial.recipe or Recipe(), kept_float=trial.excluded)
+        evaluation = (
+            self.evaluator.evaluate(model, tier=self.tier, timing_budget_s=TIMING_BUDGET_S, device=device)
+            if quantized
+            else self.evaluator.evaluate_float(device)
+        )
+        self.evaluations[trial.index] = evaluation
+        broken = evaluation.problem("not_runnable")
+        if broken is not None:
+            trial.error, trial.runnable = broken.text, False
+            return
+        trial.min_sqnr_db = evaluation.lowest_sqnr_db
+        trial.top1_agreement = evaluation.fidelity[0].top1_agreement if evaluation.fidelity else None
+        failed = evaluation.problem("metric_failed")
+        if failed is not None:  # the user's metric failed on this candidate's outputs (e.g. NaN): no score
+            trial.accuracy, trial.error = None, failed.text
+        else:
+            trial.accuracy = self._score(evaluation)
         if trial.accuracy is not None and self.float_accuracy is not None:
             trial.accuracy_drop = round(self.float_accuracy - trial.accuracy, 6)
-        trial.size_bytes = model.ByteSize()
-        violations = check_device_rules(model, self.profile).violations if quantized else []
-        # Nodes left computing in float (the excluded ones and what the quantizer leaves float around them) run on
-        # the host of an integer-only device: the partitioning is re-audited with them there.
-        in_float = {v.node for v in violations if v.rule == "integer_compute"} | set(trial.excluded)
-        coverage = analyse(self.graph, self.profile, float_nodes=in_float if quantized else ())
-        self._judge_device(trial, coverage)
-        broken = [v for v in violations if v.rule != "integer_compute"]
-        if broken and trial.runnable:
-            # Any other broken rule is a model the device cannot run at all (not a matter of placement).
-            trial.runnable = False
-            trial.device_verdict = (
-                f"breaks {len(broken)} device rule(s), e.g. {broken[0].rule} at {broken[0].node}: {broken[0].detail}"
-            )
-        _, estimate, baseline = predict(self.graph, coverage, self.profile, trial.technique, trial.recipe or Recipe())
-        chosen = estimate if quantized or baseline is None else baseline
-        trial.latency_ms = round(chosen.estimate_ms, 5)
-        trial.latency_range_ms = [round(chosen.low_ms, 5), round(chosen.high_ms, 5)]
-        self._latency_ratio(trial, model, chosen.estimate_ms, baseline.estimate_ms if baseline else None)
+        trial.size_bytes = evaluation.size_bytes
+        assert evaluation.device is not None and evaluation.latency.estimate is not None  # a device was asked
+        self._judge_device(trial, evaluation.device)
+        estimate = evaluation.latency.estimate
+        trial.latency_ms = round(estimate.estimate_ms, 5)
+        trial.latency_range_ms = [round(estimate.low_ms, 5), round(estimate.high_ms, 5)]
+        self._latency_ratio(trial, evaluation.latency)
         trial.meets_budget = trial.runnable and self._within_budget(trial)
 
-    def _latency_ratio(self, trial: Trial, model: ModelProto, estimate_ms: float, float_ms: float | None) -> None:
+    def _latency_ratio(self, trial: Trial, latency: Latency) -> None:
         """Latency relative to float: measured side by side where this machine stands in for the target (the
         estimate cannot see, e.g., that tiny int8 kernels lose to float), else from the cost model."""
-        if trial.technique == "none":
+        float_ms = latency.float_estimate.estimate_ms if latency.float_estimate else None
+        if not by_name(trial.technique).quantizes:
             trial.latency_ratio, trial.latency_ratio_source = 1.0, "float itself"
-        elif self.float_runner is not None and self.validation.samples:
-            runner = ModelRunner(model, read_integer_io(model))
-            timing = measure_latency(self.float_runner, runner, self.validation.samples[0], budget_s=0.3)
-            trial.latency_ratio, trial.latency_ratio_source = timing.ratio, "measured"
-        elif float_ms:
-            trial.latency_ratio, trial.latency_ratio_source = round(estimate_ms / float_ms, 4), "estimate"
+        elif latency.measured is not None:
+            trial.latency_ratio, trial.latency_ratio_source = latency.measured.ratio, "measured"
+        elif float_ms and latency.estimate is not None:
+            ratio = round(latency.estimate.estimate_ms / float_ms, 4)
+            trial.latency_ratio, trial.latency_ratio_source = ratio, "estimate"
 
-    def _score(self, outputs: list[list[np.ndarray]]) -> float | None:
+    def _score(self, evaluation: Evaluation) -> float | None:
         """The user's metric when given, else top-1 accuracy with labels on a classifier, else None."""
-        if self.metric is not None:
-            return round(self.metric.score(self.output_names, outputs, self.validation.labels), 6)
-        return _accuracy_of(outputs, self.validation)
+        if self.evaluator.metric is not None:
+            return evaluation.metric.candidate if evaluation.metric else None
+        return None if evaluation.accuracy_candidate is None else round(evaluation.accuracy_candidate, 6)
 
-    def _emulate(self, model: ModelProto) -> list[list[np.ndarray]]:
-        result = emulator_for(self.profile.emulator)(model, self.profile, list(self.validation.samples), self.tier)
-        return result.outputs
-
-    def _judge_device(self, trial: Trial, coverage: CoverageReport) -> None:
+    def _judge_device(self, trial: Trial, verdict: DeviceVerdict) -> None:
+        coverage = verdict.coverage
         trial.device_mac_fraction = round(coverage.device_mac_fraction, 4)
-        if trial.technique == "none" and self.profile.integer_only:
+        if not by_name(trial.technique).quantizes and self.profile.integer_only:
             # Float is no deployment for an integer-only device: it would run entirely on the host, if there is one.
             trial.runnable = False
             trial.device_verdict = "float cannot run on this integer-only device" + (
@@ -324,6 +319,13 @@ class _Search:
             trial.device_verdict = (
                 f"{nodes} on the host{cut}; {100 * coverage.device_mac_fraction:.1f}% of MACs on the device, "
                 f"{coverage.transitions} device<->host transitions"
+            )
+        broken = [v for v in verdict.rules.violations if v.rule != "integer_compute"] if verdict.rules else []
+        if broken and trial.runnable:
+            # Any other broken rule is a model the device cannot run at all (not a matter of placement).
+            trial.runnable = False
+            trial.device_verdict = (
+                f"breaks {len(broken)} device rule(s), e.g. {broken[0].rule} at {broken[0].node}: {broken[0].detail}"
             )
 
     def _within_budget(self, trial: Trial) -> bool:
@@ -444,13 +446,34 @@ class _Search:
 
     def _output_sqnr(self, model: ModelProto) -> float:
         """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
-        samples = self.validation.take(16)
-        outputs = _run_float(model, samples)
-        reference = self.float_outputs[: len(samples)]
-        return min(
-            compare(str(i), [r[i] for r in reference], [o[i] for o in outputs]).sqnr_db
-            for i in range(len(reference[0]))
-        )
+        evaluation = self.evaluator.evaluate(model, [], samples=SENSITIVITY_SAMPLES, measure=False)
+        broken = evaluation.problem("not_runnable")
+        if broken is not None or evaluation.lowest_sqnr_db is None:
+            raise AutoptqError(
+                f"ranking sensitivity: a node quantized alone {broken.text if broken else 'has no output'}"
+            )
+        return evaluation.lowest_sqnr_db
+
+
+def search_evaluator(
+    graph: ModelGraph,
+    profile: HardwareProfile,
+    validation: Dataset,
+    metric: UserMetric | None = None,
+    min_sqnr_db: float | None = None,
+    float_size_bytes: int | None = None,
+) -> Evaluator:
+    """The evaluator a search judges its trials with: the float model as the target compiles it, on the analysis
+    graph as the target's converter sees it."""
+    return Evaluator(
+        float_model_for(graph, profile),
+        profile,
+        validation,
+        metric=metric,
+        min_sqnr_db=min_sqnr_db,
+        float_size_bytes=float_size_bytes,
+        graph=device_graph(graph, profile),
+    )
 
 
 def _is_classifier(graph: ModelGraph) -> bool:
@@ -462,17 +485,6 @@ def _search_tier(profile: HardwareProfile) -> str:
     # The integer family searches on its fast tier (onnxruntime integer kernels, ~1 LSB from the device); the chosen
     # candidate is re-checked on the exact tier by `autoptq check`.
     return "fast" if profile.emulator == "integer" else TIERS[profile.emulator][0]
-
-
-def _run_float(model: ModelProto, data: Dataset) -> list[list[np.ndarray]]:
-    runner = ModelRunner(model)
-    return [runner.run(sample) for sample in data.samples]
-
-
-def _accuracy_of(outputs: list[list[np.ndarray]], data: Dataset) -> float | None:
-    if data.labels is None or not outputs or np.asarray(outputs[0][0]).ndim != 2:
-        return None
-    return round(accuracy([o[0] for o in outputs], data.labels), 6)
 
 
 def _quality(trial: Trial) -> tuple[float, float]:
@@ -556,20 +568,24 @@ def tune(
     exhaustive: bool = False,
     subsets: int = 0,
     metric: UserMetric | None = None,
+    evaluator: Evaluator | None = None,
 ) -> TuningResult:
     """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
 
     For benchmarking the greedy walk: `exhaustive` evaluates every candidate of the same search (no early stop);
     with `subsets=K` as well, the exclusions are every subset of the K most sensitive nodes, not the greedy prefixes.
+    `evaluator` judges the trials (default: `search_evaluator` with `metric`); a caller passes its own to judge
+    the chosen candidate further against the same float run.
     """
+    metric = evaluator.metric if evaluator is not None else metric
     if budget.max_drop is not None and metric is None and (validation.labels is None or not _is_classifier(graph)):
         raise AutoptqError(
             "--max-drop needs a --metric, or a classifier ([batch, classes] first output) with labelled validation "
             "data (a 'labels' array in --val or --data); otherwise budget fidelity with --min-sqnr or "
             "--min-top1-agreement"
         )
+    evaluator = evaluator or search_evaluator(graph, profile, validation, metric)
     search = _Search(
-        graph,
         profile,
         plan,
         calibration,
@@ -578,8 +594,8 @@ def tune(
         progress,
         exhaustive or bool(subsets),
         prefer,
+        evaluator,
         subsets,
-        metric,
     )
     try:
         search.walk()
@@ -609,4 +625,5 @@ def tune(
         message=message,
         stopped_by=search.stopped_by,
         model_bytes=search.models.get(chosen, b""),
+        evaluation=search.evaluations.get(chosen),
     )

@@ -1,35 +1,32 @@
 """`autoptq check`: what will this quantized model do on that device?
 
-The device's verdict on the quantized graph (rules re-audit), its outputs under the device's arithmetic (the
-profile's emulator family and tier), fidelity and accuracy against the float reference, and the latency and memory
-estimates, each labelled with what it rests on.
+A policy over the Evaluator: the device's verdict on the quantized graph (rules re-audit), its outputs under the
+device's arithmetic (the profile's emulator family and tier), fidelity and accuracy against the float reference, and
+the latency and memory estimates, each labelled with what it rests on; the check fails on broken device rules, a
+device file that disagrees with the exact tier, outputs that are not finite, and the given --min-sqnr and --max-drop.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from onnx import ModelProto
 from pydantic import BaseModel, Field
 
-from autoptq.deploy.intgraph import EmulationError
 from autoptq.devices.canonical import float_model_for
-from autoptq.devices.coverage import CoverageReport, analyse
-from autoptq.devices.device_rules import DeviceRulesResult, check_device_rules
+from autoptq.devices.coverage import CoverageReport
+from autoptq.devices.device_rules import DeviceRulesResult
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.emulators import TIERS, emulator_for
-from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding, TierAgreement
-from autoptq.evaluate.estimate import predict
-from autoptq.evaluate.metrics import OutputFidelity, accuracy, compare
-from autoptq.evaluate.verify import ModelRunner, measurable_here, measure_latency
+from autoptq.evaluate.emulators import TIERS
+from autoptq.evaluate.emulators.base import NodeFinding, TierAgreement
+from autoptq.evaluate.evaluation import DeviceQuery, Evaluation, Latency
+from autoptq.evaluate.evaluator import Evaluator
+from autoptq.evaluate.metrics import OutputFidelity
 from autoptq.io.user_metric import MetricScore, UserMetric
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
-from autoptq.model.intio import read_integer_io
 from autoptq.techniques import recognise
-from autoptq.techniques.recipe import Recipe
+from autoptq.techniques.recipe import Recipe, TechniqueName
 
 
 class AccuracyCheck(BaseModel):
@@ -98,79 +95,57 @@ def check(
 ) -> CheckReport:
     """Check a quantized model on `profile`'s emulator against the float `reference` on `data` (with a user
     `metric`, `max_drop` bounds its drop instead of top-1 accuracy's)."""
-    family = profile.emulator
-    tiers = TIERS[family]
+    tiers = TIERS[profile.emulator]
     chosen_tier = tier or tiers[0]
     if chosen_tier not in tiers:
         raise AutoptqError(f"tier {chosen_tier!r} does not apply to {profile.name} (its tiers: {', '.join(tiers)})")
     _check_inputs(quantized, reference)
-    order = _reference_order([o.name for o in quantized.graph.output], [o.name for o in reference.model.graph.output])
-    rules = check_device_rules(quantized, profile)
-    emulated = _emulate(quantized, profile, data, chosen_tier, explicit=tier is not None)
-    reference_runner = ModelRunner(float_model_for(reference, profile))
-    reference_outputs = [[outputs[i] for i in order] for outputs in map(reference_runner.run, data.samples)]
-    fidelity = [
-        compare(name, [r[i] for r in reference_outputs], [e[i] for e in emulated.outputs])
-        for i, name in enumerate(emulated.output_names)
-    ]
-    accuracy_check = _accuracy(reference_outputs, emulated.outputs, data)
-    score = None
-    if metric is not None:
-        names = [reference.model.graph.output[i].name for i in order]
-        score = metric.compare(names, reference_outputs, emulated.outputs, data.labels)
-    coverage = analyse(reference, profile)
-    latency = _latency(quantized, profile, reference, coverage, data)
-    memory = _memory(rules, coverage, profile, emulated, quantized, data)
-    failures = [f"device rule {v.rule} at {v.node}: {v.detail}" for v in rules.violations]
-    failures += [
-        f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
-        f"(tolerance {a.tolerance_lsb})"
-        for a in emulated.agreement
-        if not a.within_tolerance
-    ]
-    failures += [f"output {f.name!r} is NaN or inf under the emulator" for f in fidelity if not f.finite]
-    if min_sqnr_db is not None:
-        failures += [
-            f"output {f.name!r}: SQNR {f.sqnr_db:.1f} dB below --min-sqnr {min_sqnr_db}"
-            for f in fidelity
-            if f.sqnr_db < min_sqnr_db
-        ]
-    if max_drop is not None and score is not None and score.drop > max_drop:
-        failures.append(f"metric {score.name} drop {score.drop:.4f} exceeds --max-drop {max_drop}")
-    elif max_drop is not None and accuracy_check is not None and accuracy_check.drop > max_drop:
-        failures.append(f"accuracy drop {accuracy_check.drop:.4f} exceeds --max-drop {max_drop}")
+    technique = recognise(quantized).name
+    evaluator = Evaluator(
+        float_model_for(reference, profile), profile, data, metric=metric, max_drop=max_drop, graph=reference
+    )
+    # The partitioning reported is the reference's as audited, as `autoptq plan` states it.
+    device = DeviceQuery(technique=technique, recipe=Recipe(), reaudit=False)
+    evaluation = evaluator.evaluate(quantized, tier=chosen_tier, fall_back=tier is None, device=device)
+    broken = evaluation.problem("not_runnable")
+    if broken is not None:  # (on the host tier) nothing to check
+        raise AutoptqError(f"the quantized model {broken.text}")
+    failed = evaluation.problem("metric_failed")
+    if failed is not None:  # the user's metric is theirs to fix
+        raise AutoptqError(failed.text)
+    assert evaluation.device is not None and evaluation.device.rules is not None  # a device was asked
+    rules, coverage = evaluation.device.rules, evaluation.device.coverage
+    failures = _failures(evaluation, min_sqnr_db)
     return CheckReport(
         target=profile.name,
-        tier=emulated.tier,
-        fidelity_statement=emulated.fidelity_statement,
+        tier=evaluation.tier,
+        fidelity_statement=evaluation.fidelity_statement,
         device_rules=rules,
         op_summary=[row.model_dump() for row in rules.op_summary],
-        fidelity=fidelity,
-        accuracy=accuracy_check,
-        metric=score,
-        latency=latency,
-        memory=memory,
-        findings=emulated.findings,
-        agreement=emulated.agreement,
+        fidelity=evaluation.fidelity,
+        accuracy=_accuracy(evaluation),
+        metric=evaluation.metric,
+        latency=_latency(evaluation.latency, technique),
+        memory=_memory(rules, coverage, profile, evaluation.arena_bytes, quantized, data),
+        findings=evaluation.findings,
+        agreement=evaluation.agreement,
         passed=not failures,
         failures=failures,
     )
 
 
-def _emulate(
-    quantized: ModelProto, profile: HardwareProfile, data: Dataset, tier: str, explicit: bool
-) -> EmulationResult:
-    """Emulate on `tier`; when the default tier cannot represent the model, the next tier, saying why."""
-    tiers = TIERS[profile.emulator]
-    try:
-        return emulator_for(profile.emulator)(quantized, profile, list(data.samples), tier)
-    except EmulationError as exc:
-        following = tiers[tiers.index(tier) + 1 :]
-        if explicit or not following:
-            raise
-        emulated = emulator_for(profile.emulator)(quantized, profile, list(data.samples), following[0])
-        note = f"The {tier} tier cannot emulate this model ({exc}), so the {following[0]} tier was used instead: "
-        return emulated.model_copy(update={"fidelity_statement": note + emulated.fidelity_statement})
+def _failures(evaluation: Evaluation, min_sqnr_db: float | None) -> list[str]:
+    """What fails the check, in its report's words: broken device rules, a device file off the exact tier, outputs
+    that are not finite, outputs below --min-sqnr, and a drop beyond --max-drop."""
+    failures = [p.text for p in evaluation.problems if p.code in ("device_rules", "tier_disagrees")]
+    failures += [f"output {f.name!r} is NaN or inf under the emulator" for f in evaluation.fidelity if not f.finite]
+    if min_sqnr_db is not None:
+        failures += [
+            f"output {f.name!r}: SQNR {f.sqnr_db:.1f} dB below --min-sqnr {min_sqnr_db}"
+            for f in evaluation.fidelity
+            if f.sqnr_db < min_sqnr_db
+        ]
+    return failures + [p.text for p in evaluation.problems if p.code == "accuracy_drop"]
 
 
 def _check_inputs(quantized: ModelProto, reference: ModelGraph) -> None:
@@ -186,50 +161,25 @@ def _check_inputs(quantized: ModelProto, reference: ModelGraph) -> None:
         )
 
 
-def _reference_order(names: Sequence[str], reference_names: Sequence[str]) -> list[int]:
-    """For each quantized output, the index of the reference output to compare it with: the same name, or the same
-    position when the quantized model renamed its outputs (same count)."""
-    if all(name in reference_names for name in names):
-        return [list(reference_names).index(name) for name in names]
-    if len(names) == len(reference_names):
-        return list(range(len(names)))
-    raise AutoptqError(
-        f"the quantized model's outputs {list(names)} do not match the reference model's {list(reference_names)}: "
-        "is this the model it was made from?"
-    )
-
-
-def _accuracy(
-    reference_outputs: Sequence[list[np.ndarray]], emulated_outputs: Sequence[list[np.ndarray]], data: Dataset
-) -> AccuracyCheck | None:
-    if data.labels is None or not reference_outputs or np.asarray(reference_outputs[0][0]).ndim != 2:
+def _accuracy(evaluation: Evaluation) -> AccuracyCheck | None:
+    float_accuracy, emulated = evaluation.accuracy_float, evaluation.accuracy_candidate
+    if float_accuracy is None or emulated is None:
         return None
-    float_accuracy = accuracy([r[0] for r in reference_outputs], data.labels)
-    emulated_accuracy = accuracy([e[0] for e in emulated_outputs], data.labels)
     return AccuracyCheck(
-        float=round(float_accuracy, 6),
-        emulated=round(emulated_accuracy, 6),
-        drop=round(float_accuracy - emulated_accuracy, 6),
+        float=round(float_accuracy, 6), emulated=round(emulated, 6), drop=round(float_accuracy - emulated, 6)
     )
 
 
-def _latency(
-    quantized: ModelProto, profile: HardwareProfile, reference: ModelGraph, coverage: CoverageReport, data: Dataset
-) -> LatencyCheck:
-    technique = recognise(quantized).name
-    _, estimate, _ = predict(reference, coverage, profile, technique, Recipe())
-    measured, note = None, "not measured: this machine does not stand in for the target"
-    if measurable_here(profile) and data.samples:
-        timing = measure_latency(
-            ModelRunner(float_model_for(reference, profile)),
-            ModelRunner(quantized, read_integer_io(quantized)),
-            data.samples[0],
-        )
-        measured, note = timing.ratio, f"measured side by side on this machine ({timing.machine}), {timing.runs} runs"
+def _latency(latency: Latency, technique: TechniqueName) -> LatencyCheck:
+    estimate, measured = latency.estimate, latency.measured
+    assert estimate is not None  # a device was asked
+    note = latency.note
+    if measured is not None:
+        note = f"measured side by side on this machine ({measured.machine}), {measured.runs} runs"
     return LatencyCheck(
         estimate_ms=[round(estimate.low_ms, 4), round(estimate.high_ms, 4)],
         estimate_basis=f"{technique} on {estimate.basis}",
-        measured_ratio=measured,
+        measured_ratio=measured.ratio if measured else None,
         measured_note=note,
     )
 
@@ -238,14 +188,14 @@ def _memory(
     rules: DeviceRulesResult,
     coverage: CoverageReport,
     profile: HardwareProfile,
-    emulated: EmulationResult,
+    arena: int | None,
     quantized: ModelProto,
     data: Dataset,
 ) -> MemoryCheck:
     flash = profile.memory.flash_bytes
     mem = coverage.memory
     on_chip, streamed = rules.on_chip_param_bytes, rules.streamed_param_bytes
-    arena, basis = emulated.arena_bytes, "tensor arena measured in TFLite Micro (tflm tier)"
+    basis = "tensor arena measured in TFLite Micro (tflm tier)"
     if arena is None and profile.kind == "mcu" and profile.format == "tflite":
         shapes = {k: list(np.shape(v)) for k, v in data.samples[0].items()} if data.samples else None
         arena, basis = _arena_estimate(quantized, profile, shapes)

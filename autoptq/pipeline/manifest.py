@@ -197,7 +197,7 @@ def variant_from(outcome: Outcome, path: str, warnings: list[str]) -> Variant:
             step=a.step,
             technique=a.technique,
             accepted=a.accepted,
-            why_not=None if a.accepted else (a.error or "; ".join(a.verification.problems if a.verification else [])),
+            why_not=None if a.accepted else a.why_not(),
         )
         for a in outcome.attempts
     ]

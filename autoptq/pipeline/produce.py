@@ -6,29 +6,23 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
 import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.decide.candidates import Candidate, candidates, measured_choices, same_recipe
 from autoptq.decide.planner import Objective, Plan
-from autoptq.decide.tuning import Budget, TuningResult, tune
+from autoptq.decide.tuning import Budget, TuningResult, search_evaluator, tune
 from autoptq.deploy.device_file import DeviceFile
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.metrics import compare
-from autoptq.evaluate.verify import (
-    DEFAULT_MIN_SQNR_DB,
-    SLOWER_TOLERANCE,
-    ModelRunner,
-    Verification,
-    measurable_here,
-    measure_together,
-    verify,
-)
+from autoptq.evaluate.evaluation import Evaluation, Problem, ProblemCode, not_smaller
+from autoptq.evaluate.evaluator import Evaluator
+from autoptq.evaluate.runner import measurable_here
+from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, Verification, verdict, with_joint_timing
 from autoptq.io.user_metric import UserMetric
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
@@ -39,6 +33,9 @@ from autoptq.techniques.common import AppliedRecipe, IOQuantization, Quantizatio
 from autoptq.techniques.qdq import ranges_file
 from autoptq.techniques.recipe import Recipe, TechniqueName
 
+AttemptErrorCode = Literal["build_failed", "skipped"] | ProblemCode
+"""What stopped a candidate before verification: its build, a skip, or the pre-screen's problem."""
+
 
 class Attempt(BaseModel):
     """What happened to one candidate."""
@@ -48,8 +45,15 @@ class Attempt(BaseModel):
     recipe: Recipe
     accepted: bool
     error: str | None = None
+    error_code: AttemptErrorCode | None = Field(default=None, exclude=True, description="what `error` is")
     verification: Verification | None = None
     applied: AppliedRecipe | None = None
+
+    def why_not(self) -> str:
+        """Why the candidate was not accepted, as reasons, manifests and reports say it."""
+        if self.error:
+            return self.error
+        return "; ".join(self.verification.problems) if self.verification else "not verified"
 
 
 class Outcome(BaseModel):
@@ -107,7 +111,9 @@ def produce(
     synthetic = bool(calibration is not None and calibration.synthetic)
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
-    screen = _Screen(float_model, validation, min_sqnr_db, len(float_bytes))
+    evaluator = Evaluator(
+        float_model, profile, validation, metric=metric, min_sqnr_db=min_sqnr_db, float_size_bytes=len(float_bytes)
+    )
     with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
         for candidate in found:
             if passed and len(attempts) >= measured_count:
@@ -121,31 +127,31 @@ def produce(
                         **candidate.model_dump(),
                         accepted=False,
                         error="skipped: no static candidate failed on fidelity alone",
+                        error_code="skipped",
                     )
                 )
                 continue
             try:
                 result = _quantize(candidate, source, calibration, profile, Path(ranges))
             except AutoptqError as exc:
-                attempts.append(Attempt(**candidate.model_dump(), accepted=False, error=str(exc)))
-                continue
-            problem = screen.problem(result.model, result.applied.integer_io) if measured else None
-            if problem is not None:
                 attempts.append(
-                    Attempt(**candidate.model_dump(), accepted=False, error=problem, applied=result.applied)
+                    Attempt(**candidate.model_dump(), accepted=False, error=str(exc), error_code="build_failed")
                 )
                 continue
-            verification = verify(
-                float_model,
-                result.model,
-                result.applied.integer_io,
-                validation,
-                profile,
-                min_sqnr_db,
-                measure_latency,
-                float_size_bytes=len(float_bytes),
-                metric=metric,
-            )
+            problem = _screen(evaluator, result.model, result.applied.integer_io) if measured else None
+            if problem is not None:
+                attempts.append(
+                    Attempt(
+                        **candidate.model_dump(),
+                        accepted=False,
+                        error=problem.text,
+                        error_code=problem.code,
+                        applied=result.applied,
+                    )
+                )
+                continue
+            evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=measure_latency)
+            verification = verdict(evaluation)
             attempt = Attempt(
                 **candidate.model_dump(),
                 accepted=verification.passed,
@@ -159,7 +165,7 @@ def produce(
                     break
     if measured and len(passed) > 1 and validation.samples:
         originals = [attempt for attempt, _ in passed]
-        passed = _retime(float_model, passed, validation)
+        passed = _retime(evaluator, passed)
         for original, (retimed, _) in zip(originals, passed, strict=True):
             attempts[attempts.index(original)] = retimed
         # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
@@ -192,37 +198,27 @@ def produce(
     )
 
 
-_NOT_CALIBRATION = ("slower than float", "not smaller than float", "does not run in onnxruntime")
+NOT_FOR_CALIBRATION: frozenset[str] = frozenset({"slower", "not_smaller", "not_runnable", "skipped"})
+"""Rejections another calibration cannot turn into a pass: calibration moves ranges, not kernels, so it cannot make a
+slower or larger model faster or smaller, nor run one onnxruntime could not (and a skipped candidate was not tried)."""
 TIE = 0.05
 """Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
 tie; among the fastest and smallest the most faithful output wins."""
 
 
-def _retime(
-    float_model: ModelProto, passed: list[tuple[Attempt, bytes]], validation: Dataset
-) -> list[tuple[Attempt, bytes]]:
+def _retime(evaluator: Evaluator, passed: list[tuple[Attempt, bytes]]) -> list[tuple[Attempt, bytes]]:
     """The verified candidates timed again all together, interleaved with float in one round robin: the pairwise
     ratios of verification were taken at different moments, and on a loaded machine that noise can exceed the
     differences being chosen on."""
-    runners = [
-        ModelRunner(onnx.load_from_string(data), read_integer_io(onnx.load_from_string(data))) for _, data in passed
-    ]
-    ratios = measure_together(
-        ModelRunner(float_model), runners, validation.samples[0], budget_s=0.5 + 0.3 * len(passed)
-    )
-    retimed = []
+    models = [onnx.load_from_string(data) for _, data in passed]
+    ratios = evaluator.time_together(models, budget_s=0.5 + 0.3 * len(passed))
+    again = []
     for (attempt, data), ratio in zip(passed, ratios, strict=True):
-        latency = attempt.verification.latency if attempt.verification else None
-        if latency is not None and attempt.verification is not None:
-            joint = latency.model_copy(update={"ratio": ratio, "candidate_ms": round(latency.float_ms * ratio, 5)})
-            update: dict[str, object] = {"latency": joint}
-            if ratio > 1 + SLOWER_TOLERANCE:
-                problem = f"slower than float on the host (measured ratio above {1 + SLOWER_TOLERANCE:.2f})"
-                update |= {"passed": False, "problems": [*attempt.verification.problems, problem]}
-            verification = attempt.verification.model_copy(update=update)
+        if attempt.verification is not None:
+            verification = with_joint_timing(attempt.verification, ratio)
             attempt = attempt.model_copy(update={"verification": verification, "accepted": verification.passed})
-        retimed.append((attempt, data))
-    return retimed
+        again.append((attempt, data))
+    return again
 
 
 def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
@@ -264,7 +260,7 @@ def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Atte
 
 def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
     verified = [a for a in attempts if a.verification is not None and a.verification.passed]
-    others = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts if not a.accepted)
+    others = "; ".join(f"{a.step} ({a.technique}): {a.why_not()}" for a in attempts if not a.accepted)
     ratio = best.verification.latency.ratio if best.verification and best.verification.latency else None
     measured = f"{ratio:.2f}x float latency measured, " if ratio is not None else ""
     size = f"{best.verification.size_ratio:.2f}x size" if best.verification else ""
@@ -282,42 +278,26 @@ verification (all samples, then timing), which it could not pass (on light-resne
 than the float file and at 0 dB)."""
 
 
-class _Screen:
-    """Fidelity on a few validation samples against float outputs computed once for every candidate."""
-
-    def __init__(self, float_model: ModelProto, validation: Dataset, min_sqnr_db: float, float_size: int) -> None:
-        self.samples = validation.take(SCREEN_SAMPLES) if len(validation) > SCREEN_SAMPLES else None
-        self.floor = min_sqnr_db
-        self.float_model = float_model
-        self.float_size = float_size
-        self.reference: list[list[np.ndarray]] | None = None
-
-    def problem(self, model: ModelProto, integer_io: Sequence[IOQuantization]) -> str | None:
-        """Why the candidate cannot pass verification, seen on its size or the first samples; None to verify it
-        fully. The wording of a size problem is verification's, so the fallbacks read it the same way."""
-        size = model.ByteSize()
-        if size >= self.float_size:
-            return f"file is not smaller than float ({size} B vs {self.float_size} B): not verified further"
-        if self.samples is None:
-            return None
-        if self.reference is None:
-            runner = ModelRunner(self.float_model)
-            self.reference = [runner.run(s) for s in self.samples.samples]
-        try:
-            candidate = ModelRunner(model, integer_io)
-            outputs = [candidate.run(s) for s in self.samples.samples]
-        except Exception:  # whatever onnxruntime raises: the full verification reports it in its own words
-            return None
-        worst = min(
-            compare(str(i), [r[i] for r in self.reference], [o[i] for o in outputs]).sqnr_db
-            for i in range(len(self.reference[0]))
-        )
-        if worst >= self.floor - SCREEN_MARGIN_DB:
-            return None
-        return (
-            f"output SQNR {worst:.1f} dB on the first {len(self.samples)} validation samples, more than "
-            f"{SCREEN_MARGIN_DB:g} dB below the floor {self.floor:g} dB: not verified further"
-        )
+def _screen(evaluator: Evaluator, model: ModelProto, integer_io: Sequence[IOQuantization]) -> Problem | None:
+    """Why the candidate cannot pass verification, seen on its size or the first samples; None to verify it fully.
+    The size problem is verification's own, so the fallbacks read it the same way."""
+    size, float_size = model.ByteSize(), evaluator.float_size_bytes
+    if size >= float_size:
+        problem = not_smaller(size, float_size)
+        return problem.model_copy(update={"text": f"{problem.text}: not verified further"})
+    floor = evaluator.min_sqnr_db
+    if len(evaluator.data) <= SCREEN_SAMPLES or floor is None:
+        return None
+    evaluation = evaluator.evaluate(model, integer_io, samples=SCREEN_SAMPLES, measure=False)
+    worst = evaluation.lowest_sqnr_db
+    # A candidate that does not run is left to the full verification, which reports it in its own words.
+    if evaluation.problem("not_runnable") is not None or worst is None or worst >= floor - SCREEN_MARGIN_DB:
+        return None
+    return Problem(
+        code="below_sqnr_floor",
+        text=f"output SQNR {worst:.1f} dB on the first {SCREEN_SAMPLES} validation samples, more than "
+        f"{SCREEN_MARGIN_DB:g} dB below the floor {floor:g} dB: not verified further",
+    )
 
 
 def _quantize(
@@ -331,20 +311,14 @@ def _quantize(
 
 
 def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool:
-    """Whether another calibration method could turn a failure into a pass: only where a verified attempt of the
-    same technique failed on fidelity alone, or failed to build (calibration moves ranges, not kernels: it cannot
-    make a slower or larger model faster or smaller, nor run one onnxruntime could not)."""
+    """Whether another calibration method could turn a failure into a pass: only where an attempt of the same
+    technique failed to build, or was rejected on fidelity alone (see NOT_FOR_CALIBRATION)."""
     for attempt in attempts:
         ver = attempt.verification
         if attempt.technique != candidate.technique or (ver is not None and ver.passed):
             continue
-        if ver is None:
-            # A build failure, or a pre-screen rejection for fidelity (a size rejection is worded as verification's)
-            error = attempt.error or ""
-            if error and not error.startswith("skipped") and not any(p in error for p in _NOT_CALIBRATION):
-                return True
-            continue
-        if not any(any(p in problem for p in _NOT_CALIBRATION) for problem in ver.problems):
+        codes = {problem.code for problem in ver.issues} if ver is not None else {attempt.error_code}
+        if not codes & NOT_FOR_CALIBRATION:
             return True
     return False
 
@@ -352,20 +326,14 @@ def _calibration_can_help(candidate: Candidate, attempts: list[Attempt]) -> bool
 def _accepted_reason(attempt: Attempt, attempts: list[Attempt]) -> str:
     if attempt.step == "plan":
         return f"the planned {attempt.technique} passed verification"
-    rejected = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts[:-1])
+    rejected = "; ".join(f"{a.step} ({a.technique}): {a.why_not()}" for a in attempts[:-1])
     return f"fell back to {attempt.step} ({attempt.technique}) after: {rejected}"
-
-
-def _why(attempt: Attempt) -> str:
-    if attempt.error:
-        return attempt.error
-    return "; ".join(attempt.verification.problems) if attempt.verification else "not verified"
 
 
 def _float_reason(plan: Plan, profile: HardwareProfile, attempts: list[Attempt]) -> str:
     if not by_name(plan.technique).quantizes:
         return f"the plan keeps float: {plan.summary}"
-    tried = "; ".join(f"{a.step} ({a.technique}): {_why(a)}" for a in attempts) or "no candidate applied"
+    tried = "; ".join(f"{a.step} ({a.technique}): {a.why_not()}" for a in attempts) or "no candidate applied"
     consequence = " This device runs integers only: the float model cannot run on it." if profile.integer_only else ""
     return f"no candidate beat float, so the output is the float model. Tried: {tried}.{consequence}"
 
@@ -385,9 +353,10 @@ def produce_tuned(
 ) -> Outcome:
     """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.decide.tuning), then verify the
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
-    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, metric=metric)
-    trial = result.trials[result.chosen]
     float_bytes = graph.original_bytes()
+    evaluator = search_evaluator(graph, profile, validation, metric, min_sqnr_db, len(float_bytes))
+    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, evaluator=evaluator)
+    trial = result.trials[result.chosen]
     is_float = not by_name(trial.technique).quantizes
     model_bytes = float_bytes if is_float else result.model_bytes
     verification = None
@@ -402,19 +371,8 @@ def produce_tuned(
             excluded={name: "kept in float by the accuracy loop" for name in trial.excluded},
             integer_io=read_integer_io(candidate),
         )
-        verification = verify(
-            float_model_for(graph, profile),
-            candidate,
-            read_integer_io(candidate),
-            validation,
-            profile,
-            min_sqnr_db,
-            measure=measure_latency,
-            float_size_bytes=len(float_bytes),
-            metric=metric,
-        )
-        if not verification.passed:
-            reason += "; verification found: " + "; ".join(verification.problems)
+        verification = verdict(_on_host(evaluator, result.evaluation, candidate, measure_latency), measure_latency)
+        reason = with_findings(reason, verification)
     return Outcome(
         target=profile.name,
         planned_technique=plan.technique,
@@ -429,3 +387,18 @@ def produce_tuned(
         tuning=result,
         model_bytes=model_bytes,
     )
+
+
+def _on_host(evaluator: Evaluator, searched: Evaluation | None, candidate: ModelProto, measure: bool) -> Evaluation:
+    """The chosen candidate as verification judges it, on the host: the search's own evaluation where the search
+    ran there (nothing to run again), else a host run (the search's tier was the device's arithmetic)."""
+    if searched is not None and searched.tier == "host":
+        return searched
+    return evaluator.evaluate(candidate, measure=measure)
+
+
+def with_findings(reason: str, verification: Verification) -> str:
+    """A reason with what a failed verification found appended."""
+    if verification.passed:
+        return reason
+    return f"{reason}; verification found: {'; '.join(verification.problems)}"

@@ -24,8 +24,8 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.manifest import Manifest
-from autoptq.pipeline.produce import Attempt, Outcome
-from autoptq.techniques import REGISTRY
+from autoptq.pipeline.produce import Attempt, Outcome, with_findings
+from autoptq.techniques import KEEP_FLOAT, by_name
 from autoptq.techniques.recipe import RecipeFile
 
 RECIPE_FILE_HEADER = (
@@ -71,7 +71,7 @@ def _from_manifest(text: str, path: Path) -> list[RecipeFile]:
         raise AutoptqError(f"{path}: not an autoptq variants manifest ({exc.error_count()} problems)") from exc
     recipes = []
     for variant in manifest.variants:
-        if variant.technique != "none" and variant.recipe is None:
+        if by_name(variant.technique).quantizes and variant.recipe is None:
             raise AutoptqError(f"{path}: variant {variant.target} records no recipe (made by an older autoptq)")
         recipes.append(RecipeFile(target=variant.target, technique=variant.technique, recipe=variant.recipe))
     return recipes
@@ -98,7 +98,7 @@ def _from_yaml(text: str, path: Path) -> list[RecipeFile]:
 def render_recipes(plans: list[Plan]) -> str:
     """`plan --format yaml`: one editable, replayable recipe document per plan."""
     documents = [
-        RecipeFile(target=p.target, technique=p.technique, recipe=None if p.technique == "none" else p.recipe)
+        RecipeFile(target=p.target, technique=p.technique, recipe=p.recipe if by_name(p.technique).quantizes else None)
         for p in plans
     ]
     body = yaml.safe_dump_all(
@@ -119,11 +119,11 @@ def replay(
 ) -> Outcome:
     """Prepare and quantize with exactly `chosen`'s recipe, then verify; no search, no fallback."""
     float_bytes = graph.original_bytes()
-    if chosen.technique == "none" or chosen.recipe is None:
+    if not by_name(chosen.technique).quantizes or chosen.recipe is None:
         return Outcome(
             target=profile.name,
-            planned_technique="none",
-            technique="none",
+            planned_technique=KEEP_FLOAT,
+            technique=KEEP_FLOAT,
             kept_float=True,
             reason="the recipe keeps the float model",
             attempts=[],
@@ -132,7 +132,7 @@ def replay(
         )
     float_model = float_model_for(graph, profile)
     prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
-    result = REGISTRY[chosen.technique].quantize(prepared.model, chosen.recipe, calibration, profile)
+    result = by_name(chosen.technique).quantize(prepared.model, chosen.recipe, calibration, profile)
     verification = verify(
         float_model,
         result.model,
@@ -144,9 +144,7 @@ def replay(
         float_size_bytes=len(float_bytes),
         metric=metric,
     )
-    reason = f"replayed the {chosen.technique} recipe for {chosen.target} (no search)"
-    if not verification.passed:
-        reason += "; verification found: " + "; ".join(verification.problems)
+    reason = with_findings(f"replayed the {chosen.technique} recipe for {chosen.target} (no search)", verification)
     return Outcome(
         target=profile.name,
         planned_technique=chosen.technique,

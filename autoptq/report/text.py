@@ -556,10 +556,9 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
         lines += trials_lines(outcome.tuning)
     for attempt in outcome.attempts:
         if not attempt.accepted:
-            why = attempt.error or "; ".join(attempt.verification.problems if attempt.verification else [])
             measured = attempt.verification.latency if attempt.verification else None
             timing = f" [measured {measured.ratio:.2f}x float latency]" if measured else ""
-            lines.append(f"  rejected {attempt.step} ({attempt.technique}): {why}{timing}")
+            lines.append(f"  rejected {attempt.step} ({attempt.technique}): {attempt.why_not()}{timing}")
     text = "\n".join(lines) + "\n"
     return text if fmt == "table" else "```\n" + text + "```\n"
 

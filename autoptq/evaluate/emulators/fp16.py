@@ -7,7 +7,7 @@ Overflow and underflow are counted where they happen, by the same rounding the e
 when fp16 rounding turns it into inf (|x| >= 65520, as values up to that round to 65504) and underflows when a
 non-zero value rounds to zero (|x| <= 2^-25); values that were already inf or zero upstream are not counted again.
 Integer graph inputs and outputs recorded by autoptq (a full-int8 model checked on an fp16 device) are quantized and
-dequantized on the host as `autoptq.evaluate.verify.ModelRunner` does.
+dequantized on the host as `autoptq.evaluate.runner.ModelRunner` does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding
-from autoptq.evaluate.verify import dequantize_output, quantize_input
+from autoptq.evaluate.runner import dequantize_output, quantize_input
 from autoptq.model.activations import expose, session
 from autoptq.model.intio import read_integer_io
 

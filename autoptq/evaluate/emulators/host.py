@@ -8,7 +8,7 @@ from onnx import ModelProto
 
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.emulators.base import EmulationResult
-from autoptq.evaluate.verify import ModelRunner
+from autoptq.evaluate.runner import ModelRunner
 from autoptq.model.intio import read_integer_io
 
 STATEMENT = (
