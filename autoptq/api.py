@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from autoptq import techniques
 from autoptq._version import __version__
 from autoptq.decide import hostcost
+from autoptq.decide.job import Job
 from autoptq.decide.planner import (
     MatrixCell,
     Plan,
@@ -232,7 +233,8 @@ def quantize(
     graph = bound(graph, dataset, validation_set)
     calibration, held_out, _ = split_data(graph, dataset, validation_set, options.synthetic_calibration)
     chosen = plan_for(graph, profile, tree, calibration, options)
-    outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
+    job = Job(graph, profile, calibration, held_out, user_metric, options.min_sqnr_db)
+    outcome = _produce(job, chosen, options, progress)
     if tflite_path is not None:
         shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
         summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path), shapes)
@@ -252,32 +254,11 @@ def _tflite_path(out_path: Path, profile: HardwareProfile, protected: list[Path]
     return check_output_path(out_path.with_suffix(".tflite"), protected=protected)
 
 
-def _produce(
-    graph: ModelGraph,
-    profile: HardwareProfile,
-    chosen: Plan,
-    calibration: Dataset | None,
-    held_out: Dataset,
-    options: QuantizeOptions,
-    progress: Callable[[str], None],
-    metric: UserMetric | None = None,
-) -> Outcome:
+def _produce(job: Job, chosen: Plan, options: QuantizeOptions, progress: Callable[[str], None]) -> Outcome:
     """The accuracy-aware search when a budget is set, else the plan with verification and fallback."""
     if options.budget.has_target:
-        return produce_tuned(
-            graph,
-            profile,
-            chosen,
-            calibration,
-            held_out,
-            options.budget,
-            options.goals.prefer,
-            progress,
-            options.measure_latency,
-            options.min_sqnr_db,
-            metric,
-        )
-    return produce(graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, metric)
+        return produce_tuned(job, chosen, options.budget, options.goals.prefer, progress, options.measure_latency)
+    return produce(job, chosen, options.measure_latency)
 
 
 def replay(
@@ -313,9 +294,8 @@ def replay(
         load_data(validation, graph, preprocess),
         options.synthetic_calibration,
     )
-    outcome = run_replay(
-        graph, profile, chosen, calibration, held_out, options.min_sqnr_db, options.measure_latency, user_metric
-    )
+    job = Job(graph, profile, calibration, held_out, user_metric, options.min_sqnr_db)
+    outcome = run_replay(job, chosen, options.measure_latency)
     write_atomic(out_path, outcome.model_bytes)
     return chosen, outcome
 
@@ -386,7 +366,8 @@ def _variants_into(
     for profile in profiles:
         chosen = plan_for(graph, profile, tree, calibration, options)
         progress(f"{profile.name}: {chosen.technique}")
-        outcome = _produce(graph, profile, chosen, calibration, held_out, options, progress, user_metric)
+        job = Job(graph, profile, calibration, held_out, user_metric, options.min_sqnr_db)
+        outcome = _produce(job, chosen, options, progress)
         (folder / profile.name).mkdir(exist_ok=True)
         relative = f"{profile.name}/model.onnx"
         write_atomic(folder / relative, outcome.model_bytes)

@@ -114,7 +114,7 @@ class JobFile(BaseModel):
     models: list[ModelEntry] = Field(min_length=1)
 
 
-class Job(BaseModel):
+class BatchJob(BaseModel):
     """One (model, target): what travels to a worker. Paths and options only, never arrays."""
 
     name: str
@@ -232,7 +232,7 @@ def _csv_entry(row: dict[str, str | None]) -> dict[str, object]:
 
 def plan_jobs(
     entries: Sequence[ModelEntry], targets: Sequence[str | Path], rules: str | Path | None = None
-) -> list[Job]:
+) -> list[BatchJob]:
     """Validate every path, target and name (before any cluster starts) and hash each job's inputs."""
     if not targets:
         raise AutoptqError("give at least one target (see `autoptq targets`)")
@@ -271,7 +271,7 @@ def plan_jobs(
         )
         for profile, target in zip(profiles, target_args, strict=True):
             jobs.append(
-                Job(
+                BatchJob(
                     name=name,
                     target=target,
                     target_name=profile.name,
@@ -339,7 +339,7 @@ def _digest(parts: list[tuple[str, bytes]]) -> str:
 # ---------------------------------------------------------------- one job, in a worker
 
 
-def run_job(job: Job, out_dir: str) -> JobEntry:
+def run_job(job: BatchJob, out_dir: str) -> JobEntry:
     """Run one job in a worker: `make_variants` for one target into a staging folder, then rename it into place.
 
     Any error of the job (a bad model, bad data, a quantizer crash) becomes a failed entry with its reason; only the
@@ -369,7 +369,7 @@ def run_job(job: Job, out_dir: str) -> JobEntry:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _entry_from(job: Job, variant: Variant) -> JobEntry:
+def _entry_from(job: BatchJob, variant: Variant) -> JobEntry:
     verification = variant.verification
     metric, value = None, None
     if verification is not None and verification.accuracy_candidate is not None:
@@ -394,7 +394,7 @@ def _entry_from(job: Job, variant: Variant) -> JobEntry:
     )
 
 
-def _estimated_latency_ratio(job: Job, variant: Variant) -> float | None:
+def _estimated_latency_ratio(job: BatchJob, variant: Variant) -> float | None:
     """The cost model's latency of the produced variant over float's on the target (an estimate, as the plan's;
     measured timings vary run to run and stay in the job's measurements.json). None when the target cannot run
     float at all."""
@@ -405,7 +405,7 @@ def _estimated_latency_ratio(job: Job, variant: Variant) -> float | None:
     return round(latency.estimate_ms / baseline.estimate_ms, 3) if baseline and baseline.estimate_ms else None
 
 
-def failed_entry(job: Job, reason: str) -> JobEntry:
+def failed_entry(job: BatchJob, reason: str) -> JobEntry:
     """The index entry of a job that produced nothing."""
     return JobEntry(model=job.name, target=job.target_name, status="failed", input_hash=job.input_hash, reason=reason)
 
@@ -432,7 +432,7 @@ def _umask() -> int:
 # ---------------------------------------------------------------- the driver
 
 
-def finished(job: Job, out: Path) -> JobEntry | None:
+def finished(job: BatchJob, out: Path) -> JobEntry | None:
     """The recorded entry when this job already finished with the same inputs and its model is still there."""
     record_path = out / job.folder / RECORD
     try:
@@ -502,7 +502,7 @@ def dashboard_link(client: Client) -> str | None:
 
 
 def run_jobs(
-    jobs: Sequence[Job], out: Path, client: Client, progress: Callable[[str], None] = lambda _line: None
+    jobs: Sequence[BatchJob], out: Path, client: Client, progress: Callable[[str], None] = lambda _line: None
 ) -> list[JobEntry]:
     """Run every job, at most one per worker thread at a time, and collect one entry per job as they finish.
 
@@ -512,7 +512,7 @@ def run_jobs(
     """
     started = time.perf_counter()
     waiting = list(reversed(jobs))
-    running: dict[object, Job] = {}
+    running: dict[object, BatchJob] = {}
     finished_jobs = as_completed()
 
     def fill() -> None:
@@ -537,7 +537,7 @@ def run_jobs(
     return entries
 
 
-def run_failure(job: Job, error: BaseException) -> JobEntry:
+def run_failure(job: BatchJob, error: BaseException) -> JobEntry:
     """A job that raised outside its own error handling: its worker died (KilledWorker), or Dask failed it."""
     if type(error).__name__ == "KilledWorker":
         return failed_entry(job, "worker died while running the job (out of memory or a crash); rerun to retry")

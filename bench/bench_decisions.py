@@ -51,6 +51,7 @@ from onnx import ModelProto
 
 from autoptq.api import QuantizeOptions, bound, load_data, plan_for, split_data
 from autoptq.decide.candidates import Candidate, conformant
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree
 from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.canonical import float_model_for
@@ -245,7 +246,7 @@ def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dic
 def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup, str]:
     start = time.perf_counter()
     s = setup(case, target)
-    outcome = produce(s.graph, s.profile, s.plan, s.calibration, s.validation, metric=metric)
+    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan)
     chosen = None if outcome.kept_float else next(a for a in outcome.attempts if a.verification is outcome.verification)
     model = None if outcome.kept_float else onnx.load_from_string(outcome.model_bytes)
     tried = f"{len([a for a in outcome.attempts if a.verification is not None])} verified"
@@ -260,7 +261,7 @@ def loop_choice(case: Case, target: str, metric: UserMetric | None, best: Pick) 
         if metric is not None
         else Budget(min_sqnr_db=best.fidelity - LOOP_DROP_DB, time_budget_s=LOOP_TIME_S)
     )
-    result = tune(s.graph, s.profile, s.plan, s.calibration, s.validation, budget, metric=metric)
+    result = tune(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, budget)
     trial = result.trials[result.chosen]
     within = "" if result.within_budget else ", NOT within budget"
     ratio = f", {trial.latency_ratio:.2f}x lat" if trial.latency_ratio is not None else ""

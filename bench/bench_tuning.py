@@ -9,9 +9,10 @@ twice on the same plan and data:
   of the sensitivity ranking (1, 2, ... most sensitive nodes kept in float) until one meets the budget, then a
   backward pruning pass puts each of the first k-1 nodes back (least sensitive first) and keeps it quantized if the
   budget still holds; no float on an integer-only device once something meets the budget;
-- exhaustive (`tune(..., subsets=6)`, `Budget(max_trials=1000)` so that nothing truncates it): every candidate of
-  the walk with no early stop and, instead of the greedy prefixes, every non-empty subset of the 6 most sensitive
-  nodes kept in float (63 exclusion trials), then the same choice.
+- exhaustive (`tune(..., search_class=every_subset_search(6))` from bench/search_baselines.py,
+  `Budget(max_trials=1000)` so that nothing truncates it): every candidate of the walk with no early stop and,
+  instead of the greedy prefixes, every non-empty subset of the 6 most sensitive nodes kept in float (63 exclusion
+  trials), then the same choice.
 
 A choice matches when both runs chose the same technique, calibration method and set of excluded nodes. The two
 runs of a case are timed side by side in this one process, alternating which goes first from case to case, after an
@@ -36,10 +37,12 @@ from pathlib import Path
 
 from benchlib import environment, markdown_table, parse_args, write_result
 from onnx import ModelProto
+from search_baselines import every_subset_search
 
 from autoptq.api import QuantizeOptions, plan_for
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree
-from autoptq.decide.tuning import Budget, Trial, TuningResult, tune
+from autoptq.decide.tuning import Budget, Search, Trial, TuningResult, tune
 from autoptq.devices.profiles import load_profile
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset, synthetic_dataset
@@ -130,7 +133,8 @@ def timed_tune(
     """`tune` on the target (objective: speed) with its wall time; `subsets` > 0 is the exhaustive baseline."""
     profile = load_profile(target)
     start = time.perf_counter()
-    result = tune(graph, profile, plan, data[0], data[1], budget, "speed", exhaustive=subsets > 0, subsets=subsets)
+    walk = every_subset_search(subsets) if subsets else Search
+    result = tune(Job(graph, profile, data[0], data[1]), plan, budget, "speed", search_class=walk)
     return Run(result, time.perf_counter() - start)
 
 
@@ -350,10 +354,11 @@ def render(config: Config, quick: bool, cases: list[Case], leftover: int) -> str
         "8 most sensitive nodes in float until one prefix of the ranking meets the budget, then a pruning pass puts "
         "each of the first k-1 nodes back (least sensitive first; steps `exclude N: without NODE`) and keeps it "
         "quantized if the budget still holds. Once a candidate meets the budget, a later fallback is tried only if "
-        "the cost model predicts it could beat the best within budget on the objective (`_Search.worth_trying`); no "
+        "the cost model predicts it could beat the best within budget on the objective (`Search.worth_trying`); no "
         "float on an integer-only device.",
-        f"- **Exhaustive** is `tune(..., subsets={SUBSETS})` with `max_trials={EXHAUSTIVE_MAX_TRIALS}` (never "
-        "reached): every candidate of the walk with no early stop and, in place of the prefixes, every non-empty "
+        f"- **Exhaustive** is `tune(..., search_class=every_subset_search({SUBSETS}))` with "
+        f"`max_trials={EXHAUSTIVE_MAX_TRIALS}` (never reached): every candidate of the walk with no early stop and, "
+        "in place of the prefixes, every non-empty "
         f"subset of the {SUBSETS} most sensitive nodes kept in float ({2**SUBSETS - 1} exclusion trials, steps "
         "`exclude {nodes}`).",
         "",

@@ -9,6 +9,7 @@ import pytest
 from onnx import ModelProto
 
 from autoptq import api
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
 from autoptq.model.calibration import Dataset, load_dataset
@@ -51,7 +52,7 @@ def test_digits_keeps_accuracy_within_one_point(
     profile = load_profile(target)
     plan = plan_for(digits, target, calibration)
     assert plan.technique == technique
-    outcome = produce(digits, profile, plan, calibration, validation)
+    outcome = produce(Job(digits, profile, calibration, validation), plan)
     assert not outcome.kept_float, outcome.reason
     assert outcome.technique == technique
     assert outcome.reason == f"the planned {technique} passed verification"
@@ -74,7 +75,7 @@ def test_digits_keeps_accuracy_within_one_point(
 
 def test_candidates_follow_the_plans_fallbacks(digits: ModelGraph, calibration: Dataset) -> None:
     plan = plan_for(digits, "edgetpu", calibration)
-    found = candidates(plan, load_profile("edgetpu"), digits, calibration)
+    found = candidates(Job(digits, load_profile("edgetpu"), calibration, calibration), plan)
     steps = [c.step for c in found]
     expected = [name for name in ["plan", *plan.fallbacks] if name in steps]
     assert steps == expected
@@ -84,7 +85,7 @@ def test_candidates_follow_the_plans_fallbacks(digits: ModelGraph, calibration: 
     assert all(c.recipe.activation_dtype == "int8" for c in found)
 
     htp = plan_for(digits, "qualcomm-htp", calibration)
-    htp_steps = [c.step for c in candidates(htp, load_profile("qualcomm-htp"), digits, calibration)]
+    htp_steps = [c.step for c in candidates(Job(digits, load_profile("qualcomm-htp"), calibration, calibration), htp)]
     assert "int16x8" in htp_steps
 
 
@@ -92,7 +93,7 @@ def test_nothing_passes_keeps_float_and_says_what_was_tried(
     digits: ModelGraph, calibration: Dataset, validation: Dataset
 ) -> None:
     plan = plan_for(digits, "edgetpu", calibration)
-    outcome = produce(digits, load_profile("edgetpu"), plan, calibration, validation.take(40), min_sqnr_db=200)
+    outcome = produce(Job(digits, load_profile("edgetpu"), calibration, validation.take(40), min_sqnr_db=200), plan)
     assert outcome.kept_float
     assert outcome.technique == "none"
     assert outcome.planned_technique == "full_int8"
@@ -123,7 +124,7 @@ def test_a_failing_quantizer_falls_back_to_percentile(
 
     monkeypatch.setattr(static_module, "static_qdq", minmax_breaks)
     plan = plan_for(digits, "edgetpu", calibration)
-    outcome = produce(digits, load_profile("edgetpu"), plan, calibration, validation.take(60))
+    outcome = produce(Job(digits, load_profile("edgetpu"), calibration, validation.take(60)), plan)
     assert methods == ["minmax", "percentile"]
     assert not outcome.kept_float
     assert outcome.technique == "full_int8"
@@ -137,7 +138,7 @@ def test_a_failing_quantizer_falls_back_to_percentile(
 def test_a_plan_that_keeps_float_tries_nothing(digits: ModelGraph, validation: Dataset) -> None:
     plan = plan_for(digits, "edgetpu", None)
     assert plan.technique == "none"
-    outcome = produce(digits, load_profile("edgetpu"), plan, None, validation.take(8))
+    outcome = produce(Job(digits, load_profile("edgetpu"), None, validation.take(8)), plan)
     assert outcome.kept_float and outcome.attempts == []
     assert outcome.preparation == [], "the float model is handed back unprepared, so no preparation is reported"
     assert outcome.reason.startswith("the plan keeps float")
@@ -147,7 +148,7 @@ def test_a_plan_that_keeps_float_tries_nothing(digits: ModelGraph, validation: D
 def test_produce_leaves_the_model_untouched(digits: ModelGraph, calibration: Dataset, validation: Dataset) -> None:
     before = digits.model.SerializeToString()
     plan = plan_for(digits, "gpu-fp16", calibration)
-    produce(digits, load_profile("gpu-fp16"), plan, calibration, validation.take(20))
+    produce(Job(digits, load_profile("gpu-fp16"), calibration, validation.take(20)), plan)
     assert digits.model.SerializeToString() == before
 
 

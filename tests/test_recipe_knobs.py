@@ -13,6 +13,7 @@ import pytest
 from autoptq.api import QuantizeOptions, plan_for
 from autoptq.decide.candidates import Candidate, candidates, measured_choices
 from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
+from autoptq.decide.job import Job
 from autoptq.decide.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.evaluation import Problem
@@ -100,7 +101,7 @@ def test_static_candidates_share_one_calibration_per_method(
 
     monkeypatch.setattr(qdq, "collect_ranges", counting)
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
-    outcome = produce(digits, profile, plan, calibration, validation)
+    outcome = produce(Job(digits, profile, calibration, validation), plan)
     static = [a for a in outcome.attempts if a.technique == "full_int8" and a.verification is not None]
     assert len(static) >= 2, "the measured handful has several static candidates"
     assert calls == ["minmax"], "one min-max calibration for all of them"
@@ -125,9 +126,10 @@ def test_a_float_plan_stays_float_without_trying_anything(
     profile = load_profile("x86-vnni")
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions())
     assert plan.technique == "none" and plan.leaf == "keep_float_too_small"
-    assert candidates(plan, profile, digits, calibration) == []
-    assert measured_choices([], plan, profile, digits, calibration) == []
-    outcome = produce(digits, profile, plan, calibration, validation)
+    job = Job(digits, profile, calibration, validation)
+    assert candidates(job, plan) == []
+    assert measured_choices([], job, plan) == []
+    outcome = produce(Job(digits, profile, calibration, validation), plan)
     assert outcome.kept_float and outcome.attempts == []
 
 
@@ -231,13 +233,13 @@ def test_the_measured_handful_screens_out_a_candidate_far_below_the_floor(
         pytest.skip("this machine does not stand in for x86-vnni")
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
     # The digits CNN quantizes at ~40-50 dB: a 200 dB floor is missed on the first samples by every candidate.
-    outcome = produce(digits, profile, plan, calibration, validation, min_sqnr_db=200.0)
+    outcome = produce(Job(digits, profile, calibration, validation, min_sqnr_db=200.0), plan)
     assert outcome.kept_float and outcome.attempts
     for attempt in outcome.attempts:
         assert attempt.verification is None and attempt.error is not None
         assert "on the first 4 validation samples" in attempt.error and "below the floor 200 dB" in attempt.error
     # At the default floor the same candidates are verified in full (the screen lets them through).
-    normal = produce(digits, profile, plan, calibration, validation)
+    normal = produce(Job(digits, profile, calibration, validation), plan)
     assert all(a.verification is not None for a in normal.attempts if a.error is None)
     assert not any("validation samples" in (a.error or "") for a in normal.attempts)
 

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from autoptq.api import QuantizeOptions, plan_for, split_data
 from autoptq.decide.candidates import space_steps
+from autoptq.decide.job import Job
 from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.profiles import load_profile
@@ -106,7 +107,7 @@ def test_the_default_on_a_cpu_is_per_channel_int8_with_the_embedding_table(encod
     assert plan.technique == "weight_only_int8"
     assert plan.recipe.per_channel and plan.recipe.weight_dtype == "int8"
     assert plan.recipe.op_types_to_quantize == ["Gather", "MatMul"]
-    outcome = produce(graph, profile, plan, calibration, validation, measure_latency=False)
+    outcome = produce(Job(graph, profile, calibration, validation), plan, measure_latency=False)
     assert not outcome.kept_float and outcome.verification is not None
     # Every weight in 8 bits, the embedding table included: about a quarter of the float size.
     assert outcome.verification.size_ratio < 0.30
@@ -146,7 +147,7 @@ def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
         pytest.skip("this machine does not stand in for x86-vnni")
     calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
     plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    outcome = produce(graph, profile, plan, calibration, validation)
+    outcome = produce(Job(graph, profile, calibration, validation), plan)
     steps = [a.step for a in outcome.attempts]
     # onnxruntime's quantize_dynamic defaults on this model are the per-tensor point of the space (no Conv here).
     assert steps[0] == "plan" and "weight-only per-tensor int8 Gather+MatMul" in steps
@@ -218,11 +219,11 @@ def test_the_loop_walks_the_technique_s_space_before_its_fallbacks(encoder: onnx
     profile = load_profile("x86-vnni")
     calibration, validation, _ = split_data(graph, token_data(30), None, synthetic=False)
     plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    steps = space_steps(plan, profile, graph, calibration)
+    steps = space_steps(Job(graph, profile, calibration, calibration), plan)
     assert steps and all(s.technique == "weight_only_int8" and s.recipe != plan.recipe for s in steps)
     assert steps[0].recipe.per_channel  # the most faithful first
     # An unreachable budget: every step is tried, the space before the technique fallbacks.
-    result = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=199.0, max_trials=5))
+    result = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=199.0, max_trials=5))
     walked = [t.step for t in result.trials]
     assert walked[0] == "plan" and walked[1:5] == [s.step for s in steps[:4]]
     assert not result.within_budget

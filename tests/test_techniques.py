@@ -14,6 +14,7 @@ from onnx import ModelProto
 
 from autoptq import api
 from autoptq.decide.candidates import fallback_candidate
+from autoptq.decide.job import Job
 from autoptq.decide.planner import load_tree, plan_model
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile, load_profile
@@ -119,7 +120,7 @@ def test_a_registered_technique_is_planned_estimated_and_rendered(
     size, _, _ = predict(mlp, analyse(mlp, profile), profile, TOY, plan.recipe)
     assert size.size_bytes < size.float_size_bytes  # the toy's Gemm weights counted at one byte
     assert recipe_fields(TOY, plan.recipe) == {"per_channel": "no", "op_types_to_quantize": "['Gemm']"}
-    other = fallback_candidate("weight_only_int8", plan, profile, mlp, None)
+    other = fallback_candidate("weight_only_int8", Job(mlp, profile, None, synthetic_dataset(mlp, 1)), plan)
     assert other is not None and other.technique == "weight_only_int8"
 
 

@@ -11,11 +11,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autoptq.api import QuantizeOptions, plan_for
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree
 from autoptq.decide.tuning import Budget, Trial, choose, pareto_front, tune
 from autoptq.devices.profiles import load_profile
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
+from bench.search_baselines import ExhaustiveSearch, every_subset_search
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WIDTH = 32
@@ -73,7 +75,7 @@ def bad_layer() -> tuple[ModelGraph, Dataset, Dataset]:
 def test_the_loop_finds_the_one_sensitive_node(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
     graph, calibration, validation = bad_layer
     plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
-    result = tune(graph, load_profile("qualcomm-htp"), plan, calibration, validation, Budget(min_sqnr_db=20))
+    result = tune(Job(graph, load_profile("qualcomm-htp"), calibration, validation), plan, Budget(min_sqnr_db=20))
     assert not result.trials[0].meets_budget  # the default recipe misses the budget
     assert result.sensitivity[0].node == "fc1"  # ranked most sensitive
     chosen = result.trials[result.chosen]
@@ -88,7 +90,7 @@ def test_the_loop_finds_the_one_sensitive_node(bad_layer: tuple[ModelGraph, Data
 def test_an_unreachable_budget_returns_the_closest_and_marks_it(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
     graph, calibration, validation = bad_layer
     plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
-    result = tune(graph, load_profile("qualcomm-htp"), plan, calibration, validation, Budget(min_sqnr_db=60))
+    result = tune(Job(graph, load_profile("qualcomm-htp"), calibration, validation), plan, Budget(min_sqnr_db=60))
     assert not result.within_budget
     assert "NO candidate meets the budget" in result.message
     chosen = result.trials[result.chosen]
@@ -103,9 +105,9 @@ def test_trial_and_time_budgets_stop_the_search(bad_layer: tuple[ModelGraph, Dat
     graph, calibration, validation = bad_layer
     plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
     profile = load_profile("qualcomm-htp")
-    by_trials = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=60, max_trials=2))
+    by_trials = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=60, max_trials=2))
     assert len(by_trials.trials) == 2 and by_trials.stopped_by == "trial budget"
-    by_time = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=60, time_budget_s=0.0))
+    by_time = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=60, time_budget_s=0.0))
     assert len(by_time.trials) == 1 and by_time.stopped_by == "time budget"
     assert not by_time.within_budget  # and still a result
 
@@ -114,8 +116,10 @@ def test_exhaustive_search_agrees_with_the_greedy_choice(bad_layer: tuple[ModelG
     graph, calibration, validation = bad_layer
     plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
     profile = load_profile("qualcomm-htp")
-    greedy = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20))
-    exhaustive = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20), exhaustive=True)
+    greedy = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=20))
+    exhaustive = tune(
+        Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=20), search_class=ExhaustiveSearch
+    )
     assert len(exhaustive.trials) > len(greedy.trials)
     assert exhaustive.trials[exhaustive.chosen].excluded == greedy.trials[greedy.chosen].excluded
 
@@ -124,8 +128,13 @@ def test_greedy_matches_an_exhaustive_search_over_every_subset(bad_layer: tuple[
     graph, calibration, validation = bad_layer
     plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
     profile = load_profile("qualcomm-htp")
-    greedy = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20))
-    every = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=20, max_trials=100), subsets=3)
+    greedy = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=20))
+    every = tune(
+        Job(graph, profile, calibration, validation),
+        plan,
+        Budget(min_sqnr_db=20, max_trials=100),
+        search_class=every_subset_search(3),
+    )
     assert sum(1 for t in every.trials if t.step.startswith("exclude {")) == 7  # 2^3 - 1 subsets
     assert every.trials[every.chosen].excluded == greedy.trials[greedy.chosen].excluded == ["fc1"]
 
@@ -136,7 +145,7 @@ def test_the_shipped_example_meets_a_tight_budget_with_the_fewest_exclusions() -
     validation = load_dataset(EXAMPLES / "val.npz", graph)
     profile = load_profile("edgetpu")
     plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    result = tune(graph, profile, plan, calibration, validation, Budget(min_sqnr_db=45, max_drop=0.0))
+    result = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=45, max_drop=0.0))
     assert result.within_budget
     chosen = result.trials[result.chosen]
     assert len(chosen.excluded) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoptq.decide.hostcost import load_table, predicted_ratio
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile
@@ -28,14 +29,14 @@ class Candidate(BaseModel):
     recipe: Recipe
 
 
-def candidates(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+def candidates(job: Job, plan: Plan) -> list[Candidate]:
     """The plan's recipe followed by its fallbacks, each made device-conformant; those that cannot apply to this
     device or data are left out."""
     if not by_name(plan.technique).quantizes:
         return []
     found = [Candidate(step="plan", technique=plan.technique, recipe=plan.recipe)]
     for name in plan.fallbacks:
-        candidate = fallback_candidate(name, plan, profile, graph, data)
+        candidate = fallback_candidate(name, job, plan)
         if candidate is not None and all(
             c.recipe != candidate.recipe or c.technique != candidate.technique for c in found
         ):
@@ -43,9 +44,7 @@ def candidates(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Da
     return found
 
 
-def fallback_candidate(
-    name: str, plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
-) -> Candidate | None:
+def fallback_candidate(name: str, job: Job, plan: Plan) -> Candidate | None:
     """The candidate a named fallback stands for on this device and data, or None where it cannot apply: a step of
     the plan's technique changes its recipe, a technique's name starts that technique's own recipe over
     ("exclude_sensitive" is the accuracy loop's own, "none" is the float model itself)."""
@@ -55,8 +54,8 @@ def fallback_candidate(
         return None if recipe is None else Candidate(step=name, technique=plan.technique, recipe=recipe)
     if name not in REGISTRY or not REGISTRY[name].quantizes:
         return None
-    base = REGISTRY[name].fallback_recipe(plan.recipe, profile, data)
-    return None if base is None else conformant(name, name, base, profile, graph, data)
+    base = REGISTRY[name].fallback_recipe(plan.recipe, job.profile, job.calibration)
+    return None if base is None else conformant(name, name, base, job.profile, job.graph, job.calibration)
 
 
 def conformant(
@@ -77,14 +76,13 @@ def ort_defaults(profile: HardwareProfile, graph: ModelGraph, data: Dataset | No
     return [c for c in found if c is not None]
 
 
-def measured_choices(
-    found: list[Candidate], plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
-) -> list[Candidate]:
+def measured_choices(found: list[Candidate], job: Job, plan: Plan) -> list[Candidate]:
     """The candidates the default choice measures on a CPU target: the plan's own, then the best the cost model
     ranks among the plan's fallbacks and the weight-only recipe space (up to MEASURED_CHOICES in all), then
     onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
     if not found:
         return found
+    profile, graph, data = job.profile, job.graph, job.calibration
     space = [
         candidate
         for option in REGISTRY.values()
@@ -128,9 +126,10 @@ SPACE_STEPS = 6
 """How many points of the plan's own recipe space the accuracy loop walks before the technique fallbacks."""
 
 
-def space_steps(plan: Plan, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None) -> list[Candidate]:
+def space_steps(job: Job, plan: Plan) -> list[Candidate]:
     """Points of the plan technique's recipe space other than the plan's own, the most faithful first (per-channel
     before per-tensor, then the most ops quantized), at most SPACE_STEPS: the accuracy loop's first walk."""
+    profile, graph, data = job.profile, job.graph, job.calibration
     recipes = by_name(plan.technique).search_space(plan.recipe, profile, graph, data)
     found = [c for step, r in recipes if (c := conformant(step, plan.technique, r, profile, graph, data))]
     found = [c for c in _distinct(found) if c.recipe != plan.recipe]

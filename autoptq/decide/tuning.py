@@ -12,11 +12,11 @@ marked.
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from onnx import ModelProto
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.decide.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.decide.hostcost import load_table, predicted_ratio
+from autoptq.decide.job import Job
 from autoptq.decide.planner import EXCLUDE_SENSITIVE, Objective, Plan
 from autoptq.decide.sensitivity import NodeSensitivity, rank_nodes
 from autoptq.devices.canonical import device_graph, float_model_for
@@ -35,8 +36,6 @@ from autoptq.evaluate.estimate import predict
 from autoptq.evaluate.evaluation import SLOWER_TOLERANCE, DeviceQuery, DeviceVerdict, Evaluation, Latency
 from autoptq.evaluate.evaluator import Evaluator
 from autoptq.evaluate.runner import measurable_here
-from autoptq.io.user_metric import UserMetric
-from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import KEEP_FLOAT, by_name
@@ -131,32 +130,30 @@ class TuningResult(BaseModel):
     evaluation: Evaluation | None = Field(default=None, exclude=True, repr=False, description="the chosen trial's")
 
 
-class _Search:
-    """The state of one accuracy-aware search (kept in one place so the steps stay small functions)."""
+class Search:
+    """The state of one accuracy-aware search (kept in one place so the steps stay small functions). A benchmark
+    subclasses it to walk differently (`stops_early`, `exclude`); `tune` takes the class."""
 
     def __init__(
         self,
-        profile: HardwareProfile,
+        job: Job,
         plan: Plan,
-        calibration: Dataset | None,
-        validation: Dataset,
         budget: Budget,
         progress: Callable[[str], None],
-        exhaustive: bool,
         prefer: Objective,
         evaluator: Evaluator,
-        subsets: int = 0,
     ) -> None:
-        self.graph, self.profile, self.plan, self.prefer = evaluator.analysis_graph, profile, plan, prefer
-        self.subsets = subsets
-        self.calibration, self.validation, self.budget = calibration, validation, budget
-        self.progress, self.exhaustive = progress, exhaustive
+        # Candidates are made on the graph the target's converter sees, as the evaluator judges them.
+        self.job = replace(job, graph=evaluator.analysis_graph)
+        self.graph, self.profile, self.plan, self.prefer = self.job.graph, job.profile, plan, prefer
+        self.calibration, self.validation, self.budget = job.calibration, job.validation, budget
+        self.progress = progress
         self.started = time.perf_counter()
-        self.tier = _search_tier(profile)
+        self.tier = _search_tier(self.profile)
         self.evaluator = evaluator
         self.float_model = evaluator.float_model
-        self.prepared = prepare(self.float_model, validation.take(PREPARATION_SAMPLES)).model
-        self.host_table = load_table() if measurable_here(profile) else None
+        self.prepared = prepare(self.float_model, self.validation.take(PREPARATION_SAMPLES)).model
+        self.host_table = load_table() if measurable_here(self.profile) else None
         self.float_accuracy = self._score(evaluator.evaluate_float())
         self.trials: list[Trial] = []
         self.models: dict[int, bytes] = {}
@@ -189,7 +186,7 @@ class _Search:
         """Whether a candidate could beat the best within budget on the objective, judged from the cost model's
         predictions (cheap: nothing is quantized). Before anything meets the budget every candidate is worth it."""
         best = self.best_within()
-        if best is None or self.exhaustive:
+        if best is None or not self.stops_early():
             return True
         quantizes = by_name(name).quantizes
         if not quantizes and self.profile.integer_only:
@@ -347,7 +344,7 @@ class _Search:
             self.run("plan (keep float)", self.plan.technique, None)
             return
         self.run("plan", self.plan.technique, self.plan.recipe)
-        for candidate in space_steps(self.plan, self.profile, self.graph, self.calibration):
+        for candidate in space_steps(self.job, self.plan):
             # The technique's own recipe space first (granularity, embeddings, op subsets, activation dtype), then
             # the technique fallbacks; the cost model prunes what cannot beat the best within budget.
             if self.out_of_budget():
@@ -360,8 +357,8 @@ class _Search:
                 return
             if name == EXCLUDE_SENSITIVE:
                 # Exclusions only add float work to a recipe already tried: once within budget, none can be faster.
-                if self.best_within() is None or self.exhaustive:
-                    self._exclude_greedily()
+                if self.best_within() is None or not self.stops_early():
+                    self._exclude_sensitive()
             elif name == KEEP_FLOAT:
                 if self.worth_trying(KEEP_FLOAT, None):
                     self.run("float (none)", KEEP_FLOAT, None)
@@ -373,7 +370,7 @@ class _Search:
                     self.run(name, candidate.technique, candidate.recipe)
 
     def _fallback(self, name: str) -> Candidate | None:
-        return fallback_candidate(name, self.plan, self.profile, self.graph, self.calibration)
+        return fallback_candidate(name, self.job, self.plan)
 
     def _tried(self, candidate: Candidate) -> bool:
         return any(t.technique == candidate.technique and t.recipe == candidate.recipe for t in self.trials)
@@ -388,8 +385,13 @@ class _Search:
             return None
         return max(static, key=_quality).recipe
 
-    def _exclude_greedily(self) -> None:
-        """Keep the most sensitive nodes in float, one more at a time, on the best calibration found so far."""
+    def stops_early(self) -> bool:
+        """Whether the walk stops trying what cannot beat the best within budget (a benchmark's exhaustive walk
+        overrides this to try everything)."""
+        return True
+
+    def _exclude_sensitive(self) -> None:
+        """Rank the nodes on the best calibration found so far, then keep the most sensitive in float."""
         base = self._best_static_recipe()
         if base is None or not by_name(self.plan.technique).calibrated or self.calibration is None:
             return
@@ -405,19 +407,20 @@ class _Search:
             self._output_sqnr,
             self.cache_dir / f"sensitivity-{base.calibration_method}.json",
         )
-        if self.subsets:
-            self._exclude_every_subset(base)
-            return
+        self.exclude(base)
+
+    def exclude(self, base: Recipe) -> None:
+        """Keep the ranked nodes in float, one more at a time, until a set meets the budget; then prune it."""
         for count in range(1, min(MAX_EXCLUDED, len(self.sensitivity)) + 1):
-            if (self.best_within() is not None and not self.exhaustive) or self.out_of_budget():
+            if (self.best_within() is not None and self.stops_early()) or self.out_of_budget():
                 return
             excluded = [s.node for s in self.sensitivity[:count]]
             recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *excluded]})
             trial = self.run(f"exclude {count} most sensitive", self.plan.technique, recipe)
-            if trial.meets_budget and count > 1 and not self.exhaustive:
+            if trial.meets_budget and count > 1 and self.stops_early():
                 self._prune(base, excluded)
                 return
-            if not trial.runnable and self.profile.integer_only and not self.exhaustive:
+            if not trial.runnable and self.profile.integer_only and self.stops_early():
                 return  # more exclusions only move more of the model off the device
 
     def _prune(self, base: Recipe, excluded: list[str]) -> None:
@@ -434,16 +437,6 @@ class _Search:
             if trial.meets_budget:
                 kept = trial_set
 
-    def _exclude_every_subset(self, base: Recipe) -> None:
-        """Benchmark baseline: every non-empty subset of the `subsets` most sensitive nodes kept in float."""
-        ranked = [s.node for s in self.sensitivity[: self.subsets]]
-        for size in range(1, len(ranked) + 1):
-            for chosen in itertools.combinations(ranked, size):
-                if self.out_of_budget():
-                    return
-                recipe = base.model_copy(update={"nodes_to_exclude": [*base.nodes_to_exclude, *chosen]})
-                self.run(f"exclude {{{', '.join(chosen)}}}", self.plan.technique, recipe)
-
     def _output_sqnr(self, model: ModelProto) -> float:
         """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
         evaluation = self.evaluator.evaluate(model, [], samples=SENSITIVITY_SAMPLES, measure=False)
@@ -455,24 +448,18 @@ class _Search:
         return evaluation.lowest_sqnr_db
 
 
-def search_evaluator(
-    graph: ModelGraph,
-    profile: HardwareProfile,
-    validation: Dataset,
-    metric: UserMetric | None = None,
-    min_sqnr_db: float | None = None,
-    float_size_bytes: int | None = None,
-) -> Evaluator:
+def search_evaluator(job: Job, min_sqnr_db: float | None = None, float_size_bytes: int | None = None) -> Evaluator:
     """The evaluator a search judges its trials with: the float model as the target compiles it, on the analysis
-    graph as the target's converter sees it."""
+    graph as the target's converter sees it. `min_sqnr_db`: the floor its problems are judged against (None: the
+    search judges its budget itself)."""
     return Evaluator(
-        float_model_for(graph, profile),
-        profile,
-        validation,
-        metric=metric,
+        float_model_for(job.graph, job.profile),
+        job.profile,
+        job.validation,
+        metric=job.metric,
         min_sqnr_db=min_sqnr_db,
         float_size_bytes=float_size_bytes,
-        graph=device_graph(graph, profile),
+        graph=device_graph(job.graph, job.profile),
     )
 
 
@@ -557,46 +544,32 @@ def choose(trials: list[Trial], front: list[int], prefer: Objective) -> tuple[in
 
 
 def tune(
-    graph: ModelGraph,
-    profile: HardwareProfile,
+    job: Job,
     plan: Plan,
-    calibration: Dataset | None,
-    validation: Dataset,
     budget: Budget,
     prefer: Objective = "speed",
     progress: Callable[[str], None] = lambda _line: None,
-    exhaustive: bool = False,
-    subsets: int = 0,
-    metric: UserMetric | None = None,
     evaluator: Evaluator | None = None,
+    search_class: type[Search] = Search,
 ) -> TuningResult:
     """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
 
-    For benchmarking the greedy walk: `exhaustive` evaluates every candidate of the same search (no early stop);
-    with `subsets=K` as well, the exclusions are every subset of the K most sensitive nodes, not the greedy prefixes.
-    `evaluator` judges the trials (default: `search_evaluator` with `metric`); a caller passes its own to judge
-    the chosen candidate further against the same float run.
+    `evaluator` judges the trials (default: `search_evaluator(job)`); a caller passes its own to judge the chosen
+    candidate further against the same float run. `search_class`: how to walk (a benchmark passes its own).
     """
-    metric = evaluator.metric if evaluator is not None else metric
-    if budget.max_drop is not None and metric is None and (validation.labels is None or not _is_classifier(graph)):
+    metric = evaluator.metric if evaluator is not None else job.metric
+    if (
+        budget.max_drop is not None
+        and metric is None
+        and (job.validation.labels is None or not _is_classifier(job.graph))
+    ):
         raise AutoptqError(
             "--max-drop needs a --metric, or a classifier ([batch, classes] first output) with labelled validation "
             "data (a 'labels' array in --val or --data); otherwise budget fidelity with --min-sqnr or "
             "--min-top1-agreement"
         )
-    evaluator = evaluator or search_evaluator(graph, profile, validation, metric)
-    search = _Search(
-        profile,
-        plan,
-        calibration,
-        validation,
-        budget,
-        progress,
-        exhaustive or bool(subsets),
-        prefer,
-        evaluator,
-        subsets,
-    )
+    evaluator = evaluator or search_evaluator(job)
+    search = search_class(job, plan, budget, progress, prefer, evaluator)
     try:
         search.walk()
     finally:
@@ -612,7 +585,7 @@ def tune(
             f"{trial.technique}), clearly not within budget"
         )
     return TuningResult(
-        target=profile.name,
+        target=job.profile.name,
         budget=budget,
         tier=search.tier,
         metric=metric.name if metric else None,

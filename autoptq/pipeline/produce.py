@@ -13,6 +13,7 @@ from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.decide.candidates import Candidate, candidates, measured_choices, same_recipe
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Objective, Plan
 from autoptq.decide.tuning import Budget, TuningResult, search_evaluator, tune
 from autoptq.deploy.device_file import DeviceFile
@@ -22,10 +23,8 @@ from autoptq.errors import AutoptqError
 from autoptq.evaluate.evaluation import Evaluation, Problem, ProblemCode, not_smaller
 from autoptq.evaluate.evaluator import Evaluator
 from autoptq.evaluate.runner import measurable_here
-from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, Verification, verdict, with_joint_timing
-from autoptq.io.user_metric import UserMetric
+from autoptq.evaluate.verify import Verification, verdict, with_joint_timing
 from autoptq.model.calibration import Dataset
-from autoptq.model.graph import ModelGraph
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, PreparationStep, prepare
 from autoptq.techniques import KEEP_FLOAT, by_name
@@ -76,22 +75,14 @@ class Outcome(BaseModel):
     device_file: DeviceFile | None = Field(default=None, description="the .tflite of a 'format: tflite' target")
 
 
-def produce(
-    graph: ModelGraph,
-    profile: HardwareProfile,
-    plan: Plan,
-    calibration: Dataset | None,
-    validation: Dataset,
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
-    measure_latency: bool = True,
-    metric: UserMetric | None = None,
-) -> Outcome:
+def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
     """Prepare, quantize and verify along the plan's candidates; return the first verified one (on a CPU measured
     here: the best measured of a handful, see autoptq.decide.candidates.measured_choices), or float."""
+    graph, profile, calibration, validation = job.graph, job.profile, job.calibration, job.validation
     float_model = float_model_for(graph, profile)
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
     float_bytes = graph.original_bytes()
-    found = candidates(plan, profile, graph, calibration)
+    found = candidates(job, plan)
     # On a CPU this machine stands in for, the default choice is the best measured of a handful, not the first
     # that passes; the plan's remaining fallbacks follow in case none of them passes. A plan that keeps float stays
     # float: on the digits CNN (the "too small" leaf) every recipe measured 1.04-1.05x (weight-only) or 1.3x
@@ -99,7 +90,7 @@ def produce(
     measured = measure_latency and measurable_here(profile) and bool(found)
     measured_count = 0
     if measured:
-        choices = measured_choices(found, plan, profile, graph, calibration)
+        choices = measured_choices(found, job, plan)
         found = [*choices, *(c for c in found if not any(same_recipe(c, m) for m in choices))]
         measured_count = len(choices)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
@@ -112,7 +103,12 @@ def produce(
     attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
     evaluator = Evaluator(
-        float_model, profile, validation, metric=metric, min_sqnr_db=min_sqnr_db, float_size_bytes=len(float_bytes)
+        float_model,
+        profile,
+        validation,
+        metric=job.metric,
+        min_sqnr_db=job.min_sqnr_db,
+        float_size_bytes=len(float_bytes),
     )
     with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
         for candidate in found:
@@ -339,23 +335,18 @@ def _float_reason(plan: Plan, profile: HardwareProfile, attempts: list[Attempt])
 
 
 def produce_tuned(
-    graph: ModelGraph,
-    profile: HardwareProfile,
+    job: Job,
     plan: Plan,
-    calibration: Dataset | None,
-    validation: Dataset,
     budget: Budget,
     prefer: Objective,
     progress: Callable[[str], None],
     measure_latency: bool = True,
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
-    metric: UserMetric | None = None,
 ) -> Outcome:
     """The accuracy-aware path: search the plan's candidates under `budget` (see autoptq.decide.tuning), then verify the
     chosen one as every produced model is (its problems become part of the reason; the search result stands)."""
-    float_bytes = graph.original_bytes()
-    evaluator = search_evaluator(graph, profile, validation, metric, min_sqnr_db, len(float_bytes))
-    result = tune(graph, profile, plan, calibration, validation, budget, prefer, progress, evaluator=evaluator)
+    float_bytes = job.graph.original_bytes()
+    evaluator = search_evaluator(job, job.min_sqnr_db, len(float_bytes))
+    result = tune(job, plan, budget, prefer, progress, evaluator=evaluator)
     trial = result.trials[result.chosen]
     is_float = not by_name(trial.technique).quantizes
     model_bytes = float_bytes if is_float else result.model_bytes
@@ -374,7 +365,7 @@ def produce_tuned(
         verification = verdict(_on_host(evaluator, result.evaluation, candidate, measure_latency), measure_latency)
         reason = with_findings(reason, verification)
     return Outcome(
-        target=profile.name,
+        target=job.profile.name,
         planned_technique=plan.technique,
         technique=trial.technique,
         kept_float=is_float,
@@ -383,7 +374,7 @@ def produce_tuned(
         preparation=[],
         applied=applied,
         verification=verification,
-        synthetic_data=bool(calibration is not None and calibration.synthetic),
+        synthetic_data=bool(job.calibration is not None and job.calibration.synthetic),
         tuning=result,
         model_bytes=model_bytes,
     )

@@ -14,14 +14,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan
 from autoptq.devices.canonical import float_model_for
-from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB, verify
-from autoptq.io.user_metric import UserMetric
-from autoptq.model.calibration import Dataset
-from autoptq.model.graph import ModelGraph
+from autoptq.evaluate.verify import verify
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.manifest import Manifest
 from autoptq.pipeline.produce import Attempt, Outcome, with_findings
@@ -107,17 +104,9 @@ def render_recipes(plans: list[Plan]) -> str:
     return RECIPE_FILE_HEADER + body
 
 
-def replay(
-    graph: ModelGraph,
-    profile: HardwareProfile,
-    chosen: RecipeFile,
-    calibration: Dataset | None,
-    validation: Dataset,
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
-    measure_latency: bool = True,
-    metric: UserMetric | None = None,
-) -> Outcome:
+def replay(job: Job, chosen: RecipeFile, measure_latency: bool = True) -> Outcome:
     """Prepare and quantize with exactly `chosen`'s recipe, then verify; no search, no fallback."""
+    graph, profile, calibration, validation = job.graph, job.profile, job.calibration, job.validation
     float_bytes = graph.original_bytes()
     if not by_name(chosen.technique).quantizes or chosen.recipe is None:
         return Outcome(
@@ -139,10 +128,10 @@ def replay(
         result.applied.integer_io,
         validation,
         profile,
-        min_sqnr_db,
+        job.min_sqnr_db,
         measure_latency,
         float_size_bytes=len(float_bytes),
-        metric=metric,
+        metric=job.metric,
     )
     reason = with_findings(f"replayed the {chosen.technique} recipe for {chosen.target} (no search)", verification)
     return Outcome(
