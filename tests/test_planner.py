@@ -556,3 +556,21 @@ def test_planning_doc_example_tree_loads(tmp_path: Path) -> None:
     graph = graph_of("mobilenet")
     assert plan_model(graph, load_profile("edgetpu"), rules, data_for(graph)).leaf == "int8_leaf"
     assert plan_model(graph, load_profile("x86-vnni"), rules).leaf == "cpu_leaf"
+
+
+def test_the_share_of_macs_a_device_must_run_is_read_from_the_tree(tmp_path: Path) -> None:
+    """The search holds integer-only candidates to the tree's own threshold (not a restated constant), and the
+    plan's JSON does not carry it."""
+    shipped = tree()
+    assert shipped.lower_bound("coverage.device_mac_fraction") == 0.5
+    text = (Path(shipped.source)).read_text().replace(
+        '{fact: coverage.device_mac_fraction, op: ">=", value: 0.5}',
+        '{fact: coverage.device_mac_fraction, op: ">=", value: 0.9}',
+    )
+    stricter = tmp_path / "stricter.yaml"
+    stricter.write_text(text)
+    graph = load_model(zoo.small_convnet())
+    plan = plan_model(graph, load_profile("edgetpu"), load_tree(stricter), synthetic_dataset(graph, 8))
+    assert plan.device_share_floor == 0.9
+    assert "device_share_floor" not in plan.model_dump_json()
+    assert shipped.lower_bound("model.macs") is not None and shipped.lower_bound("device.name") is None

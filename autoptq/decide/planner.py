@@ -26,6 +26,9 @@ from autoptq.techniques.recipe import Recipe, TechniqueName
 
 Objective = Literal["speed", "size", "accuracy"]
 
+DEVICE_SHARE_FACT = "coverage.device_mac_fraction"
+"""The fact that says how much of the model a device runs (its threshold in the tree also bounds the search)."""
+
 EXCLUDE_SENSITIVE = "exclude_sensitive"
 """The accuracy loop's own fallback step: keep the most sensitive nodes in float, one more at a time."""
 
@@ -49,7 +52,7 @@ FACTS: dict[str, FactSpec] = dict(
         _spec("device.partitioning", "str", "first_cut or any_subgraph"),
         _spec("device.has_host", "bool", "unsupported ops can fall back to a host processor"),
         _spec("coverage.compatible", "bool", "every node maps to the device"),
-        _spec("coverage.device_mac_fraction", "float", "share of MACs on the device"),
+        _spec(DEVICE_SHARE_FACT, "float", "share of MACs on the device"),
         _spec("coverage.int8_mac_fraction", "float", "share of MACs the device runs at int8"),
         _spec("coverage.fp16_mac_fraction", "float", "share of MACs the device runs at fp16"),
         _spec("coverage.mac_fraction_before_first_cut", "float", "share of MACs before the first fallback"),
@@ -116,6 +119,11 @@ class Plan(BaseModel):
     predicted: Predicted
     warnings: list[str]
     rules: str
+    device_share_floor: float | None = Field(
+        default=None,
+        exclude=True,
+        description="the share of MACs below which the tree keeps float on an integer-only device (its own rule)",
+    )
 
 
 def rules_label(path: Path) -> str:
@@ -176,7 +184,7 @@ def coverage_facts(coverage: CoverageReport) -> dict[str, FactValue | None]:
     cache = coverage.memory.parameter_cache_bytes
     return {
         "coverage.compatible": coverage.compatible,
-        "coverage.device_mac_fraction": round(coverage.device_mac_fraction, 4),
+        DEVICE_SHARE_FACT: round(coverage.device_mac_fraction, 4),
         "coverage.int8_mac_fraction": round(coverage.mac_fraction_by_precision.get("int8", 0.0), 4),
         "coverage.fp16_mac_fraction": round(coverage.mac_fraction_by_precision.get("fp16", 0.0), 4),
         "coverage.mac_fraction_before_first_cut": round(coverage.mac_fraction_before_first_cut, 4),
@@ -294,6 +302,7 @@ def plan_model(
             + ("; no ratio: this device cannot run the float model and has no host" if baseline is None else "")
             + (HOST_TABLE_BASIS if hosted is not None else ""),
         ),
+        device_share_floor=tree.lower_bound(DEVICE_SHARE_FACT),
         warnings=warnings,
         rules=rules_label(tree.source),
     )

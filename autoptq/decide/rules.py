@@ -254,6 +254,19 @@ class RuleSet:
         """Ids of the leaves, in file order."""
         return list(self.leaves)
 
+    def lower_bound(self, fact: str) -> float | None:
+        """The value the tree first requires `fact` to reach (`fact >= value` or `fact > value`, in file order), so
+        that other stages hold a candidate to the tree's own threshold rather than restating it; None if none."""
+        for node in self.nodes.values():
+            for comparison in _comparisons(node.when):
+                if (
+                    comparison.fact == fact
+                    and comparison.op in (">=", ">")
+                    and isinstance(comparison.value, (int, float))
+                ):
+                    return float(comparison.value)
+        return None
+
     def evaluate(self, facts: Mapping[str, FactValue | None]) -> Decision:
         """Walk the tree from `start` with these fact values (None = unknown) and return the leaf and trace.
 

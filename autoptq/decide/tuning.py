@@ -41,7 +41,6 @@ from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import KEEP_FLOAT, by_name
 from autoptq.techniques.recipe import Recipe, TechniqueName
 
-MIN_DEVICE_MAC_FRACTION = 0.5
 """An integer-only device must run at least this share of MACs for a candidate to count as running on it (the
 default tree's `integer_runs_most` threshold)."""
 MAX_EXCLUDED = 8
@@ -299,9 +298,10 @@ class Search:
             return
         trial.runnable = coverage.runnable
         on_host = sum(1 for n in coverage.nodes if not n.on_device)
-        if self.profile.integer_only and coverage.device_mac_fraction < MIN_DEVICE_MAC_FRACTION:
-            # Mostly-on-the-host is the float model by another name: the tree's own rule (integer_runs_most) says
-            # quantizing for the device cannot help then.
+        floor = self.plan.device_share_floor
+        if self.profile.integer_only and floor is not None and coverage.device_mac_fraction < floor:
+            # Mostly-on-the-host is the float model by another name: the tree's own rule (integer_runs_most in the
+            # shipped tree) says quantizing for the device cannot help then.
             trial.runnable = False
             trial.device_verdict = (
                 f"not a deployment on the device: only {100 * coverage.device_mac_fraction:.1f}% of MACs run on it"
