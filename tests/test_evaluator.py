@@ -222,3 +222,12 @@ def test_large_float_outputs_are_computed_again_beside_each_candidate(
     assert again.fidelity == kept.fidelity
     assert again.accuracy_float == kept.accuracy_float == 1.0
     assert again.accuracy_candidate == kept.accuracy_candidate
+
+
+def test_float_does_not_keep_its_session_between_candidates(classifier: tuple[ModelProto, Dataset]) -> None:
+    model, data = classifier
+    quantized = static_qdq(model, Recipe(activation_dtype="int8"), data, "full_int8").model
+    evaluator = Evaluator(model, EDGETPU, data)
+    first = evaluator.evaluate(quantized, measure=False)
+    assert "float_runner" not in vars(evaluator)  # closed until the next candidate needs it
+    assert evaluator.evaluate(quantized, measure=False).fidelity == first.fidelity

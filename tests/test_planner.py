@@ -563,9 +563,13 @@ def test_the_share_of_macs_a_device_must_run_is_read_from_the_tree(tmp_path: Pat
     plan's JSON does not carry it."""
     shipped = tree()
     assert shipped.lower_bound("coverage.device_mac_fraction") == 0.5
-    text = (Path(shipped.source)).read_text().replace(
-        '{fact: coverage.device_mac_fraction, op: ">=", value: 0.5}',
-        '{fact: coverage.device_mac_fraction, op: ">=", value: 0.9}',
+    text = (
+        (Path(shipped.source))
+        .read_text()
+        .replace(
+            '{fact: coverage.device_mac_fraction, op: ">=", value: 0.5}',
+            '{fact: coverage.device_mac_fraction, op: ">=", value: 0.9}',
+        )
     )
     stricter = tmp_path / "stricter.yaml"
     stricter.write_text(text)

@@ -184,6 +184,7 @@ class Evaluator:
             evaluation.metric, failed = self._metric([self.output_names[i] for i in order], kept)
         if measure and measurable_here(self.profile) and count:
             self._time(evaluation.latency, run.runner or ModelRunner(candidate, io), timing_budget_s)
+        self._close_float_session()
         evaluation.problems = [
             *self._quality_problems(evaluation),
             *([failed] if failed else []),
@@ -215,7 +216,15 @@ class Evaluator:
         """Latency ratios to float of several candidates timed in one interleaved round robin (comparable with
         each other, which pairwise measurements taken at different moments are not)."""
         runners = [ModelRunner(model, read_integer_io(model)) for model in candidates]
-        return measure_together(self.float_runner, runners, self.data.samples[0], budget_s=budget_s)
+        ratios = measure_together(self.float_runner, runners, self.data.samples[0], budget_s=budget_s)
+        self._close_float_session()
+        return ratios
+
+    def _close_float_session(self) -> None:
+        """Close float's session until a later candidate needs it again (to time it, or to run float beside it):
+        kept open, its weights and activation arena sit in memory while the next candidate is quantized. Measured
+        on the corpus: peak RSS of `quantize` +13-27% on light-resnet50 and +15% on ddddocr-det with it kept."""
+        vars(self).pop("float_runner", None)
 
     # --- the steps ----------------------------------------------------------------------------------------------
 
