@@ -82,25 +82,9 @@ def _dequantized_names(qdq: ModelProto) -> dict[str, str]:
 
 def activation_sqnr(float_model: ModelProto, qdq: ModelProto, samples: Dataset) -> dict[str, float]:
     """SQNR (dB) of each activation of the quantized model against the float model, over `samples`."""
-    names = [n for n in float_tensors(float_model)]
     dequantized = _dequantized_names(qdq)
-    pairs = [(name, dequantized[name]) for name in names if name in dequantized]
-    if not pairs:
-        return {}
-    float_run = session(expose(float_model, [a for a, _ in pairs]), optimize=False)
-    qdq_run = session(expose(qdq, [b for _, b in pairs]), optimize=False)
-    # Powers are summed sample by sample: memory stays one sample's activations, whatever the sample count.
-    signal = dict.fromkeys((a for a, _ in pairs), 0.0)
-    noise = dict.fromkeys((a for a, _ in pairs), 0.0)
-    for feed in samples.samples:
-        float_values = float_run.run([a for a, _ in pairs], feed)
-        qdq_values = qdq_run.run([b for _, b in pairs], feed)
-        for (a, _), ref, got in zip(pairs, float_values, qdq_values, strict=True):
-            ref = np.asarray(ref, np.float64).reshape(-1)
-            difference = ref - np.asarray(got, np.float64).reshape(-1)
-            signal[a] += float(np.dot(ref, ref))
-            noise[a] += float(np.dot(difference, difference))
-    return {a: sqnr_from_powers(signal[a], noise[a]) for a, _ in pairs}
+    pairs = [(name, dequantized[name]) for name in float_tensors(float_model) if name in dequantized]
+    return dict(_paired_sqnr(float_model, qdq, pairs, samples))
 
 
 def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Dataset) -> list[tuple[str, float]]:
@@ -115,13 +99,21 @@ def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Da
             pairs.append((name, dequantized[name]))
         elif name in quantized_outputs:
             pairs.append((name, name))
+    return _paired_sqnr(float_model, quantized, pairs, samples)
+
+
+def _paired_sqnr(
+    float_model: ModelProto, quantized: ModelProto, pairs: list[tuple[str, str]], samples: Dataset
+) -> list[tuple[str, float]]:
+    """SQNR of each (float tensor, quantized tensor) pair over `samples`, in pair order; integer graph inputs fed
+    as the device would. Powers are summed sample by sample: memory holds one sample's activations, whatever the
+    sample count (kept whole, a recogniser's activations over 8 lines of varying width took `variants` to 4.1 GB
+    on ppocr-rec)."""
     if not pairs:
         return []
     float_run = session(expose(float_model, [a for a, _ in pairs]), optimize=False)
     quantized_run = session(expose(quantized, [b for _, b in pairs]), optimize=False)
     integer_io = {io.name: io for io in read_integer_io(quantized)}
-    # Powers are summed sample by sample: memory holds one sample's activations, whatever the sample count (kept
-    # whole, a recogniser's activations over 8 lines of varying width took `variants` to 4.1 GB on ppocr-rec).
     signal = dict.fromkeys((a for a, _ in pairs), 0.0)
     noise = dict.fromkeys((a for a, _ in pairs), 0.0)
     floating: dict[str, bool] = {}
