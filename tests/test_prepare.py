@@ -385,3 +385,44 @@ def test_initializers_listed_as_inputs_are_dropped_so_the_quantized_model_asks_o
     assert step.applied, step.note
     quantized = static_qdq(prepared.model, Recipe(calibration_samples=4), samples, "full_int8").model
     assert [i.name for i in quantized.graph.input] == ["x"]
+
+
+def anchor_grid_model() -> ModelProto:
+    """YOLOv8's anchor grid: a Range over a folded size (shape inference leaves its length open), shifted by 0.5,
+    whose Shape then sizes a Reshape of the data."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], name="shape_x"),
+        helper.make_node("Gather", ["xs", "two"], ["width"], axis=0, name="width"),
+        helper.make_node("Range", ["zero", "width", "one"], ["steps"], name="range"),
+        helper.make_node("Add", ["steps", "half"], ["anchors"], name="anchors"),
+        helper.make_node("Shape", ["anchors"], ["count"], name="shape_anchors"),
+        helper.make_node("Concat", ["count", "minus_one"], ["grid_shape"], axis=0, name="grid_shape"),
+        helper.make_node("Reshape", ["x", "grid_shape"], ["grid"], name="grid"),
+        helper.make_node("Relu", ["grid"], ["y"], name="relu"),
+    ]
+    inits = [
+        const("two", np.array(2), np.int64),
+        const("zero", np.array(0), np.int64),
+        const("one", np.array(1), np.int64),
+        const("half", np.array(0.5), np.int64),
+        const("minus_one", np.array([-1]), np.int64),
+    ]
+    return build(nodes, [tensor("x", [1, 3, 8])], [tensor("y", [8, 3])], inits, opset=13)
+
+
+def test_a_shape_of_a_folded_constant_folds_even_where_inference_left_its_length_open() -> None:
+    model = anchor_grid_model()
+    folded, note = prep.fold_constant_paths(model)
+    assert folded is not None and "2 Shape" in note and "1 Range" in note
+    assert [n.op_type for n in folded.graph.node] == ["Reshape", "Relu"]
+    x = np.arange(24, dtype=np.float32).reshape(1, 3, 8)
+    assert np.array_equal(session(folded).run(None, {"x": x})[0], session(model).run(None, {"x": x})[0])
+
+
+def test_a_device_audit_does_not_cut_at_a_shape_of_a_folded_constant() -> None:
+    from autoptq.devices.coverage import analyse
+    from autoptq.model.graph import build_graph, infer_shapes
+
+    report = analyse(build_graph(infer_shapes(anchor_grid_model())), load_profile("edgetpu"))
+    # The grid's own shape stays open without folding (the device pipeline folds first); its Shape and sizes fold.
+    assert report.first_cut is not None and report.first_cut.node == "grid"

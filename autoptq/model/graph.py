@@ -49,15 +49,17 @@ SHAPE_ARITHMETIC_OPS = frozenset(
 
 
 def folds_to_constant(node: NodeProto, constants: set[str], tensors: dict[str, TensorInfo]) -> bool:
-    """Whether a converter folds `node` away: a Constant, a Shape/Size of a statically shaped tensor, or a
+    """Whether a converter folds `node` away: a Constant, a Shape/Size of a statically shaped or constant tensor, or a
     weight-path or shape-arithmetic op whose inputs are all constant."""
     if node.op_type == "Constant":
         return True
     if node.domain not in ("", "ai.onnx"):
         return False
     if node.op_type in SHAPE_OPS and node.input:
+        # A constant's shape is known once it is folded, even where shape inference left it open (YOLOv8's anchor
+        # grid: a Range of folded sizes).
         info = tensors.get(node.input[0])
-        return info is not None and info.is_static
+        return node.input[0] in constants or (info is not None and info.is_static)
     foldable = node.op_type in WEIGHT_PATH_OPS or node.op_type in SHAPE_ARITHMETIC_OPS
     return foldable and all(not i or i in constants for i in node.input)
 

@@ -181,7 +181,8 @@ def _evaluate(
 ) -> list[np.ndarray]:
     if node.op_type in SHAPE_OPS:
         # Only the (static) shape of the input is needed, not its values.
-        dims = np.asarray(shapes[node.input[0]].shape, dtype=np.int64)
+        source = constants.get(node.input[0])
+        dims = np.asarray(shapes[node.input[0]].shape if source is None else source.shape, dtype=np.int64)
         if node.op_type == "Size":
             return [np.asarray(np.prod(dims), dtype=np.int64)]
         start = next((a.i for a in node.attribute if a.name == "start"), 0)

@@ -43,7 +43,9 @@ class FullInt8(StaticQdq):
                 op: FixedOutputParams(scale=p.scale, zero_point=p.zero_point)
                 for op, p in profile.quantization.fixed_output_params.items()
                 if op in present_ops
-            }
+            },
+            # A float host runs the join at the output; an integer-only device keeps its output integer.
+            "float_output_joins": not profile.integer_only,
         }
         if base.op_types_to_quantize:
             return fields

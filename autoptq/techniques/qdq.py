@@ -35,6 +35,7 @@ from autoptq.techniques.common import (
     load_result,
 )
 from autoptq.techniques.entropy import entropy_threshold
+from autoptq.techniques.output_joins import MixedOutputJoin, calibrated_ranges, mixed_output_joins
 from autoptq.techniques.recipe import Recipe
 
 _ZERO_POINT_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
@@ -83,6 +84,10 @@ def static_qdq(
                 # A shared cache holds every float tensor's range, so any later op set finds the ones it needs.
                 calibrated = recipe.model_copy(update={"op_types_to_quantize": []}) if calibration_cache else recipe
                 calibration_cache = collect_ranges(source, samples, calibrated, folder, calibration_cache)
+        except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
+            raise QuantizationError(f"onnxruntime calibration failed: {exc}") from exc
+        recipe, joins = with_float_output_joins(model, recipe, calibration_cache)
+        try:
             quantize_static(
                 str(source),
                 str(target),
@@ -106,13 +111,25 @@ def static_qdq(
         technique=technique,
         recipe=recipe,
         quantized_nodes=_quantized_node_count(quantized, set(recipe.nodes_to_exclude), recipe.quant_format),
-        excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude},
+        excluded={name: "excluded by the recipe" for name in recipe.nodes_to_exclude}
+        | {name: "an output joining parts of very different ranges" for join in joins for name in join.nodes},
         notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})", *opset_notes]
+        + [join.note() for join in joins]
         + [f"fixed output quantization on {name}" for name in sorted(overrides)],
     )
     if recipe.io_dtype != "float32":
         quantized, applied = make_integer_io(quantized, applied)
     return QuantizationResult(model=quantized, applied=applied)
+
+
+def with_float_output_joins(model: ModelProto, recipe: Recipe, ranges: Path) -> tuple[Recipe, list[MixedOutputJoin]]:
+    """The recipe with the nodes of outputs that join parts of very different ranges excluded, where it asks for
+    that and its activations are 8-bit (16 bits leave the narrow part enough levels)."""
+    if not recipe.float_output_joins or recipe.activation_dtype not in ("int8", "uint8"):
+        return recipe, []
+    joins = mixed_output_joins(model, calibrated_ranges(ranges))
+    added = [name for join in joins for name in join.nodes if name not in recipe.nodes_to_exclude]
+    return recipe.model_copy(update={"nodes_to_exclude": [*recipe.nodes_to_exclude, *added]}), joins
 
 
 def smoothed(model: ModelProto, recipe: Recipe, samples: Dataset) -> tuple[ModelProto, Recipe]:

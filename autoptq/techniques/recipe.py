@@ -53,6 +53,11 @@ class Recipe(StrictModel):
     quant_format: QuantFormat = "qdq"
     smooth_quant: bool = False
     smooth_quant_alpha: float = Field(default=0.5, ge=0, le=1)
+    float_output_joins: bool = Field(
+        default=False,
+        description="keep in float an output's Concat of parts whose calibrated ranges differ by more than 16x "
+        "(boxes and scores in one tensor), where the device has a float host (autoptq.techniques.output_joins)",
+    )
 
 
 class RecipeOverrides(StrictModel):
@@ -74,6 +79,7 @@ class RecipeOverrides(StrictModel):
     quant_format: QuantFormat | None = None
     smooth_quant: bool | None = None
     smooth_quant_alpha: float | None = Field(default=None, ge=0, le=1)
+    float_output_joins: bool | None = None
 
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""

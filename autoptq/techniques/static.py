@@ -36,7 +36,7 @@ class StaticQdq(Technique):
     recipe_keys: ClassVar[tuple[str, ...]] = (
         "activation_dtype", "weight_dtype", "activation_symmetric", "weight_symmetric", "per_channel",
         "calibration_method", "calibration_samples", "op_types_to_quantize", "nodes_to_exclude", "reduce_range",
-        "fixed_output_params", "io_dtype",
+        "fixed_output_params", "io_dtype", "float_output_joins",
     )  # fmt: skip
     range_steps: ClassVar[frozenset[str]] = frozenset({"percentile_calibration", "entropy_calibration"})
     wide_activations: ClassVar[bool] = False

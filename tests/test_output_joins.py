@@ -1,0 +1,86 @@
+"""An output that joins parts of very different ranges (a detector's boxes and scores in one tensor) is kept float
+where the device has a float host: one 8-bit scale would leave the scores a level or two."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto, helper
+
+from autoptq.decide.planner import device_conformant_recipe
+from autoptq.devices.profiles import load_profile
+from autoptq.model.calibration import Dataset
+from autoptq.model.graph import load_model
+from autoptq.techniques.output_joins import mixed_output_joins
+from autoptq.techniques.qdq import static_qdq
+from autoptq.techniques.recipe import Recipe
+from tests.conftest import build, const, save, tensor
+
+CHANNELS = 4
+
+
+def detector_head(box_gain: float, extra_use: bool = False) -> ModelProto:
+    """Boxes (x·gain) and scores (sigmoid) concatenated on channels into the one output, as YOLOv8's head does."""
+    nodes = [
+        helper.make_node("Mul", ["x", "gain"], ["boxes"], name="boxes"),
+        helper.make_node("Sigmoid", ["x"], ["scores"], name="scores"),
+        helper.make_node("Concat", ["boxes", "scores"], ["joined"], name="join", axis=1),
+        helper.make_node("Reshape", ["joined", "shape"], ["y"], name="flat"),
+    ]
+    outputs = [tensor("y", [1, 2 * CHANNELS * 16])]
+    if extra_use:
+        nodes.append(helper.make_node("Relu", ["joined"], ["also"], name="also"))
+        outputs.append(tensor("also", [1, 2 * CHANNELS, 16]))
+    initializers = [const("gain", box_gain), const("shape", [1, -1], np.int64)]
+    return build(nodes, [tensor("x", [1, CHANNELS, 16])], outputs, initializers)
+
+
+def samples(count: int, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    feeds = [{"x": rng.normal(0, 2, (1, CHANNELS, 16)).astype(np.float32)} for _ in range(count)]
+    return Dataset(samples=feeds, labels=None, source="test")
+
+
+def score_error(model: ModelProto, reference: ModelProto, data: Dataset) -> float:
+    """The largest error on the scores half of the output."""
+    ran = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = CHANNELS * 16
+    return max(
+        float(np.abs(ran.run(["y"], s)[0][:, half:] - ref.run(["y"], s)[0][:, half:]).max()) for s in data.samples
+    )
+
+
+def test_the_join_at_the_output_is_kept_float_and_the_scores_survive() -> None:
+    model, data = detector_head(box_gain=100.0), samples(16)
+    kept = static_qdq(model, Recipe(float_output_joins=True, calibration_samples=16), data, "full_int8")
+    assert kept.applied.recipe.nodes_to_exclude == ["join", "flat"]
+    assert kept.applied.excluded["join"] == "an output joining parts of very different ranges"
+    assert any("output 'y' joins parts whose ranges differ" in note for note in kept.applied.notes)
+    assert score_error(kept.model, model, data) < 0.01  # the sigmoid's own scale: 1/255
+    # The failure it prevents: the scores on the boxes' scale are a level or two apart.
+    joined = static_qdq(model, Recipe(float_output_joins=False, calibration_samples=16), data, "full_int8")
+    assert joined.applied.recipe.nodes_to_exclude == []
+    assert score_error(joined.model, model, data) > 0.5
+
+
+def test_parts_of_similar_ranges_stay_quantized() -> None:
+    model, data = detector_head(box_gain=0.2), samples(16)
+    result = static_qdq(model, Recipe(float_output_joins=True, calibration_samples=16), data, "full_int8")
+    assert result.applied.recipe.nodes_to_exclude == []
+
+
+def test_a_join_also_used_inside_the_graph_is_left_alone() -> None:
+    # Keeping it float would only move the single scale to its other user.
+    model = detector_head(box_gain=100.0, extra_use=True)
+    ranges = {"boxes": (-600.0, 600.0), "scores": (0.0, 1.0), "joined": (-600.0, 600.0)}
+    assert mixed_output_joins(model, ranges) == []
+    found = mixed_output_joins(detector_head(box_gain=100.0), ranges)
+    assert [(j.output, j.nodes, round(j.ratio)) for j in found] == [("y", ["join", "flat"], 1200)]
+
+
+def test_only_a_device_with_a_float_host_keeps_the_join_float(tmp_path: object) -> None:
+    graph = load_model(save(detector_head(box_gain=100.0), tmp_path))  # type: ignore[arg-type]
+    for target, expected in (("x86-vnni", True), ("arm-a53", True), ("edgetpu", False), ("mcu-cortex-m", False)):
+        recipe = device_conformant_recipe(Recipe(), "full_int8", load_profile(target), graph, samples(4))
+        assert recipe.float_output_joins is expected, target
