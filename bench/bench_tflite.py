@@ -1,17 +1,19 @@
 """The .tflite writer on real models: what it writes, how big, how close LiteRT and TFLite Micro come to the exact tier,
 TFLM's arena against autoptq's estimate, and the task metric on LiteRT against the exact tier and float.
 
-    python bench/bench_tflite.py [--quick]
+    python bench/bench_tflite.py [--quick] [--target tflite-int8|edgetpu|mcu-cortex-m]
 
 Models: the shipped example (examples/digits_cnn.onnx, labelled) and the corpus models of bench/corpus.py whose quick
 data is in ~/.cache/autoptq-corpus (onnx's `light_*` models are left out: their weights are ConstantOfShape fills fed
 by IR-3 graph inputs, which the device graph does not keep constant). Each is loaded and its open input dims bound
 from the data as the CLI does; a model whose input size varies in the data is reported as not mapped, with the ops
-the audit refuses. The others are prepared and quantized to full int8 for the `tflite-int8` profile with its
+the audit refuses. The others are prepared and quantized to full int8 for the target (default `tflite-int8`) with its
 device-conformant recipe, every op onnxruntime can quantize included, whatever the planner would pick (the writer is
 measured here, not the planner), then written, run in LiteRT (BUILTIN_REF) over the validation samples and compared
 with the exact tier element by element; the task metric is the corpus's own (bench/corpus.py). TFLM runs models up
-to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md.
+to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md (another
+target: tflite-TARGET.md). On edgetpu, whose host runs what follows the device, an output joining parts of very
+different ranges stays float after a DEQUANTIZE (autoptq.techniques.output_joins).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from autoptq.decide.planner import device_conformant_recipe
 from autoptq.deploy.tflite_writer import export_tflite
 from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import analyse
-from autoptq.devices.profiles import load_profile
+from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators.integer import emulate as emulate_integer
 from autoptq.evaluate.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
@@ -46,7 +48,7 @@ from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 
-PROFILE = load_profile("tflite-int8")
+DEFAULT_TARGET = "tflite-int8"
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"
 TFLM_MAX_MACS = 60e6
 
@@ -74,36 +76,36 @@ def _example_data() -> tuple[Path, Path]:
     return REPO_DIR / "examples" / "calib.npz", REPO_DIR / "examples" / "val.npz"
 
 
-def full_int8(graph: ModelGraph, calib: Dataset) -> onnx.ModelProto:
+def full_int8(graph: ModelGraph, calib: Dataset, profile: HardwareProfile) -> onnx.ModelProto:
     """The device-conformant full int8 model for the profile, whatever the plan would say (the writer is measured,
     not the planner): the float model as the device compiles it (shapes bound from the data, converter rewrites),
     prepared (constant paths and BatchNorm folded, shapes inferred), then static QDQ."""
-    prepared = prepare(float_model_for(graph, PROFILE), calib.take(PREPARATION_SAMPLES)).model
-    recipe = device_conformant_recipe(Recipe(), "full_int8", PROFILE, graph, calib)
+    prepared = prepare(float_model_for(graph, profile), calib.take(PREPARATION_SAMPLES)).model
+    recipe = device_conformant_recipe(Recipe(), "full_int8", profile, graph, calib)
     # Quantize every op onnxruntime can (also those it leaves in float by default): a device file is all int8.
     recipe = recipe.model_copy(update={"op_types_to_quantize": sorted({n.op_type for n in prepared.graph.node})})
-    return REGISTRY["full_int8"].quantize(prepared, recipe, calib, PROFILE).model
+    return REGISTRY["full_int8"].quantize(prepared, recipe, calib, profile).model
 
 
-def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
+def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -> list[str]:
     graph = load_model(case.model)
     # As the CLI and the API do: open dims (-1, symbolic) are bound from the data before anything else.
     calib, val = load_data(case.calib, graph), load_data(case.val, graph)
     assert calib is not None and val is not None  # paths were given
     graph = bound(graph, calib, val)
-    unmapped = not_mapped(graph)
+    unmapped = not_mapped(graph, profile)
     if unmapped is not None:
         return [case.name, f"not mapped (audit): {unmapped}"] + ["—"] * 5
     val = val.take(max_val)
     output = folder / f"{case.name.replace(' ', '_')}.onnx"
     started = time.perf_counter()
     try:
-        qdq = full_int8(graph, calib)
+        qdq = full_int8(graph, calib, profile)
     except AutoptqError as exc:
         return [case.name, f"quantize failed: {exc}"] + ["—"] * 5
     onnx.save(qdq, str(output))
     try:
-        exported = export_tflite(qdq, PROFILE, sample_shapes(val.samples))
+        exported = export_tflite(qdq, profile, sample_shapes(val.samples))
     except AutoptqError as exc:
         return [case.name, f"not written: {exc}"] + ["—"] * 5
     ops = ", ".join(f"{op} ×{n}" for op, n in exported.op_counts.items())
@@ -112,7 +114,7 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     )
     samples = list(val.samples)
     device = run_litert(exported, samples)
-    exact = emulate_integer(qdq, PROFILE, samples, "exact")
+    exact = emulate_integer(qdq, profile, samples, "exact")
     real = [
         [
             np.asarray(v, np.float64) if io.scale is None else (v.astype(np.float64) - io.zero_point) * io.scale
@@ -123,7 +125,7 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     agreed = agreement(qdq, exported, exact.outputs, real, "litert")
     lsb = "; ".join(f"{a.max_abs_lsb:g} LSB, {a.bit_exact_fraction:.2%} exact" for a in agreed[:3])
     arena = "—"
-    if analyse(graph, PROFILE).total_macs <= TFLM_MAX_MACS:
+    if analyse(graph, profile).total_macs <= TFLM_MAX_MACS:
         run_tflm(exported, samples[:1])
         measured = measure_tflm_arena(exported)
         estimate = exported.arena_estimate.total_bytes
@@ -140,7 +142,7 @@ def run_case(case: Case, folder: Path, max_val: int) -> list[str]:
     return [case.name, ops, size, lsb, arena, metric, f"{seconds:.0f}"]
 
 
-def not_mapped(graph: ModelGraph) -> str | None:
+def not_mapped(graph: ModelGraph, profile: HardwareProfile) -> str | None:
     """Why the device cannot take the model as one static int8 file, from the audit: input sizes that vary in the
     data (a static file has one), and the ops the profile has no int8 kernel for. None when neither applies."""
     varying = [
@@ -151,7 +153,7 @@ def not_mapped(graph: ModelGraph) -> str | None:
     ]
     if not varying:
         return None
-    report = analyse(device_graph(graph, PROFILE), PROFILE)
+    report = analyse(device_graph(graph, profile), profile)
     # Shape-dependent ops are judged on the varying size too: list the ops refused whatever the size.
     missing = Counter(n.op_type for n in report.nodes if n.status in ("unsupported_op", "unsupported_shape"))
     ops = ", ".join(f"{op} ×{n}" for op, n in sorted(missing.items()))
@@ -178,7 +180,8 @@ def task_metric(
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], target=DEFAULT_TARGET)
+    profile = load_profile(args.target)
     max_val = 50 if args.quick else 360
     rows = []
     with tempfile.TemporaryDirectory(prefix="autoptq-bench-tflite-") as folder:
@@ -186,7 +189,7 @@ def main() -> None:
         os.chdir(folder)
         for case in cases(args.quick):
             try:
-                rows.append(run_case(case, Path(folder), max_val if case.name.startswith("digits") else 16))
+                rows.append(run_case(case, Path(folder), max_val if case.name.startswith("digits") else 16, profile))
             except Exception as exc:  # a bench reports every model, whatever happens to one of them
                 rows.append([case.name, f"error: {type(exc).__name__}: {str(exc)[:200]}"] + ["—"] * 5)
     headers = [
@@ -202,13 +205,15 @@ def main() -> None:
         [
             "# .tflite writer on real models",
             "",
-            f"`python bench/bench_tflite.py{' --quick' if args.quick else ''}` — {environment()}",
+            f"`python bench/bench_tflite.py{' --quick' if args.quick else ''} --target {args.target}` "
+            f"— {environment()}",
             "",
             markdown_table(headers, rows),
             "",
         ]
     )
-    write_atomic(RESULTS_DIR / "tflite.md", text)
+    suffix = "" if args.target == DEFAULT_TARGET else f"-{args.target}"
+    write_atomic(RESULTS_DIR / f"tflite{suffix}.md", text)
     print(text)
 
 

@@ -23,10 +23,13 @@ RESULTS_DIR = BENCH_DIR / "results"
 REPO_DIR = BENCH_DIR.parent
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """The options every benchmark takes: `--quick` for a small smoke configuration."""
+def parse_args(description: str, target: str | None = None) -> argparse.Namespace:
+    """The options every benchmark takes: `--quick` for a small smoke configuration; `--target` where a benchmark
+    measures one device (`target` is its default)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small configuration for smoke runs (< 20 s)")
+    if target is not None:
+        parser.add_argument("--target", default=target, help=f"shipped profile to measure (default {target})")
     return parser.parse_args()
 
 

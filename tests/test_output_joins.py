@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import ModelProto, helper
 
 from autoptq.decide.planner import device_conformant_recipe
@@ -79,8 +80,53 @@ def test_a_join_also_used_inside_the_graph_is_left_alone() -> None:
     assert [(j.output, j.nodes, round(j.ratio)) for j in found] == [("y", ["join", "flat"], 1200)]
 
 
-def test_only_a_device_with_a_float_host_keeps_the_join_float(tmp_path: object) -> None:
+def test_only_a_device_with_a_float_processor_keeps_the_join_float(tmp_path: object) -> None:
     graph = load_model(save(detector_head(box_gain=100.0), tmp_path))  # type: ignore[arg-type]
-    for target, expected in (("x86-vnni", True), ("arm-a53", True), ("edgetpu", False), ("mcu-cortex-m", False)):
+    cases = (("x86-vnni", True), ("arm-a53", True), ("edgetpu", True), ("mcu-cortex-m", False), ("tflite-int8", False))
+    for target, expected in cases:
         recipe = device_conformant_recipe(Recipe(), "full_int8", load_profile(target), graph, samples(4))
         assert recipe.float_output_joins is expected, target
+
+
+def conv_detector_head() -> ModelProto:
+    """A convolution feeding the head of `detector_head`: what an accelerator runs before its output join."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["features"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["features", "rows"], ["x"], name="rows"),
+        *detector_head(box_gain=100.0).graph.node,
+    ]
+    initializers = [
+        const("w", rng.normal(0, 0.3, (CHANNELS, 3, 3, 3))),
+        const("b", np.zeros(CHANNELS)),
+        const("rows", [1, CHANNELS, -1], np.int64),
+        *detector_head(box_gain=100.0).graph.initializer,
+    ]
+    return build(nodes, [tensor("image", [1, 3, 4, 4])], [tensor("y", [1, 2 * CHANNELS * 16])], initializers)
+
+
+def test_an_accelerator_with_a_host_writes_the_join_as_float_ops_after_a_dequantize(tmp_path: object) -> None:
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
+    from autoptq.deploy.tflite_writer import export_tflite
+    from autoptq.devices.device_rules import check_device_rules
+    from autoptq.evaluate.emulators.integer import build_exact_model, exact_session, quantize_inputs
+    from autoptq.evaluate.emulators.tflite_runtime import run_litert
+
+    model, edgetpu = conv_detector_head(), load_profile("edgetpu")
+    rng = np.random.default_rng(4)
+    feeds = [{"image": rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)} for _ in range(12)]
+    graph = load_model(save(model, tmp_path))  # type: ignore[arg-type]
+    recipe = device_conformant_recipe(Recipe(), "full_int8", edgetpu, graph, Dataset(feeds, None, "test"))
+    qdq = static_qdq(model, recipe, Dataset(feeds, None, "test"), "full_int8").model
+    assert check_device_rules(qdq, edgetpu).passed  # the float join is the host's work, not a violation
+    exported = export_tflite(qdq, edgetpu)
+    assert exported.op_counts["DEQUANTIZE"] == 2 and exported.outputs[0].dtype == "float32"
+    exact = exact_session(build_exact_model(qdq, edgetpu))
+    litert = run_litert(exported, feeds)
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = CHANNELS * 16
+    for feed, ran in zip(feeds, litert, strict=True):
+        emulated = exact.run(None, quantize_inputs(qdq, feed))[0]
+        assert np.array_equal(ran[0], emulated)  # a float copy of the same integers on both
+        scores = reference.run(["y"], feed)[0][:, half:]
+        assert np.abs(ran[0][:, half:] - scores).max() < 0.05  # one scale for both parts: about 2.3

@@ -29,6 +29,7 @@ from autoptq.deploy import kernels
 from autoptq.deploy.intgraph import DEVICE_DOMAIN, DeviceGraph, NodeAttributes, QParams, build_device_graph
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
+from autoptq.model.ops import OUTPUT_TAIL_OPS
 
 INSTALL_HINT = "pip install 'autoptq[tflite]'"
 TO_NHWC = (0, 2, 3, 1)
@@ -307,9 +308,20 @@ class _Writer:
         """The activation produced by `node` into device tensor `name` (parameters from the device graph)."""
         shape = self.shape(name, node)
         params = params if params is not None else self.device.params.get(name)
-        if params is None:
+        if params is None and not self.in_float_tail(node):
             raise self.error(node, f"tensor {name!r} has no int8 quantization")
         return self.activation(name, shape, params, len(shape) == 4 if nhwc is None else nhwc)
+
+    def in_float_tail(self, node: NodeProto) -> bool:
+        """A data-movement op on dequantized values before an output (a join of parts kept float on the host, see
+        autoptq.techniques.output_joins): written as the float op, after a DEQUANTIZE."""
+        data = [name for name in node.input[: 1 if node.op_type != "Concat" else None] if name in self.values]
+        return (
+            node.domain != DEVICE_DOMAIN
+            and node.op_type in OUTPUT_TAIL_OPS
+            and len(data) == len(node.input[: 1 if node.op_type != "Concat" else None])
+            and all(self.values[name].params is None for name in data)
+        )
 
     def value(self, name: str, node: NodeProto) -> _Value:
         if name in self.values:
@@ -524,6 +536,11 @@ class _Writer:
             self.op("DEQUANTIZE", [x.index], [out.index], version=2)
             return
         users = [u for u in users if u.op_type not in ("Shape", "Size")]  # they read the static shape only
+        if users and all(u.domain != DEVICE_DOMAIN and u.op_type in OUTPUT_TAIL_OPS for u in users):
+            x = self.value(node.input[0], node)
+            out = self.activation(node.output[0], self.shape(node.output[0], node), None, x.nhwc)
+            self.op("DEQUANTIZE", [x.index], [out.index], version=2)
+            return
         unwritable = [u for u in users if u.domain == DEVICE_DOMAIN or u.op_type not in _FLOAT_OPS]
         if unwritable:
             raise self.error(unwritable[0], "no TFLite int8 kernel is written for it (it runs in float in the model)")
@@ -876,7 +893,7 @@ class _Writer:
         if x.nhwc:  # back to ONNX's element order before flattening
             source = self.transposed(node, x.index, list(_FROM_NHWC), "nchw")
         nhwc = len(shape) == 4
-        params = self.device.params[node.output[0]]
+        params = self.device.params.get(node.output[0])  # None in a float tail
         if nhwc:
             flat = self.activation(f"{node.output[0]}/nchw", shape, params, nhwc=False)
             self.reshape_op(node, source, flat.index, shape)
@@ -972,6 +989,8 @@ class _Writer:
         axis = NodeAttributes(node).integer("axis") % rank
         if any(v.nhwc != out.nhwc for v in inputs):
             raise self.error(node, "its inputs are laid out differently")
+        if len({v.params is None for v in inputs}) != 1:
+            raise self.error(node, "it joins int8 and float tensors")
         tflite_axis = _FROM_NHWC[axis] if out.nhwc else axis
         tfl = self.tfl
 

@@ -25,8 +25,15 @@ from pydantic import BaseModel, Field
 
 from autoptq.devices.coverage import STATUS_TEXT, CoverageReport, NodeCoverage, OpSummary, analyse, effective_rank
 from autoptq.devices.profiles import HardwareProfile
-from autoptq.model.graph import ModelGraph, NodeInfo, build_graph, drop_unused_initializers, load_model
-from autoptq.model.ops import QDQ_OPS
+from autoptq.model.graph import (
+    ModelGraph,
+    NodeInfo,
+    build_graph,
+    drop_unused_initializers,
+    load_model,
+    output_tail,
+)
+from autoptq.model.ops import OUTPUT_TAIL_OPS, QDQ_OPS
 
 FLOAT_DOMAIN = "autoptq.float"
 """Domain given, in the stripped graph, to compute nodes left in float: no op table lists it, so an integer-only
@@ -270,7 +277,14 @@ RuleCheck = Callable[[NodeQuantization, HardwareProfile, ModelGraph], list[str]]
 def _check_integer_compute(q: NodeQuantization, profile: HardwareProfile, graph: ModelGraph) -> list[str]:
     if q.is_integer:
         return []
+    if profile.host is not None and q.node.op_type in OUTPUT_TAIL_OPS and _in_output_tail(q.node.name, graph):
+        return []  # the host runs data movement after the last dequantize (an output join kept float)
     return ["; ".join(q.float_operands) + f" ({profile.name} computes on integers only)"]
+
+
+def _in_output_tail(name: str, graph: ModelGraph) -> bool:
+    model = graph.model
+    return any(name == node.name for output in model.graph.output for node in output_tail(model, output.name))
 
 
 def _check_activation_dtype(q: NodeQuantization, profile: HardwareProfile, graph: ModelGraph) -> list[str]:

@@ -22,7 +22,7 @@ from onnx import helper as onnx_helper
 from pydantic import BaseModel, Field
 
 from autoptq.errors import ModelLoadError
-from autoptq.model.ops import CONTROL_FLOW_OPS, RECURRENT_OPS, SHAPE_OPS
+from autoptq.model.ops import CONTROL_FLOW_OPS, OUTPUT_TAIL_OPS, RECURRENT_OPS, SHAPE_OPS
 
 if TYPE_CHECKING:
     from autoptq.model.shapes import ShapeBinding
@@ -458,6 +458,28 @@ def infer_shapes(proto: ModelProto) -> ModelProto:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: an exotic op must not stop the analysis
         return proto
+
+
+def output_tail(model: ModelProto, output: str) -> list[NodeProto]:
+    """The joins and data movement (OUTPUT_TAIL_OPS) that end at graph output `output`, from the output backwards,
+    each read only by the tail itself or as an output."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    path: list[NodeProto] = []
+    pending = [output]
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or not node.name or node.op_type not in OUTPUT_TAIL_OPS or node in path:
+            continue
+        path.append(node)
+        pending += list(node.input) if node.op_type == "Concat" else [node.input[0]]
+    names = {node.name for node in path}
+    if any(reader not in names for node in path for out in node.output for reader in readers.get(out, [])):
+        return []  # a tensor on the way is also read inside the graph: the tail is not the output's alone
+    return path
 
 
 def copy_model(proto: ModelProto) -> ModelProto:

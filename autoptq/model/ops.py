@@ -20,3 +20,6 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 """The pair that marks a quantized tensor in a QDQ model."""
 SHAPE_OPS = frozenset({"Shape", "Size"})
 """Ops that read only the shape of their input, never its values."""
+OUTPUT_TAIL_OPS = frozenset({"Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+"""Ops that join or move values on their way to a graph output: a detector's boxes and scores concatenated and
+reshaped into one tensor (see `autoptq.model.graph.output_tail`)."""

@@ -44,8 +44,9 @@ class FullInt8(StaticQdq):
                 for op, p in profile.quantization.fixed_output_params.items()
                 if op in present_ops
             },
-            # A float host runs the join at the output; an integer-only device keeps its output integer.
-            "float_output_joins": not profile.integer_only,
+            # A float processor runs the join at the output: the CPU itself, or the host an accelerator hands its
+            # tail to. A device with no host (a microcontroller) keeps its output integer.
+            "float_output_joins": not profile.integer_only or profile.host is not None,
         }
         if base.op_types_to_quantize:
             return fields

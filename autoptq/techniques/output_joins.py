@@ -15,12 +15,11 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 from onnxruntime.quantization.calibrate import load_tensors_data
 
+from autoptq.model.graph import output_tail
 from autoptq.schema import StrictModel
 
 MIXED_RANGE_RATIO = 16.0
 """Parts whose ranges differ by more than this: the narrowest keeps fewer than 16 of the 256 levels of one scale."""
-_PASS_THROUGH = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
-"""Ops between a join and the output that only move values (they take the join's scale when quantized)."""
 
 
 class MixedOutputJoin(StrictModel):
@@ -56,19 +55,10 @@ def mixed_output_joins(
 ) -> list[MixedOutputJoin]:
     """The graph outputs reached from a `Concat` (through data movement and further joins only) whose inputs'
     calibrated ranges differ by more than `ratio`, each with the nodes from the first join to the output."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     found = []
     for output in model.graph.output:
-        path = _tail(output.name, producers)
-        names = {node.name for node in path}
-        if not path or any(
-            user.name not in names for node in path for out in node.output for user in consumers.get(out, [])
-        ):
-            continue  # a tensor on the tail is also used inside the graph: keeping it float would move the loss
+        # A tail also read inside the graph is not in it: keeping it float would only move the single scale.
+        path = output_tail(model, output.name)
         worst = max((_spread(node, ranges) for node in path if node.op_type == "Concat"), default=None)
         if worst is not None and worst[0] > ratio:
             found.append(
@@ -81,23 +71,6 @@ def mixed_output_joins(
                 )
             )
     return found
-
-
-def _tail(output: str, producers: dict[str, NodeProto]) -> list[NodeProto]:
-    """The joins and data movement that end at `output`, from the output backwards; empty without a join."""
-    path: list[NodeProto] = []
-    pending = [output]
-    while pending:
-        node = producers.get(pending.pop())
-        if node is None or not node.name or node in path:
-            continue
-        if node.op_type == "Concat":
-            path.append(node)
-            pending += list(node.input)
-        elif node.op_type in _PASS_THROUGH:
-            path.append(node)
-            pending.append(node.input[0])
-    return path if any(node.op_type == "Concat" for node in path) else []
 
 
 def _spread(

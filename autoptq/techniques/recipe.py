@@ -79,7 +79,6 @@ class RecipeOverrides(StrictModel):
     quant_format: QuantFormat | None = None
     smooth_quant: bool | None = None
     smooth_quant_alpha: float | None = Field(default=None, ge=0, le=1)
-    float_output_joins: bool | None = None
 
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""
