@@ -34,8 +34,8 @@ from autoptq.model.ops import OUTPUT_TAIL_OPS
 INSTALL_HINT = "pip install 'autoptq[tflite]'"
 TO_NHWC = (0, 2, 3, 1)
 """ONNX [N, C, H, W] → TFLite [N, H, W, C]: TFLite axis i holds ONNX axis TO_NHWC[i]."""
-_FROM_NHWC = (0, 3, 1, 2)
-"""ONNX axis a is TFLite axis _FROM_NHWC[a] of an NHWC tensor."""
+FROM_NHWC = (0, 3, 1, 2)
+"""ONNX axis a is TFLite axis FROM_NHWC[a] of an NHWC tensor."""
 _ACTIVATIONS = {"NONE": (None, None), "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
 _FLOAT_OPS = {
     "Softmax",
@@ -133,6 +133,17 @@ class TfliteExport(BaseModel):
         default_factory=list, description="TFLite ops the exact tier only approximates (a stated LSB tolerance)"
     )
     arena_estimate: ArenaEstimate
+    nhwc_tensors: frozenset[str] = Field(
+        default_factory=frozenset, exclude=True, description="activations stored NHWC (the others in ONNX order)"
+    )
+    tensor_ops: dict[str, str] = Field(
+        default_factory=dict, exclude=True, description="tensor name → the TFLite builtin op that writes it"
+    )
+    reordered_tensors: frozenset[str] = Field(
+        default_factory=frozenset,
+        exclude=True,
+        description="flattens kept in NHWC element order (the dense layer's weight rows permuted instead)",
+    )
 
 
 def tflite_modules() -> tuple[object, object]:
@@ -466,7 +477,7 @@ class _Writer:
         if value is None:
             raise self.error(node, "no TFLite tensor was written for it")
         tensor = self.flat.tensors[value.index]
-        perm = list(_FROM_NHWC) if value.nhwc else None
+        perm = list(FROM_NHWC) if value.nhwc else None
         params = self.device.params.get(name)
         if value.params is None:
             self.io_out.append(TfliteTensorIO(name=name, dtype="float32", shape=tensor.shape, perm=perm))
@@ -841,7 +852,7 @@ class _Writer:
         attrs = NodeAttributes(node)
         x = self.value(node.input[0], node)
         axes = attrs.integers("axes")
-        tflite_axes = [_FROM_NHWC[a] for a in axes] if x.nhwc else axes
+        tflite_axes = [FROM_NHWC[a] for a in axes] if x.nhwc else axes
         out = self.output(node.output[0], node, nhwc=x.nhwc)
         axes_index = self.int32(f"{node.name}/axes", sorted(tflite_axes))
         tfl = self.tfl
@@ -891,7 +902,7 @@ class _Writer:
             return
         source = x.index
         if x.nhwc:  # back to ONNX's element order before flattening
-            source = self.transposed(node, x.index, list(_FROM_NHWC), "nchw")
+            source = self.transposed(node, x.index, list(FROM_NHWC), "nchw")
         nhwc = len(shape) == 4
         params = self.device.params.get(node.output[0])  # None in a float tail
         if nhwc:
@@ -949,7 +960,7 @@ class _Writer:
         rank = len(self.flat.tensors[x.index].shape)
         perm = NodeAttributes(node).integers("perm", list(reversed(range(rank))))
         out_nhwc = rank == 4
-        to_onnx = list(_FROM_NHWC) if x.nhwc else list(range(rank))
+        to_onnx = list(FROM_NHWC) if x.nhwc else list(range(rank))
         stored_out = list(TO_NHWC) if out_nhwc else list(range(rank))
         tflite_perm = [to_onnx[perm[q]] for q in stored_out]
         out = self.output(node.output[0], node, nhwc=out_nhwc)
@@ -991,7 +1002,7 @@ class _Writer:
             raise self.error(node, "its inputs are laid out differently")
         if len({v.params is None for v in inputs}) != 1:
             raise self.error(node, "it joins int8 and float tensors")
-        tflite_axis = _FROM_NHWC[axis] if out.nhwc else axis
+        tflite_axis = FROM_NHWC[axis] if out.nhwc else axis
         tfl = self.tfl
 
         def options(b: object) -> tuple[int, int]:
@@ -1063,7 +1074,7 @@ class _Writer:
         axis = NodeAttributes(node).integer("axis", 0) % rank
         outs = [self.output(name, node, nhwc=x.nhwc) for name in node.output]
         sizes = [self.shape(name, node)[axis] for name in node.output]
-        tflite_axis = _FROM_NHWC[axis] if x.nhwc else axis
+        tflite_axis = FROM_NHWC[axis] if x.nhwc else axis
         size_index = self.int32(f"{node.name}/sizes", sizes)
         axis_index = self.int32(f"{node.name}/axis", [tflite_axis])
         self.flat.tensors[axis_index].shape = []
@@ -1168,7 +1179,7 @@ class _Writer:
         if code == "SOFTMAX":
             rank = len(self.flat.tensors[x.index].shape)
             axis = NodeAttributes(node).integer("axis", -1) % rank
-            if (_FROM_NHWC[axis] if x.nhwc else axis) != rank - 1:
+            if (FROM_NHWC[axis] if x.nhwc else axis) != rank - 1:
                 raise self.error(node, "SOFTMAX runs over the innermost axis only")
             tfl = self.tfl
 
@@ -1322,6 +1333,11 @@ class _Writer:
             op_counts=dict(sorted(counts.items())),
             approximate_ops=sorted(self.approximate),
             arena_estimate=self.arena_estimate(names),
+            tensor_ops={self.flat.tensors[out].name: names[op.code] for op in self.flat.ops for out in op.outputs},
+            reordered_tensors=frozenset(self.row_order),
+            nhwc_tensors=frozenset(
+                name for name, v in self.values.items() if v.nhwc and self.flat.tensors[v.index].name == name
+            ),
         )
 
     def arena_estimate(self, names: dict[int, str]) -> ArenaEstimate:

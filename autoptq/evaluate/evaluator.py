@@ -370,8 +370,9 @@ class Evaluator:
             yield Problem(code="device_rules", text=f"device rule {v.rule} at {v.node}: {v.detail}")
         for a in evaluation.agreement:
             if not a.within_tolerance:
+                where = f"{a.op} {a.output!r} on its own inputs" if a.op else f"output {a.output!r}"
                 text = (
-                    f"output {a.output!r}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
+                    f"{where}: the .tflite differs from the exact tier by {a.max_abs_lsb:g} LSB "
                     f"(tolerance {a.tolerance_lsb})"
                 )
                 yield Problem(code="tier_disagrees", text=text)

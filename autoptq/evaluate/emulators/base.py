@@ -14,9 +14,11 @@ Tier = Literal["fast", "exact", "fp16-storage", "host", "litert", "tflm"]
 
 
 class TierAgreement(BaseModel):
-    """One output of the device file compared with the exact tier over all samples."""
+    """One output of the device file compared with the exact tier over all samples, or (`op` set) every op of one
+    TFLite type re-run by the exact tier on the file's own inputs, `output` naming the op output that differs most."""
 
     output: str
+    op: str | None = None
     elements: int
     bit_exact_fraction: float
     max_abs_lsb: float

@@ -30,6 +30,7 @@ from autoptq.deploy.intgraph import MOVEMENT_OPS, DeviceGraph, EmulationError, b
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError, DataError
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding
+from autoptq.model.graph import output_tail
 from autoptq.model.intio import IOQuantization, read_integer_io
 from autoptq.model.ops import QDQ_OPS
 
@@ -123,8 +124,22 @@ def output_scales(model: ModelProto) -> dict[str, float | None]:
         elif producer is not None and producer.op_type == "DequantizeLinear" and producer.input[1] in constants:
             scales[value.name] = float(constants[producer.input[1]].reshape(-1)[0])
         else:
-            scales[value.name] = None
+            scales[value.name] = _tail_scale(model, value.name, producers, constants)
     return scales
+
+
+def _tail_scale(
+    model: ModelProto, output: str, producers: dict[str, onnx.NodeProto], constants: dict[str, np.ndarray]
+) -> float | None:
+    """An output joined in float from dequantized parts (autoptq.model.graph.output_tail): the coarsest part's LSB,
+    in which every part's difference is at most what it reads (None when a part is not dequantized)."""
+    tail = output_tail(model, output)
+    inside = {out for node in tail for out in node.output}
+    read = [name for node in tail for name in (node.input if node.op_type == "Concat" else node.input[:1])]
+    feeding = [producers.get(name) for name in read if name not in inside]
+    if not tail or any(p is None or p.op_type != "DequantizeLinear" or p.input[1] not in constants for p in feeding):
+        return None
+    return max(float(constants[p.input[1]].max()) for p in feeding if p is not None)
 
 
 def lsb_difference(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, float]:
