@@ -17,6 +17,7 @@ from onnx import ModelProto, helper, numpy_helper
 from autoptq import api
 from autoptq.deploy.intgraph import build_device_graph
 from autoptq.deploy.tflite_writer import TfliteExportError, export_tflite
+from autoptq.devices.canonical import canonical_model
 from autoptq.devices.profiles import FixedOutputParams, load_profile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.emulators.integer import build_exact_model, exact_session, quantize_inputs
@@ -207,6 +208,37 @@ def slice_split_model() -> ModelProto:
     return build(nodes, [tensor("x", [1, 3, 6, 7])], [tensor("y", [1, 6, 4, 4])], inits, opset=13)
 
 
+def focus_model(shared: bool) -> ModelProto:
+    """YOLOX's Focus (x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2] joined on channels)
+    → Conv + Relu, as the Edge TPU's converter rewrites it: SPACE_TO_DEPTH, then the Conv weight permuted to its
+    channel order, or (`shared`: a second Conv reads the Concat) SPLIT_V + CONCATENATION in YOLOX's order."""
+    offsets = [(0, 0), (1, 0), (0, 1), (1, 1)]
+    nodes = [
+        helper.make_node("Slice", ["x", f"start{dy}{dx}", "ends", "axes", "steps"], [f"x{dy}{dx}"], name=f"s{dy}{dx}")
+        for dy, dx in offsets
+    ]
+    nodes += [
+        helper.make_node("Concat", [f"x{dy}{dx}" for dy, dx in offsets], ["focus"], name="focus", axis=1),
+        helper.make_node("Conv", ["focus", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    inits = [const(f"start{dy}{dx}", [dy, dx], np.int64) for dy, dx in offsets]
+    inits += [
+        const("ends", [np.iinfo(np.int64).max] * 2, np.int64),
+        const("axes", [2, 3], np.int64),
+        const("steps", [2, 2], np.int64),
+        const("w", weights(6, 12, 3, 3)),
+        const("b", weights(6)),
+    ]
+    outputs = [tensor("y", [1, 6, 3, 4])]
+    if shared:
+        nodes.append(helper.make_node("Conv", ["focus", "w2"], ["z"], name="conv2"))
+        inits.append(const("w2", weights(2, 12, 1, 1)))
+        outputs.append(tensor("z", [1, 2, 3, 4]))
+    model = build(nodes, [tensor("x", [1, 3, 6, 8])], outputs, inits, opset=13)
+    return canonical_model(model, ["focus_to_space_to_depth"])[0]
+
+
 def softmax_model(seed: int = 0, softmax: bool = True) -> ModelProto:
     """SOFTMAX after a FULLY_CONNECTED (or the FULLY_CONNECTED alone), weights drawn from their own seed (not the
     module's stream, whose state depends on which tests ran before)."""
@@ -318,6 +350,15 @@ def test_data_movement_keeps_onnx_element_order() -> None:
 def test_slice_and_split_are_bit_exact() -> None:
     ops, litert, tflm = written_ops(slice_split_model())
     assert ops["STRIDED_SLICE"] == ops["SPLIT_V"] == ops["CONCATENATION"] == 1
+    assert (litert, tflm) == (0, 0)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["weight-permuted", "split-concat"])
+def test_focus_as_space_to_depth_is_bit_exact(shared: bool) -> None:
+    ops, litert, tflm = written_ops(focus_model(shared))
+    expected = {"CONV_2D": 2, "CONCATENATION": 1, "SPLIT_V": 1} if shared else {"CONV_2D": 1}
+    expected["SPACE_TO_DEPTH"] = 1
+    assert ops == expected  # no STRIDED_SLICE, no float step around SPACE_TO_DEPTH
     assert (litert, tflm) == (0, 0)
 
 

@@ -8,10 +8,10 @@ builders over `flatbuffers`; both are in the `tflite` extra.
 
 Layout: rank-4 activations are NHWC (an ONNX [N, C, H, W] tensor is stored transposed by (0, 2, 3, 1)); weights are
 transposed to OHWI (CONV_2D), 1HWO (DEPTHWISE_CONV_2D) and [out, in] (FULLY_CONNECTED); axes of Concat, Mean, Pad,
-Transpose are remapped; a Reshape/Flatten that leaves or enters rank 4 goes through a TRANSPOSE so that elements keep
-ONNX's order. uint8 tensors are written as int8 (q − 128), as a TFLite converter does, with a QUANTIZE at a uint8
-graph input or output. Anything without a faithful TFLite op is an error naming the node: no file is better than an
-almost-right one.
+Transpose are remapped (SpaceToDepth's channel order is already NHWC's depth order); a Reshape/Flatten that leaves
+or enters rank 4 goes through a TRANSPOSE so that elements keep ONNX's order. uint8 tensors are written as int8
+(q − 128), as a TFLite converter does, with a QUANTIZE at a uint8 graph input or output. Anything without a faithful
+TFLite op is an error naming the node: no file is better than an almost-right one.
 """
 
 from __future__ import annotations
@@ -1087,6 +1087,22 @@ class _Writer:
 
         self.op("SPLIT_V", [x.index, size_index, axis_index], [o.index for o in outs], 2, options)
 
+    def space_to_depth(self, node: NodeProto) -> None:
+        """SpaceToDepth → SPACE_TO_DEPTH: both put block offset (dy, dx) at depth block `dy·b + dx` (NHWC depth is
+        ONNX's channel), with one scale in and out (the device graph requantized the input to the output's)."""
+        x = self.value(node.input[0], node)
+        if not x.nhwc:
+            raise self.error(node, "only a 4-D input is written")
+        out = self.output(node.output[0], node, nhwc=True)
+        block, tfl = NodeAttributes(node).integer("blocksize"), self.tfl
+
+        def options(b: object) -> tuple[int, int]:
+            tfl.SpaceToDepthOptionsStart(b)
+            tfl.SpaceToDepthOptionsAddBlockSize(b, block)
+            return tfl.BuiltinOptions.SpaceToDepthOptions, tfl.SpaceToDepthOptionsEnd(b)
+
+        self.op("SPACE_TO_DEPTH", [x.index], [out.index], 2, options)
+
     def min_max(self, node: NodeProto) -> None:
         if len(node.input) != 2:
             raise self.error(node, "only two operands are written")
@@ -1514,6 +1530,7 @@ _STANDARD: dict[str, Callable[[_Writer, NodeProto], None]] = {
     "Pad": _Writer.pad,
     "Slice": _Writer.slice,
     "Split": _Writer.split,
+    "SpaceToDepth": _Writer.space_to_depth,
     "Max": _Writer.min_max,
     "Min": _Writer.min_max,
     "Clip": _Writer.clip,

@@ -186,7 +186,9 @@ class HardwareProfile(StrictModel):
     quantization: QuantizationRules
     ops: dict[str, dict[Precision, PrecisionSupport]] = Field(default_factory=dict)
     shapes: ShapeRules = Field(default_factory=ShapeRules)
-    converter_rewrites: list[Literal["div_by_constant", "hard_sigmoid", "hard_swish"]] = Field(
+    converter_rewrites: list[
+        Literal["div_by_constant", "hard_sigmoid", "hard_swish", "sum_of_two", "focus_to_space_to_depth"]
+    ] = Field(
         default_factory=list,
         description="rewrites the device's converter applies before mapping ops (autoptq.devices.canonical)",
     )
