@@ -330,7 +330,8 @@ def test_fp16_converts_and_respects_the_block_list(mobilenet: ModelProto) -> Non
     assert types[softmax.input[0]] == TensorProto.FLOAT
     conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
     assert types[conv.input[1]] == TensorProto.FLOAT16
-    assert result.applied.excluded == {"probs": "op type has no fp16 kernel on the device"}
+    # The GPU runs Softmax in fp16: the recipe, not the device, keeps it in fp32.
+    assert result.applied.excluded == {"probs": "op type kept in fp32 by the recipe (precision-sensitive)"}
     # Float I/O is kept.
     assert result.model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert fidelity(mobilenet, result, data) > 40
@@ -468,3 +469,18 @@ def test_integer_io_keeps_a_float_output_when_its_producer_is_excluded(
     assert result.model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert "output 'logits_out' stays float: it is not produced by a DequantizeLinear" in result.applied.notes
     assert fidelity(convnet, result, convnet_data) > 20
+
+
+def test_the_fp16_search_offers_the_precision_sensitive_ops_in_fp32(mobilenet: ModelProto) -> None:
+    """The fp16 block-list knob: the accuracy loop's fp16 point beyond the plan keeps Softmax (and the other
+    range-sensitive ops present) in fp32; a model without such ops has no second point."""
+    from autoptq.model.graph import load_model
+
+    graph = load_model(mobilenet)
+    (point,) = REGISTRY["fp16"].search_space(Recipe(), GPU, graph, None)
+    label, recipe = point
+    assert recipe.fp16_op_block_list == ["Softmax"] and "Softmax kept in fp32" in label
+    result = REGISTRY["fp16"].quantize(mobilenet, recipe, dataset(mobilenet, count=4), GPU)
+    assert "op type kept in fp32 by the recipe" in result.applied.excluded["probs"]
+    convnet = load_model(zoo.small_convnet())
+    assert REGISTRY["fp16"].search_space(Recipe(), GPU, convnet, None) == []

@@ -22,17 +22,27 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, remove_nodes
 from autoptq.model.ops import QDQ_OPS
 from autoptq.model.ortio import quiet
-from autoptq.techniques.base import Technique, border_elements, precision_borders
+from autoptq.techniques.base import SpacePoint, Technique, border_elements, precision_borders
 from autoptq.techniques.common import AppliedRecipe, QuantizationError, QuantizationResult
 from autoptq.techniques.recipe import Recipe
 
 FP16_MAX = 65504.0
+RANGE_SENSITIVE_OPS = frozenset(
+    {"Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "ReduceSum", "ReduceMean", "Erf"}
+)
+"""Ops whose fp16 result loses most: exponentials and powers leave fp16's range or precision first, and long sums
+(softmax denominators, LayerNorm's variance) accumulate its 11-bit rounding. The accuracy loop's second fp16 point
+keeps them in fp32 (the fp16 block-list knob)."""
 HEADROOM = 0.5
 """Activations above half the fp16 range are kept in fp32 too: calibration data rarely shows the true maximum."""
 
 
-def convert(model: ModelProto, recipe: Recipe, calibration: Dataset | None) -> QuantizationResult:
-    """Convert to fp16 (float I/O kept), except blocked op types and nodes that would overflow."""
+def convert(
+    model: ModelProto, recipe: Recipe, calibration: Dataset | None, device_blocked: frozenset[str] | None = None
+) -> QuantizationResult:
+    """Convert to fp16 (float I/O kept), except blocked op types and nodes that would overflow. `device_blocked`: the
+    block list's op types the device has no fp16 kernel for (the rest the recipe keeps for precision); None: all."""
+    device_blocked = set(recipe.fp16_op_block_list) if device_blocked is None else device_blocked
     excluded = {name: "excluded by the recipe" for name in recipe.nodes_to_exclude}
     excluded.update(_weight_overflows(model))
     notes: list[str] = []
@@ -45,8 +55,13 @@ def convert(model: ModelProto, recipe: Recipe, calibration: Dataset | None) -> Q
     converted, repaired = _convert_checked(model, op_block_list, excluded)
     excluded.update(repaired)
     blocked = set(recipe.fp16_op_block_list)
-    kept = [n.name for n in model.graph.node if n.op_type in blocked and n.name not in excluded]
-    excluded.update({name: "op type has no fp16 kernel on the device" for name in kept})
+    for node in model.graph.node:
+        if node.op_type in blocked and node.name not in excluded:
+            excluded[node.name] = (
+                "op type kept in fp32 by the recipe (precision-sensitive)"
+                if node.op_type in RANGE_SENSITIVE_OPS and node.op_type not in device_blocked
+                else "op type has no fp16 kernel on the device"
+            )
     converter_kept = [n.name for n in model.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST and n.name not in excluded]
     excluded.update({name: "onnxruntime's fp16 converter keeps this op type in fp32" for name in converter_kept})
     return QuantizationResult(
@@ -238,6 +253,19 @@ class Fp16(Technique):
         excluded, blocked = set(recipe.nodes_to_exclude), set(recipe.fp16_op_block_list)
         return {n.name for n in graph.compute_nodes() if n.name not in excluded and n.op_type not in blocked}
 
+    def search_space(
+        self, plan_recipe: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
+    ) -> list[SpacePoint]:
+        del profile, data
+        present = {n.op_type for n in graph.compute_nodes()}
+        sensitive = sorted((present & RANGE_SENSITIVE_OPS) - set(plan_recipe.fp16_op_block_list))
+        if not sensitive:
+            return []
+        kept = plan_recipe.model_copy(
+            update={"fp16_op_block_list": sorted({*plan_recipe.fp16_op_block_list, *sensitive})}
+        )
+        return [(f"fp16, {', '.join(sensitive)} kept in fp32", kept)]
+
     def per_channel_weights(self, recipe: Recipe) -> bool:
         del recipe
         return False  # fp16 weights carry no scales
@@ -255,8 +283,9 @@ class Fp16(Technique):
         profile: HardwareProfile,
         calibration_cache: Path | None = None,
     ) -> QuantizationResult:
-        del profile, calibration_cache  # the planner put the device's fp16 block list into the recipe
-        return convert(model, recipe, calibration)
+        del calibration_cache  # the planner put the device's fp16 block list into the recipe
+        device_blocked = frozenset(op for op in recipe.fp16_op_block_list if "fp16" not in profile.precisions_for(op))
+        return convert(model, recipe, calibration, device_blocked)
 
     def recognises(self, model: ModelProto) -> bool:
         if QDQ_OPS & {node.op_type for node in model.graph.node}:
