@@ -38,8 +38,15 @@ from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import analyse
 from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError
+from autoptq.evaluate.emulators.integer import build_exact_model
 from autoptq.evaluate.emulators.integer import emulate as emulate_integer
-from autoptq.evaluate.emulators.tflite_runtime import agreement, measure_tflm_arena, run_litert, run_tflm, sample_shapes
+from autoptq.evaluate.emulators.tflite_runtime import (
+    agreement,
+    measure_tflm_arena,
+    run_litert_per_op,
+    run_tflm,
+    sample_shapes,
+)
 from autoptq.evaluate.runner import ModelRunner
 from autoptq.io.outputs import write_atomic
 from autoptq.model.calibration import Dataset
@@ -113,7 +120,7 @@ def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -
         f"{len(exported.content):,} / {output.stat().st_size:,} ({len(exported.content) / output.stat().st_size:.2f}x)"
     )
     samples = list(val.samples)
-    device = run_litert(exported, samples)
+    device, per_op = run_litert_per_op(exported, build_exact_model(qdq, profile), qdq, samples)
     exact = emulate_integer(qdq, profile, samples, "exact")
     real = [
         [
@@ -124,6 +131,10 @@ def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -
     ]
     agreed = agreement(qdq, exported, exact.outputs, real, "litert")
     lsb = "; ".join(f"{a.max_abs_lsb:g} LSB, {a.bit_exact_fraction:.2%} exact" for a in agreed[:3])
+    differing = [f"{a.op} {a.max_abs_lsb:g} LSB (tolerance {a.tolerance_lsb})" for a in per_op if a.max_abs_lsb > 0]
+    op_verdict = "; ".join(differing) if differing else "bit for bit"
+    within = "all" if all(a.within_tolerance for a in per_op) else "NOT all"
+    lsb = f"{lsb}; per op: {op_verdict} ({len(per_op)} op types, {within} within tolerance)"
     arena = "—"
     if analyse(graph, profile).total_macs <= TFLM_MAX_MACS:
         run_tflm(exported, samples[:1])
@@ -196,7 +207,7 @@ def main() -> None:
         "model",
         "ops written",
         "bytes .tflite / QDQ ONNX",
-        "LiteRT vs exact tier (per output)",
+        "LiteRT vs exact tier (per output; per op on LiteRT's own inputs)",
         "TFLM arena needed / autoptq estimate",
         "task metric: LiteRT / exact tier / float",
         "s",

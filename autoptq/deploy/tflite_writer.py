@@ -139,6 +139,9 @@ class TfliteExport(BaseModel):
     tensor_ops: dict[str, str] = Field(
         default_factory=dict, exclude=True, description="tensor name → the TFLite builtin op that writes it"
     )
+    tensor_inputs: dict[str, list[str]] = Field(
+        default_factory=dict, exclude=True, description="tensor name → the tensors its op reads"
+    )
     reordered_tensors: frozenset[str] = Field(
         default_factory=frozenset,
         exclude=True,
@@ -1350,10 +1353,15 @@ class _Writer:
             approximate_ops=sorted(self.approximate),
             arena_estimate=self.arena_estimate(names),
             tensor_ops={self.flat.tensors[out].name: names[op.code] for op in self.flat.ops for out in op.outputs},
+            tensor_inputs={
+                self.flat.tensors[out].name: [self.flat.tensors[i].name for i in op.inputs if i >= 0]
+                for op in self.flat.ops
+                for out in op.outputs
+            },
             reordered_tensors=frozenset(self.row_order),
-            nhwc_tensors=frozenset(
-                name for name, v in self.values.items() if v.nhwc and self.flat.tensors[v.index].name == name
-            ),
+            # Graph I/O in another dtype (uint8) is a tensor of its own, in its value's layout.
+            nhwc_tensors=frozenset(self.flat.tensors[v.index].name for v in self.values.values() if v.nhwc)
+            | {io.name for io in (*self.io_in, *self.io_out) if io.perm is not None},
         )
 
     def arena_estimate(self, names: dict[int, str]) -> ArenaEstimate:
