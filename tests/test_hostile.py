@@ -433,7 +433,8 @@ def test_an_op_of_an_unknown_domain_is_not_compatible_with_a_cpu(run_cli: Run, t
 @pytest.mark.parametrize(
     ("arrays", "phrase"),
     [
-        ({"labels": np.zeros((20, 3), np.int64)}, "'labels' has shape [20, 3], expected [20]"),
+        ({"labels": np.zeros((20, 3), np.int64)}, "'labels' of shape [20, 3] are per-sample reference data"),
+        ({"labels": np.zeros((20, 3), np.bool_)}, "'labels' must hold numbers"),
         ({"labels": np.full(20, 99, np.int64)}, "class indices must be 0 to 3"),
         ({"labels": np.full(20, -1, np.int64)}, "class indices must be 0 to 3"),
     ],

@@ -152,3 +152,56 @@ def test_the_metric_file_is_never_an_output(
         ["quantize", model, "-t", "x86-vnni", "--data", calib, "-o", source, "--metric", f"{source}:f"]
     )
     assert code == 2 and stderr.count("\n") == 1 and source.read_bytes() == before
+
+
+def test_the_detection_example_reads_reference_boxes_from_the_data(tmp_path: Path, run_cli: RunCli) -> None:
+    """`labels` [samples, M, 4] (reference boxes, -1 rows as padding) travel from the .npz to the metric; top-1
+    accuracy is not computed from them, and --max-drop without the metric says the metric is needed. (arm-a53: not
+    timed on this machine, so the choice does not hang on latency noise.)"""
+    from onnx import helper
+
+    from tests.conftest import build, const, tensor
+
+    rng = np.random.default_rng(0)
+    # Boxes pass through a wide hidden layer (W2 = pinv(W1)), so that int8 weights make the file smaller.
+    hidden = rng.normal(0, 1, (4, 1024))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="expand"),
+        helper.make_node("MatMul", ["h", "w2"], ["boxes"], name="boxes"),
+        helper.make_node("MatMul", ["x", "w"], ["logit"], name="logit"),
+        helper.make_node("Reshape", ["logit", "flat"], ["flat_logit"], name="flatten"),
+        helper.make_node("Sigmoid", ["flat_logit"], ["scores"], name="scores"),
+    ]
+    inits = [
+        const("w1", hidden),
+        const("w2", np.linalg.pinv(hidden)),
+        const("w", [[0.02], [0.02], [-0.01], [-0.01]]),
+        const("flat", [1, 8], np.int64),
+    ]
+    outputs = [tensor("boxes", [1, 8, 4]), tensor("scores", [1, 8])]
+    model = save(build(nodes, [tensor("x", [1, 8, 4])], outputs, inits), tmp_path)
+    corners = rng.uniform(0, 60, (40, 1, 8, 2))
+    x = np.concatenate([corners, corners + rng.uniform(5, 40, (40, 1, 8, 2))], axis=-1).astype(np.float32)
+    reference = np.full((20, 8, 4), -1.0)
+    for i, sample in enumerate(x[20:, 0]):
+        confident = sample[0.02 * sample[:, :2].sum(1) - 0.01 * sample[:, 2:].sum(1) > 0]  # sigmoid(logit) > 0.5
+        reference[i, : len(confident)] = confident
+    calib, val = tmp_path / "calib.npz", tmp_path / "val.npz"
+    np.savez(calib, x=x[:20])
+    np.savez(val, x=x[20:], labels=reference)
+    hmean = f"{EXAMPLES / 'detection_agreement.py'}:hmean"
+    out = tmp_path / "q.onnx"
+    code, stdout, stderr = run_cli(
+        ["quantize", model, "-t", "arm-a53", "--data", calib, "--val", val, "-o", out, "--metric", hmean,
+         "--technique", "full_int8", "--max-drop", "0.05", "--max-trials", "3", "--prefer", "size", "--format", "json"]
+    )  # fmt: skip
+    assert code in (0, 1), stderr
+    found = json.loads(stdout)
+    assert '"name": "detection_agreement.py:hmean"' in json.dumps(found), stderr
+    assert '"float": 1.0' in json.dumps(found)  # the reference boxes are float's own
+    assert 20 < int((reference[:, :, 0] >= 0).sum()) < 140  # some boxes confident, some not
+    assert found["results"][0]["technique"] == "full_int8"
+    code, _, stderr = run_cli(
+        ["quantize", model, "-t", "arm-a53", "--data", calib, "--val", val, "-o", out, "--max-drop", "0.05"]
+    )
+    assert code == 2 and "only a --metric reads" in stderr

@@ -558,11 +558,13 @@ def tune(
     candidate further against the same float run. `search_class`: how to walk (a benchmark passes its own).
     """
     metric = evaluator.metric if evaluator is not None else job.metric
-    if (
-        budget.max_drop is not None
-        and metric is None
-        and (job.validation.labels is None or not _is_classifier(job.graph))
-    ):
+    labels = job.validation.labels
+    if budget.max_drop is not None and metric is None and labels is not None and labels.ndim != 1:
+        raise AutoptqError(
+            f"'labels' of shape {list(labels.shape)} are per-sample reference data that only a --metric reads: "
+            "--max-drop needs that --metric (or class indices, one per sample)"
+        )
+    if budget.max_drop is not None and metric is None and (labels is None or not _is_classifier(job.graph)):
         raise AutoptqError(
             "--max-drop needs a --metric, or a classifier ([batch, classes] first output) with labelled validation "
             "data (a 'labels' array in --val or --data); otherwise budget fidelity with --min-sqnr or "

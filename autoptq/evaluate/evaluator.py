@@ -275,8 +275,8 @@ class Evaluator:
     def _accuracy(self, classes: list[int]) -> float | None:
         labels = self.data.labels
         first = self._first_float_outputs
-        if labels is None or not first or np.asarray(first[0]).ndim != 2:
-            return None
+        if labels is None or labels.ndim != 1 or not first or np.asarray(first[0]).ndim != 2:
+            return None  # no class labels (reference data for a user metric), or not a classifier
         return accuracy_of(classes, labels[: len(classes)])
 
     def _accuracies(self, classes: list[int], count: int) -> tuple[float | None, float | None]:

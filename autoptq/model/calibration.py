@@ -210,8 +210,16 @@ def _check_array(array: np.ndarray, tensor: TensorInfo, source: str, stacked: bo
 
 
 def _check_labels(labels: np.ndarray, count: int, source: str, graph: ModelGraph) -> None:
-    if labels.ndim != 1 or labels.shape[0] != count:
-        raise DataError(f"{source}: 'labels' has shape {list(labels.shape)}, expected [{count}] (one class per sample)")
+    if labels.ndim == 0 or labels.shape[0] != count:
+        raise DataError(
+            f"{source}: 'labels' has shape {list(labels.shape)}, expected [{count}] (one class per sample) or "
+            f"[{count}, ...] (per-sample reference data for a --metric)"
+        )
+    if labels.ndim > 1:
+        # Reference data only a user metric reads (a detector's boxes, [samples, M, 4]): numbers, one entry a sample.
+        if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+            raise DataError(f"{source}: 'labels' must hold numbers, got {labels.dtype}")
+        return
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{source}: 'labels' must be integer class indices, got {labels.dtype}")
     classes = _class_count(graph)
