@@ -189,15 +189,10 @@ def run_litert_per_op(
     dtypes = {name: declared.get(name, interpreter.get_tensor(indices[name]).dtype) for name in anchors}
     rewired = _anchored(lowered, anchors, dtypes)
     session = exact_session(rewired)
-    inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-    outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
     stats: dict[str, list[float]] = {name: [0, 0, 0.0] for name in anchors}  # elements, differing, max
     results = []
     for sample in samples:
-        for io in exported.inputs:
-            interpreter.set_tensor(inputs[io.name], feed(sample, io))
-        interpreter.invoke()
-        results.append([_onnx_layout(interpreter.get_tensor(outputs[io.name]), io) for io in exported.outputs])
+        results.append(_invoke(interpreter, exported, sample))
         own = {
             name: _as_dtype(
                 _stored_as_onnx(interpreter.get_tensor(indices[name]), name in exported.nhwc_tensors), dtypes[name]
@@ -345,15 +340,17 @@ def litert_interpreter(content: bytes, preserve_all_tensors: bool = False) -> ob
 def run_litert(exported: TfliteExport, samples: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Raw outputs (integers, ONNX layout) of the file in LiteRT, one list per sample."""
     interpreter = litert_interpreter(exported.content)
+    return [_invoke(interpreter, exported, sample) for sample in samples]
+
+
+def _invoke(interpreter: object, exported: TfliteExport, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One sample through a LiteRT interpreter of the file: its outputs in ONNX layout."""
     inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
-    results = []
-    for sample in samples:
-        for io in exported.inputs:
-            interpreter.set_tensor(inputs[io.name], feed(sample, io))
-        interpreter.invoke()
-        results.append([_onnx_layout(interpreter.get_tensor(outputs[io.name]), io) for io in exported.outputs])
-    return results
+    for io in exported.inputs:
+        interpreter.set_tensor(inputs[io.name], feed(sample, io))
+    interpreter.invoke()
+    return [_onnx_layout(interpreter.get_tensor(outputs[io.name]), io) for io in exported.outputs]
 
 
 # --- TFLite Micro ----------------------------------------------------------------------------------------------------
