@@ -189,6 +189,7 @@ def run_litert_per_op(
     dtypes = {name: declared.get(name, interpreter.get_tensor(indices[name]).dtype) for name in anchors}
     rewired = _anchored(lowered, anchors, dtypes)
     session = exact_session(rewired)
+    fed = {value.name for value in rewired.graph.input}
     stats: dict[str, list[float]] = {name: [0, 0, 0.0] for name in anchors}  # elements, differing, max
     results = []
     for sample in samples:
@@ -200,7 +201,7 @@ def run_litert_per_op(
             for name in anchors
         }
         feeds = quantize_inputs(model, sample) | {name + _ANCHORED: own[name] for name in anchors}
-        recomputed = session.run(anchors, {k: v for k, v in feeds.items() if k in _input_names(rewired)})
+        recomputed = session.run(anchors, {k: v for k, v in feeds.items() if k in fed})
         for name, value in zip(anchors, recomputed, strict=True):
             difference = np.abs(np.asarray(value, np.float64).reshape(-1) - own[name].astype(np.float64).reshape(-1))
             entry = stats[name]
@@ -242,10 +243,6 @@ def _as_dtype(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if value.dtype == np.int8 and dtype == np.uint8:
         return (value.astype(np.int16) + 128).astype(np.uint8)
     return value.astype(dtype, copy=False)
-
-
-def _input_names(model: ModelProto) -> set[str]:
-    return {value.name for value in model.graph.input}
 
 
 def _stored_as_onnx(value: np.ndarray, nhwc: bool) -> np.ndarray:
