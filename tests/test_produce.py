@@ -79,9 +79,10 @@ def test_candidates_follow_the_plans_fallbacks(digits: ModelGraph, calibration: 
     steps = [c.step for c in found]
     expected = [name for name in ["plan", *plan.fallbacks] if name in steps]
     assert steps == expected
-    assert steps[:3] == ["plan", "percentile_calibration", "entropy_calibration"]
+    assert steps[:4] == ["plan", "bias_correction", "percentile_calibration", "entropy_calibration"]
     assert "int16x8" not in steps, "the Edge TPU has no 16-bit activations"
-    assert [c.recipe.calibration_method for c in found[:3]] == ["minmax", "percentile", "entropy"]
+    assert [c.recipe.calibration_method for c in found[:4]] == ["minmax", "minmax", "percentile", "entropy"]
+    assert [c.recipe.bias_correction for c in found[:3]] == [False, True, False]
     assert all(c.recipe.activation_dtype == "int8" for c in found)
 
     htp = plan_for(digits, "qualcomm-htp", calibration)
@@ -100,7 +101,7 @@ def test_nothing_passes_keeps_float_and_says_what_was_tried(
     assert outcome.model_bytes == (EXAMPLES / "digits_cnn.onnx").read_bytes()
     assert outcome.verification is None and outcome.applied is None
     tried = [a.step for a in outcome.attempts]
-    assert tried == ["plan", "percentile_calibration", "entropy_calibration"]
+    assert tried == ["plan", "bias_correction", "percentile_calibration", "entropy_calibration"]
     assert not any(a.accepted for a in outcome.attempts)
     reason = outcome.reason
     assert reason.startswith("no candidate beat float")

@@ -88,7 +88,9 @@ def test_every_name_finds_its_object_and_an_unknown_name_is_refused() -> None:
 
 
 def test_fallback_names_are_the_techniques_and_their_steps() -> None:
-    assert {"per_channel", "percentile_calibration", "entropy_calibration", *REGISTRY} == fallback_steps()
+    assert {"per_channel", "bias_correction", "percentile_calibration", "entropy_calibration", *REGISTRY} == (
+        fallback_steps()
+    )
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from autoptq.model.graph import PER_AXIS_OPSET, drop_unused_initializers, model_
 from autoptq.model.intio import write_integer_io
 from autoptq.model.ops import QDQ_OPS
 from autoptq.model.ortio import quiet, save_for_ort, scratch_dir
+from autoptq.techniques.bias_correction import bias_corrected
 from autoptq.techniques.common import (
     CALIBRATION_METHODS,
     QUANT_TYPES,
@@ -87,25 +88,21 @@ def static_qdq(
         except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
             raise QuantizationError(f"onnxruntime calibration failed: {exc}") from exc
         recipe, joins = with_float_output_joins(model, recipe, calibration_cache)
-        try:
-            quantize_static(
-                str(source),
-                str(target),
-                None,
-                quant_format=QuantFormat.QOperator if recipe.quant_format == "qoperator" else QuantFormat.QDQ,
-                op_types_to_quantize=recipe.op_types_to_quantize or None,
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                activation_type=QUANT_TYPES[recipe.activation_dtype],
-                weight_type=QUANT_TYPES[recipe.weight_dtype],
-                nodes_to_exclude=recipe.nodes_to_exclude or None,
-                calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
-                extra_options=extra_options,
-                nodes_to_quantize=nodes_to_quantize,
-                calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-            )
-        except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
-            raise QuantizationError(f"onnxruntime static quantization failed: {exc}") from exc
+        ranges = calibration_cache
+        correction_notes: list[str] = []
+        if recipe.bias_correction:
+            # Measured on the QDQ spelling of the same recipe (QOperator ops hide the dequantized tensors), with the
+            # same ranges file: the corrected model is quantized with the ranges the uncorrected one had.
+            measured = recipe.model_copy(update={"quant_format": "qdq"})
+
+            def quantize(float_model: ModelProto) -> ModelProto:
+                path = save_for_ort(float_model, folder, "bias-correction-input.onnx")
+                _quantize_static(path, target, measured, extra_options, ranges, nodes_to_quantize)
+                return load_result(target)
+
+            model, correction_notes = bias_corrected(model, quantize, samples, folder)
+            source = save_for_ort(model, folder, "corrected.onnx")
+        _quantize_static(source, target, recipe, extra_options, ranges, nodes_to_quantize)
         quantized = load_result(target)
     applied = AppliedRecipe(
         technique=technique,
@@ -115,11 +112,42 @@ def static_qdq(
         | {name: "an output joining parts of very different ranges" for join in joins for name in join.nodes},
         notes=[f"calibrated on {len(samples)} samples ({recipe.calibration_method})", *opset_notes]
         + [join.note() for join in joins]
-        + [f"fixed output quantization on {name}" for name in sorted(overrides)],
+        + [f"fixed output quantization on {name}" for name in sorted(overrides)]
+        + correction_notes,
     )
     if recipe.io_dtype != "float32":
         quantized, applied = make_integer_io(quantized, applied)
     return QuantizationResult(model=quantized, applied=applied)
+
+
+def _quantize_static(
+    source: Path,
+    target: Path,
+    recipe: Recipe,
+    extra_options: dict[str, object],
+    ranges: Path,
+    nodes_to_quantize: list[str] | None,
+) -> None:
+    """onnxruntime's quantize_static from a calibrated ranges file (it never calibrates here)."""
+    try:
+        quantize_static(
+            str(source),
+            str(target),
+            None,
+            quant_format=QuantFormat.QOperator if recipe.quant_format == "qoperator" else QuantFormat.QDQ,
+            op_types_to_quantize=recipe.op_types_to_quantize or None,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=QUANT_TYPES[recipe.activation_dtype],
+            weight_type=QUANT_TYPES[recipe.weight_dtype],
+            nodes_to_exclude=recipe.nodes_to_exclude or None,
+            calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
+            extra_options=extra_options,
+            nodes_to_quantize=nodes_to_quantize,
+            calibration_cache_path=str(ranges),
+        )
+    except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
+        raise QuantizationError(f"onnxruntime static quantization failed: {exc}") from exc
 
 
 def with_float_output_joins(model: ModelProto, recipe: Recipe, ranges: Path) -> tuple[Recipe, list[MixedOutputJoin]]:

@@ -58,6 +58,12 @@ class Recipe(StrictModel):
         description="keep in float an output's Concat of parts whose calibrated ranges differ by more than 16x "
         "(boxes and scores in one tensor), where the device has a float host (autoptq.techniques.output_joins)",
     )
+    bias_correction: bool = Field(
+        default=False,
+        description="static int8: subtract each Conv/ConvTranspose/Gemm's mean output shift under quantization, "
+        "measured on the calibration data, from its float bias, then quantize again with the same ranges "
+        "(empirical bias correction, Nagel et al. 2019; autoptq.techniques.bias_correction)",
+    )
 
 
 class RecipeOverrides(StrictModel):
@@ -79,6 +85,7 @@ class RecipeOverrides(StrictModel):
     quant_format: QuantFormat | None = None
     smooth_quant: bool | None = None
     smooth_quant_alpha: float | None = Field(default=None, ge=0, le=1)
+    bias_correction: bool | None = None
 
     def apply_to(self, recipe: Recipe) -> Recipe:
         """Return `recipe` with the keys this override sets replaced."""

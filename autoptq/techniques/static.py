@@ -29,6 +29,12 @@ def _calibration_step(method: str) -> RecipeStep:
     return step
 
 
+def bias_correction_step(recipe: Recipe) -> Recipe | None:
+    """The fallback step to bias correction (None: the recipe already has it). It moves float bias values, not
+    kernels or ranges: a range step, as cheap as two more quantizations of the same recipe."""
+    return None if recipe.bias_correction else recipe.model_copy(update={"bias_correction": True})
+
+
 class StaticQdq(Technique):
     """Static QDQ: weights and activations quantized with ranges calibrated on representative data."""
 
@@ -36,9 +42,11 @@ class StaticQdq(Technique):
     recipe_keys: ClassVar[tuple[str, ...]] = (
         "activation_dtype", "weight_dtype", "activation_symmetric", "weight_symmetric", "per_channel",
         "calibration_method", "calibration_samples", "op_types_to_quantize", "nodes_to_exclude", "reduce_range",
-        "fixed_output_params", "io_dtype", "float_output_joins",
+        "fixed_output_params", "io_dtype", "float_output_joins", "bias_correction",
     )  # fmt: skip
-    range_steps: ClassVar[frozenset[str]] = frozenset({"percentile_calibration", "entropy_calibration"})
+    range_steps: ClassVar[frozenset[str]] = frozenset(
+        {"bias_correction", "percentile_calibration", "entropy_calibration"}
+    )
     wide_activations: ClassVar[bool] = False
     """16-bit activations (what tells its models apart)."""
 
@@ -85,6 +93,7 @@ class StaticQdq(Technique):
     def steps(self) -> Mapping[str, RecipeStep]:
         return {
             "per_channel": per_channel_step,
+            "bias_correction": bias_correction_step,
             "percentile_calibration": _calibration_step("percentile"),
             "entropy_calibration": _calibration_step("entropy"),
         }
