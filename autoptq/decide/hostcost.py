@@ -11,14 +11,16 @@ remains without them. The table is cached (under the user's cache folder, or `--
 
 The prediction of a candidate: the sum over nodes of their fp32 or int8 time (int8 where the recipe quantizes the
 node and its one-node model showed that the quantizer does), plus one Q or DQ at each tensor that crosses between
-float and int8, over the fp32 sum. A BatchNormalization, Relu or Clip right after a convolution or dense layer costs
-nothing either way (onnxruntime fuses it in fp32; folding and the output range absorb it in int8). A node the table
-has not timed gets its fp32 time from the roofline and the int8/fp32 ratio of the nearest timed node of its op type
-(by MACs), or stays float.
+float and int8, each node and border with the executor's cost per step and the run's own cost once (measured with
+chains of element-wise nodes on one element), over the same sum in fp32. A BatchNormalization, Relu or Clip right
+after a convolution or dense layer costs nothing either way (onnxruntime fuses it in fp32; folding and the output
+range absorb it in int8). A node the table has not timed gets its fp32 time from the roofline and the int8/fp32
+ratio of the nearest timed node of its op type (by MACs), or stays float.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -50,6 +52,8 @@ FUSING_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 QUANTIZED_MARKS = ("QuantizeLinear", "DynamicQuantizeLinear", "Integer", "QLinear", "QGemm", "DynamicQuantize")
 TIMING_RUNS = 10
 """Fewest interleaved runs per one-node model (medians of at least this many)."""
+CHAIN_NODES = 33
+"""Nodes of the chain that measures the executor's cost per node."""
 
 
 class NodeTiming(BaseModel):
@@ -73,6 +77,8 @@ class HostTable(BaseModel):
     machine: str
     onnxruntime_version: str
     threads: int = 1
+    run_overhead_ms: float = Field(default=0.0, description="one session run of an Identity on one element")
+    node_overhead_ms: float = Field(default=0.0, description="each further node of a graph (the executor's step)")
     timings: list[NodeTiming]
 
     def find(self, signature: str) -> NodeTiming | None:
@@ -200,8 +206,20 @@ def _border_model(shape: list[int]) -> ModelProto:
     return _single_io_model(nodes, shape, constants)
 
 
-def _overhead_model() -> ModelProto:
-    return _single_io_model([helper.make_node("Identity", ["x"], ["y"])], [1], [])
+def _overhead_model(nodes: int = 1) -> ModelProto:
+    """A chain of `nodes` element-wise nodes on one element: what a run and each step of the executor cost."""
+    if nodes == 1:
+        return _single_io_model([helper.make_node("Identity", ["x"], ["y"])], [1], [])
+    names = ["x", *(f"t{i}" for i in range(nodes - 1)), "y"]
+    chain = [helper.make_node("Neg", [a], [b]) for a, b in itertools.pairwise(names)]
+    return _single_io_model(chain, [1], [])
+
+
+def measure_overheads(budget_s: float = 0.5) -> tuple[float, float]:
+    """(one run, each further node) in ms, from a one-node and a CHAIN_NODES-node model timed side by side."""
+    feed = {"x": np.zeros([1], np.float32)}
+    single, chain = median_ms([(_overhead_model(), feed), (_overhead_model(CHAIN_NODES), feed)], budget_s)
+    return round(single, 6), round(max(chain - single, 0.0) / (CHAIN_NODES - 1), 6)
 
 
 def _single_io_model(nodes: list[NodeProto], shape: list[int], constants: list[TensorProto]) -> ModelProto:
@@ -247,9 +265,10 @@ def _is_quantized(model: ModelProto) -> bool:
 
 
 def time_node(
-    graph: ModelGraph, node: NodeInfo, proto: NodeProto, profile: HardwareProfile, budget_s: float
+    graph: ModelGraph, node: NodeInfo, proto: NodeProto, profile: HardwareProfile, budget_s: float, step_ms: float
 ) -> NodeTiming:
-    """fp32, every int8 form and a border of one node, interleaved side by side."""
+    """fp32, every int8 form and a border of one node, interleaved side by side. `step_ms`: the executor's cost
+    per further node, taken off the two-node border pair and the three-node static form."""
     model, feeds = one_node_model(graph, node, proto)
     data = Dataset(samples=[feeds, feeds], labels=None, source="calibrate-host")
     forms: list[tuple[str, ModelProto, bool]] = []
@@ -274,10 +293,10 @@ def time_node(
         *((form, feeds) for _, form, _ in forms),
     ]
     overhead, fp32, border_pair, *int8 = median_ms(timed_models, budget_s)
-    border = max(border_pair - overhead, 0.0) / 2
+    border = max(border_pair - overhead - step_ms, 0.0) / 2
     inputs_border = border * _float_input_elements(graph, node) / elements
     int8_ms = {
-        column: round(max(ms - overhead - (border + inputs_border if static else 0.0), 0.0), 6)
+        column: round(max(ms - overhead - (border + inputs_border + 2 * step_ms if static else 0.0), 0.0), 6)
         for (column, _, static), ms in zip(forms, int8, strict=True)
     }
     return NodeTiming(
@@ -306,6 +325,7 @@ def calibrate_host(
     stay open are not timed."""
     graphs = [model if isinstance(model, ModelGraph) else load_model(model)] if model is not None else []
     graphs = graphs or [load_model(build()) for build in DEFAULT_MODELS]
+    run_overhead, step = measure_overheads()
     timings: dict[str, NodeTiming] = {}
     for graph in graphs:
         protos = _node_protos(graph)
@@ -313,8 +333,14 @@ def calibrate_host(
             key = signature(graph, node)
             if key is None or key in timings or node.name not in protos:
                 continue
-            timings[key] = time_node(graph, node, protos[node.name], profile, budget_s)
-    return HostTable(machine=machine_id(), onnxruntime_version=onnxruntime.__version__, timings=list(timings.values()))
+            timings[key] = time_node(graph, node, protos[node.name], profile, budget_s, step)
+    return HostTable(
+        machine=machine_id(),
+        onnxruntime_version=onnxruntime.__version__,
+        run_overhead_ms=run_overhead,
+        node_overhead_ms=step,
+        timings=list(timings.values()),
+    )
 
 
 def write_table(table: HostTable, path: Path | None = None) -> Path:
@@ -357,6 +383,14 @@ def _anchor(graph: ModelGraph, name: str, fused: set[str]) -> str:
     return name
 
 
+def covers(graph: ModelGraph, table: HostTable, share: float = 0.9) -> bool:
+    """Whether the table timed at least `share` of the nodes of `graph` that can be timed (so its predictions are
+    its own measurements, not the nearest-op fallback)."""
+    keys = [key for node in graph.compute_nodes() if (key := signature(graph, node)) is not None]
+    timed = {t.signature for t in table.timings}
+    return bool(keys) and sum(key in timed for key in keys) >= share * len(keys)
+
+
 def predicted_ratio(
     graph: ModelGraph, profile: HardwareProfile, technique: TechniqueName, recipe: Recipe, table: HostTable
 ) -> float:
@@ -367,7 +401,7 @@ def predicted_ratio(
     variant = variant_key(technique, recipe)
     excluded, wanted = set(recipe.nodes_to_exclude), set(recipe.op_types_to_quantize)
     fused = fused_nodes(graph)
-    fp32_total = int8_total = 0.0
+    fp32_total = int8_total = table.run_overhead_ms
     quantized: set[str] = set()
     for node in graph.compute_nodes():
         if node.name in fused:
@@ -380,8 +414,8 @@ def predicted_ratio(
             ratio = table.nearest_ratio(node.op_type, variant, node.macs)
             int8 = None if ratio is None else fp32 * ratio
         chosen_here = int8 is not None and node.name not in excluded and (not wanted or node.op_type in wanted)
-        fp32_total += fp32
-        int8_total += int8 if chosen_here and int8 is not None else fp32
+        fp32_total += fp32 + table.node_overhead_ms
+        int8_total += (int8 if chosen_here and int8 is not None else fp32) + table.node_overhead_ms
         if chosen_here:
             quantized.add(node.name)
     if chosen.calibrated:
@@ -406,7 +440,7 @@ def _border_ms(graph: ModelGraph, quantized: set[str], fused: set[str], table: H
             if name and name not in graph.constants and state.get(name, False) != (node.name in quantized):
                 crossing.add(name)
     crossing |= {o.name for o in graph.outputs if state.get(o.name, False)}
-    total_ns = 0.0
+    total_ns = len(crossing) * table.node_overhead_ms * 1e6  # each border is a Q or DQ node of its own
     producers = {out: node for node in graph.compute_nodes() for out in node.outputs}
     for name in crossing:
         producer = producers.get(name)
