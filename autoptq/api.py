@@ -563,15 +563,23 @@ def matrix_inputs(rules: str | Path | None = None) -> list[Path]:
 
 
 def calibrate_host(
-    model: ModelSource | None = None, target: TargetSource = "x86-vnni", cache: str | Path | None = None
+    model: ModelSource | None = None,
+    target: TargetSource = "x86-vnni",
+    cache: str | Path | None = None,
+    data: str | Path | Dataset | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> tuple[hostcost.HostTable, Path]:
-    """Time this machine's onnxruntime fp32 and int8 kernels under `target`'s recipes, on the model's MatMul/Gemm/Conv
-    shapes (default: a standard grid), and merge them into the table the default choice ranks with (`cache`, by
-    default in the user's cache folder). Returns this run's timings and the file written."""
+    """Time this machine's onnxruntime fp32 and int8 form of every distinct node of the model (default: common
+    convnet and transformer layers) under `target`'s recipes, and merge them into the table the default choice ranks
+    with (`cache`, by default in the user's cache folder). Open input dims are bound from `input_shapes` and `data`,
+    as `quantize` binds them. Returns this run's timings and the file written."""
     profile = as_profile(target)
-    graph = as_graph(model) if model is not None else None  # a bad model fails before anything is written
+    graph = None
+    if model is not None:  # a bad model or bad data fails before anything is written
+        graph = as_graph(model, input_shapes)
+        graph = bound(graph, load_data(data, graph))
     path = Path(cache) if cache is not None else hostcost.default_cache()
-    check_output_path(path, protected=_paths(model), must_exist_parent=False)
+    check_output_path(path, protected=_paths(model, data), must_exist_parent=False)
     table = hostcost.calibrate_host(profile, graph)
     return table, hostcost.write_table(table, path)
 

@@ -685,15 +685,18 @@ def sensitivity(
 @app.command("calibrate-host")
 def calibrate_host(
     model: Annotated[
-        Path | None, typer.Argument(help="Time this model's MatMul/Gemm/Conv shapes (default: a standard grid).")
+        Path | None,
+        typer.Argument(help="Time every distinct node of this model (default: common convnet and transformer layers)."),
     ] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="CPU profile whose recipes are timed.")] = "x86-vnni",
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Table file (default: the user's cache folder).")
     ] = None,
+    data: DataOpt = None,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Time this machine's onnxruntime fp32 and int8 kernels and cache the table the default choice ranks with."""
-    table, written = api.calibrate_host(model, target, cache)
+    table, written = api.calibrate_host(model, target, cache, data, input_shape)
     typer.echo(report.render_host_table(table, written), nl=False)
 
 

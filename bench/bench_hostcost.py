@@ -38,6 +38,7 @@ from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 
+RECIPES = (("weight_only_int8", "qdq"), ("full_int8", "qdq"), ("full_int8", "qoperator"))
 CORPUS = Path.home() / ".cache" / "autoptq-corpus"
 MINILM = CORPUS / "minilm"
 
@@ -96,8 +97,9 @@ def main() -> None:
             prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES)).model
             coverage = analyse(graph, profile)
             reference = ModelRunner(float_model)
-            for technique in ("weight_only_int8", "full_int8"):
-                recipe = device_conformant_recipe(Recipe(), technique, profile, graph, calibration)
+            for technique, quant_format in RECIPES:
+                base = Recipe(quant_format=quant_format)
+                recipe = device_conformant_recipe(base, technique, profile, graph, calibration)
                 if technique == "weight_only_int8" and not recipe.op_types_to_quantize:
                     continue
                 quantized = REGISTRY[technique].quantize(prepared, recipe, calibration, profile).model
@@ -107,8 +109,9 @@ def main() -> None:
                 hosted = predicted_ratio(graph, profile, technique, recipe, table)
                 errors["roofline"].append(roofline / measured - 1)
                 errors["host table"].append(hosted / measured - 1)
+                label = technique + (" QOperator" if quant_format == "qoperator" else "")
                 rows.append([
-                    name, technique, f"{measured:.2f}", f"{roofline:.2f} ({100 * (roofline / measured - 1):+.0f}%)",
+                    name, label, f"{measured:.2f}", f"{roofline:.2f} ({100 * (roofline / measured - 1):+.0f}%)",
                     f"{hosted:.2f} ({100 * (hosted / measured - 1):+.0f}%)",
                 ])  # fmt: skip
                 print(rows[-1], flush=True)

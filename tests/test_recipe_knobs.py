@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 
 from autoptq.api import QuantizeOptions, plan_for
-from autoptq.decide.candidates import Candidate, candidates, measured_choices
-from autoptq.decide.hostcost import calibrate_host, predicted_ratio, write_table
+from autoptq.decide.candidates import Candidate, candidates, measured_choices, predicted_too_slow
+from autoptq.decide.hostcost import (
+    HostTable,
+    NodeTiming,
+    calibrate_host,
+    machine_id,
+    predicted_ratio,
+    signature,
+    write_table,
+)
 from autoptq.decide.job import Job
 from autoptq.decide.planner import HOST_TABLE_BASIS, UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
@@ -264,3 +272,36 @@ def test_a_size_rejection_before_verification_stops_the_calibration_fallbacks() 
         }
     )
     assert _calibration_can_help(percentile, [low])
+
+
+def test_the_handful_leaves_unbuilt_what_the_host_table_predicts_slower_than_float(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    graph = load_model(zoo.mobilenet_style())
+    data = token_free_data(graph, 8)
+    # A table covering every node: weight-only int8 (ConvInteger, dynamic Gemm) 10x float, static int8 twice as fast.
+    int8 = {"weight_only_int8": 10.0, "full_int8": 0.5, "full_int8:qoperator": 0.5}
+    timings = [
+        NodeTiming(signature=key, op_type=node.op_type, macs=node.macs, fp32_ms=1.0, int8_ms=int8,
+                   border_ns_per_element=0.0)
+        for node in graph.compute_nodes()
+        if (key := signature(graph, node)) is not None
+    ]  # fmt: skip
+    write_table(HostTable(machine=machine_id(), onnxruntime_version="test", timings=timings))
+    plan = plan_for(graph, profile, load_tree(), data, QuantizeOptions())
+    job = Job(graph, profile, data, data)
+    choices = measured_choices(candidates(job, plan), job, plan)
+    assert any(c.technique == "weight_only_int8" for c in choices)
+    outcome = produce(job, plan)
+    unbuilt = [a for a in outcome.attempts if a.error and a.error.startswith("not built: the host table")]
+    assert unbuilt and {a.technique for a in unbuilt} == {"weight_only_int8"}
+    assert all(a.verification is None and a.applied is None for a in unbuilt)
+    built = [a for a in outcome.attempts if a not in unbuilt]
+    assert built and all(a.technique == "full_int8" for a in built)
+    # Without a table (or one for other nodes) every candidate of the handful is built.
+    (tmp_path / "autoptq").rename(tmp_path / "elsewhere")
+    assert predicted_too_slow(choices, job) == []

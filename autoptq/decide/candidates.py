@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from autoptq.decide.hostcost import load_table, predicted_ratio
+from autoptq.decide.hostcost import covers, load_table, predicted_ratio
 from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan
 from autoptq.devices.coverage import analyse
@@ -19,6 +19,10 @@ from autoptq.techniques.space import device_int8_ops
 MEASURED_CHOICES = 4
 """How many candidates the default choice measures on a CPU target (besides onnxruntime's plain defaults): the
 plan's own and the best the cost model ranks among the recipe space."""
+PREDICTED_TOO_SLOW = 1.3
+"""A candidate of the handful that the host table predicts above this latency ratio to float is not built: the
+default choice rejects what measures above 1.05x, and the table's predictions on the corpus are within +-25% of the
+measured ratio (docs/benchmarks.md)."""
 
 
 class Candidate(BaseModel):
@@ -120,6 +124,22 @@ def measured_choices(found: list[Candidate], job: Job, plan: Plan) -> list[Candi
             firsts.append(candidate)
     chosen = _distinct([found[0], *firsts, *ranked])[:MEASURED_CHOICES]
     return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+
+
+def predicted_too_slow(choices: list[Candidate], job: Job) -> list[tuple[Candidate, float]]:
+    """The candidates of the handful, other than the plan's own (the first), that a host table covering the model
+    predicts slower than float beyond its error, with the predicted ratio. None without such a table: the roofline's
+    assumed constants are no ground to leave a candidate unmeasured."""
+    table = load_table()
+    if table is None or not covers(job.graph, table):
+        return []
+    found = []
+    for candidate in choices[1:]:
+        if by_name(candidate.technique).host_timed:
+            ratio = predicted_ratio(job.graph, job.profile, candidate.technique, candidate.recipe, table)
+            if ratio > PREDICTED_TOO_SLOW:
+                found.append((candidate, ratio))
+    return found
 
 
 SPACE_STEPS = 6

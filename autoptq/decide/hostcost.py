@@ -1,80 +1,101 @@
-"""A measured host cost model: `autoptq calibrate-host` times onnxruntime's fp32 and int8 kernels on this machine.
+"""A measured host cost model: `autoptq calibrate-host` times onnxruntime's fp32 and int8 form of every node of a
+model on this machine.
 
-For the MatMul and Conv shapes of a model (or a default grid), one-node models are built, quantized the two ways a
-CPU target uses (weight-only dynamic int8; static QDQ int8, u8 activations, per-channel s8 weights) and timed side
-by side with fp32, interleaved in one process, one thread. The table is cached (under the user's cache folder, or
-`--cache`) and read by the default choice to rank candidates by predicted latency ratio on this machine, in place of
-the roofline's assumed constants.
+Per distinct node (op type, attributes, input shapes), a one-node model is cut from the model itself (its node, its
+weights, its shapes), quantized the ways a CPU target uses (weight-only dynamic int8; static int8 as QDQ and, where
+the device reads it, as QOperator; u8 activations, per-channel s8 weights) and timed interleaved in one process, one
+thread, with fp32 and with a QuantizeLinear → DequantizeLinear pair on the node's output (what a precision border
+costs). The session's own cost (an Identity on one element) is taken off every time. A static one-node model needs a
+Q at its input and a DQ at its output that do not exist inside a quantized region, so the node's int8 time is what
+remains without them. The table is cached (under the user's cache folder, or `--cache`).
 
-The prediction of a candidate: sum over compute nodes of the roofline's fp32 time (plus the per-op overhead), each
-quantized MatMul/Gemm/Conv scaled by the measured int8/fp32 ratio of the nearest timed shape (by MACs) of its kind,
-divided by the fp32 sum.
+The prediction of a candidate: the sum over nodes of their fp32 or int8 time (int8 where the recipe quantizes the
+node and its one-node model showed that the quantizer does), plus one Q or DQ at each tensor that crosses between
+float and int8, each node and border with the executor's cost per step and the run's own cost once (measured with
+chains of element-wise nodes on one element), over the same sum in fp32. A BatchNormalization, Relu or Clip right
+after a convolution or dense layer costs nothing either way (onnxruntime fuses it in fp32; folding and the output
+range absorb it in int8). A node the table has not timed gets its fp32 time from the roofline and the int8/fp32
+ratio of the nearest timed node of its op type (by MACs), or stays float.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnxruntime
-from onnx import ModelProto, TensorProto, helper, numpy_helper
-from pydantic import BaseModel, Field
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from pydantic import BaseModel, Field, ValidationError
 
 from autoptq.devices.cost import node_seconds
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.runner import ModelRunner, measure_latency
 from autoptq.io.outputs import write_atomic
+from autoptq.model import zoo
+from autoptq.model.activations import session
 from autoptq.model.calibration import Dataset
-from autoptq.model.graph import ModelGraph, load_model
+from autoptq.model.graph import ModelGraph, NodeInfo, load_model
 from autoptq.techniques import REGISTRY, by_name
 from autoptq.techniques.recipe import Recipe, TechniqueName
+from autoptq.techniques.space import quant_formats
 
-Kernel = Literal["MatMul", "Conv"]
-KERNEL_OF = {"MatMul": "MatMul", "Gemm": "MatMul", "Conv": "Conv"}
-MAX_SHAPES = 12
-DEFAULT_SHAPES: list[tuple[Kernel, tuple[int, ...]]] = [
-    ("MatMul", (1, 256, 256)),
-    ("MatMul", (64, 384, 384)),
-    ("MatMul", (64, 384, 1536)),
-    ("MatMul", (128, 768, 768)),
-    ("Conv", (16, 16, 32, 32, 3)),
-    ("Conv", (64, 64, 16, 16, 3)),
-    ("Conv", (128, 128, 8, 8, 1)),
-]
-"""MatMul (M, K, N); Conv (C_in, C_out, H, W, kernel): common transformer and convnet layer sizes."""
+FUSED_INTO_PRODUCER = frozenset({"BatchNormalization", "Relu", "Clip"})
+FUSING_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+QUANTIZED_MARKS = ("QuantizeLinear", "DynamicQuantizeLinear", "Integer", "QLinear", "QGemm", "DynamicQuantize")
+TIMING_RUNS = 10
+"""Fewest interleaved runs per one-node model (medians of at least this many)."""
+CHAIN_NODES = 33
+"""Nodes of the chain that measures the executor's cost per node."""
 
 
-class KernelTiming(BaseModel):
-    """fp32 and int8 latency of one kernel shape on this machine (medians, interleaved runs)."""
+class NodeTiming(BaseModel):
+    """One node shape on this machine: fp32 and int8 milliseconds, the session's own cost taken off."""
 
-    kernel: Kernel
-    shape: list[int] = Field(description="MatMul: M, K, N; Conv: C_in, C_out, H, W, kernel")
+    signature: str = Field(description="op type, attributes and input shapes: what identifies the kernel's cost")
+    op_type: str
     macs: int
     fp32_ms: float
-    ratio: dict[str, float] = Field(description="technique -> int8 latency / fp32 latency")
+    int8_ms: dict[str, float] = Field(
+        description="variant (technique, ':qoperator' for QOperator) -> int8 ms without its own input Q and "
+        "output DQ; a variant the quantizer leaves float is absent"
+    )
+    border_ns_per_element: float = Field(description="one QuantizeLinear or DequantizeLinear of its output")
 
 
 class HostTable(BaseModel):
-    """The measured kernel table of one machine and onnxruntime version."""
+    """The measured node table of one machine and onnxruntime version."""
 
+    version: Literal[2] = 2
     machine: str
     onnxruntime_version: str
     threads: int = 1
-    timings: list[KernelTiming]
+    run_overhead_ms: float = Field(default=0.0, description="one session run of an Identity on one element")
+    node_overhead_ms: float = Field(default=0.0, description="each further node of a graph (the executor's step)")
+    timings: list[NodeTiming]
 
-    def ratio(self, kernel: Kernel, technique: str, macs: int) -> float | None:
-        """The measured int8/fp32 ratio of the nearest timed shape (by log MACs) of this kernel and technique."""
-        found = [t for t in self.timings if t.kernel == kernel and technique in t.ratio]
+    def find(self, signature: str) -> NodeTiming | None:
+        return next((t for t in self.timings if t.signature == signature), None)
+
+    def nearest_ratio(self, op_type: str, variant: str, macs: int) -> float | None:
+        """The int8/fp32 ratio of the timed node of this op type nearest in MACs (log scale)."""
+        found = [t for t in self.timings if t.op_type == op_type and variant in t.int8_ms and t.fp32_ms > 0]
         if not found:
             return None
         nearest = min(found, key=lambda t: abs(math.log(max(t.macs, 1)) - math.log(max(macs, 1))))
-        return nearest.ratio[technique]
+        return nearest.int8_ms[variant] / nearest.fp32_ms
+
+    def border_rate(self) -> float:
+        """Median ns per element of one Q or DQ over the timed nodes (for tensors no timed node produces)."""
+        rates = [t.border_ns_per_element for t in self.timings]
+        return statistics.median(rates) if rates else 0.0
 
 
 def machine_id() -> str:
@@ -89,123 +110,340 @@ def default_cache() -> Path:
 
 
 def load_table(path: Path | None = None) -> HostTable | None:
-    """The cached table for this machine, or None when there is none (or it is for another machine)."""
+    """The cached table for this machine, or None when there is none (or it is for another machine or an older
+    table format, which `calibrate-host` replaces)."""
     path = path or default_cache()
     if not path.is_file():
         return None
-    table = HostTable.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        table = HostTable.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError:
+        return None
     return table if table.machine == machine_id() else None
 
 
-def model_shapes(graph: ModelGraph) -> list[tuple[Kernel, tuple[int, ...]]]:
-    """The MatMul/Gemm (constant weight) and ungrouped Conv shapes of a model, by MACs, at most MAX_SHAPES."""
-    found: dict[tuple[Kernel, tuple[int, ...]], int] = {}
-    for node in graph.compute_nodes():
-        kernel = KERNEL_OF.get(node.op_type)
-        if kernel is None or not node.weight_inputs or len(node.inputs) < 2:
+def variant_key(technique: TechniqueName, recipe: Recipe) -> str:
+    """The table column a candidate's int8 nodes are read from."""
+    return f"{technique}:qoperator" if recipe.quant_format == "qoperator" else technique
+
+
+# --- cutting and timing one node ----------------------------------------------------------------------------------
+
+
+def signature(graph: ModelGraph, node: NodeInfo) -> str | None:
+    """What identifies a node's cost: op type, attributes, and per input its shape (the values too for small
+    integer constants such as a Reshape's target shape). None when the node cannot be cut out and timed alone:
+    an open or unknown shape, a non-float activation, a subgraph."""
+    if node.subgraph is not None or not node.outputs:
+        return None
+    parts: list[object] = [node.key, node.attributes]
+    for name in node.inputs:
+        info = graph.tensors.get(name) if name else None
+        if not name:
+            parts.append(None)
             continue
-        source, weight = graph.tensors.get(node.inputs[0]), graph.tensors.get(node.inputs[1])
-        if source is None or weight is None or source.shape is None or weight.shape is None:
-            continue
-        dims = [d if isinstance(d, int) else 1 for d in source.shape]
-        wdims = [d for d in weight.shape if isinstance(d, int)]
-        if kernel == "MatMul" and len(wdims) == 2 and dims:
-            rows = int(np.prod(dims[:-1])) if len(dims) > 1 else 1
-            shape: tuple[int, ...] = (rows, wdims[0], wdims[1])
-        elif kernel == "Conv" and len(dims) == 4 and len(wdims) == 4 and wdims[1] == dims[1]:
-            shape = (dims[1], wdims[0], dims[2], dims[3], wdims[2])
+        if info is None or not info.is_static:
+            return None
+        if name in graph.constants:
+            value = graph.constant_value(name)
+            if value is None and info.dtype != "float":
+                return None  # computed from shapes: no value to cut out with the node
+            small_int = value is not None and value.dtype.kind in "iu" and value.size <= 16
+            parts.append(["const", info.dtype, info.shape, value.tolist() if small_int else None])
+        elif info.dtype != "float":
+            return None
         else:
+            parts.append(["float", info.shape])
+    for name in node.outputs:
+        info = graph.tensors.get(name)
+        if name and (info is None or not info.is_static or info.dtype != "float"):
+            return None
+    return json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def _node_protos(graph: ModelGraph) -> dict[str, NodeProto]:
+    """Each compute node's NodeProto, by the name the graph gives it (found by its first output)."""
+    by_output = {out: proto for proto in graph.model.graph.node for out in proto.output if out}
+    return {node.name: by_output[node.outputs[0]] for node in graph.nodes() if node.outputs and node.outputs[0]}
+
+
+def one_node_model(graph: ModelGraph, node: NodeInfo, proto: NodeProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """The node alone: its constant inputs as initializers, its activations as graph inputs (random normal feeds)."""
+    rng = np.random.default_rng(0)
+    initializers, inputs, feeds = [], [], {}
+    for name in (n for n in node.inputs if n):
+        if name in feeds or any(i.name == name for i in initializers):
             continue
-        found[(kernel, shape)] = node.macs
-    ranked = sorted(found, key=lambda key: -found[key])
-    return ranked[:MAX_SHAPES]
+        info = graph.tensors[name]
+        if name in graph.constants:
+            # A float constant computed in the graph (or left out of a structure-only export) times the same with
+            # any values of its shape.
+            value = graph.constant_value(name)
+            if value is None:
+                value = rng.standard_normal(info.shape).astype(np.float32)
+            initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        else:
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, info.shape))
+            feeds[name] = rng.standard_normal(info.shape).astype(np.float32)
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, graph.tensors[n].shape) for n in node.outputs if n]
+    model = helper.make_model(
+        helper.make_graph([proto], "node", inputs, outputs, initializers), opset_imports=list(graph.model.opset_import)
+    )
+    model.ir_version = graph.model.ir_version
+    return model, feeds
 
 
-def _kernel_model(kernel: Kernel, shape: tuple[int, ...], seed: int = 0) -> tuple[ModelProto, Dataset, int]:
-    rng = np.random.default_rng(seed)
-    if kernel == "MatMul":
-        m, k, n = shape
-        weight = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
-        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="kernel")
-        x_shape, y_shape, macs = [1, m, k], [1, m, n], m * k * n
-    else:
-        c_in, c_out, h, w, size = shape
-        weight = numpy_helper.from_array(
-            (rng.standard_normal((c_out, c_in, size, size)) / np.sqrt(c_in * size * size)).astype(np.float32), "w"
-        )
-        node = helper.make_node("Conv", ["x", "w"], ["y"], name="kernel", pads=[size // 2] * 4)
-        x_shape, y_shape, macs = [1, c_in, h, w], [1, c_out, h, w], c_in * c_out * h * w * size * size
+def _border_model(shape: list[int]) -> ModelProto:
+    """A QuantizeLinear → DequantizeLinear pair on one tensor (u8, as a CPU target's activations)."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zero"),
+    ]
+    return _single_io_model(nodes, shape, constants)
+
+
+def _overhead_model(nodes: int = 1) -> ModelProto:
+    """A chain of `nodes` element-wise nodes on one element: what a run and each step of the executor cost."""
+    if nodes == 1:
+        return _single_io_model([helper.make_node("Identity", ["x"], ["y"])], [1], [])
+    names = ["x", *(f"t{i}" for i in range(nodes - 1)), "y"]
+    chain = [helper.make_node("Neg", [a], [b]) for a, b in itertools.pairwise(names)]
+    return _single_io_model(chain, [1], [])
+
+
+def measure_overheads(budget_s: float = 0.5) -> tuple[float, float]:
+    """(one run, each further node) in ms, from a one-node and a CHAIN_NODES-node model timed side by side."""
+    feed = {"x": np.zeros([1], np.float32)}
+    single, chain = median_ms([(_overhead_model(), feed), (_overhead_model(CHAIN_NODES), feed)], budget_s)
+    return round(single, 6), round(max(chain - single, 0.0) / (CHAIN_NODES - 1), 6)
+
+
+def _single_io_model(nodes: list[NodeProto], shape: list[int], constants: list[TensorProto]) -> ModelProto:
     graph = helper.make_graph(
-        [node],
-        "kernel",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        [weight],
+        nodes,
+        "timed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        constants,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    onnx.checker.check_model(model)
-    samples = [{"x": rng.standard_normal(x_shape).astype(np.float32)} for _ in range(4)]
-    return model, Dataset(samples=samples, labels=None, source="calibrate-host"), macs
+    return model
 
 
-def time_kernel(kernel: Kernel, shape: tuple[int, ...], profile: HardwareProfile, budget_s: float) -> KernelTiming:
-    """fp32 vs weight-only and static int8 for one shape, interleaved side by side."""
-    model, data, macs = _kernel_model(kernel, shape)
-    reference = ModelRunner(model)
-    ratios: dict[str, float] = {}
-    fp32_ms = 0.0
-    for timed in (t for t in REGISTRY.values() if t.host_timed):
-        recipe = timed.kernel_recipe(kernel, len(data))
-        quantized = timed.quantize(model, recipe, data, profile).model
-        timing = measure_latency(reference, ModelRunner(quantized), data.samples[0], budget_s=budget_s)
-        ratios[timed.name] = timing.ratio
-        fp32_ms = timing.float_ms
-    return KernelTiming(kernel=kernel, shape=list(shape), macs=macs, fp32_ms=fp32_ms, ratio=ratios)
+def median_ms(models: list[tuple[ModelProto, dict[str, np.ndarray]]], budget_s: float) -> list[float]:
+    """Median milliseconds of each model, run in one interleaved round robin (one thread each) so that all see the
+    same machine conditions."""
+    sessions = [(session(model, threads=1), feeds) for model, feeds in models]
+    for run, feeds in sessions:
+        run.run(None, feeds)  # first runs allocate
+    times: list[list[float]] = [[] for _ in sessions]
+    deadline = time.perf_counter() + budget_s
+    while len(times[0]) < TIMING_RUNS or (time.perf_counter() < deadline and len(times[0]) < 1000):
+        for (run, feeds), found in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            run.run(None, feeds)
+            found.append(time.perf_counter() - start)
+    return [statistics.median(found) * 1e3 for found in times]
+
+
+def _variants(profile: HardwareProfile) -> list[tuple[str, TechniqueName, str]]:
+    """(column, technique, quant format) of every int8 form timed for a CPU target."""
+    found: list[tuple[str, TechniqueName, str]] = []
+    for technique in (t for t in REGISTRY.values() if t.host_timed):
+        formats = quant_formats(profile) if technique.calibrated else ["qdq"]
+        found += [(variant_key(technique.name, Recipe(quant_format=f)), technique.name, f) for f in formats]
+    return found
+
+
+def _is_quantized(model: ModelProto) -> bool:
+    return any(mark in node.op_type for node in model.graph.node for mark in QUANTIZED_MARKS)
+
+
+def time_node(
+    graph: ModelGraph, node: NodeInfo, proto: NodeProto, profile: HardwareProfile, budget_s: float, step_ms: float
+) -> NodeTiming:
+    """fp32, every int8 form and a border of one node, interleaved side by side. `step_ms`: the executor's cost
+    per further node, taken off the two-node border pair and the three-node static form."""
+    model, feeds = one_node_model(graph, node, proto)
+    data = Dataset(samples=[feeds, feeds], labels=None, source="calibrate-host")
+    forms: list[tuple[str, ModelProto, bool]] = []
+    for column, technique, quant_format in _variants(profile):
+        timed = by_name(technique)
+        recipe = timed.kernel_recipe(node.op_type, len(data)).model_copy(
+            update={"quant_format": quant_format, "op_types_to_quantize": [node.op_type]}
+        )
+        try:
+            quantized = timed.quantize(model, recipe, data, profile).model
+        except AutoptqError:
+            continue  # the quantizer refuses this node: it stays float under this variant
+        if _is_quantized(quantized):
+            forms.append((column, quantized, timed.calibrated))
+    output = graph.tensors[node.outputs[0]]
+    elements = max(output.numel() or 1, 1)
+    border_feed = {"x": np.random.default_rng(1).standard_normal(output.shape).astype(np.float32)}
+    timed_models = [
+        (_overhead_model(), {"x": np.zeros([1], np.float32)}),
+        (model, feeds),
+        (_border_model(list(output.shape)), border_feed),
+        *((form, feeds) for _, form, _ in forms),
+    ]
+    overhead, fp32, border_pair, *int8 = median_ms(timed_models, budget_s)
+    border = max(border_pair - overhead - step_ms, 0.0) / 2
+    inputs_border = border * _float_input_elements(graph, node) / elements
+    int8_ms = {
+        column: round(max(ms - overhead - (border + inputs_border + 2 * step_ms if static else 0.0), 0.0), 6)
+        for (column, _, static), ms in zip(forms, int8, strict=True)
+    }
+    return NodeTiming(
+        signature=signature(graph, node) or "",
+        op_type=node.op_type,
+        macs=node.macs,
+        fp32_ms=round(max(fp32 - overhead, 0.0), 6),
+        int8_ms=int8_ms,
+        border_ns_per_element=round(border * 1e6 / elements, 6),
+    )
+
+
+def _float_input_elements(graph: ModelGraph, node: NodeInfo) -> int:
+    return sum(graph.tensors[n].numel() or 0 for n in dict.fromkeys(node.inputs) if n and n not in graph.constants)
+
+
+DEFAULT_MODELS = (zoo.mobilenet_style, zoo.transformer_block, zoo.text_encoder)
+"""What `calibrate-host` times without a model: common convnet and transformer layers."""
 
 
 def calibrate_host(
-    profile: HardwareProfile, model: str | Path | ModelGraph | None = None, budget_s: float = 0.5
+    profile: HardwareProfile, model: str | Path | ModelGraph | None = None, budget_s: float = 0.15
 ) -> HostTable:
-    """Time this machine's kernels for the model's shapes (or the default grid). A loaded graph may have its open
-    input dims bound from data (api.bound), which a path cannot."""
-    graph = model if isinstance(model, ModelGraph) or model is None else load_model(model)
-    shapes = model_shapes(graph) if graph is not None else []
-    shapes = shapes or DEFAULT_SHAPES
+    """Time this machine's fp32 and int8 kernels for every distinct node of the model (or of the default models).
+    A loaded graph may have its open input dims bound from data (api.bound), which a path cannot; nodes whose shapes
+    stay open are not timed."""
+    graphs = [model if isinstance(model, ModelGraph) else load_model(model)] if model is not None else []
+    graphs = graphs or [load_model(build()) for build in DEFAULT_MODELS]
+    run_overhead, step = measure_overheads()
+    timings: dict[str, NodeTiming] = {}
+    for graph in graphs:
+        protos = _node_protos(graph)
+        for node in graph.compute_nodes():
+            key = signature(graph, node)
+            if key is None or key in timings or node.name not in protos:
+                continue
+            timings[key] = time_node(graph, node, protos[node.name], profile, budget_s, step)
     return HostTable(
         machine=machine_id(),
         onnxruntime_version=onnxruntime.__version__,
-        timings=[time_kernel(kernel, shape, profile, budget_s) for kernel, shape in shapes],
+        run_overhead_ms=run_overhead,
+        node_overhead_ms=step,
+        timings=list(timings.values()),
     )
 
 
 def write_table(table: HostTable, path: Path | None = None) -> Path:
-    """Cache the table (merging with the shapes already timed there)."""
+    """Cache the table (merging with the nodes already timed there)."""
     path = path or default_cache()
     path.parent.mkdir(parents=True, exist_ok=True)
     old = load_table(path)
     if old is not None:
-        new_keys = {(t.kernel, tuple(t.shape)) for t in table.timings}
-        kept = [t for t in old.timings if (t.kernel, tuple(t.shape)) not in new_keys]
+        new = {t.signature for t in table.timings}
+        kept = [t for t in old.timings if t.signature not in new]
         table = table.model_copy(update={"timings": [*kept, *table.timings]})
     write_atomic(path, table.model_dump_json(indent=2) + "\n")
     return path
+
+
+# --- predicting a candidate ---------------------------------------------------------------------------------------
+
+
+def fused_nodes(graph: ModelGraph) -> set[str]:
+    """Nodes that cost nothing in either precision: a BatchNormalization, Relu or Clip whose only input comes from a
+    convolution or dense layer (or from such a fused node) that feeds nothing else."""
+    fused: set[str] = set()
+    for node in graph.compute_nodes():
+        if node.op_type not in FUSED_INTO_PRODUCER:
+            continue
+        producers = list(graph.graph.predecessors(node.name))
+        if len(producers) != 1:
+            continue
+        producer = graph.node(producers[0])
+        sole = graph.graph.out_degree(producer.name) == 1
+        if sole and (producer.op_type in FUSING_PRODUCERS or producer.name in fused):
+            fused.add(node.name)
+    return fused
+
+
+def _anchor(graph: ModelGraph, name: str, fused: set[str]) -> str:
+    """The node whose precision a fused node's output has: its producer chain's convolution."""
+    while name in fused:
+        name = next(iter(graph.graph.predecessors(name)))
+    return name
+
+
+def covers(graph: ModelGraph, table: HostTable, share: float = 0.9) -> bool:
+    """Whether the table timed at least `share` of the nodes of `graph` that can be timed (so its predictions are
+    its own measurements, not the nearest-op fallback)."""
+    keys = [key for node in graph.compute_nodes() if (key := signature(graph, node)) is not None]
+    timed = {t.signature for t in table.timings}
+    return bool(keys) and sum(key in timed for key in keys) >= share * len(keys)
 
 
 def predicted_ratio(
     graph: ModelGraph, profile: HardwareProfile, technique: TechniqueName, recipe: Recipe, table: HostTable
 ) -> float:
     """Predicted latency / fp32 latency of a candidate on this machine (see the module docstring)."""
-    if not by_name(technique).host_timed:
+    chosen = by_name(technique)
+    if not chosen.host_timed:
         raise AutoptqError(f"the host table has no {technique} timings")
-    excluded = set(recipe.nodes_to_exclude)
-    wanted = set(recipe.op_types_to_quantize)
-    total = scaled = 0.0
+    variant = variant_key(technique, recipe)
+    excluded, wanted = set(recipe.nodes_to_exclude), set(recipe.op_types_to_quantize)
+    fused = fused_nodes(graph)
+    fp32_total = int8_total = table.run_overhead_ms
+    quantized: set[str] = set()
     for node in graph.compute_nodes():
-        seconds = node_seconds(node, "fp32", profile) + profile.cost.per_op_overhead_s
-        total += seconds
-        kernel = KERNEL_OF.get(node.op_type)
-        quantized = kernel is not None and node.name not in excluded and (not wanted or node.op_type in wanted)
-        ratio = table.ratio(kernel, technique, node.macs) if quantized and kernel else None
-        scaled += seconds * (ratio if ratio is not None else 1.0)
-    return scaled / total if total else 1.0
+        if node.name in fused:
+            continue
+        timing = table.find(signature(graph, node) or "")
+        if timing is not None:
+            fp32, int8 = timing.fp32_ms, timing.int8_ms.get(variant)
+        else:
+            fp32 = (node_seconds(node, "fp32", profile) + profile.cost.per_op_overhead_s) * 1e3
+            ratio = table.nearest_ratio(node.op_type, variant, node.macs)
+            int8 = None if ratio is None else fp32 * ratio
+        chosen_here = int8 is not None and node.name not in excluded and (not wanted or node.op_type in wanted)
+        fp32_total += fp32 + table.node_overhead_ms
+        int8_total += (int8 if chosen_here and int8 is not None else fp32) + table.node_overhead_ms
+        if chosen_here:
+            quantized.add(node.name)
+    if chosen.calibrated:
+        int8_total += _border_ms(graph, quantized, fused, table)
+    return int8_total / fp32_total if fp32_total else 1.0
+
+
+def _border_ms(graph: ModelGraph, quantized: set[str], fused: set[str], table: HostTable) -> float:
+    """One Q or DQ per tensor that crosses between float and int8 (graph inputs and outputs are float)."""
+    state: dict[str, bool] = {}
+    for node in graph.compute_nodes():
+        anchor = _anchor(graph, node.name, fused)
+        for name in node.outputs:
+            state[name] = anchor in quantized
+    rates = {t.signature: t.border_ns_per_element for t in table.timings}
+    fallback = table.border_rate()
+    crossing: set[str] = set()
+    for node in graph.compute_nodes():
+        if node.name in fused:
+            continue
+        for name in node.inputs:
+            if name and name not in graph.constants and state.get(name, False) != (node.name in quantized):
+                crossing.add(name)
+    crossing |= {o.name for o in graph.outputs if state.get(o.name, False)}
+    total_ns = len(crossing) * table.node_overhead_ms * 1e6  # each border is a Q or DQ node of its own
+    producers = {out: node for node in graph.compute_nodes() for out in node.outputs}
+    for name in crossing:
+        producer = producers.get(name)
+        rate = rates.get(signature(graph, producer) or "", fallback) if producer is not None else fallback
+        total_ns += rate * (graph.tensors[name].numel() or 0) if name in graph.tensors else 0.0
+    return total_ns / 1e6

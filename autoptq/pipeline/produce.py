@@ -12,7 +12,14 @@ import onnx
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoptq.decide.candidates import Candidate, candidates, measured_choices, same_recipe
+from autoptq.decide.candidates import (
+    PREDICTED_TOO_SLOW,
+    Candidate,
+    candidates,
+    measured_choices,
+    predicted_too_slow,
+    same_recipe,
+)
 from autoptq.decide.job import Job
 from autoptq.decide.planner import Objective, Plan
 from autoptq.decide.tuning import Budget, TuningResult, search_evaluator, tune
@@ -89,10 +96,15 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
     # (static) float, so quantizing would hinge on timing noise against the 5% margin and flip run to run.
     measured = measure_latency and measurable_here(profile) and bool(found)
     measured_count = 0
+    attempts: list[Attempt] = []
     if measured:
         choices = measured_choices(found, job, plan)
-        found = [*choices, *(c for c in found if not any(same_recipe(c, m) for m in choices))]
-        measured_count = len(choices)
+        slow = predicted_too_slow(choices, job)
+        attempts = [_predicted_slow(candidate, ratio) for candidate, ratio in slow]
+        unbuilt = [candidate for candidate, _ in slow]
+        choices = [c for c in choices if not any(same_recipe(c, s) for s in unbuilt)]
+        found = [*choices, *(c for c in found if not any(same_recipe(c, m) for m in [*choices, *unbuilt]))]
+        measured_count = len(choices) + len(unbuilt)
     # Preparation feeds the quantizers: a plan that keeps float neither needs it nor reports it.
     source = float_model
     preparation: list[PreparationStep] = []
@@ -100,7 +112,6 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
         prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
         source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
-    attempts: list[Attempt] = []
     passed: list[tuple[Attempt, bytes]] = []
     evaluator = Evaluator(
         float_model,
@@ -191,6 +202,16 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
         preparation=preparation,
         synthetic_data=synthetic,
         model_bytes=float_bytes,
+    )
+
+
+def _predicted_slow(candidate: Candidate, ratio: float) -> Attempt:
+    return Attempt(
+        **candidate.model_dump(),
+        accepted=False,
+        error=f"not built: the host table (`autoptq calibrate-host`) predicts {ratio:.2f}x float latency, above "
+        f"{PREDICTED_TOO_SLOW}x (the 1.05x limit widened by the table's error)",
+        error_code="skipped",
     )
 
 

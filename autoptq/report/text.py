@@ -509,11 +509,11 @@ def render_variants_summary(manifest: Manifest, folder: Path) -> str:
 
 
 def render_host_table(table: HostTable, written: Path) -> str:
-    """The kernels `autoptq calibrate-host` timed, fp32 time and int8/fp32 ratio per technique, and the file."""
+    """The nodes `autoptq calibrate-host` timed: fp32 time and int8/fp32 ratio per variant, and the file."""
     lines = []
     for t in table.timings:
-        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in t.ratio.items())
-        lines.append(f"{t.kernel:<7} {'x'.join(map(str, t.shape)):<18} fp32 {t.fp32_ms:8.4f} ms  {ratios}")
+        ratios = ", ".join(f"{name} {ms / t.fp32_ms:.2f}x" for name, ms in t.int8_ms.items() if t.fp32_ms > 0)
+        lines.append(f"{t.op_type:<18} {t.macs:>12,} MACs  fp32 {t.fp32_ms:8.4f} ms  {ratios or 'no int8 form'}")
     lines.append(f"Wrote {written}")
     return "\n".join(lines) + "\n"
 
