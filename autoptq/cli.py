@@ -275,7 +275,13 @@ MinAgreementOpt = Annotated[
     typer.Option("--min-top1-agreement", help="Fidelity budget: share of top-1 predictions kept.", min=0, max=1),
 ]
 TimeBudgetOpt = Annotated[
-    str | None, typer.Option("--time-budget", help="Stop the accuracy-aware search after this long: 90s, 10m, 1h.")
+    str | None,
+    typer.Option(
+        "--time-budget",
+        help="Stop the accuracy-aware search after this long: 90s, 10m, 1h. A trial in flight is abandoned: the "
+        "search ends at most one sample's inference, calibration sample or node's quantization later (the first "
+        "trial always completes).",
+    ),
 ]
 MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="Stop the accuracy-aware search after N trials.")]
 PreferOpt = Annotated[Objective, typer.Option("--prefer", help="Objective among candidates within budget.")]

@@ -15,7 +15,7 @@ import autoptq
 # Bottom to top: load → analyse the device → write the device's files → quantize → evaluate → decide → run the
 # pipeline → report; the command line, the Python API and batch on top.
 LAYERS: list[set[str]] = [
-    {"errors", "_version", "schema"},
+    {"errors", "_version", "schema", "deadline"},
     {"io"},
     {"model"},
     {"devices"},

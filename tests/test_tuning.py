@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,21 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autoptq.api import QuantizeOptions, plan_for
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree
-from autoptq.decide.tuning import Budget, Trial, choose, pareto_front, tune
+from autoptq.decide.tuning import (
+    SENSITIVITY_SAMPLES,
+    STOPPED_BY_TIME_BUDGET,
+    Budget,
+    Trial,
+    choose,
+    pareto_front,
+    search_evaluator,
+    tune,
+)
 from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.evaluator import Evaluator
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from bench.search_baselines import ExhaustiveSearch, every_subset_search
@@ -110,6 +122,111 @@ def test_trial_and_time_budgets_stop_the_search(bad_layer: tuple[ModelGraph, Dat
     by_time = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=60, time_budget_s=0.0))
     assert len(by_time.trials) == 1 and by_time.stopped_by == "time budget"
     assert not by_time.within_budget  # and still a result
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it: deadlines pass when the test says, not with wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _expire_on_evaluation(
+    job: Job, clock: FakeClock, expire: Callable[[list[dict]], bool]
+) -> tuple[Evaluator, list[dict]]:
+    """The search's evaluator, wrapped so that the clock jumps an hour ahead when an evaluation starts for which
+    `expire(calls so far, this one last)` holds: the deadline then passes inside that evaluation, before its first
+    sample. Returns the evaluator and the keyword arguments of every evaluation, in order."""
+    evaluator = search_evaluator(job)
+    original = evaluator.evaluate
+    calls: list[dict] = []
+
+    def evaluate(*args, **kwargs):
+        calls.append(kwargs)
+        if expire(calls):
+            clock.now += 3600.0
+        return original(*args, **kwargs)
+
+    evaluator.evaluate = evaluate  # type: ignore[method-assign]
+    return evaluator, calls
+
+
+def test_a_deadline_passing_inside_a_trial_abandons_it(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    job = Job(graph, load_profile("qualcomm-htp"), calibration, validation)
+    clock = FakeClock()
+    # The deadline passes as the second trial's emulation starts (an hour into a one-minute budget).
+    evaluator, calls = _expire_on_evaluation(job, clock, lambda calls: len(calls) == 2)
+    lines: list[str] = []
+    result = tune(
+        job,
+        plan,
+        Budget(min_sqnr_db=60, time_budget_s=60),
+        progress=lines.append,
+        evaluator=evaluator,
+        deadline=Deadline(60, clock),
+    )
+    assert result.stopped_by == "time budget"
+    assert len(calls) == 2  # nothing was evaluated after the deadline passed
+    assert calls[0]["deadline"] is NO_DEADLINE  # the first trial always completes
+    assert len(result.trials) == 2  # the walk stopped inside trial 2: no third
+    first, abandoned = result.trials
+    assert first.error is None and first.min_sqnr_db is not None
+    # Abandoned in its per-sample loop: recorded, with nothing measured, never within budget and never chosen.
+    assert abandoned.abandoned and abandoned.error == STOPPED_BY_TIME_BUDGET
+    assert abandoned.min_sqnr_db is None and abandoned.size_bytes is None and not abandoned.meets_budget
+    assert result.chosen == first.index and abandoned.index not in result.pareto
+    assert not result.within_budget and "NO candidate meets the budget" in result.message
+    assert result.evaluation is not None and result.model_bytes  # the chosen trial's, complete
+    assert STOPPED_BY_TIME_BUDGET in lines[-1] and "failed" not in lines[-1]
+
+
+def test_an_abandoned_trial_never_displaces_the_best_so_far(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    job = Job(graph, load_profile("qualcomm-htp"), calibration, validation)
+    budget = Budget(min_sqnr_db=15, time_budget_s=60)  # per-channel weights (trial 2, 18.3 dB) meet it
+    unbounded = tune(job, plan, budget.model_copy(update={"time_budget_s": None}), search_class=ExhaustiveSearch)
+    assert unbounded.trials[1].meets_budget and len(unbounded.trials) > 3
+    clock = FakeClock()
+    evaluator, _ = _expire_on_evaluation(job, clock, lambda calls: len(calls) == 3)
+    result = tune(job, plan, budget, evaluator=evaluator, search_class=ExhaustiveSearch, deadline=Deadline(60, clock))
+    assert result.stopped_by == "time budget" and len(result.trials) == 3
+    assert _without_seconds(result.trials[:2]) == _without_seconds(unbounded.trials[:2])  # the same trials so far
+    abandoned = result.trials[2]
+    assert abandoned.abandoned and abandoned.step == unbounded.trials[2].step and not abandoned.meets_budget
+    assert result.within_budget and result.chosen == 1  # the best so far, not the trial in flight
+
+
+def _without_seconds(trials: list[Trial]) -> list[dict]:
+    return [t.model_dump(exclude={"seconds"}) for t in trials]
+
+
+def test_a_deadline_passing_in_the_sensitivity_ranking_stops_the_walk(
+    bad_layer: tuple[ModelGraph, Dataset, Dataset],
+) -> None:
+    graph, calibration, validation = bad_layer
+    plan = _per_tensor_plan(graph, "qualcomm-htp", calibration)
+    job = Job(graph, load_profile("qualcomm-htp"), calibration, validation)
+    clock = FakeClock()
+
+    # The ranking's evaluations are the host-tier ones on SENSITIVITY_SAMPLES samples: the first node's ends it.
+    def ranking(kwargs: dict) -> bool:
+        return kwargs.get("samples") == SENSITIVITY_SAMPLES
+
+    evaluator, calls = _expire_on_evaluation(job, clock, lambda calls: ranking(calls[-1]))
+    result = tune(
+        job, plan, Budget(min_sqnr_db=20, time_budget_s=60), evaluator=evaluator, deadline=Deadline(60, clock)
+    )
+    assert result.stopped_by == "time budget"
+    assert sum(ranking(c) for c in calls) == 1  # no node after the one in progress
+    assert result.sensitivity == [] and not any(t.excluded for t in result.trials)
+    assert not any(t.abandoned for t in result.trials)  # no trial was in flight
+    assert all(t.error is None for t in result.trials)
 
 
 def test_exhaustive_search_agrees_with_the_greedy_choice(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:
@@ -214,6 +331,31 @@ def test_cli_budget_writes_trials_to_output_and_manifest(run_cli, tmp_path: Path
     assert tuning["trials"][0]["step"] == "plan"
     assert all("seconds" not in t for t in tuning["trials"])  # timings stay out of the deterministic manifest
     assert "| # | step |" in (out / "report.md").read_text()
+
+
+def test_a_budget_not_hit_prints_and_writes_what_no_budget_does(run_cli, tmp_path: Path) -> None:
+    """The deadline only ever stops work: while it has not passed, every output is byte for byte the one of a run
+    without it (the manifest also records the budget given)."""
+    runs = {}
+    for name, budget in (("bounded", ["--time-budget", "1h"]), ("unbounded", [])):
+        out = tmp_path / name
+        code, stdout, stderr = run_cli(
+            ["variants", str(EXAMPLES / "digits_cnn.onnx"), "--targets", "edgetpu", "--data",
+             str(EXAMPLES / "calib.npz"), "--val", str(EXAMPLES / "val.npz"), "--min-sqnr", "45", *budget,
+             "-o", str(out)]
+        )  # fmt: skip
+        assert code == 0, stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        tuning = manifest["variants"][0]["tuning"]
+        assert tuning["stopped_by"] == "walk complete"
+        tuning["budget"]["time_budget_s"] = None
+        runs[name] = (
+            stdout.replace(str(out), "OUT"),
+            stderr,
+            manifest,
+            *((out / f).read_bytes() for f in ("edgetpu/model.onnx", "report.md", "report.html")),
+        )
+    assert runs["bounded"] == runs["unbounded"]
 
 
 @pytest.mark.parametrize(("text", "phrase"), [("10x", "duration"), ("-1m", "duration")])

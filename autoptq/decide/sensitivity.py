@@ -15,6 +15,7 @@ import numpy as np
 from onnx import ModelProto
 from pydantic import BaseModel, Field
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.metrics import compare, sqnr_from_powers
 from autoptq.evaluate.runner import ModelRunner, quantize_input
@@ -80,11 +81,14 @@ def _dequantized_names(qdq: ModelProto) -> dict[str, str]:
     return mapping
 
 
-def activation_sqnr(float_model: ModelProto, qdq: ModelProto, samples: Dataset) -> dict[str, float]:
-    """SQNR (dB) of each activation of the quantized model against the float model, over `samples`."""
+def activation_sqnr(
+    float_model: ModelProto, qdq: ModelProto, samples: Dataset, deadline: Deadline = NO_DEADLINE
+) -> dict[str, float]:
+    """SQNR (dB) of each activation of the quantized model against the float model, over `samples` (`deadline`
+    checked before each)."""
     dequantized = _dequantized_names(qdq)
     pairs = [(name, dequantized[name]) for name in float_tensors(float_model) if name in dequantized]
-    return dict(_paired_sqnr(float_model, qdq, pairs, samples))
+    return dict(_paired_sqnr(float_model, qdq, pairs, samples, deadline))
 
 
 def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Dataset) -> list[tuple[str, float]]:
@@ -103,7 +107,11 @@ def sqnr_along_graph(float_model: ModelProto, quantized: ModelProto, samples: Da
 
 
 def _paired_sqnr(
-    float_model: ModelProto, quantized: ModelProto, pairs: list[tuple[str, str]], samples: Dataset
+    float_model: ModelProto,
+    quantized: ModelProto,
+    pairs: list[tuple[str, str]],
+    samples: Dataset,
+    deadline: Deadline = NO_DEADLINE,
 ) -> list[tuple[str, float]]:
     """SQNR of each (float tensor, quantized tensor) pair over `samples`, in pair order; integer graph inputs fed
     as the device would. Powers are summed sample by sample: memory holds one sample's activations, whatever the
@@ -117,7 +125,7 @@ def _paired_sqnr(
     signal = dict.fromkeys((a for a, _ in pairs), 0.0)
     noise = dict.fromkeys((a for a, _ in pairs), 0.0)
     floating: dict[str, bool] = {}
-    for feed in samples.samples:
+    for feed in deadline.each(samples.samples):
         quantized_feed = {k: quantize_input(v, integer_io[k]) if k in integer_io else v for k, v in feed.items()}
         references = float_run.run([a for a, _ in pairs], feed)
         candidates = quantized_run.run([b for _, b in pairs], quantized_feed)
@@ -149,23 +157,26 @@ def rank_nodes(
     samples: Dataset,
     output_sqnr: Callable[[ModelProto], float],
     cache: Path,
+    deadline: Deadline = NO_DEADLINE,
 ) -> list[NodeSensitivity]:
     """Rank the quantizable nodes of `model` by the output SQNR (`output_sqnr`, lower is worse) reached when only
-    that node is quantized; ties keep graph order. `cache` holds the shared calibration ranges."""
+    that node is quantized; ties keep graph order. `cache` holds the shared calibration ranges. `deadline` is checked
+    before each node is quantized (and inside the calibration and the SQNR along the graph); `output_sqnr` checks
+    its own."""
     # Ranking compares float tensors: integer graph I/O (a deployment detail) would only get in the way.
     recipe = recipe.model_copy(update={"io_dtype": "float32"})
     excluded = set(recipe.nodes_to_exclude)
     candidates = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in excluded]
     static = static_technique(technique)
-    full = static.quantize_nodes(model, recipe, calibration, cache).model
-    along_graph = activation_sqnr(model, full, samples)
+    full = static.quantize_nodes(model, recipe, calibration, cache, deadline=deadline).model
+    along_graph = activation_sqnr(model, full, samples, deadline)
     node_sqnr = {n.name: along_graph.get(n.output[0]) for n in candidates}
     if len(candidates) > MAX_CANDIDATES:
         # Unknown (a fused activation, a renamed graph output) counts as worst: better to measure than to drop it.
         candidates = sorted(candidates, key=lambda n: node_sqnr[n.name] if node_sqnr[n.name] is not None else -1e9)
         candidates = candidates[:MAX_CANDIDATES]
     ranked = []
-    for node in candidates:
+    for node in deadline.each(candidates):
         try:
             alone = static.quantize_nodes(model, recipe, calibration, cache, nodes=[node.name])
         except AutoptqError:

@@ -8,6 +8,11 @@ estimate of its device partitioning (excluded nodes move to the host on an integ
 transfers are re-audited), and judged against the device. At the end the Pareto front of (accuracy, latency, size)
 is computed and the objective picks among the candidates within budget; if none is, the closest is returned and
 marked.
+
+The time budget is one `Deadline`, checked between trials and handed down to the loops inside them (per sample, per
+node ranked, per calibration sample; the latency timing is capped by the time left). When it passes inside a trial,
+the trial is abandoned and recorded with the error STOPPED_BY_TIME_BUDGET (no measurement: never chosen, never
+within budget), and the walk stops. The first trial always completes, so a search always has an answer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
+from autoptq.deadline import NO_DEADLINE, Deadline, OutOfTime
 from autoptq.decide.candidates import Candidate, fallback_candidate, space_steps
 from autoptq.decide.hostcost import load_table, predicted_ratio
 from autoptq.decide.job import Job
@@ -50,6 +56,8 @@ TIMING_BUDGET_S = 0.3
 SENSITIVITY_SAMPLES = 16
 """Validation samples the sensitivity ranking measures each node's output SQNR on (on the host: a cheap measure);
 the samples `_exclude_greedily` hands the ranking are as many."""
+STOPPED_BY_TIME_BUDGET = "stopped by the time budget"
+"""The error of a trial abandoned when the time budget passed inside it."""
 
 
 class Budget(BaseModel):
@@ -107,6 +115,11 @@ class Trial(BaseModel):
     error: str | None = None
     seconds: float = 0.0
 
+    @property
+    def abandoned(self) -> bool:
+        """Stopped by the time budget part way: nothing was measured."""
+        return self.error == STOPPED_BY_TIME_BUDGET
+
 
 class TuningResult(BaseModel):
     """The trials, the sensitivity ranking, and the chosen candidate."""
@@ -141,13 +154,15 @@ class Search:
         progress: Callable[[str], None],
         prefer: Objective,
         evaluator: Evaluator,
+        deadline: Deadline | None = None,
     ) -> None:
+        # The time budget runs from here (default: `budget.time_budget_s` on the wall clock; a test passes its own).
+        self.deadline = deadline if deadline is not None else Deadline(budget.time_budget_s)
         # Candidates are made on the graph the target's converter sees, as the evaluator judges them.
         self.job = replace(job, graph=evaluator.analysis_graph)
         self.graph, self.profile, self.plan, self.prefer = self.job.graph, job.profile, plan, prefer
         self.calibration, self.validation, self.budget = job.calibration, job.validation, budget
         self.progress = progress
-        self.started = time.perf_counter()
         self.tier = _search_tier(self.profile)
         self.evaluator = evaluator
         self.float_model = evaluator.float_model
@@ -159,6 +174,7 @@ class Search:
         self.evaluations: dict[int, Evaluation] = {}
         self.sensitivity: list[NodeSensitivity] = []
         self.stopped_by = "walk complete"
+        self.in_flight: tuple[Trial, float] | None = None  # the trial being run and when it started
         # Last: nothing after it can fail before the caller's try/finally removes it.
         self.cache_dir = Path(tempfile.mkdtemp(prefix="autoptq-tune-"))
 
@@ -168,7 +184,7 @@ class Search:
         if len(self.trials) >= self.budget.max_trials:
             self.stopped_by = "trial budget"
             return True
-        if self.budget.time_budget_s is not None and time.perf_counter() - self.started > self.budget.time_budget_s:
+        if self.deadline.passed():
             self.stopped_by = "time budget"
             return True
         return False
@@ -213,36 +229,47 @@ class Search:
         start = time.perf_counter()
         excluded = list(recipe.nodes_to_exclude) if recipe else []
         trial = Trial(index=len(self.trials), step=step, technique=technique, recipe=recipe, excluded=excluded)
+        # The first trial runs to its end whatever the deadline, so that the search always has an answer.
+        deadline = self.deadline if self.trials else NO_DEADLINE
+        self.in_flight = trial, start
         try:
-            model = self._build(technique, recipe)
+            model = self._build(technique, recipe, deadline)
         except AutoptqError as exc:
             trial.error = str(exc)
         else:
-            self._measure(trial, model)
+            self._measure(trial, model, deadline)
             self.models[trial.index] = model.SerializeToString(deterministic=True)
+        self.in_flight = None
+        self._record(trial, start)
+        return trial
+
+    def _record(self, trial: Trial, start: float) -> None:
         trial.seconds = round(time.perf_counter() - start, 3)
         self.trials.append(trial)
         self.progress(_progress_line(trial, len(self.trials), self.budget))
-        return trial
 
-    def _build(self, name: TechniqueName, recipe: Recipe | None) -> ModelProto:
+    def _build(self, name: TechniqueName, recipe: Recipe | None, deadline: Deadline) -> ModelProto:
         chosen = by_name(name)
         if not chosen.quantizes or recipe is None:
             return self.float_model
         cache = None
         if chosen.calibrated:
             cache = self.cache_dir / f"{name}-{recipe.calibration_method}-{recipe.calibration_percentile}.json"
-        return chosen.quantize(self.prepared, recipe, self.calibration, self.profile, calibration_cache=cache).model
+        return chosen.quantize(
+            self.prepared, recipe, self.calibration, self.profile, calibration_cache=cache, deadline=deadline
+        ).model
 
-    def _measure(self, trial: Trial, model: ModelProto) -> None:
+    def _measure(self, trial: Trial, model: ModelProto, deadline: Deadline) -> None:
         """The search's policy over the evaluator: a trial on the target's emulator tier, scored, sized, judged
         against the device and costed on the partitioning it gets there."""
         quantized = by_name(trial.technique).quantizes
         device = DeviceQuery(technique=trial.technique, recipe=trial.recipe or Recipe(), kept_float=trial.excluded)
         evaluation = (
-            self.evaluator.evaluate(model, tier=self.tier, timing_budget_s=TIMING_BUDGET_S, device=device)
+            self.evaluator.evaluate(
+                model, tier=self.tier, timing_budget_s=TIMING_BUDGET_S, device=device, deadline=deadline
+            )
             if quantized
-            else self.evaluator.evaluate_float(device)
+            else self.evaluator.evaluate_float(device, deadline)
         )
         self.evaluations[trial.index] = evaluation
         broken = evaluation.problem("not_runnable")
@@ -337,6 +364,21 @@ class Search:
 
     # --- the walk -----------------------------------------------------------------------------------------------
 
+    def search(self) -> None:
+        """The walk, stopped where the time budget passes: between trials (`out_of_budget`), or inside one, where
+        the inner loop that finds it passed raises OutOfTime, caught here alone. The trial in flight is recorded as
+        abandoned (STOPPED_BY_TIME_BUDGET) and the search returns what it has."""
+        try:
+            self.walk()
+        except OutOfTime:
+            self.stopped_by = "time budget"
+            if self.in_flight is not None:
+                trial, start = self.in_flight
+                trial.error = STOPPED_BY_TIME_BUDGET
+                self._record(trial, start)
+        finally:
+            self.in_flight = None
+
     def walk(self) -> None:
         """The plan, then its fallbacks in order. Once a candidate meets the budget, only candidates the cost model
         says could beat it are tried (so the walk returns the best, not the first); limits stop it at any point."""
@@ -406,6 +448,7 @@ class Search:
             self.validation.take(16),
             self._output_sqnr,
             self.cache_dir / f"sensitivity-{base.calibration_method}.json",
+            self.deadline,
         )
         self.exclude(base)
 
@@ -439,7 +482,9 @@ class Search:
 
     def _output_sqnr(self, model: ModelProto) -> float:
         """Output SQNR of a candidate on a few samples, on the host (the cheap measure of sensitivity)."""
-        evaluation = self.evaluator.evaluate(model, [], samples=SENSITIVITY_SAMPLES, measure=False)
+        evaluation = self.evaluator.evaluate(
+            model, [], samples=SENSITIVITY_SAMPLES, measure=False, deadline=self.deadline
+        )
         broken = evaluation.problem("not_runnable")
         if broken is not None or evaluation.lowest_sqnr_db is None:
             raise AutoptqError(
@@ -488,6 +533,8 @@ def _latency(trial: Trial) -> float | None:
 
 
 def _progress_line(trial: Trial, count: int, budget: Budget) -> str:
+    if trial.abandoned:
+        return f"  trial {count}: {trial.step} ({trial.technique}): {trial.error} after {trial.seconds:g} s"
     if trial.error:
         return f"  trial {count}: {trial.step} ({trial.technique}): failed: {trial.error}"
     metric = (
@@ -551,11 +598,13 @@ def tune(
     progress: Callable[[str], None] = lambda _line: None,
     evaluator: Evaluator | None = None,
     search_class: type[Search] = Search,
+    deadline: Deadline | None = None,
 ) -> TuningResult:
     """Search the plan's candidates under `budget` on the target's emulator; return the best found (see module).
 
     `evaluator` judges the trials (default: `search_evaluator(job)`); a caller passes its own to judge the chosen
     candidate further against the same float run. `search_class`: how to walk (a benchmark passes its own).
+    `deadline`: the time budget's end (default: `budget.time_budget_s` from now, on the wall clock).
     """
     metric = evaluator.metric if evaluator is not None else job.metric
     labels = job.validation.labels
@@ -571,9 +620,9 @@ def tune(
             "--min-top1-agreement"
         )
     evaluator = evaluator or search_evaluator(job)
-    search = search_class(job, plan, budget, progress, prefer, evaluator)
+    search = search_class(job, plan, budget, progress, prefer, evaluator, deadline)
     try:
-        search.walk()
+        search.search()
     finally:
         shutil.rmtree(search.cache_dir, ignore_errors=True)
     front = choice_front(search.trials)

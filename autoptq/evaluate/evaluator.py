@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 from onnx import ModelProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.deploy.intgraph import EmulationError
 from autoptq.devices.coverage import analyse
 from autoptq.devices.device_rules import check_device_rules
@@ -151,6 +152,7 @@ class Evaluator:
         measure: bool = True,
         timing_budget_s: float = TIMING_BUDGET_S,
         device: DeviceQuery | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Evaluation:
         """Judge `candidate` (see the module docstring).
 
@@ -159,16 +161,17 @@ class Evaluator:
         cannot emulate the model hands over to the next one, saying why. `samples`: judge on the first few only (a
         quick look: the user's metric, which scores the whole set, is left out). `measure`: time it side by side
         with float where this machine stands in for the target. `device`: also audit it for the device and
-        estimate its latency there."""
+        estimate its latency there. `deadline`: checked before each sample is run and before the timing, whose
+        budget it caps by the time left; once passed, OutOfTime abandons the evaluation."""
         io = read_integer_io(candidate) if integer_io is None else list(integer_io)
         count = len(self.data) if samples is None else min(samples, len(self.data))
         names = [o.name for o in candidate.graph.output]
         order = match_outputs(names, self.output_names)
         verdict = self._device_verdict(candidate, device) if device is not None else None
         try:
-            run = self._run(candidate, io, tier, fall_back, count)
+            run = self._run(candidate, io, tier, fall_back, count, deadline)
             keep = self.metric is not None and samples is None  # the metric scores the whole set
-            kept, fidelity, classes = self._compare(run.outputs, names, order, count, keep=keep)
+            kept, fidelity, classes = self._compare(run.outputs, names, order, count, keep=keep, deadline=deadline)
         except Exception as exc:
             if tier != "host":
                 raise  # an emulator that cannot represent the model, or bad input: not a verdict on the candidate
@@ -183,7 +186,8 @@ class Evaluator:
         if kept is not None:
             evaluation.metric, failed = self._metric([self.output_names[i] for i in order], kept)
         if measure and measurable_here(self.profile) and count:
-            self._time(evaluation.latency, run.runner or ModelRunner(candidate, io), timing_budget_s)
+            deadline.check()
+            self._time(evaluation.latency, run.runner or ModelRunner(candidate, io), deadline.cap(timing_budget_s))
         self._close_float_session()
         evaluation.problems = [
             *self._quality_problems(evaluation),
@@ -192,12 +196,12 @@ class Evaluator:
         ]
         return evaluation
 
-    def evaluate_float(self, device: DeviceQuery | None = None) -> Evaluation:
+    def evaluate_float(self, device: DeviceQuery | None = None, deadline: Deadline = NO_DEADLINE) -> Evaluation:
         """The float model judged as a candidate of its own (a search's baseline row): its own outputs, no device
-        rules to audit (it is no quantized deployment), not timed against itself."""
+        rules to audit (it is no quantized deployment), not timed against itself. `deadline`: as `evaluate`'s."""
         order = list(range(len(self.output_names)))
         stream = self.float_stream(len(self.data))
-        _, fidelity, classes = self._compare(stream, self.output_names, order, len(self.data), keep=False)
+        _, fidelity, classes = self._compare(stream, self.output_names, order, len(self.data), False, deadline)
         verdict = None
         if device is not None:
             verdict = DeviceVerdict(rules=None, coverage=analyse(self.analysis_graph, self.profile))
@@ -228,43 +232,64 @@ class Evaluator:
 
     # --- the steps ----------------------------------------------------------------------------------------------
 
-    def _run(self, candidate: ModelProto, io: list[IOQuantization], tier: Tier, fall_back: bool, count: int) -> _Run:
+    def _run(
+        self,
+        candidate: ModelProto,
+        io: list[IOQuantization],
+        tier: Tier,
+        fall_back: bool,
+        count: int,
+        deadline: Deadline,
+    ) -> _Run:
         samples = self.data.samples[:count]
         if tier == "host":
+            # Lazy: each sample runs when `_compare` takes it, which checks the deadline first.
             runner = ModelRunner(candidate, io)
             return _Run(outputs=(runner.run(sample) for sample in samples), runner=runner)
-        emulation = self._emulate(candidate, tier, fall_back, samples)
+        emulation = self._emulate(candidate, tier, fall_back, samples, deadline)
         return _Run(outputs=emulation.outputs, emulation=emulation)
 
     def _emulate(
-        self, candidate: ModelProto, tier: Tier, fall_back: bool, samples: list[dict[str, np.ndarray]]
+        self,
+        candidate: ModelProto,
+        tier: Tier,
+        fall_back: bool,
+        samples: list[dict[str, np.ndarray]],
+        deadline: Deadline = NO_DEADLINE,
     ) -> EmulationResult:
         """Emulate on `tier`; with `fall_back`, when that tier cannot represent the model, the next tier, saying
         why."""
         family = self.profile.emulator
         emulate = emulator_for(family)
         try:
-            return emulate(candidate, self.profile, samples, tier)
+            return emulate(candidate, self.profile, samples, tier, deadline=deadline)
         except EmulationError as exc:
             tiers = TIERS[family]
             following = tiers[tiers.index(tier) + 1 :]
             if not fall_back or not following:
                 raise
-            emulated = emulate(candidate, self.profile, samples, following[0])
+            emulated = emulate(candidate, self.profile, samples, following[0], deadline=deadline)
             note = f"The {tier} tier cannot emulate this model ({exc}), so the {following[0]} tier was used instead: "
             return emulated.model_copy(update={"fidelity_statement": note + emulated.fidelity_statement})
 
     def _compare(
-        self, outputs: Iterable[list[np.ndarray]], names: list[str], order: list[int], count: int, keep: bool
+        self,
+        outputs: Iterable[list[np.ndarray]],
+        names: list[str],
+        order: list[int],
+        count: int,
+        keep: bool,
+        deadline: Deadline = NO_DEADLINE,
     ) -> tuple[list[list[np.ndarray]] | None, list[OutputFidelity], list[int]]:
         """The one comparison loop: each sample's candidate outputs (`names`) against float's (`order`: the float
         output each is compared with), accumulated so memory holds one sample's candidate outputs (kept only for a
         user metric, which scores the whole set at once). Returns (kept outputs, fidelity per candidate output, the
-        predicted class of each sample)."""
+        predicted class of each sample). `deadline` is checked before each sample (float's and the candidate's
+        outputs on the host are computed as they are taken)."""
         accumulators = [FidelityAccumulator(name) for name in names]
         kept: list[list[np.ndarray]] | None = [] if keep else None
         classes = []
-        for reference, candidate in zip(self.float_stream(count), outputs, strict=True):
+        for reference, candidate in deadline.each(zip(self.float_stream(count), outputs, strict=True)):
             for accumulator, index, value in zip(accumulators, order, candidate, strict=True):
                 accumulator.add(reference[index], value)
             classes.append(predicted_class(candidate[0]))

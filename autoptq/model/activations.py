@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 from onnx import ModelProto, TensorProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.model.calibration import Dataset
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
@@ -48,12 +49,15 @@ def session(model: ModelProto, optimize: bool = True, threads: int = 1) -> ort.I
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def absolute_maxima(model: ModelProto, data: Dataset, samples: int = 32) -> dict[str, float]:
-    """Largest magnitude each float activation reaches over the first `samples` samples (inf if it overflows)."""
+def absolute_maxima(
+    model: ModelProto, data: Dataset, samples: int = 32, deadline: Deadline = NO_DEADLINE
+) -> dict[str, float]:
+    """Largest magnitude each float activation reaches over the first `samples` samples (inf if it overflows);
+    `deadline` is checked before each sample."""
     names = float_tensors(model)
     runner = session(expose(model, names), optimize=False)
     maxima = dict.fromkeys(names, 0.0)
-    for feed in data.take(samples).samples:
+    for feed in deadline.each(data.take(samples).samples):
         for name, value in zip(names, runner.run(names, feed), strict=True):
             value = np.asarray(value)
             if value.size:

@@ -710,7 +710,8 @@ def trials_lines(result: TuningResult) -> list[str]:
     for t in result.trials:
         mark = "*" if t.index == result.chosen else ("+" if t.index in result.pareto else " ")
         if t.error:
-            lines.append(f"{mark}{t.index + 1:>2}  {t.step:<30} {t.technique:<17} failed: {t.error}")
+            failed = "" if t.abandoned else "failed: "
+            lines.append(f"{mark}{t.index + 1:>2}  {t.step:<30} {t.technique:<17} {failed}{t.error}")
             continue
         accuracy = "-" if t.accuracy is None else f"{t.accuracy:.4f}"
         drop = "-" if t.accuracy_drop is None else f"{t.accuracy_drop:+.4f}"

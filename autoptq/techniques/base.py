@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from onnx import ModelProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile, Precision
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
@@ -136,8 +137,10 @@ class Technique:
         calibration: Dataset | None,
         profile: HardwareProfile,
         calibration_cache: Path | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> QuantizationResult:
-        """Run the quantizer. `calibration_cache` (static techniques) keeps tensor ranges across repeated runs."""
+        """Run the quantizer. `calibration_cache` (static techniques) keeps tensor ranges across repeated runs;
+        `deadline` is checked before each sample its data is run on (calibration, fp16's overflow guard)."""
         raise NotImplementedError(f"{self.name} has no quantizer")
 
     def recognises(self, model: ModelProto) -> bool:

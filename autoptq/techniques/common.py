@@ -69,15 +69,19 @@ class DatasetReader(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._index >= len(self._samples):
-            if self._progress is not None:
-                self._progress.stop()
-                self._progress = None
+            self.close()
             return None
         sample = self._samples[self._index]
         self._index += 1
         if self._progress is not None:
             self._progress.advance(self._task)
         return sample
+
+    def close(self) -> None:
+        """Take the progress bar off the terminal (at the end, or when calibration stops part way)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
     def rewind(self) -> None:
         self._index = 0

@@ -16,6 +16,7 @@ import onnx
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.activations import absolute_maxima, session
 from autoptq.model.calibration import Dataset
@@ -38,16 +39,21 @@ HEADROOM = 0.5
 
 
 def convert(
-    model: ModelProto, recipe: Recipe, calibration: Dataset | None, device_blocked: frozenset[str] | None = None
+    model: ModelProto,
+    recipe: Recipe,
+    calibration: Dataset | None,
+    device_blocked: frozenset[str] | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> QuantizationResult:
     """Convert to fp16 (float I/O kept), except blocked op types and nodes that would overflow. `device_blocked`: the
-    block list's op types the device has no fp16 kernel for (the rest the recipe keeps for precision); None: all."""
+    block list's op types the device has no fp16 kernel for (the rest the recipe keeps for precision); None: all.
+    `deadline`: checked before each calibration sample the overflow guard runs."""
     device_blocked = set(recipe.fp16_op_block_list) if device_blocked is None else device_blocked
     excluded = {name: "excluded by the recipe" for name in recipe.nodes_to_exclude}
     excluded.update(_weight_overflows(model))
     notes: list[str] = []
     if calibration is not None and len(calibration):
-        excluded.update(_activation_overflows(model, calibration))
+        excluded.update(_activation_overflows(model, calibration, deadline))
     else:
         notes.append("no data: the overflow guard checked weights only, not activations")
     # Always an explicit list: None would silently switch to the converter's own defaults instead.
@@ -134,8 +140,8 @@ def _weight_overflows(model: ModelProto) -> dict[str, str]:
     return found
 
 
-def _activation_overflows(model: ModelProto, calibration: Dataset) -> dict[str, str]:
-    maxima = absolute_maxima(model, calibration)
+def _activation_overflows(model: ModelProto, calibration: Dataset, deadline: Deadline) -> dict[str, str]:
+    maxima = absolute_maxima(model, calibration, deadline=deadline)
     for sample in calibration.take(32).samples:  # graph inputs: absolute_maxima covers node outputs only
         for name, value in sample.items():
             value = np.asarray(value)
@@ -282,10 +288,11 @@ class Fp16(Technique):
         calibration: Dataset | None,
         profile: HardwareProfile,
         calibration_cache: Path | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> QuantizationResult:
         del calibration_cache  # the planner put the device's fp16 block list into the recipe
         device_blocked = frozenset(op for op in recipe.fp16_op_block_list if "fp16" not in profile.precisions_for(op))
-        return convert(model, recipe, calibration, device_blocked)
+        return convert(model, recipe, calibration, device_blocked, deadline)
 
     def recognises(self, model: ModelProto) -> bool:
         if QDQ_OPS & {node.op_type for node in model.graph.node}:

@@ -18,6 +18,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import save_tensors_data
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import PER_AXIS_OPSET, drop_unused_initializers, model_opset, remove_nodes
 from autoptq.model.intio import write_integer_io
@@ -55,11 +56,13 @@ def static_qdq(
     technique: str,
     calibration_cache: Path | None = None,
     nodes_to_quantize: list[str] | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> QuantizationResult:
     """Static QDQ quantization with the recipe's activation dtype (8- or 16-bit) and int8 weights.
 
     `calibration_cache` (a JSON file of tensor ranges, written on first use) lets repeated trials on one model and
-    calibration method skip calibration; `nodes_to_quantize` restricts quantization to those nodes (sensitivity).
+    calibration method skip calibration; `nodes_to_quantize` restricts quantization to those nodes (sensitivity);
+    `deadline` is checked before each calibration sample.
     """
     samples = calibration_samples(calibration, recipe, technique)
     recipe, opset_notes = per_tensor_below_opset_13(model, recipe)
@@ -84,7 +87,7 @@ def static_qdq(
             if not (calibration_cache and calibration_cache.is_file()):
                 # A shared cache holds every float tensor's range, so any later op set finds the ones it needs.
                 calibrated = recipe.model_copy(update={"op_types_to_quantize": []}) if calibration_cache else recipe
-                calibration_cache = collect_ranges(source, samples, calibrated, folder, calibration_cache)
+                calibration_cache = collect_ranges(source, samples, calibrated, folder, calibration_cache, deadline)
         except Exception as exc:  # onnxruntime raises bare Exceptions on graphs it cannot handle
             raise QuantizationError(f"onnxruntime calibration failed: {exc}") from exc
         recipe, joins = with_float_output_joins(model, recipe, calibration_cache)
@@ -213,14 +216,17 @@ zero, so an 8-bit tensor has 256 levels across it. quantize_static fixes both at
 threshold: entropy = min/max."""
 
 
-def collect_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Path:
+def collect_ranges(
+    source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None, deadline: Deadline = NO_DEADLINE
+) -> Path:
     """Calibrate one sample at a time with onnxruntime's own calibrators; write the ranges where quantize_static
     reads its calibration cache.
 
     onnxruntime's quantize_static keeps every intermediate output of every sample before computing a range:
     memory grows with samples x activations, and samples of different shapes (a recogniser's line widths) cannot
     be stacked for the histograms. Its calibrators merge ranges and histograms across `collect_data` calls, so
-    feeding them one sample per call keeps one sample's activations in memory, whatever the sample count."""
+    feeding them one sample per call keeps one sample's activations in memory, whatever the sample count; `deadline`
+    is checked before each sample (the cache is written only once every sample is in)."""
     method = CALIBRATION_METHODS[recipe.calibration_method]
     options: dict[str, object] = {}
     if recipe.calibration_method == "entropy":
@@ -236,8 +242,12 @@ def collect_ranges(source: Path, samples: Dataset, recipe: Recipe, folder: Path,
     )
     calibrator.infer_session = _session_without_memory_patterns(calibrator.augmented_model_path)
     progress = DatasetReader(samples, label=f"calibrating ({recipe.calibration_method})")
-    while (sample := progress.get_next()) is not None:
-        calibrator.collect_data(_OneSample(sample))
+    try:
+        while (sample := progress.get_next()) is not None:
+            deadline.check()
+            calibrator.collect_data(_OneSample(sample))
+    finally:
+        progress.close()  # also when stopped part way: the bar must not stay on the terminal
     if recipe.calibration_method == "entropy":
         # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's.
         calibrator.collector.get_entropy_threshold = entropy_threshold

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from onnx import ModelProto, TensorProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile, QuantizationRules
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
@@ -114,8 +115,11 @@ class StaticQdq(Technique):
         calibration: Dataset | None,
         profile: HardwareProfile,
         calibration_cache: Path | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> QuantizationResult:
-        return self.quantize_nodes(model, self.checked(recipe, profile), calibration, calibration_cache)
+        return self.quantize_nodes(
+            model, self.checked(recipe, profile), calibration, calibration_cache, deadline=deadline
+        )
 
     def quantize_nodes(
         self,
@@ -124,10 +128,17 @@ class StaticQdq(Technique):
         calibration: Dataset | None,
         calibration_cache: Path | None = None,
         nodes: list[str] | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> QuantizationResult:
         """Static QDQ of every node the recipe names, or only of `nodes` (per-node sensitivity)."""
         return static_qdq(
-            model, recipe, calibration, self.name, calibration_cache=calibration_cache, nodes_to_quantize=nodes
+            model,
+            recipe,
+            calibration,
+            self.name,
+            calibration_cache=calibration_cache,
+            nodes_to_quantize=nodes,
+            deadline=deadline,
         )
 
     def recognises(self, model: ModelProto) -> bool:

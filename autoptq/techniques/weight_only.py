@@ -8,6 +8,7 @@ from typing import ClassVar
 from onnx import ModelProto
 from onnxruntime.quantization import quantize_dynamic
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
@@ -155,8 +156,10 @@ class WeightOnlyInt8(Technique):
         calibration: Dataset | None,
         profile: HardwareProfile,
         calibration_cache: Path | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> QuantizationResult:
-        del calibration, profile, calibration_cache  # dynamic range needs neither ranges nor device rules
+        # Dynamic range needs neither ranges nor device rules; it runs no data, so it has no loop to stop.
+        del calibration, profile, calibration_cache, deadline
         return quantize_weights(model, recipe)
 
     def recognises(self, model: ModelProto) -> bool:

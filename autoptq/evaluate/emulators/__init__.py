@@ -1,21 +1,35 @@
 """Emulators, one module per arithmetic family, found by the profile's `emulator` name.
 
-Each module has `emulate(model, profile, samples, tier) -> EmulationResult`; `integer` has the `exact` and `fast`
-tiers, `fp16` the `fp16-storage` tier, `host` the `host` tier.
+Each module has `emulate(model, profile, samples, tier, deadline=NO_DEADLINE) -> EmulationResult` (the deadline is
+checked before each sample); `integer` has the `exact` and `fast` tiers, `fp16` the `fp16-storage` tier, `host` the
+`host` tier.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 from onnx import ModelProto
 
+from autoptq.deadline import Deadline
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.emulators.base import EmulationResult
 
-Emulator = Callable[[ModelProto, HardwareProfile, list[dict[str, np.ndarray]], str], EmulationResult]
+
+class Emulator(Protocol):
+    """A family's `emulate`."""
+
+    def __call__(
+        self,
+        model: ModelProto,
+        profile: HardwareProfile,
+        samples: list[dict[str, np.ndarray]],
+        tier: str,
+        deadline: Deadline = ...,
+    ) -> EmulationResult: ...
+
 
 TIERS: dict[str, tuple[str, ...]] = {
     "integer": ("exact", "fast", "litert", "tflm"),

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.emulators.base import EmulationResult, NodeFinding
 from autoptq.evaluate.runner import dequantize_output, quantize_input
@@ -34,9 +35,14 @@ STATEMENT = (
 
 
 def emulate(
-    model: ModelProto, profile: HardwareProfile, samples: list[dict[str, np.ndarray]], tier: str = "fp16-storage"
+    model: ModelProto,
+    profile: HardwareProfile,
+    samples: list[dict[str, np.ndarray]],
+    tier: str = "fp16-storage",
+    deadline: Deadline = NO_DEADLINE,
 ) -> EmulationResult:
-    """Run `model` with fp16 storage rounding and report overflow/underflow per node."""
+    """Run `model` with fp16 storage rounding and report overflow/underflow per node (`deadline` checked before
+    each sample)."""
     del profile, tier  # one tier; the device's op coverage was settled when the model was converted
     emulation, probes = storage_rounded(model)
     output_names = [o.name for o in model.graph.output]
@@ -46,7 +52,7 @@ def emulate(
     outputs: list[list[np.ndarray]] = []
     overflow: dict[str, int] = {}
     underflow: dict[str, int] = {}
-    for sample in samples:
+    for sample in deadline.each(samples):
         feed = {name: quantize_input(v, io[name]) if name in io else v for name, v in sample.items()}
         values = runner.run([*output_names, *probe_names], feed)
         outputs.append(

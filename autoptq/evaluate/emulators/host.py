@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.evaluate.emulators.base import EmulationResult
 from autoptq.evaluate.runner import ModelRunner
@@ -19,14 +20,18 @@ STATEMENT = (
 
 
 def emulate(
-    model: ModelProto, profile: HardwareProfile, samples: list[dict[str, np.ndarray]], tier: str = "host"
+    model: ModelProto,
+    profile: HardwareProfile,
+    samples: list[dict[str, np.ndarray]],
+    tier: str = "host",
+    deadline: Deadline = NO_DEADLINE,
 ) -> EmulationResult:
-    """Run the model as is."""
+    """Run the model as is (`deadline` checked before each sample)."""
     del profile, tier
     runner = ModelRunner(model, read_integer_io(model))
     return EmulationResult(
         tier="host",
         fidelity_statement=STATEMENT,
         output_names=runner.output_names,
-        outputs=[runner.run(sample) for sample in samples],
+        outputs=[runner.run(sample) for sample in deadline.each(samples)],
     )

@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 from onnx import ModelProto
 
+from autoptq.deadline import NO_DEADLINE, Deadline
 from autoptq.deploy import kernels
 from autoptq.deploy.intgraph import MOVEMENT_OPS, DeviceGraph, EmulationError, build_device_graph, lower
 from autoptq.devices.profiles import HardwareProfile
@@ -55,9 +56,15 @@ _ARITHMETIC = {
 
 
 def emulate(
-    model: ModelProto, profile: HardwareProfile, samples: list[dict[str, np.ndarray]], tier: str = "exact"
+    model: ModelProto,
+    profile: HardwareProfile,
+    samples: list[dict[str, np.ndarray]],
+    tier: str = "exact",
+    deadline: Deadline = NO_DEADLINE,
 ) -> EmulationResult:
-    """Outputs of a quantized QDQ model under `profile`'s integer arithmetic, one list per float sample."""
+    """Outputs of a quantized QDQ model under `profile`'s integer arithmetic, one list per float sample.
+    `deadline` is checked before each sample on the exact and fast tiers (the litert and tflm tiers, which no search
+    runs, do not take it)."""
     if tier not in TIERS:
         raise AutoptqError(f"unknown tier {tier!r} for the integer emulator (its tiers: {', '.join(TIERS)})")
     if tier in (
@@ -77,7 +84,7 @@ def emulate(
         findings, statement = device.findings, exact_fidelity(device, profile)
     output_names = [value.name for value in model.graph.output]
     outputs = []
-    for sample in samples:
+    for sample in deadline.each(samples):
         raw = runner.run(output_names, _feeds(sample, inputs, io))
         outputs.append([_real(np.asarray(value), io.get(name)) for name, value in zip(output_names, raw, strict=True)])
     return EmulationResult(
