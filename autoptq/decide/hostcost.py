@@ -189,7 +189,8 @@ def one_node_model(graph: ModelGraph, node: NodeInfo, proto: NodeProto) -> tuple
     model = helper.make_model(
         helper.make_graph([proto], "node", inputs, outputs, initializers), opset_imports=list(graph.model.opset_import)
     )
-    model.ir_version = graph.model.ir_version
+    # IR 4 lets initializers stand apart from the graph inputs (older exports list every weight as an input).
+    model.ir_version = max(graph.model.ir_version, 4)
     return model, feeds
 
 
