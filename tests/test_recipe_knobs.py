@@ -102,10 +102,10 @@ def test_static_candidates_share_one_calibration_per_method(
     calls: list[str] = []
     real = qdq.collect_ranges
 
-    def counting(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None) -> Any:
+    def counting(source: Path, samples: Dataset, recipe: Recipe, folder: Path, cache: Path | None, *rest: Any) -> Any:
         calls.append(recipe.calibration_method)
         assert recipe.op_types_to_quantize == [], "a shared cache holds the ranges of every tensor"
-        return real(source, samples, recipe, folder, cache)
+        return real(source, samples, recipe, folder, cache, *rest)
 
     monkeypatch.setattr(qdq, "collect_ranges", counting)
     plan = plan_for(digits, profile, load_tree(), calibration, QuantizeOptions(technique="full_int8"))
