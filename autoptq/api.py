@@ -235,6 +235,15 @@ def quantize(
     chosen = plan_for(graph, profile, tree, calibration, options)
     job = Job(graph, profile, calibration, held_out, user_metric, options.min_sqnr_db)
     outcome = _produce(job, chosen, options, progress)
+    return chosen, _write_model_files(outcome, out_path, tflite_path, profile, held_out)
+
+
+def _write_model_files(
+    outcome: Outcome, out_path: Path, tflite_path: Path | None, profile: HardwareProfile, held_out: Dataset
+) -> Outcome:
+    """Write the ONNX model and, for a `format: tflite` target, the .tflite beside it (both built before either is
+    written); the outcome then names the device file."""
+    content = None
     if tflite_path is not None:
         shapes = {k: list(v.shape) for k, v in held_out.samples[0].items()} if held_out.samples else None
         summary, content = device_file(outcome.model_bytes, outcome.kept_float, profile, str(tflite_path), shapes)
@@ -242,7 +251,7 @@ def quantize(
     write_atomic(out_path, outcome.model_bytes)
     if tflite_path is not None and content is not None:
         write_atomic(tflite_path, content)
-    return chosen, outcome
+    return outcome
 
 
 def _tflite_path(out_path: Path, profile: HardwareProfile, protected: list[Path]) -> Path | None:
@@ -279,11 +288,10 @@ def replay(
     chosen = recipe if isinstance(recipe, RecipeFile) else load_recipe(recipe)
     recipe_files = [split_spec(recipe)[0]] if isinstance(recipe, str) else []
     user_metric = load_metric(metric)
-    out_path = check_output_path(
-        Path(output),
-        protected=[*graph.source_files, *_paths(data, validation), *_metric_files(user_metric), *recipe_files],
-    )
+    protected = [*graph.source_files, *_paths(data, validation), *_metric_files(user_metric), *recipe_files]
+    out_path = check_output_path(Path(output), protected=protected)
     profile = as_profile(target if target is not None else chosen.target)
+    tflite_path = _tflite_path(out_path, profile, protected)
     if profile.name != chosen.target:
         raise AutoptqError(
             f"the recipe was chosen for {chosen.target}, not {profile.name}: pass --target {chosen.target}"
@@ -296,8 +304,7 @@ def replay(
     )
     job = Job(graph, profile, calibration, held_out, user_metric, options.min_sqnr_db)
     outcome = run_replay(job, chosen, options.measure_latency)
-    write_atomic(out_path, outcome.model_bytes)
-    return chosen, outcome
+    return chosen, _write_model_files(outcome, out_path, tflite_path, profile, held_out)
 
 
 def make_variants(

@@ -112,3 +112,18 @@ def test_cli_refuses_search_options_and_a_mismatched_target(tmp_path: Path, run_
     assert code == 2 and not out.exists() and "edgetpu" in recipe.read_text()
     code, _, stderr = run_cli(["quantize", MODEL, "-o", out])
     assert code == 2 and "--target" in stderr
+
+
+def test_a_replayed_tflite_target_gets_its_tflite_beside_the_model(tmp_path: Path, run_cli: RunCli) -> None:
+    pytest.importorskip("tflite", reason="the tflite extra writes the .tflite")
+    recipe = tmp_path / "edgetpu.yaml"
+    code, out, err = run_cli(["plan", MODEL, "-t", "edgetpu", "--data", CALIB, "--format", "yaml"])
+    assert code == 0, err
+    recipe.write_text(out)
+    default, replayed = tmp_path / "default.onnx", tmp_path / "replayed.onnx"
+    common = [MODEL, "-t", "edgetpu", "--data", CALIB, "--val", VAL]
+    assert run_cli(["quantize", *common, "-o", default])[0] == 0
+    code, out, err = run_cli(["quantize", *common, "--recipe", recipe, "-o", replayed])
+    assert code == 0, err
+    assert "next step: `edgetpu_compiler replayed.tflite`" in out
+    assert replayed.with_suffix(".tflite").read_bytes() == default.with_suffix(".tflite").read_bytes()
