@@ -1,7 +1,7 @@
 """The .tflite writer on real models: what it writes, how big, how close LiteRT and TFLite Micro come to the exact tier,
 TFLM's arena against autoptq's estimate, and the task metric on LiteRT against the exact tier and float.
 
-    python bench/bench_tflite.py [--quick] [--target tflite-int8|edgetpu|mcu-cortex-m]
+    python bench/bench_tflite.py [--quick] [--target tflite-int8|edgetpu|mcu-cortex-m] [--max-drop 0.01]
 
 Models: the shipped example (examples/digits_cnn.onnx, labelled) and the corpus models of bench/corpus.py whose quick
 data is in ~/.cache/autoptq-corpus (onnx's `light_*` models are left out: their weights are ConstantOfShape fills fed
@@ -13,7 +13,13 @@ measured here, not the planner), then written, run in LiteRT (BUILTIN_REF) over 
 with the exact tier element by element; the task metric is the corpus's own (bench/corpus.py). TFLM runs models up
 to 60 MMACs (its Python interpreter takes seconds per inference beyond). Writes bench/results/tflite.md (another
 target: tflite-TARGET.md). On edgetpu, whose host runs what follows the device, an output joining parts of very
-different ranges stays float after a DEQUANTIZE (autoptq.techniques.output_joins).
+different ranges stays float after a DEQUANTIZE; on a host-less target the file returns its int8 parts, which the
+application joins (autoptq.techniques.output_joins).
+
+`--max-drop D`: the model is instead what a user with a task metric gets, `autoptq quantize --metric ... --max-drop D`
+(autoptq.api.quantize: the plan, then the accuracy loop's fallbacks, bias correction first, held to the corpus task
+metric on the same validation samples the table scores), and the row says which trial it chose. Writes
+tflite-TARGET-max-drop.md.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import numpy as np
 import onnx
 from benchlib import REPO_DIR, RESULTS_DIR, environment, markdown_table, parse_args
 
-from autoptq.api import bound, load_data
+from autoptq.api import QuantizeOptions, bound, load_data, quantize
 from autoptq.decide.planner import device_conformant_recipe
+from autoptq.decide.tuning import Budget
 from autoptq.deploy.tflite_writer import export_tflite
 from autoptq.devices.canonical import device_graph, float_model_for
 from autoptq.devices.coverage import analyse
@@ -43,6 +50,7 @@ from autoptq.evaluate.emulators.integer import emulate as emulate_integer
 from autoptq.evaluate.emulators.tflite_runtime import (
     agreement,
     measure_tflm_arena,
+    model_outputs,
     run_litert_per_op,
     run_tflm,
     sample_shapes,
@@ -94,7 +102,32 @@ def full_int8(graph: ModelGraph, calib: Dataset, profile: HardwareProfile) -> on
     return REGISTRY["full_int8"].quantize(prepared, recipe, calib, profile).model
 
 
-def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -> list[str]:
+def chosen_by_loop(
+    case: Case, graph: ModelGraph, calib: Dataset, val: Dataset, profile: HardwareProfile, max_drop: float, folder: Path
+) -> tuple[onnx.ModelProto, str]:
+    """The QDQ model `autoptq quantize --metric <the corpus task metric> --max-drop` writes, and which trial it is."""
+    reference = [ModelRunner(graph.model).run(s) for s in val.samples]
+    names = [o.name for o in graph.model.graph.output]
+
+    def metric(outputs: dict[str, list[np.ndarray]], labels: np.ndarray | None) -> float:
+        samples = [[outputs[name][i] for name in names] for i in range(len(reference))]
+        return task_metric(case, samples, reference, labels)
+
+    out = folder / case.name.replace(" ", "_") / "model.onnx"
+    out.parent.mkdir()
+    options = QuantizeOptions(budget=Budget(max_drop=max_drop))
+    _, outcome = quantize(graph, profile, out, data=calib, validation=val, options=options, metric=metric)
+    if outcome.kept_float or outcome.tuning is None:
+        raise AutoptqError(f"kept float: {outcome.reason}")
+    trial = outcome.tuning.trials[outcome.tuning.chosen]
+    corrected = trial.recipe is not None and trial.recipe.bias_correction
+    chose = f"loop: trial {trial.index + 1} of {len(outcome.tuning.trials)}, {trial.step}"
+    return onnx.load(str(out)), chose + (" + bias correction" if corrected and "bias" not in trial.step else "")
+
+
+def run_case(
+    case: Case, folder: Path, max_val: int, profile: HardwareProfile, max_drop: float | None = None
+) -> list[str]:
     graph = load_model(case.model)
     # As the CLI and the API do: open dims (-1, symbolic) are bound from the data before anything else.
     calib, val = load_data(case.calib, graph), load_data(case.val, graph)
@@ -106,8 +139,12 @@ def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -
     val = val.take(max_val)
     output = folder / f"{case.name.replace(' ', '_')}.onnx"
     started = time.perf_counter()
+    chose = ""
     try:
-        qdq = full_int8(graph, calib, profile)
+        if max_drop is None:
+            qdq = full_int8(graph, calib, profile)
+        else:
+            qdq, chose = chosen_by_loop(case, graph, calib, val, profile, max_drop, folder)
     except AutoptqError as exc:
         return [case.name, f"quantize failed: {exc}"] + ["—"] * 5
     onnx.save(qdq, str(output))
@@ -122,13 +159,7 @@ def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -
     samples = list(val.samples)
     device, per_op = run_litert_per_op(exported, build_exact_model(qdq, profile), qdq, samples)
     exact = emulate_integer(qdq, profile, samples, "exact")
-    real = [
-        [
-            np.asarray(v, np.float64) if io.scale is None else (v.astype(np.float64) - io.zero_point) * io.scale
-            for v, io in zip(s, exported.outputs, strict=True)
-        ]
-        for s in device
-    ]
+    real = model_outputs(exported, device)
     agreed = agreement(qdq, exported, exact.outputs, real, "litert")
     lsb = "; ".join(f"{a.max_abs_lsb:g} LSB, {a.bit_exact_fraction:.2%} exact" for a in agreed[:3])
     differing = [f"{a.op} {a.max_abs_lsb:g} LSB (tolerance {a.tolerance_lsb})" for a in per_op if a.max_abs_lsb > 0]
@@ -147,7 +178,7 @@ def run_case(case: Case, folder: Path, max_val: int, profile: HardwareProfile) -
         f"{task_metric(case, outputs, reference, val.labels):.4f}"
         for outputs in (real, [list(o) for o in exact.outputs], reference)
     )
-    metric = f"{name} {metric}"
+    metric = f"{name} {metric}" + (f" ({chose})" if chose else "")
     seconds = time.perf_counter() - started
     print(f"{case.name}: {seconds:.0f} s", file=sys.stderr)
     return [case.name, ops, size, lsb, arena, metric, f"{seconds:.0f}"]
@@ -191,7 +222,11 @@ def task_metric(
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], target=DEFAULT_TARGET)
+    args = parse_args(
+        __doc__.splitlines()[0],
+        target=DEFAULT_TARGET,
+        extra=[("--max-drop", float, "pick the recipe with the accuracy loop under this task-metric drop")],
+    )
     profile = load_profile(args.target)
     max_val = 50 if args.quick else 360
     rows = []
@@ -200,7 +235,8 @@ def main() -> None:
         os.chdir(folder)
         for case in cases(args.quick):
             try:
-                rows.append(run_case(case, Path(folder), max_val if case.name.startswith("digits") else 16, profile))
+                count = max_val if case.name.startswith("digits") else 16
+                rows.append(run_case(case, Path(folder), count, profile, args.max_drop))
             except Exception as exc:  # a bench reports every model, whatever happens to one of them
                 rows.append([case.name, f"error: {type(exc).__name__}: {str(exc)[:200]}"] + ["—"] * 5)
     headers = [
@@ -216,14 +252,17 @@ def main() -> None:
         [
             "# .tflite writer on real models",
             "",
-            f"`python bench/bench_tflite.py{' --quick' if args.quick else ''} --target {args.target}` "
+            f"`python bench/bench_tflite.py{' --quick' if args.quick else ''} --target {args.target}"
+            f"{f' --max-drop {args.max_drop}' if args.max_drop is not None else ''}` "
             f"— {environment()}",
             "",
             markdown_table(headers, rows),
             "",
         ]
     )
-    suffix = "" if args.target == DEFAULT_TARGET else f"-{args.target}"
+    suffix = ("" if args.target == DEFAULT_TARGET else f"-{args.target}") + (
+        "-max-drop" if args.max_drop is not None else ""
+    )
     write_atomic(RESULTS_DIR / f"tflite{suffix}.md", text)
     print(text)
 

@@ -23,13 +23,17 @@ RESULTS_DIR = BENCH_DIR / "results"
 REPO_DIR = BENCH_DIR.parent
 
 
-def parse_args(description: str, target: str | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, target: str | None = None, extra: Sequence[tuple[str, type, str]] = ()
+) -> argparse.Namespace:
     """The options every benchmark takes: `--quick` for a small smoke configuration; `--target` where a benchmark
-    measures one device (`target` is its default)."""
+    measures one device (`target` is its default); `extra` (flag, type, help) options of its own, default None."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small configuration for smoke runs (< 20 s)")
     if target is not None:
         parser.add_argument("--target", default=target, help=f"shipped profile to measure (default {target})")
+    for flag, kind, text in extra:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     return parser.parse_args()
 
 

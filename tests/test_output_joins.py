@@ -1,5 +1,6 @@
 """An output that joins parts of very different ranges (a detector's boxes and scores in one tensor) is kept float
-where the device has a float host: one 8-bit scale would leave the scores a level or two."""
+where the device has a float host, and returned as its int8 parts by a host-less .tflite: one 8-bit scale would
+leave the scores a level or two."""
 
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ def test_a_join_also_used_inside_the_graph_is_left_alone() -> None:
     assert [(j.output, j.nodes, round(j.ratio)) for j in found] == [("y", ["join", "flat"], 1200)]
 
 
-def test_only_a_device_with_a_float_processor_keeps_the_join_float(tmp_path: object) -> None:
+def test_the_join_is_kept_float_where_a_host_or_the_application_runs_it(tmp_path: object) -> None:
     graph = load_model(save(detector_head(box_gain=100.0), tmp_path))  # type: ignore[arg-type]
-    cases = (("x86-vnni", True), ("arm-a53", True), ("edgetpu", True), ("mcu-cortex-m", False), ("tflite-int8", False))
+    # A host-less .tflite returns the parts (see below); an integer-only device with neither would keep it integer.
+    cases = (("x86-vnni", True), ("arm-a53", True), ("edgetpu", True), ("mcu-cortex-m", True), ("tflite-int8", True))
     for target, expected in cases:
         recipe = device_conformant_recipe(Recipe(), "full_int8", load_profile(target), graph, samples(4))
         assert recipe.float_output_joins is expected, target
@@ -130,3 +132,45 @@ def test_an_accelerator_with_a_host_writes_the_join_as_float_ops_after_a_dequant
         assert np.array_equal(ran[0], emulated)  # a float copy of the same integers on both
         scores = reference.run(["y"], feed)[0][:, half:]
         assert np.abs(ran[0][:, half:] - scores).max() < 0.05  # one scale for both parts: about 2.3
+
+
+def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(tmp_path: object) -> None:
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
+    from autoptq.deploy.device_file import device_file
+    from autoptq.deploy.tflite_writer import export_tflite
+    from autoptq.devices.device_rules import check_device_rules
+    from autoptq.evaluate.emulators.integer import emulate
+    from autoptq.evaluate.emulators.tflite_runtime import model_outputs, run_litert
+
+    model, profile = conv_detector_head(), load_profile("tflite-int8")
+    rng = np.random.default_rng(4)
+    feeds = [{"image": rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)} for _ in range(12)]
+    graph = load_model(save(model, tmp_path))  # type: ignore[arg-type]
+    recipe = device_conformant_recipe(Recipe(), "full_int8", profile, graph, Dataset(feeds, None, "test"))
+    qdq = static_qdq(model, recipe, Dataset(feeds, None, "test"), "full_int8").model
+    rules = check_device_rules(qdq, profile)
+    assert rules.passed  # the float join is the application's work, not a violation
+    assert rules.coverage is not None and "the application does it" in rules.coverage.first_cut.reason
+
+    exported = export_tflite(qdq, profile)
+    assert "DEQUANTIZE" not in exported.op_counts and "CONCATENATION" not in exported.op_counts
+    assert [io.dtype for io in exported.outputs] == ["int8", "int8"]  # int8 I/O, as the profile says
+    assert len({io.scale for io in exported.outputs}) == 2  # each part keeps its own scale
+    (join,) = exported.output_joins
+    assert join.output == "y" and join.parts == [io.name for io in exported.outputs]
+    assert join.steps == ["Concat(axis=1)", "Reshape"]
+    assert "dequantize each with its own scale" in join.statement()
+
+    joined = model_outputs(exported, run_litert(exported, feeds))
+    exact = emulate(qdq, profile, feeds, "exact").outputs
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = CHANNELS * 16
+    for feed, ran, emulated in zip(feeds, joined, exact, strict=True):
+        assert ran[0].shape == (1, 2 * CHANNELS * 16)
+        assert np.array_equal(ran[0], emulated[0])  # the same integers, joined alike
+        # The scores' own scale (1/256) plus the convolution's rounding; one scale for both parts is about 2.3.
+        assert np.abs(ran[0][:, half:] - reference.run(["y"], feed)[0][:, half:]).max() < 0.05
+
+    summary, content = device_file(qdq.SerializeToString(), False, profile, "out/model.tflite")
+    assert content == exported.content and summary is not None
+    assert summary.output_joins == [join.statement()]

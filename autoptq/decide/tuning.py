@@ -515,8 +515,12 @@ def _is_classifier(graph: ModelGraph) -> bool:
 
 def _search_tier(profile: HardwareProfile) -> str:
     # The integer family searches on its fast tier (onnxruntime integer kernels, ~1 LSB from the device); the chosen
-    # candidate is re-checked on the exact tier by `autoptq check`.
-    return "fast" if profile.emulator == "integer" else TIERS[profile.emulator][0]
+    # candidate is re-checked on the exact tier by `autoptq check`. Where autoptq writes the device's own file
+    # (format: tflite), the search holds the file's numbers, which are the exact tier's bit for bit: a metric with a
+    # threshold turns on that LSB (ddddocr-det's box F1 was 1.0 on the fast tier, 0.984 on the exact tier and LiteRT).
+    if profile.emulator == "integer":
+        return "exact" if profile.format == "tflite" else "fast"
+    return TIERS[profile.emulator][0]
 
 
 def _quality(trial: Trial) -> tuple[float, float]:

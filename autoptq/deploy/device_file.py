@@ -26,6 +26,10 @@ class DeviceFile(BaseModel):
     op_counts: dict[str, int] = Field(default_factory=dict, description="TFLite builtin op → count")
     error: str | None = Field(default=None, description="why no file was written")
     next_step: str | None = Field(default=None, description="the device toolchain's next command, if any")
+    output_joins: list[str] = Field(
+        default_factory=list,
+        description="outputs the file returns in int8 parts, and how the application joins them (no float host)",
+    )
 
 
 def device_file(
@@ -59,5 +63,6 @@ def device_file(
         size_bytes=len(exported.content),
         op_counts=exported.op_counts,
         next_step=step.format(name=name) if step else None,
+        output_joins=[join.statement() for join in exported.output_joins],
     )
     return summary, exported.content

@@ -93,6 +93,26 @@ class TfliteTensorIO(BaseModel):
     zero_point: int | None = None
 
 
+class TfliteOutputJoin(BaseModel):
+    """A graph output that a host-less file returns in parts: the application joins them, as the ONNX model's float
+    tail does (autoptq.techniques.output_joins). One int8 scale cannot hold box pixels and class scores together."""
+
+    output: str = Field(description="the ONNX graph output the parts make")
+    parts: list[str] = Field(description="the file's int8 outputs to dequantize and join, in the tail's input order")
+    steps: list[str] = Field(description="the tail's ops, in order, e.g. 'Concat(axis=1)'")
+    tail: bytes = Field(
+        repr=False,
+        exclude=True,
+        description="a float ONNX model: the dequantized parts (inputs named as the parts) → output",
+    )
+
+    def statement(self) -> str:
+        return (
+            f"output {self.output!r} is returned as {len(self.parts)} int8 outputs ({', '.join(self.parts)}): "
+            f"dequantize each with its own scale and zero point, then {', '.join(self.steps)} gives {self.output!r}"
+        )
+
+
 class ArenaEstimate(BaseModel):
     """TFLite Micro's tensor arena for a written file, estimated without running it (bytes)."""
 
@@ -128,6 +148,10 @@ class TfliteExport(BaseModel):
     content: bytes = Field(repr=False, exclude=True)
     inputs: list[TfliteTensorIO]
     outputs: list[TfliteTensorIO]
+    output_names: list[str] = Field(description="the ONNX graph outputs, in order, which the file's outputs make")
+    output_joins: list[TfliteOutputJoin] = Field(
+        default_factory=list, description="outputs returned in parts for the application to join (host-less files)"
+    )
     op_counts: dict[str, int] = Field(description="TFLite builtin op → how many the file holds")
     approximate_ops: list[str] = Field(
         default_factory=list, description="TFLite ops the exact tier only approximates (a stated LSB tolerance)"
@@ -171,7 +195,9 @@ def export_tflite(
     if input_shapes:
         model = with_static_inputs(model, input_shapes)
     device = build_device_graph(model, profile)
-    return _Writer(device, float_io=profile.quantization.io_dtype == "float32").write()
+    return _Writer(
+        device, float_io=profile.quantization.io_dtype == "float32", float_host=profile.host is not None
+    ).write()
 
 
 def with_static_inputs(model: ModelProto, input_shapes: dict[str, Sequence[int]]) -> ModelProto:
@@ -255,10 +281,15 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int,
 
 
 class _Writer:
-    def __init__(self, device: DeviceGraph, float_io: bool) -> None:
+    def __init__(self, device: DeviceGraph, float_io: bool, float_host: bool) -> None:
         self.tfl, self.fb = tflite_modules()
         self.device = device
         self.float_io = float_io
+        # Without a float host, an output joined in float after DEQUANTIZEs is left to the application: the file
+        # returns the int8 parts (each with its own scale) and says how to join them.
+        self.float_host = float_host
+        self.joined: dict[str, str] = {}  # float tensor the application computes → the int8 part it starts from
+        self.join_nodes: list[NodeProto] = []
         graph = device.model.graph
         self.graph = graph
         self.inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -412,6 +443,10 @@ class _Writer:
                 continue
             if self.shape_arithmetic(node):
                 continue
+            if self.left_to_application(node):
+                self.join_nodes.append(node)
+                self.joined.update(dict.fromkeys(node.output, ""))
+                continue
             handler = _HANDLERS.get(node.op_type) if node.domain == DEVICE_DOMAIN else _STANDARD.get(node.op_type)
             if handler is None:
                 if node.domain != DEVICE_DOMAIN and node.op_type in _FLOAT_OPS:
@@ -422,9 +457,64 @@ class _Writer:
                     )
                     raise self.error(node, why)
             handler(self, node)
+        joins = {value.name: self.output_join(value.name) for value in self.graph.output if value.name in self.joined}
+        emitted: set[str] = set()
         for value in self.graph.output:
-            self.graph_output(value.name)
-        return self.serialize()
+            for name in joins[value.name].parts if value.name in joins else [value.name]:
+                if name not in emitted:  # a part two joins share is one output
+                    emitted.add(name)
+                    self.graph_output(name)
+        return self.serialize(list(joins.values()))
+
+    def left_to_application(self, node: NodeProto) -> bool:
+        """A data-movement op of an output's float tail, in a file with no float host to run it."""
+        data = node.input if node.op_type == "Concat" else node.input[:1]
+        return (
+            not self.float_host
+            and node.domain != DEVICE_DOMAIN
+            and node.op_type in OUTPUT_TAIL_OPS
+            and all(name in self.joined for name in data)
+        )
+
+    def output_join(self, output: str) -> TfliteOutputJoin:
+        """The parts of `output` and the float ONNX tail that joins them (the model's own nodes, parts renamed to
+        the file's output tensors)."""
+        producer = {name: index for index, node in enumerate(self.join_nodes) for name in node.output}
+        reached, pending = set(), [output]
+        while pending:
+            index = producer.get(pending.pop())
+            if index is not None and index not in reached:
+                reached.add(index)
+                node = self.join_nodes[index]
+                pending += node.input if node.op_type == "Concat" else node.input[:1]
+        tail = [self.join_nodes[index] for index in sorted(reached)]  # graph order
+        rename = {name: self.joined[name] for node in tail for name in node.input if self.joined.get(name)}
+        parts = list(dict.fromkeys(rename[name] for node in tail for name in node.input if name in rename))
+        nodes, initializers = [], []
+        for node in tail:
+            copy = NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [rename.get(name, name) for name in node.input]
+            nodes.append(copy)
+            for name in node.input:
+                if name in self.inits:
+                    initializers.append(numpy_helper.from_array(self.inits[name], name))
+                elif name and name not in rename and name not in producer:
+                    raise self.error(
+                        node, f"the join at output {output!r} reads {name!r}, which is not one of its parts"
+                    )
+        dtype = onnx.TensorProto.FLOAT
+        graph = onnx.helper.make_graph(
+            nodes,
+            "output_join",
+            [onnx.helper.make_tensor_value_info(part, dtype, self.shapes.get(part)) for part in parts],
+            [onnx.helper.make_tensor_value_info(output, dtype, None)],
+            initializers,
+        )
+        tail_model = onnx.helper.make_model(graph, opset_imports=list(self.device.model.opset_import))
+        tail_model.ir_version = self.device.model.ir_version
+        steps = [f"{node.op_type}({_attributes(node)})" if node.attribute else node.op_type for node in tail]
+        return TfliteOutputJoin(output=output, parts=parts, steps=steps, tail=tail_model.SerializeToString())
 
     def shape_arithmetic(self, node: NodeProto) -> bool:
         """A float-graph node computing only on constants and shapes (Shape → Gather → Concat → a Reshape's shape):
@@ -552,6 +642,9 @@ class _Writer:
         users = [u for u in users if u.op_type not in ("Shape", "Size")]  # they read the static shape only
         if users and all(u.domain != DEVICE_DOMAIN and u.op_type in OUTPUT_TAIL_OPS for u in users):
             x = self.value(node.input[0], node)
+            if not self.float_host:
+                self.joined[node.output[0]] = node.input[0]
+                return
             out = self.activation(node.output[0], self.shape(node.output[0], node), None, x.nhwc)
             self.op("DEQUANTIZE", [x.index], [out.index], version=2)
             return
@@ -1284,7 +1377,7 @@ class _Writer:
 
     # --- serialization -----------------------------------------------------------------------------------------------
 
-    def serialize(self) -> TfliteExport:
+    def serialize(self, joins: list[TfliteOutputJoin]) -> TfliteExport:
         tfl, b = self.tfl, self.fb.Builder(4096)
         codes: list[tuple[int, int]] = []
         for op in self.flat.ops:
@@ -1349,6 +1442,8 @@ class _Writer:
             content=bytes(b.Output()),
             inputs=self.io_in,
             outputs=self.io_out,
+            output_names=[value.name for value in self.graph.output],
+            output_joins=joins,
             op_counts=dict(sorted(counts.items())),
             approximate_ops=sorted(self.approximate),
             arena_estimate=self.arena_estimate(names),
@@ -1501,6 +1596,10 @@ def _tensor(tfl: object, b: object, tensor: _Tensor, buffer_index: int) -> int:
     if quantization is not None:
         tfl.TensorAddQuantization(b, quantization)
     return tfl.TensorEnd(b)
+
+
+def _attributes(node: NodeProto) -> str:
+    return ", ".join(f"{a.name}={onnx.helper.get_attribute_value(a)}" for a in node.attribute)
 
 
 def _table_vector(b: object, offsets: Sequence[int]) -> int:

@@ -146,8 +146,9 @@ def check_device_rules(model: ModelProto, profile: HardwareProfile) -> DeviceRul
         for detail in RULES[scope.rule].check(q, profile, graph)
     ]
     float_nodes = {q.node.name for q in nodes if not q.is_integer}
+    joined = {name for name in float_nodes if _in_output_tail(name, graph)} if _application_joins(profile) else set()
     stripped = strip_qdq(graph, float_nodes)
-    coverage = _device_view(analyse(stripped, profile), float_nodes, profile)
+    coverage = _device_view(analyse(stripped, profile), float_nodes, joined, profile)
     total = _parameter_bytes(stripped, coverage)
     cache = profile.memory.parameter_cache_bytes
     return DeviceRulesResult(
@@ -277,9 +278,15 @@ RuleCheck = Callable[[NodeQuantization, HardwareProfile, ModelGraph], list[str]]
 def _check_integer_compute(q: NodeQuantization, profile: HardwareProfile, graph: ModelGraph) -> list[str]:
     if q.is_integer:
         return []
-    if profile.host is not None and q.node.op_type in OUTPUT_TAIL_OPS and _in_output_tail(q.node.name, graph):
-        return []  # the host runs data movement after the last dequantize (an output join kept float)
+    off_device = profile.host is not None or _application_joins(profile)
+    if off_device and q.node.op_type in OUTPUT_TAIL_OPS and _in_output_tail(q.node.name, graph):
+        return []  # data movement after the last dequantize (an output join kept float), run off the device
     return ["; ".join(q.float_operands) + f" ({profile.name} computes on integers only)"]
+
+
+def _application_joins(profile: HardwareProfile) -> bool:
+    """A host-less .tflite returns an output joined in float as its int8 parts: the application joins them."""
+    return profile.host is None and profile.format == "tflite"
 
 
 def _in_output_tail(name: str, graph: ModelGraph) -> bool:
@@ -686,13 +693,16 @@ def _foldable_quantize(
     )
 
 
-def _device_view(report: CoverageReport, float_nodes: set[str], profile: HardwareProfile) -> CoverageReport:
+def _device_view(
+    report: CoverageReport, float_nodes: set[str], joined: set[str], profile: HardwareProfile
+) -> CoverageReport:
     """Coverage in the compiler's words: a node left in float, or the Dequantize of a float output, is working on
-    an unsupported data type (not an unknown op). Only statuses of off-device nodes change: partitioning stands."""
+    an unsupported data type (not an unknown op); a `joined` node is the application's join of the file's int8
+    outputs. Only statuses of off-device nodes change: partitioning stands."""
     relabelled: dict[str, str] = {}
     nodes: list[NodeCoverage] = []
     for verdict in report.nodes:
-        reason = _float_reason(verdict, float_nodes, profile) if verdict.status == "unsupported_op" else None
+        reason = _float_reason(verdict, float_nodes, joined, profile) if verdict.status == "unsupported_op" else None
         if reason is not None:
             verdict = verdict.model_copy(update={"status": "unsupported_dtype", "reason": reason})
             relabelled[verdict.name] = reason
@@ -703,7 +713,11 @@ def _device_view(report: CoverageReport, float_nodes: set[str], profile: Hardwar
     return report.model_copy(update={"nodes": nodes, "first_cut": cut, "op_summary": _op_summary(nodes, profile)})
 
 
-def _float_reason(verdict: NodeCoverage, float_nodes: set[str], profile: HardwareProfile) -> str | None:
+def _float_reason(
+    verdict: NodeCoverage, float_nodes: set[str], joined: set[str], profile: HardwareProfile
+) -> str | None:
+    if verdict.name in joined:
+        return "joins the file's int8 outputs in float: the application does it (the .tflite returns the parts)"
     if verdict.name in float_nodes:
         return f"computes in float, not between Q/DQ: {profile.name} runs integer kernels only"
     if verdict.op_type == "DequantizeLinear":

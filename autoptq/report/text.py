@@ -285,6 +285,7 @@ def _device_file_line(file: DeviceFile) -> str:
         return file.error
     ops = ", ".join(f"{op} ×{n}" for op, n in file.op_counts.items())
     line = f"`{file.path}` ({file.size_bytes} bytes, sha256 `{(file.sha256 or '')[:16]}...`; {ops})"
+    line += "".join(f"; {join}" for join in file.output_joins)
     return line + (f"; next step: `{file.next_step}`" if file.next_step else "")
 
 
@@ -646,7 +647,8 @@ def _device_rules_lines(result: DeviceRulesResult) -> list[str]:
             f"Number of {result.target} subgraphs: {coverage.device_segments}",
             f"Total number of operations: {len(coverage.nodes)}",
             f"Number of operations that will run on {result.target}: {on_device}",
-            f"Number of operations that will run on the host: {len(coverage.nodes) - on_device}",
+            f"Number of operations that will run off {result.target} (host or application): "
+            f"{len(coverage.nodes) - on_device}",
         ]
         if coverage.first_cut is not None:
             cut = coverage.first_cut

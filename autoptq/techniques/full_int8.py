@@ -45,8 +45,8 @@ class FullInt8(StaticQdq):
                 if op in present_ops
             },
             # A float processor runs the join at the output: the CPU itself, or the host an accelerator hands its
-            # tail to. A device with no host (a microcontroller) keeps its output integer.
-            "float_output_joins": not profile.integer_only or profile.host is not None,
+            # tail to. A host-less TFLite file returns the parts as int8 outputs, which the application joins.
+            "float_output_joins": not profile.integer_only or profile.host is not None or profile.format == "tflite",
         }
         if base.op_types_to_quantize:
             return fields

@@ -56,7 +56,8 @@ class Recipe(StrictModel):
     float_output_joins: bool = Field(
         default=False,
         description="keep in float an output's Concat of parts whose calibrated ranges differ by more than 16x "
-        "(boxes and scores in one tensor), where the device has a float host (autoptq.techniques.output_joins)",
+        "(boxes and scores in one tensor), where the device has a float host; a host-less .tflite returns the parts "
+        "as int8 outputs for the application to join (autoptq.techniques.output_joins)",
     )
     bias_correction: bool = Field(
         default=False,

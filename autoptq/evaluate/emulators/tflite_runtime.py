@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from onnx import ModelProto, helper, shape_inference
 from pydantic import BaseModel, Field
 
@@ -76,7 +77,7 @@ def emulate(
         raw = run_tflm(exported, samples)
         arena = measure_tflm_arena(exported)
     exact = emulate_integer(model, profile, samples, "exact")
-    outputs = [[_real(value, io) for value, io in zip(sample, exported.outputs, strict=True)] for sample in raw]
+    outputs = model_outputs(exported, raw)
     agreements = agreement(model, exported, exact.outputs, outputs, tier)
     if per_op and all(a.within_tolerance for a in per_op):
         agreements = [_carried(a) for a in agreements]
@@ -131,14 +132,14 @@ def agreement(
         else "every op of the file is computed bit for bit by the exact tier"
     )
     found = []
-    for index, io in enumerate(exported.outputs):
-        scale = scales.get(io.name) or 1.0
+    for index, name in enumerate(exported.output_names):
+        scale = scales.get(name) or 1.0
         a = np.concatenate([np.asarray(s[index], np.float64).reshape(-1) for s in exact]) if exact else np.zeros(0)
         b = np.concatenate([np.asarray(s[index], np.float64).reshape(-1) for s in device]) if device else np.zeros(0)
         stats = lsb_difference(a, b, scale)
         found.append(
             TierAgreement(
-                output=io.name,
+                output=name,
                 elements=int(stats["elements"]),
                 bit_exact_fraction=round(1.0 - stats["differing_fraction"], 6),
                 max_abs_lsb=stats["max_abs_lsb"],
@@ -459,6 +460,23 @@ def feed(sample: dict[str, np.ndarray], io: TfliteTensorIO) -> np.ndarray:
     return np.ascontiguousarray(value.reshape(io.shape))
 
 
+def model_outputs(exported: TfliteExport, raw: Sequence[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The file's outputs, one list per sample, as the ONNX model's: dequantized, and the parts of an output a
+    host-less file returns in parts joined by the model's own float tail, as the application does."""
+    tails = {
+        join.output: ort.InferenceSession(join.tail, providers=["CPUExecutionProvider"])
+        for join in exported.output_joins
+    }
+    joined = []
+    for sample in raw:
+        values = {io.name: _real(value, io) for value, io in zip(sample, exported.outputs, strict=True)}
+        for join in exported.output_joins:
+            feeds = {part: np.asarray(values[part], np.float32) for part in join.parts}
+            values[join.output] = tails[join.output].run([join.output], feeds)[0]
+        joined.append([values[name] for name in exported.output_names])
+    return joined
+
+
 def _onnx_layout(value: np.ndarray, io: TfliteTensorIO) -> np.ndarray:
     return np.asarray(value).transpose(io.perm) if io.perm is not None else np.asarray(value)
 
@@ -518,4 +536,12 @@ def _statement(
     return " ".join(parts)
 
 
-__all__ = ["TFLITE_TIERS", "ArenaMeasurement", "TierAgreement", "emulate", "measure_tflm_arena", "run_litert"]
+__all__ = [
+    "TFLITE_TIERS",
+    "ArenaMeasurement",
+    "TierAgreement",
+    "emulate",
+    "measure_tflm_arena",
+    "model_outputs",
+    "run_litert",
+]
