@@ -335,3 +335,33 @@ def test_edgetpu_variant_of_a_mobilenet_v3_style_model_is_full_int8(tmp_path: Pa
     assert plan.technique == "full_int8" and outcome.technique == "full_int8", outcome.reason
     produced = onnx.load(tmp_path / "m.onnx")
     assert not {"Div", "HardSigmoid"} & {n.op_type for n in produced.graph.node}
+
+
+def paddle_shape_through_cast() -> onnx.ModelProto:
+    """Paddle's classifier head: the Reshape target is Shape → Cast(int32) → Slice → Cast(int64) → Concat with a
+    constant, where ONNX's data propagation stops (at the Cast); the batch is open, as exported."""
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"], name="pool"),
+        helper.make_node("Shape", ["pooled"], ["dims"], name="shape"),
+        helper.make_node("Cast", ["dims"], ["dims32"], to=onnx.TensorProto.INT32, name="to32"),
+        helper.make_node("Slice", ["dims32", "zero", "one"], ["batch32"], name="batch"),
+        helper.make_node("Cast", ["batch32"], ["batch"], to=onnx.TensorProto.INT64, name="to64"),
+        helper.make_node("Concat", ["batch", "width"], ["target"], axis=-1, name="target"),
+        helper.make_node("Reshape", ["pooled", "target"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "w"], ["y"], name="fc"),
+    ]
+    inits = [
+        const("zero", np.array([0]), np.int64),
+        const("one", np.array([1]), np.int64),
+        const("width", np.array([8]), np.int64),
+        const("w", np.random.default_rng(0).normal(0, 0.3, (8, 2))),
+    ]
+    return build(nodes, [tensor("x", ["n", 8, 4, 4])], [tensor("y", ["n", 2])], inits, opset=11)
+
+
+def test_a_reshape_target_computed_through_cast_gets_its_static_shape_once_the_batch_is_bound() -> None:
+    graph = bind(load_model(paddle_shape_through_cast()), [{"x": np.zeros((1, 8, 4, 4), np.float32)}])
+    assert graph.tensors["flat"].shape == [1, 8] and graph.tensors["y"].shape == [1, 2]
+    assert [n.op_type for n in graph.model.graph.node][:3] == ["GlobalAveragePool", "Shape", "Cast"]  # unchanged
+    (report,) = api.audit(graph, ["tflite-int8"])
+    assert report.first_cut is None and report.device_mac_fraction == 1.0

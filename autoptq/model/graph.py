@@ -455,9 +455,54 @@ def check_model(proto: ModelProto, path: Path | None = None) -> None:
 def infer_shapes(proto: ModelProto) -> ModelProto:
     """ONNX shape inference with data propagation; a model it cannot handle keeps the shapes it declares."""
     try:
-        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: an exotic op must not stop the analysis
         return proto
+    return _completed_by_folding(inferred)
+
+
+def _completed_by_folding(inferred: ModelProto) -> ModelProto:
+    """`inferred` with the shapes ONNX's data propagation stops short of on static inputs, read from a copy whose
+    shape arithmetic is folded (the graph itself unchanged). Paddle computes a Reshape's target as Shape → Cast
+    (int32) → Slice → Cast (int64) → Concat, and propagation stops at the Cast: ppocr-cls's classifier head then had
+    no shape, and a static-shape device refused it while its written .tflite ran."""
+    graph = inferred.graph
+    if not graph.input or any(
+        not v.type.tensor_type.HasField("shape")
+        or any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
+        for v in graph.input
+    ):
+        return inferred  # an open input dim: the missing shapes are open too
+    known = {v.name for v in (*graph.value_info, *graph.output) if _has_static_shape(v)}
+    missing = {name for node in graph.node for name in node.output if name and name not in known}
+    if not missing:
+        return inferred
+    from autoptq.model.prepare import fold_constant_paths  # prepare builds on this module
+
+    folded, _ = fold_constant_paths(inferred)
+    if folded is None:
+        return inferred
+    try:
+        refolded = onnx.shape_inference.infer_shapes(folded, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return inferred
+    found = {v.name: v for v in (*refolded.graph.value_info, *refolded.graph.output) if v.name in missing}
+    found = {name: v for name, v in found.items() if _has_static_shape(v)}
+    if not found:
+        return inferred
+    completed = copy_model(inferred)
+    outputs = {v.name: v for v in completed.graph.output}
+    for name in found.keys() & outputs.keys():
+        outputs[name].type.CopyFrom(found[name].type)
+    values = [v for v in completed.graph.value_info if v.name not in found]
+    del completed.graph.value_info[:]
+    completed.graph.value_info.extend([*values, *(v for name, v in found.items() if name not in outputs)])
+    return completed
+
+
+def _has_static_shape(value: ValueInfoProto) -> bool:
+    kind = value.type.tensor_type
+    return kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim)
 
 
 def output_tail(model: ModelProto, output: str) -> list[NodeProto]:
