@@ -10,7 +10,7 @@ import pytest
 from onnx import ModelProto, helper
 
 from autoptq.decide.planner import device_conformant_recipe
-from autoptq.devices.profiles import load_profile
+from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model
 from autoptq.techniques.output_joins import mixed_output_joins
@@ -107,6 +107,17 @@ def conv_detector_head() -> ModelProto:
     return build(nodes, [tensor("image", [1, 3, 4, 4])], [tensor("y", [1, 2 * CHANNELS * 16])], initializers)
 
 
+def quantized_for(
+    model: ModelProto, profile: HardwareProfile, folder: object
+) -> tuple[list[dict[str, np.ndarray]], ModelProto]:
+    """Twelve image feeds and `model` quantized to full int8 with `profile`'s conformant recipe on them."""
+    rng = np.random.default_rng(4)
+    feeds = [{"image": rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)} for _ in range(12)]
+    graph = load_model(save(model, folder))  # type: ignore[arg-type]
+    recipe = device_conformant_recipe(Recipe(), "full_int8", profile, graph, Dataset(feeds, None, "test"))
+    return feeds, static_qdq(model, recipe, Dataset(feeds, None, "test"), "full_int8").model
+
+
 def test_an_accelerator_with_a_host_writes_the_join_as_float_ops_after_a_dequantize(tmp_path: object) -> None:
     pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'autoptq[tflite]'")
     from autoptq.deploy.tflite_writer import export_tflite
@@ -115,11 +126,7 @@ def test_an_accelerator_with_a_host_writes_the_join_as_float_ops_after_a_dequant
     from autoptq.evaluate.emulators.tflite_runtime import run_litert
 
     model, edgetpu = conv_detector_head(), load_profile("edgetpu")
-    rng = np.random.default_rng(4)
-    feeds = [{"image": rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)} for _ in range(12)]
-    graph = load_model(save(model, tmp_path))  # type: ignore[arg-type]
-    recipe = device_conformant_recipe(Recipe(), "full_int8", edgetpu, graph, Dataset(feeds, None, "test"))
-    qdq = static_qdq(model, recipe, Dataset(feeds, None, "test"), "full_int8").model
+    feeds, qdq = quantized_for(model, edgetpu, tmp_path)
     assert check_device_rules(qdq, edgetpu).passed  # the float join is the host's work, not a violation
     exported = export_tflite(qdq, edgetpu)
     assert exported.op_counts["DEQUANTIZE"] == 2 and exported.outputs[0].dtype == "float32"
@@ -143,11 +150,7 @@ def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(
     from autoptq.evaluate.emulators.tflite_runtime import model_outputs, run_litert
 
     model, profile = conv_detector_head(), load_profile("tflite-int8")
-    rng = np.random.default_rng(4)
-    feeds = [{"image": rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)} for _ in range(12)]
-    graph = load_model(save(model, tmp_path))  # type: ignore[arg-type]
-    recipe = device_conformant_recipe(Recipe(), "full_int8", profile, graph, Dataset(feeds, None, "test"))
-    qdq = static_qdq(model, recipe, Dataset(feeds, None, "test"), "full_int8").model
+    feeds, qdq = quantized_for(model, profile, tmp_path)
     rules = check_device_rules(qdq, profile)
     assert rules.passed  # the float join is the application's work, not a violation
     assert rules.coverage is not None and "the application does it" in rules.coverage.first_cut.reason
