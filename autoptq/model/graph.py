@@ -479,10 +479,10 @@ def _completed_by_folding(inferred: ModelProto) -> ModelProto:
         return inferred
     from autoptq.model.prepare import fold_constant_paths  # prepare builds on this module
 
-    folded, _ = fold_constant_paths(inferred)
-    if folded is None:
-        return inferred
-    try:
+    try:  # best effort, as inference itself: folding runs the reference evaluator on whatever the model holds
+        folded, _ = fold_constant_paths(inferred)
+        if folded is None:
+            return inferred
         refolded = onnx.shape_inference.infer_shapes(folded, check_type=False, strict_mode=False, data_prop=True)
     except Exception:
         return inferred
