@@ -147,7 +147,7 @@ def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(
     from autoptq.deploy.tflite_writer import export_tflite
     from autoptq.devices.device_rules import check_device_rules
     from autoptq.evaluate.emulators.integer import emulate
-    from autoptq.evaluate.emulators.tflite_runtime import model_outputs, run_litert
+    from autoptq.evaluate.emulators.tflite_runtime import model_outputs, run_litert, run_tflm
 
     model, profile = conv_detector_head(), load_profile("tflite-int8")
     feeds, qdq = quantized_for(model, profile, tmp_path)
@@ -165,6 +165,8 @@ def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(
     assert "dequantize each with its own scale" in join.statement()
 
     joined = model_outputs(exported, run_litert(exported, feeds))
+    on_mcu = model_outputs(exported, run_tflm(exported, feeds[:3]))  # TFLite Micro finds its outputs by position
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(on_mcu, joined, strict=False))
     exact = emulate(qdq, profile, feeds, "exact").outputs
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     half = CHANNELS * 16
