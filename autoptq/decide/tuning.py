@@ -381,10 +381,10 @@ class Search:
 
     def walk(self) -> None:
         """The plan; the best candidate of each other technique the plan allows; the recipe spaces of the
-        techniques tried, the closest to the budget first; then the plan's fallbacks in order (better calibration,
-        exclusions by sensitivity, the techniques not tried yet, float). Once a candidate meets the budget, only
-        candidates the cost model says could beat it are tried (so the walk returns the best, not the first);
-        limits stop it at any point."""
+        techniques tried, the closest to the budget first (only those within it once one is); then the plan's
+        fallbacks in order (better calibration, exclusions by sensitivity, the techniques not tried yet, float).
+        Once a candidate meets the budget, only candidates the cost model says could beat it are tried (so the walk
+        returns the best, not the first); limits stop it at any point."""
         if not by_name(self.plan.technique).quantizes:
             self.run("plan (keep float)", self.plan.technique, None)
             return
@@ -395,7 +395,7 @@ class Search:
         leaders = other_techniques_best(self.job, self.plan)
         self._try_each(leaders)
         own = Candidate(step="plan", technique=self.plan.technique, recipe=self.plan.recipe)
-        for start in self._closest_first([own, *leaders]):
+        for start in self._spaces_to_walk([own, *leaders]):
             self._try_each(space_steps(self.job, start.technique, start.recipe))
         steps = [*self.plan.fallbacks, *([] if KEEP_FLOAT in self.plan.fallbacks else [KEEP_FLOAT])]
         for name in steps:
@@ -422,18 +422,24 @@ class Search:
             if not self._tried(candidate) and self.worth_trying(candidate.technique, candidate.recipe):
                 self.run(candidate.step, candidate.technique, candidate.recipe)
 
-    def _closest_first(self, starts: list[Candidate]) -> list[Candidate]:
-        """The techniques' starting candidates ordered by how close their technique came to the budget: those
-        with a trial within budget first, then by the quality of their best measured trial (accuracy, then SQNR);
-        ties keep the given order (the plan's first), so the walk is the same for the same measurements."""
+    def _spaces_to_walk(self, starts: list[Candidate]) -> list[Candidate]:
+        """The techniques whose recipe spaces the walk descends into, by the candidate each space starts from: the
+        closest to the budget first (`_standing`; ties keep the given order, the plan's first). Once a technique
+        meets the budget, only the techniques that do: the others' first candidates missed it, and a recipe space
+        moves fidelity by a few dB, not the tens that can separate two techniques."""
+        ranked = sorted(starts, key=lambda start: self._standing(start.technique), reverse=True)
+        if self.best_within() is None or not self.stops_early():
+            return ranked
+        return [start for start in ranked if self._standing(start.technique)[0]]
 
-        def standing(start: Candidate) -> tuple[bool, tuple[float, float]]:
-            measured = [t for t in self.trials if t.technique == start.technique and t.error is None and t.runnable]
-            if not measured:
-                return False, (-1.0, -1e9)  # not tried (pruned) or failed: its space last
-            return any(t.meets_budget for t in measured), max(_quality(t) for t in measured)
-
-        return sorted(starts, key=standing, reverse=True)
+    def _standing(self, technique: TechniqueName) -> tuple[bool, tuple[float, float]]:
+        """How close a technique came to the budget: whether a trial of it meets it, then the quality of its best
+        measured trial (accuracy, then SQNR). Measured fidelity only, never timings, so the same inputs give the
+        same walk."""
+        measured = [t for t in self.trials if t.technique == technique and t.error is None and t.runnable]
+        if not measured:
+            return False, (-1.0, -1e9)  # not tried (pruned) or failed: its space last
+        return any(t.meets_budget for t in measured), max(_quality(t) for t in measured)
 
     def _fallback(self, name: str) -> Candidate | None:
         return fallback_candidate(name, self.job, self.plan)
