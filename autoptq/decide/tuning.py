@@ -434,8 +434,8 @@ class Search:
 
     def _standing(self, technique: TechniqueName) -> tuple[bool, tuple[float, float]]:
         """How close a technique came to the budget: whether a trial of it meets it, then the quality of its best
-        measured trial (accuracy, then SQNR). Measured fidelity only, never timings, so the same inputs give the
-        same walk."""
+        measured trial (accuracy, then SQNR). Fidelity only: the order adds no dependence on timings (the pruning
+        reads measured latency only where this machine stands in for the target)."""
         measured = [t for t in self.trials if t.technique == technique and t.error is None and t.runnable]
         if not measured:
             return False, (-1.0, -1e9)  # not tried (pruned) or failed: its space last
