@@ -33,7 +33,8 @@ interleaved round robin (runner.measure_together) before agreement is judged: pa
 on a loaded machine differ by more than the margins chosen on.
 
 Run: python bench/bench_decisions.py [--quick] [--models a,b] [--targets x86-vnni,x86-avx2] [--fresh] [--no-loop]
-(--quick: the digits CNN on x86-vnni only)
+[--loop-only] (--quick: the digits CNN on x86-vnni only; --loop-only: the loop column again, the oracle's pick read
+from the cache)
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ def loop_choice(case: Case, target: str, metric: UserMetric | None, best: Pick) 
     )
     result = tune(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, budget)
     trial = result.trials[result.chosen]
-    within = "" if result.within_budget else ", NOT within budget"
+    first = next((t.index + 1 for t in result.trials if t.meets_budget), None)
+    within = f", first within budget: trial {first}" if first else ", NOT within budget"
     ratio = f", {trial.latency_ratio:.2f}x lat" if trial.latency_ratio is not None else ""
     budget_text = "--max-drop 0.02" if metric is not None else f"--min-sqnr {best.fidelity - LOOP_DROP_DB:.1f}"
     return (
@@ -340,6 +342,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--fresh", action="store_true", help="re-measure every oracle recipe")
     parser.add_argument("--no-loop", action="store_true", help="skip the loop under a budget")
+    parser.add_argument(
+        "--loop-only", action="store_true", help="re-run only the loop (oracle from the cache), keep the rest of a row"
+    )
     parser.add_argument("--oracle-only", action="store_true", help="fill the oracle cache, nothing else")
     parser.add_argument("--oracle-cache", type=Path, default=ORACLE_CACHE, help="per-recipe oracle results (JSON)")
     parser.add_argument("--rows", type=Path, default=RESULTS_DIR / "decisions_rows.json", help="per-cell results")
@@ -351,6 +356,24 @@ def arguments() -> argparse.Namespace:
 HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "autoptq default", "agrees",
            "regret latency / size / fidelity", "oracle time", "autoptq time (% of oracle)",
            "loop under a budget"]  # fmt: skip
+
+
+def rerun_loop(
+    rows: dict[str, list[str]], case: Case, target: str, metric: UserMetric | None, cache: dict[str, dict[str, dict]]
+) -> None:
+    """The loop cell of a row again, the rest kept: the loop's budget comes from the oracle's pick, read from the
+    cache (the default choice, which the loop does not depend on, is not re-run)."""
+    key = f"{case.name}#{target}"
+    best, _ = oracle(case, setup(case, target), metric, cache)
+    row = rows.get(key) or [case.name, target, *[""] * (len(HEADERS) - 2)]
+    row[-1] = loop_choice(case, target, metric, best) if best.model is not None else "(not run)"
+    rows[key] = row
+    print(row[-1], flush=True)
+
+
+def write_rows(args: argparse.Namespace, rows: dict[str, list[str]]) -> None:
+    if not args.quick:
+        write_atomic(args.rows, json.dumps(rows, indent=1, sort_keys=True) + "\n")
 
 
 def main() -> None:
@@ -375,6 +398,10 @@ def main() -> None:
                 if args.oracle_only:
                     oracle(case, setup(case, target), metric, cache)
                     continue
+                if args.loop_only:
+                    rerun_loop(rows, case, target, metric, cache)
+                    write_rows(args, rows)
+                    continue
                 ours, s, tried = default_choice(case, target, metric)
                 best, count = oracle(case, s, metric, cache)
             except AutoptqError as exc:
@@ -394,10 +421,9 @@ def main() -> None:
                 f"{ours.seconds:.0f} s ({100 * ours.seconds / best.seconds:.1f}%; {tried})", loop,
             ]  # fmt: skip
             print(rows[f"{case.name}#{target}"], flush=True)
-            if not args.quick:
-                write_atomic(args.rows, json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    if args.merge and not args.quick:
-        write_atomic(args.rows, json.dumps(rows, indent=1, sort_keys=True) + "\n")
+            write_rows(args, rows)
+    if args.merge:
+        write_rows(args, rows)
     table = [[shortened(c) for c in r] for _, r in sorted(rows.items())]
     counted = [r for r in table if r[4] in ("yes", "no")]
     agreed = sum(r[4] == "yes" for r in counted)

@@ -346,7 +346,8 @@ def render(config: Config, quick: bool, cases: list[Case], leftover: int) -> str
         "validation samples, no labels, so the budget is the minimum output SQNR against float, set the given "
         "number of dB above the plan trial's own SQNR (offsets: "
         + "; ".join(f"{m.label}: +{', +'.join(f'{o:g}' for o in m.offsets_db)} dB" for m in config.models)
-        + "). Objective: speed. Both searches walk the plan, then its fallbacks in the default tree's order ("
+        + "). Objective: speed. Both searches walk the plan, the leaf's other technique (`int16x8` where the device "
+        "runs it), the recipe spaces, then the fallbacks in the default tree's order ("
         + "; ".join(f"`{o}`" for o in orders)
         + "; `int16x8` only where the device runs it).",
         "",

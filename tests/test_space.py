@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from autoptq.api import QuantizeOptions, plan_for, split_data
-from autoptq.decide.candidates import space_steps
+from autoptq.decide.candidates import other_techniques_best, space_steps
 from autoptq.decide.job import Job
 from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.decide.tuning import Budget, tune
@@ -219,11 +219,16 @@ def test_the_loop_walks_the_technique_s_space_before_its_fallbacks(encoder: onnx
     profile = load_profile("x86-vnni")
     calibration, validation, _ = split_data(graph, token_data(30), None, synthetic=False)
     plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    steps = space_steps(Job(graph, profile, calibration, calibration), plan)
+    job = Job(graph, profile, calibration, calibration)
+    steps = space_steps(job, plan.technique, plan.recipe)
     assert steps and all(s.technique == "weight_only_int8" and s.recipe != plan.recipe for s in steps)
     assert steps[0].recipe.per_channel  # the most faithful first
-    # An unreachable budget: every step is tried, the space before the technique fallbacks.
-    result = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=199.0, max_trials=5))
-    walked = [t.step for t in result.trials]
-    assert walked[0] == "plan" and walked[1:5] == [s.step for s in steps[:4]]
+    # An unreachable budget: every step is tried. After the plan, the best of the other technique the leaf allows
+    # (full int8), then the space of the technique that came closer, before the fallbacks.
+    result = tune(Job(graph, profile, calibration, validation), plan, Budget(min_sqnr_db=199.0, max_trials=6))
+    plan_trial, leader, *space = result.trials
+    assert plan_trial.step == "plan" and leader.step == other_techniques_best(job, plan)[0].step
+    assert leader.technique == "full_int8"
+    closer = max((plan_trial, leader), key=lambda t: t.min_sqnr_db or -1e9)
+    assert [t.step for t in space] == [s.step for s in space_steps(job, closer.technique, closer.recipe)[:4]]
     assert not result.within_budget

@@ -20,6 +20,7 @@ from autoptq.decide.tuning import (
     STOPPED_BY_TIME_BUDGET,
     Budget,
     Trial,
+    TuningResult,
     choose,
     pareto_front,
     search_evaluator,
@@ -30,6 +31,7 @@ from autoptq.evaluate.evaluator import Evaluator
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from bench.search_baselines import ExhaustiveSearch, every_subset_search
+from tests.conftest import build, const, tensor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WIDTH = 32
@@ -227,6 +229,87 @@ def test_a_deadline_passing_in_the_sensitivity_ranking_stops_the_walk(
     assert result.sensitivity == [] and not any(t.excluded for t in result.trials)
     assert not any(t.abandoned for t in result.trials)  # no trial was in flight
     assert all(t.error is None for t in result.trials)
+
+
+def _scale_varying_convnet() -> tuple[ModelGraph, Dataset, Dataset]:
+    """A convnet (Conv, Relu, Flatten, a dense head; no biases) fed samples of two magnitudes a thousand apart. On
+    x86-vnni the plan is full int8, whose calibrated activation ranges are the large samples': every small sample
+    quantizes to zero and its top-1 is lost, whatever the static recipe. Weight-only int8 quantizes activations per
+    run, so it keeps every top-1."""
+    rng = np.random.default_rng(0)
+    channels, side = 8, 32
+    conv = (rng.standard_normal((16, channels, 3, 3)) * 0.2).astype(np.float32)
+    head = (rng.standard_normal((16 * side * side, 10)) * 0.02).astype(np.float32)
+    model = build(
+        [
+            helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "head_w"], ["y"], name="head"),
+        ],
+        [tensor("x", [1, channels, side, side])],
+        [tensor("y", [1, 10])],
+        [const("conv_w", conv), const("head_w", head)],
+    )
+    # Large samples first: onnxruntime's histogram collector (percentile, entropy calibration) keeps the first
+    # sample's bin width, so a tiny first sample makes a million-bin histogram and a minute-long entropy search.
+    samples = [
+        {"x": (rng.standard_normal((1, channels, side, side)) * (1e-3 if i % 2 else 1.0)).astype(np.float32)}
+        for i in range(64)
+    ]
+    return load_model(model), Dataset(samples[:32], None, "calibration"), Dataset(samples[32:], None, "validation")
+
+
+@pytest.fixture(scope="module")
+def scale_varying() -> tuple[ModelGraph, Dataset, Dataset]:
+    return _scale_varying_convnet()
+
+
+def _x86_tune(data: tuple[ModelGraph, Dataset, Dataset], budget: Budget) -> TuningResult:
+    graph, calibration, validation = data
+    profile = load_profile("x86-vnni")
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    assert plan.technique == "full_int8" and "weight_only_int8" in plan.fallbacks  # the default tree's leaf
+    return tune(Job(graph, profile, calibration, validation), plan, budget)
+
+
+def test_another_technique_s_best_comes_right_after_the_plan(
+    scale_varying: tuple[ModelGraph, Dataset, Dataset],
+) -> None:
+    # Two trials: the plan, then weight-only's best (not a point of the full-int8 space, none of which meets it).
+    result = _x86_tune(scale_varying, Budget(min_top1_agreement=0.95, max_trials=2))
+    plan, second = result.trials
+    assert plan.technique == "full_int8" and not plan.meets_budget
+    assert plan.top1_agreement is not None and plan.top1_agreement < 0.75  # the small samples' top-1 is lost
+    assert second.technique == "weight_only_int8" and second.meets_budget
+    assert result.within_budget and result.chosen == second.index
+
+
+def test_once_a_technique_meets_the_budget_the_spaces_of_those_that_missed_are_skipped(
+    scale_varying: tuple[ModelGraph, Dataset, Dataset],
+) -> None:
+    result = _x86_tune(scale_varying, Budget(min_top1_agreement=0.95))
+    assert result.within_budget and result.trials[result.chosen].technique == "weight_only_int8"
+    assert result.stopped_by == "walk complete"
+    # Full int8 missed with its plan, weight-only met it: no point of the full-int8 space is tried, only the leaf's
+    # full-int8 fallbacks the cost model predicts faster (calibration steps, same kernels as the plan).
+    static = [t.step for t in result.trials if t.technique == "full_int8"]
+    assert static[0] == "plan" and set(static[1:]) <= {
+        "bias_correction",
+        "percentile_calibration",
+        "entropy_calibration",
+    }
+
+
+def test_the_closest_technique_s_space_is_walked_first(scale_varying: tuple[ModelGraph, Dataset, Dataset]) -> None:
+    # Out of reach: weight-only came closer than full int8 (higher SQNR), so its recipe space comes next.
+    result = _x86_tune(scale_varying, Budget(min_sqnr_db=199.0, max_trials=4))
+    plan, leader, *space = result.trials
+    assert leader.technique == "weight_only_int8"
+    assert leader.min_sqnr_db is not None and plan.min_sqnr_db is not None and leader.min_sqnr_db > plan.min_sqnr_db
+    assert [t.technique for t in space] == ["weight_only_int8"] * 2
+    assert len({f"{t.technique} {t.recipe}" for t in result.trials}) == 4  # nothing tried twice
+    assert result.stopped_by == "trial budget" and not result.within_budget
 
 
 def test_exhaustive_search_agrees_with_the_greedy_choice(bad_layer: tuple[ModelGraph, Dataset, Dataset]) -> None:

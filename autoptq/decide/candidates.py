@@ -86,6 +86,23 @@ def measured_choices(found: list[Candidate], job: Job, plan: Plan) -> list[Candi
     onnxruntime's plain defaults, so the choice is never worse than them where they beat float."""
     if not found:
         return found
+    ranked = ranked_alternatives(found, job, plan)
+    chosen = _distinct([found[0], *technique_leaders(ranked, job, plan), *ranked])[:MEASURED_CHOICES]
+    profile, graph, data = job.profile, job.graph, job.calibration
+    allowed = allowed_techniques(plan)
+    return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+
+
+def allowed_techniques(plan: Plan) -> set[str]:
+    """The techniques a plan allows: its own and its fallbacks' (a --technique override stays that technique)."""
+    return {plan.technique, *plan.fallbacks}
+
+
+def ranked_alternatives(found: list[Candidate], job: Job, plan: Plan) -> list[Candidate]:
+    """The alternatives to the plan's own recipe (`found[0]`) the plan allows: its fallbacks other than its own
+    technique's range steps (same kernels, so the same latency) and every technique's choice space, ranked by the
+    cost model (the slow paths the device's rules mark last, then the predicted latency ratio to float, then
+    `_size_rank`)."""
     profile, graph, data = job.profile, job.graph, job.calibration
     space = [
         candidate
@@ -105,25 +122,38 @@ def measured_choices(found: list[Candidate], job: Job, plan: Plan) -> list[Candi
             estimate.estimate_ms / baseline.estimate_ms if baseline and baseline.estimate_ms else estimate.estimate_ms
         )
 
-    # Only techniques the plan allows (its own and its fallbacks'): a --technique override stays that technique.
-    allowed = {plan.technique, *plan.fallbacks}
+    allowed = allowed_techniques(plan)
     same_kernels = by_name(plan.technique).range_steps
     pool = _distinct([*(c for c in found[1:] if c.step not in same_kernels), *space])
     int8_ops = set(device_int8_ops(profile, graph))
-    ranked = sorted(
+    return sorted(
         (c for c in pool if c.technique in allowed),
         key=lambda c: (_known_slow(c, profile, int8_ops), predicted_ms(c), _size_rank(c)),
     )
-    # The best of each technique goes in before the rest of the ranking: the cost model ranks within a technique
-    # better than across (on ddddocr-ocr weight-only Gemm+LSTM is as fast as full int8 and 0.30x against 0.48x size,
-    # since static QDQ leaves the LSTM weights float), unless the rules mark its best as the slow path.
-    firsts: list[Candidate] = []
+
+
+def technique_leaders(ranked: list[Candidate], job: Job, plan: Plan) -> list[Candidate]:
+    """The best ranked candidate of each technique other than the plan's, unless the rules mark it as the slow path.
+
+    The cost model ranks within a technique better than across (on ddddocr-ocr weight-only Gemm+LSTM is as fast as
+    full int8 and 0.30x against 0.48x size, since static QDQ leaves the LSTM weights float), so the default choice
+    measures each technique's best before the rest of the ranking, and the accuracy loop tries them right after the
+    plan: a technique's own recipe space rarely closes a fidelity gap another technique's first candidate does (on
+    ddddocr-ocr the full-int8 space reached 24.8 dB at best, weight-only 40.5 dB)."""
+    int8_ops = set(device_int8_ops(job.profile, job.graph))
+    leaders: list[Candidate] = []
     for candidate in ranked:
-        taken = {c.technique for c in [found[0], *firsts]}
-        if candidate.technique not in taken and not _known_slow(candidate, profile, int8_ops):
-            firsts.append(candidate)
-    chosen = _distinct([found[0], *firsts, *ranked])[:MEASURED_CHOICES]
-    return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+        taken = {plan.technique, *(c.technique for c in leaders)}
+        if candidate.technique not in taken and not _known_slow(candidate, job.profile, int8_ops):
+            leaders.append(candidate)
+    return leaders
+
+
+def other_techniques_best(job: Job, plan: Plan) -> list[Candidate]:
+    """The best candidate of each technique the plan allows other than its own, as the default choice ranks them
+    (`technique_leaders`): what the accuracy loop tries right after the plan."""
+    found = candidates(job, plan)
+    return technique_leaders(ranked_alternatives(found, job, plan), job, plan) if found else []
 
 
 def predicted_too_slow(choices: list[Candidate], job: Job) -> list[tuple[Candidate, float]]:
@@ -143,16 +173,17 @@ def predicted_too_slow(choices: list[Candidate], job: Job) -> list[tuple[Candida
 
 
 SPACE_STEPS = 6
-"""How many points of the plan's own recipe space the accuracy loop walks before the technique fallbacks."""
+"""How many points of one technique's recipe space the accuracy loop walks."""
 
 
-def space_steps(job: Job, plan: Plan) -> list[Candidate]:
-    """Points of the plan technique's recipe space other than the plan's own, the most faithful first (per-channel
-    before per-tensor, then the most ops quantized), at most SPACE_STEPS: the accuracy loop's first walk."""
+def space_steps(job: Job, technique: TechniqueName, base: Recipe) -> list[Candidate]:
+    """Points of a technique's recipe space around `base` (the plan's recipe, or the candidate the technique was
+    first tried with), other than `base` itself, the most faithful first (per-channel before per-tensor, then the
+    most ops quantized), at most SPACE_STEPS."""
     profile, graph, data = job.profile, job.graph, job.calibration
-    recipes = by_name(plan.technique).search_space(plan.recipe, profile, graph, data)
-    found = [c for step, r in recipes if (c := conformant(step, plan.technique, r, profile, graph, data))]
-    found = [c for c in _distinct(found) if c.recipe != plan.recipe]
+    recipes = by_name(technique).search_space(base, profile, graph, data)
+    found = [c for step, r in recipes if (c := conformant(step, technique, r, profile, graph, data))]
+    found = [c for c in _distinct(found) if c.recipe != base]
     found.sort(key=lambda c: (not c.recipe.per_channel, -len(c.recipe.op_types_to_quantize or ["*"] * 99)))
     return found[:SPACE_STEPS]
 

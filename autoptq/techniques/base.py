@@ -96,7 +96,8 @@ class Technique:
     def search_space(
         self, plan_recipe: Recipe, profile: HardwareProfile, graph: ModelGraph, data: Dataset | None
     ) -> list[SpacePoint]:
-        """The points of its recipe space the accuracy loop walks when the plan chose it (none by default)."""
+        """The points of its recipe space the accuracy loop walks around `plan_recipe` (the plan's recipe, or this
+        technique's first candidate when the plan chose another; none by default)."""
         del plan_recipe, profile, graph, data
         return []
 
