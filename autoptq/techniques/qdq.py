@@ -249,8 +249,13 @@ def collect_ranges(
     finally:
         progress.close()  # also when stopped part way: the bar must not stay on the terminal
     if recipe.calibration_method == "entropy":
-        # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's.
-        calibrator.collector.get_entropy_threshold = entropy_threshold
+        # The collector's own threshold search loops over bins in Python (seconds per tensor): use autoptq's, with
+        # the deadline checked before each tensor.
+        def threshold(histogram: tuple[np.ndarray, np.ndarray, object, object], levels: int) -> tuple[object, object]:
+            deadline.check()
+            return entropy_threshold(histogram, levels)
+
+        calibrator.collector.get_entropy_threshold = threshold
     ranges = calibrator.compute_data() if method != CalibrationMethod.MinMax else calibrator.calibrate_tensors_range
     path = cache or folder / f"{recipe.calibration_method}-ranges.json"
     save_tensors_data(ranges, path)
