@@ -147,6 +147,7 @@ def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(
     from autoptq.deploy.tflite_writer import export_tflite
     from autoptq.devices.device_rules import check_device_rules
     from autoptq.evaluate.emulators.integer import emulate
+    from autoptq.evaluate.emulators.tflite_runtime import emulate as litert_tier
     from autoptq.evaluate.emulators.tflite_runtime import model_outputs, run_litert, run_tflm
 
     model, profile = conv_detector_head(), load_profile("tflite-int8")
@@ -175,6 +176,9 @@ def test_a_host_less_file_returns_the_int8_parts_and_the_application_joins_them(
         assert np.array_equal(ran[0], emulated[0])  # the same integers, joined alike
         # The scores' own scale (1/256) plus the convolution's rounding; one scale for both parts is about 2.3.
         assert np.abs(ran[0][:, half:] - reference.run(["y"], feed)[0][:, half:]).max() < 0.05
+
+    statement = litert_tier(qdq, profile, feeds[:2], "litert").fidelity_statement
+    assert "Output 'y' is the join of the file's 2 int8 outputs, as the application does it" in statement
 
     summary, content = device_file(qdq.SerializeToString(), False, profile, "out/model.tflite")
     assert content == exported.content and summary is not None

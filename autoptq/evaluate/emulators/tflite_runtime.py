@@ -527,6 +527,11 @@ def _statement(
             f"Output {a.output!r} vs the exact tier: {verdict} ({a.bit_exact_fraction:.2%} of {a.elements} elements "
             f"equal; tolerance {a.tolerance_lsb} LSB: {a.reason})."
         )
+    parts += [
+        f"Output {join.output!r} is the join of the file's {len(join.parts)} int8 outputs, as the application does it "
+        f"({', '.join(join.steps)} after dequantizing each): one int8 scale cannot hold its parts."
+        for join in exported.output_joins
+    ]
     if arena is not None:
         parts.append(
             f"Tensor arena: {arena.needed_bytes} bytes, the smallest arena_size that ran (TFLM records "
