@@ -288,8 +288,8 @@ class _Writer:
         # Without a float host, an output joined in float after DEQUANTIZEs is left to the application: the file
         # returns the int8 parts (each with its own scale) and says how to join them.
         self.float_host = float_host
-        self.joined: dict[str, str] = {}  # float tensor the application computes → the int8 part it starts from
-        self.join_nodes: list[NodeProto] = []
+        self.parts: dict[str, str] = {}  # a dequantized part the application joins → the file's int8 output
+        self.join_nodes: list[NodeProto] = []  # the tail nodes left to the application, in graph order
         graph = device.model.graph
         self.graph = graph
         self.inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -445,7 +445,6 @@ class _Writer:
                 continue
             if self.left_to_application(node):
                 self.join_nodes.append(node)
-                self.joined.update(dict.fromkeys(node.output, ""))
                 continue
             handler = _HANDLERS.get(node.op_type) if node.domain == DEVICE_DOMAIN else _STANDARD.get(node.op_type)
             if handler is None:
@@ -457,7 +456,11 @@ class _Writer:
                     )
                     raise self.error(node, why)
             handler(self, node)
-        joins = {value.name: self.output_join(value.name) for value in self.graph.output if value.name in self.joined}
+        joins = {
+            value.name: self.output_join(value.name)
+            for value in self.graph.output
+            if self.made_by_application(value.name)
+        }
         emitted: set[str] = set()
         for value in self.graph.output:
             for name in joins[value.name].parts if value.name in joins else [value.name]:
@@ -473,8 +476,11 @@ class _Writer:
             not self.float_host
             and node.domain != DEVICE_DOMAIN
             and node.op_type in OUTPUT_TAIL_OPS
-            and all(name in self.joined for name in data)
+            and all(name in self.parts or self.made_by_application(name) for name in data)
         )
+
+    def made_by_application(self, name: str) -> bool:
+        return any(name in node.output for node in self.join_nodes)
 
     def output_join(self, output: str) -> TfliteOutputJoin:
         """The parts of `output` and the float ONNX tail that joins them (the model's own nodes, parts renamed to
@@ -488,7 +494,7 @@ class _Writer:
                 node = self.join_nodes[index]
                 pending += node.input if node.op_type == "Concat" else node.input[:1]
         tail = [self.join_nodes[index] for index in sorted(reached)]  # graph order
-        rename = {name: self.joined[name] for node in tail for name in node.input if self.joined.get(name)}
+        rename = {name: self.parts[name] for node in tail for name in node.input if name in self.parts}
         parts = list(dict.fromkeys(rename[name] for node in tail for name in node.input if name in rename))
         nodes, initializers = [], []
         for node in tail:
@@ -643,7 +649,7 @@ class _Writer:
         if users and all(u.domain != DEVICE_DOMAIN and u.op_type in OUTPUT_TAIL_OPS for u in users):
             x = self.value(node.input[0], node)
             if not self.float_host:
-                self.joined[node.output[0]] = node.input[0]
+                self.parts[node.output[0]] = node.input[0]
                 return
             out = self.activation(node.output[0], self.shape(node.output[0], node), None, x.nhwc)
             self.op("DEQUANTIZE", [x.index], [out.index], version=2)

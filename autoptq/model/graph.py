@@ -467,11 +467,7 @@ def _completed_by_folding(inferred: ModelProto) -> ModelProto:
     (int32) → Slice → Cast (int64) → Concat, and propagation stops at the Cast: ppocr-cls's classifier head then had
     no shape, and a static-shape device refused it while its written .tflite ran."""
     graph = inferred.graph
-    if not graph.input or any(
-        not v.type.tensor_type.HasField("shape")
-        or any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
-        for v in graph.input
-    ):
+    if not graph.input or not all(_has_static_shape(v) for v in graph.input):
         return inferred  # an open input dim: the missing shapes are open too
     known = {v.name for v in (*graph.value_info, *graph.output) if _has_static_shape(v)}
     missing = {name for node in graph.node for name in node.output if name and name not in known}
