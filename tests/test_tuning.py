@@ -299,6 +299,10 @@ def test_once_a_technique_meets_the_budget_the_spaces_of_those_that_missed_are_s
         "percentile_calibration",
         "entropy_calibration",
     }
+    # Nor the weight-only recipes with Conv: dynamic Conv is the slow path x86-vnni's rules mark, which the cost
+    # model does not price (predicted faster than the pick here, measured about 4x float) and no trial measured.
+    dynamic = [t.recipe.op_types_to_quantize for t in result.trials if t.technique == "weight_only_int8" and t.recipe]
+    assert dynamic and not any("Conv" in ops for ops in dynamic)
 
 
 def test_the_closest_technique_s_space_is_walked_first(scale_varying: tuple[ModelGraph, Dataset, Dataset]) -> None:

@@ -194,6 +194,13 @@ def _known_slow(candidate: Candidate, profile: HardwareProfile, int8_ops: set[st
     return by_name(candidate.technique).known_slow(candidate.recipe, profile, int8_ops)
 
 
+def slow_paths(technique: TechniqueName, recipe: Recipe | None, profile: HardwareProfile, graph: ModelGraph) -> int:
+    """`_known_slow` for a technique and recipe of this graph (0 for float, which has no knob)."""
+    if recipe is None or not by_name(technique).quantizes:
+        return 0
+    return by_name(technique).known_slow(recipe, profile, set(device_int8_ops(profile, graph)))
+
+
 def _size_rank(candidate: Candidate) -> tuple[int, int, int]:
     # Among equal latency estimates: QOperator (measured on onnxruntime's CPU on 4 corpus convnets: 0-9% faster and
     # ~4% smaller than the same recipe in QDQ, same outputs; the cost model cannot tell the two apart), then more op

@@ -28,7 +28,13 @@ from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoptq.deadline import NO_DEADLINE, Deadline, OutOfTime
-from autoptq.decide.candidates import Candidate, fallback_candidate, other_techniques_best, space_steps
+from autoptq.decide.candidates import (
+    Candidate,
+    fallback_candidate,
+    other_techniques_best,
+    slow_paths,
+    space_steps,
+)
 from autoptq.decide.hostcost import load_table, predicted_ratio
 from autoptq.decide.job import Job
 from autoptq.decide.planner import EXCLUDE_SENSITIVE, Objective, Plan
@@ -208,6 +214,8 @@ class Search:
             return False  # float is no deployment on an integer-only device
         if self.prefer == "accuracy":
             return quantizes  # a more faithful quantized candidate may exist; float is the last resort
+        if self.prefer == "speed" and self._unvouched_slow_path(name, recipe, best):
+            return False
         size, estimate, baseline = predict(self.graph, analyse(self.graph, self.profile), self.profile, name,
                                            recipe or Recipe())  # fmt: skip
         if self.prefer == "size":
@@ -222,6 +230,20 @@ class Search:
         else:
             return best.latency_ms is None or estimate.estimate_ms < best.latency_ms
         return best.latency_ratio is None or ratio < best.latency_ratio / (1 + SLOWER_TOLERANCE)
+
+    def _unvouched_slow_path(self, name: TechniqueName, recipe: Recipe | None, best: Trial) -> bool:
+        """Whether the candidate takes more of the slow paths the device's rules mark (dynamic Conv, int8
+        activations, Q/DQ around float-only ops) than the best within budget and than any measured trial of its
+        technique. The cost model does not price those paths (on ddddocr-ocr and ppocr-cls, weight-only recipes with
+        Conv were predicted faster than the pick and measured 2.5-7x float); a trial of the technique measured on
+        as many is the evidence that overrides the rule (full int8 on every op type, 0.65x on a convnet)."""
+        count = slow_paths(name, recipe, self.profile, self.graph)
+        vouched = [
+            slow_paths(t.technique, t.recipe, self.profile, self.graph)
+            for t in self.trials
+            if t.technique == name and t.latency_ratio is not None
+        ]
+        return count > max([slow_paths(best.technique, best.recipe, self.profile, self.graph), *vouched])
 
     # --- one trial ----------------------------------------------------------------------------------------------
 
