@@ -170,28 +170,33 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
                 passed.append((attempt, result.model.SerializeToString(deterministic=True)))
                 if not measured:
                     break
-    if measured and len(passed) > 1 and validation.samples:
-        originals = [attempt for attempt, _ in passed]
-        passed = _retime(evaluator, passed)
-        for original, (retimed, _) in zip(originals, passed, strict=True):
-            attempts[attempts.index(original)] = retimed
-        # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
-        passed = [(a, data) for a, data in passed if a.accepted]
-    if passed:
-        best, best_bytes = best_measured(passed, plan) if measured else passed[0]
-        return Outcome(
-            target=profile.name,
-            planned_technique=plan.technique,
-            technique=best.technique,
-            kept_float=False,
-            reason=_measured_reason(best, attempts) if measured else _accepted_reason(best, attempts),
-            attempts=attempts,
-            preparation=preparation,
-            applied=best.applied,
-            verification=best.verification,
-            synthetic_data=synthetic,
-            model_bytes=best_bytes,
-        )
+        if measured and len(passed) > 1 and validation.samples:
+            originals = [attempt for attempt, _ in passed]
+            passed = _retime(evaluator, passed)
+            for original, (retimed, _) in zip(originals, passed, strict=True):
+                attempts[attempts.index(original)] = retimed
+            # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
+            passed = [(a, data) for a, data in passed if a.accepted]
+        if passed:
+            best, best_bytes = best_measured(passed, plan) if measured else passed[0]
+            if measured:
+                pick = (best, best_bytes)
+                best, best_bytes = _most_faithful_ranges(
+                    pick, attempts, evaluator, source, calibration, profile, Path(ranges)
+                )
+            return Outcome(
+                target=profile.name,
+                planned_technique=plan.technique,
+                technique=best.technique,
+                kept_float=False,
+                reason=_measured_reason(best, attempts) if measured else _accepted_reason(best, attempts),
+                attempts=attempts,
+                preparation=preparation,
+                applied=best.applied,
+                verification=best.verification,
+                synthetic_data=synthetic,
+                model_bytes=best_bytes,
+            )
     return Outcome(
         target=profile.name,
         planned_technique=plan.technique,
@@ -203,6 +208,47 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
         synthetic_data=synthetic,
         model_bytes=float_bytes,
     )
+
+
+def _most_faithful_ranges(
+    pick: tuple[Attempt, bytes],
+    attempts: list[Attempt],
+    evaluator: Evaluator,
+    source: ModelProto,
+    calibration: Dataset | None,
+    profile: HardwareProfile,
+    ranges: Path,
+) -> tuple[Attempt, bytes]:
+    """The measured pick, or its recipe with other ranges where those are more faithful. Another calibration method
+    or bias correction moves ranges and float biases, not kernels: speed and size stay the pick's, so only fidelity
+    is measured (no timing, so the choice does not hang on timer noise). Each variant tried joins `attempts`."""
+    best, best_bytes = pick
+    technique = by_name(best.technique)
+    timed = best.verification.latency if best.verification else None
+    if not technique.calibrated or timed is None:
+        return pick
+    for step, make in technique.steps().items():
+        recipe = make(pick[0].recipe) if step in technique.range_steps else None
+        if recipe is None or any(a.technique == best.technique and a.recipe == recipe for a in attempts):
+            continue
+        # Named after the pick it varies: "<pick> + entropy_calibration".
+        candidate = Candidate(step=f"{pick[0].step} + {step}", technique=best.technique, recipe=recipe)
+        try:
+            result = _quantize(candidate, source, calibration, profile, ranges)
+        except AutoptqError as exc:
+            attempts.append(
+                Attempt(**candidate.model_dump(), accepted=False, error=str(exc), error_code="build_failed")
+            )
+            continue
+        untimed = verdict(evaluator.evaluate(result.model, result.applied.integer_io, measure=False), timed=False)
+        verification = untimed.model_copy(update={"latency": timed})  # the pick's kernels, so the pick's timing
+        attempt = Attempt(
+            **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
+        )
+        attempts.append(attempt)
+        if attempt.accepted and _fidelity(attempt) > _fidelity(best):
+            best, best_bytes = attempt, result.model.SerializeToString(deterministic=True)
+    return best, best_bytes
 
 
 def _predicted_slow(candidate: Candidate, ratio: float) -> Attempt:
@@ -246,14 +292,6 @@ def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Atte
         latency = a.verification.latency if a.verification else None
         return latency.ratio if latency is not None else 1.0
 
-    def fidelity(a: Attempt) -> float:
-        ver = a.verification
-        if ver is None:
-            return float("-inf")
-        if ver.metric is not None:
-            return ver.metric.candidate
-        return min((f.sqnr_db for f in ver.fidelity), default=float("-inf"))
-
     def size(a: Attempt) -> int:
         return a.verification.size_bytes if a.verification else 0
 
@@ -268,11 +306,21 @@ def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Atte
         return size(a) <= smallest * (1 + TIE)
 
     keys = {
-        "speed": lambda a: (not fast(a), not small(a), -fidelity(a), ratio(a), size(a)),
-        "size": lambda a: (not small(a), not fast(a), -fidelity(a), size(a), ratio(a)),
-        "accuracy": lambda a: (-fidelity(a), ratio(a), size(a)),
+        "speed": lambda a: (not fast(a), not small(a), -_fidelity(a), ratio(a), size(a)),
+        "size": lambda a: (not small(a), not fast(a), -_fidelity(a), size(a), ratio(a)),
+        "accuracy": lambda a: (-_fidelity(a), ratio(a), size(a)),
     }
     return min(passed, key=lambda pair: keys[str(prefer)](pair[0]))
+
+
+def _fidelity(attempt: Attempt) -> float:
+    """The user's metric on the candidate, else its lowest output SQNR (dB)."""
+    ver = attempt.verification
+    if ver is None:
+        return float("-inf")
+    if ver.metric is not None:
+        return ver.metric.candidate
+    return min((f.sqnr_db for f in ver.fidelity), default=float("-inf"))
 
 
 def _measured_reason(best: Attempt, attempts: list[Attempt]) -> str:
