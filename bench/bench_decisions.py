@@ -6,8 +6,10 @@ For each case:
 - oracle: every recipe of the space (autoptq.techniques.space: the weight-only space,
   granularity x weight dtype x op groups,
   and the full-int8 space, activation dtype x granularity x op set x QDQ/QOperator (+ SmoothQuant where installed
-  and offered), min-max calibration only), each quantized and
-  verified (onnxruntime on this machine, latency measured side by side with float, fidelity on held-out data);
+  and offered), each quantized and verified (onnxruntime on this machine, latency measured side by side with float,
+  fidelity on held-out data); each static recipe that did not fail on speed, size or running also with every range
+  variant, calibration method (min-max, percentile, entropy) x bias correction (off, on), judged untimed with the
+  recipe's latency (ranges move, kernels do not);
   the pick is the same objective autoptq uses (fastest within 5%, then smallest within 5%, then most faithful:
   the user metric when given, else the lowest output SQNR), float if nothing passes;
 - autoptq: `autoptq.pipeline.produce.produce` on the plan, i.e. `autoptq quantize` without a budget (the best measured
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +61,9 @@ from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.profiles import HardwareProfile, load_profile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.runner import ModelRunner, measurable_here, measure_together
-from autoptq.evaluate.verify import verify
+from autoptq.evaluate.evaluation import SLOWER_TOLERANCE
+from autoptq.evaluate.runner import LatencyMeasurement, ModelRunner, measurable_here, measure_together
+from autoptq.evaluate.verify import verify, with_joint_timing
 from autoptq.io.outputs import write_atomic
 from autoptq.io.user_metric import UserMetric, load_metric
 from autoptq.model.calibration import Dataset
@@ -68,6 +72,7 @@ from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
 from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
 from autoptq.techniques import REGISTRY
+from autoptq.techniques.qdq import ranges_file
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import full_int8_space, weight_only_space
 
@@ -79,8 +84,17 @@ ORACLE_CACHE = RESULTS_DIR / "decisions_oracle.json"
 SQNR_TIE_DB = 0.5
 KNOBS = {
     "per_channel", "weight_dtype", "activation_dtype", "op_types_to_quantize", "quant_format", "reduce_range",
-    "smooth_quant",
+    "smooth_quant", "calibration_method", "bias_correction",
 }  # fmt: skip
+RANGE_VARIANTS = [
+    {"bias_correction": True},
+    {"calibration_method": "percentile"},
+    {"calibration_method": "percentile", "bias_correction": True},
+    {"calibration_method": "entropy"},
+    {"calibration_method": "entropy", "bias_correction": True},
+]
+"""The range knobs crossed with every static recipe of the space (min-max without bias correction is the recipe
+itself): calibration method x bias correction. They move ranges and float biases, not kernels."""
 METRIC_TIE = 0.005
 LOOP_DROP_DB = 5.0
 """The loop's budget: --min-sqnr this far below the oracle pick's SQNR (or --max-drop 0.02 of the user metric)."""
@@ -158,11 +172,14 @@ def fidelity(attempt: Attempt) -> float:
 
 
 def label(technique: str, recipe: Recipe) -> str:
-    # Knobs at their default (QDQ, no SmoothQuant) are left out, so earlier cache keys stay valid.
-    knobs = KNOBS - {"quant_format"} if recipe.quant_format == "qdq" else set(KNOBS)
-    if not recipe.smooth_quant:
-        knobs -= {"smooth_quant"}
+    # Knobs at their default (QDQ, no SmoothQuant, min-max, no bias correction) are left out, so earlier cache keys
+    # stay valid.
+    defaults = Recipe()
+    knobs = {k for k in KNOBS if k not in DEFAULT_LEFT_OUT or getattr(recipe, k) != getattr(defaults, k)}
     return f"{technique}: {recipe.model_dump_json(include=knobs)}"
+
+
+DEFAULT_LEFT_OUT = {"quant_format", "smooth_quant", "calibration_method", "bias_correction"}
 
 
 def pick_of(attempt: Attempt | None, seconds: float, model: ModelProto | None = None) -> Pick:
@@ -205,8 +222,11 @@ LOOP_TIME_S = 180.0
 
 
 def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> tuple[Pick, int]:
-    """Every recipe of the space, measured (from the cache where it already was); the objective's pick. Its time is
-    the setup, the preparation and the sum of every recipe's quantize + verify time."""
+    """Every recipe of the space, measured (from the cache where it already was), and every static one's range
+    variants (RANGE_VARIANTS) where the recipe did not fail on speed, size or running; the objective's pick. Its
+    time is the setup, the preparation and the sum of every recipe's quantize + verify time. A range variant is
+    judged untimed, with its recipe's measured latency (the same kernels), and its calibration is shared with the
+    variants of the same method (one calibration per method, as autoptq's default shares it)."""
     key = f"{case.name}#{s.profile.name}"
     entries = cache.setdefault(key, {})
     start = time.perf_counter()
@@ -214,34 +234,81 @@ def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dic
     prepared = prepare(float_model, s.validation.take(PREPARATION_SAMPLES)).model
     entries.setdefault("_prepare", {"seconds": time.perf_counter() - start})
     total = s.seconds + entries["_prepare"]["seconds"]
+    measure = Measure(s, metric, float_model, prepared)
     passed = []
-    space = space_of(s)
-    for candidate in space:
-        name = label(candidate.technique, candidate.recipe)
-        if name not in entries:
-            began = time.perf_counter()
-            try:
-                result = REGISTRY[candidate.technique].quantize(prepared, candidate.recipe, s.calibration, s.profile)
-                ver = verify(float_model, result.model, result.applied.integer_io, s.validation, s.profile,
-                             metric=metric, float_size_bytes=len(s.graph.original_bytes()))  # fmt: skip
-                attempt = Attempt(**candidate.model_dump(), accepted=ver.passed, verification=ver)
-            except AutoptqError as exc:
-                attempt = Attempt(**candidate.model_dump(), accepted=False, error=str(exc))
-            entries[name] = {"seconds": time.perf_counter() - began, "attempt": attempt.model_dump(mode="json")}
-            save_cache(cache)
-            ver = attempt.verification
-            print(f"  oracle {name}: {'pass' if attempt.accepted else 'fail'} "
-                  f"{ver.latency.ratio if ver and ver.latency else '-'} {ver.size_ratio if ver else '-'} "
-                  f"{fidelity(attempt):.3f} {entries[name]['seconds']:.0f} s", flush=True)  # fmt: skip
-        total += entries[name]["seconds"]
-        attempt = Attempt.model_validate(entries[name]["attempt"])
-        if attempt.accepted:
-            passed.append((attempt, b""))
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="oracle-ranges-") as ranges:
+        for candidate in space_of(s):
+            recipes = [(candidate, None)]
+            while recipes:
+                current, timed = recipes.pop(0)
+                name = label(current.technique, current.recipe)
+                if name not in entries:
+                    began = time.perf_counter()
+                    attempt = measure(current, Path(ranges) if timed else None, timed)
+                    entries[name] = {"seconds": time.perf_counter() - began, "attempt": attempt.model_dump(mode="json")}
+                    save_cache(cache)
+                    print(f"  oracle {name}: {outcome(attempt)} {entries[name]['seconds']:.0f} s", flush=True)
+                total += entries[name]["seconds"]
+                count += 1
+                attempt = Attempt.model_validate(entries[name]["attempt"])
+                if attempt.accepted:
+                    passed.append((attempt, b""))
+                if timed is None:
+                    recipes += range_variants(attempt)
     best = best_measured(passed, s.plan)[0] if passed else None
     model = None
     if best is not None:
         model = REGISTRY[best.technique].quantize(prepared, best.recipe, s.calibration, s.profile).model
-    return pick_of(best, total, model), len(space)
+    return pick_of(best, total, model), count
+
+
+@dataclass
+class Measure:
+    """One recipe quantized and verified against float on the validation data; timed side by side with float, or,
+    given a latency (a range variant's recipe's), judged untimed with that latency."""
+
+    s: Setup
+    metric: UserMetric | None
+    float_model: ModelProto
+    prepared: ModelProto
+
+    def __call__(self, candidate: Candidate, ranges: Path | None, timed: LatencyMeasurement | None) -> Attempt:
+        s = self.s
+        technique = REGISTRY[candidate.technique]
+        cache = ranges / ranges_file(candidate.recipe) if ranges is not None and technique.calibrated else None
+        try:
+            result = technique.quantize(self.prepared, candidate.recipe, s.calibration, s.profile,
+                                        calibration_cache=cache)  # fmt: skip
+            ver = verify(self.float_model, result.model, result.applied.integer_io, s.validation, s.profile,
+                         measure=timed is None, metric=self.metric,
+                         float_size_bytes=len(s.graph.original_bytes()))  # fmt: skip
+        except AutoptqError as exc:
+            return Attempt(**candidate.model_dump(), accepted=False, error=str(exc))
+        if timed is not None:
+            ver = with_joint_timing(ver.model_copy(update={"latency": timed}), timed.ratio)
+        return Attempt(**candidate.model_dump(), accepted=ver.passed, verification=ver)
+
+
+def range_variants(attempt: Attempt) -> list[tuple[Candidate, LatencyMeasurement]]:
+    """A static recipe's range variants, with its latency, unless it failed where ranges cannot help (slower than
+    float, not smaller, not runnable) or was not measured."""
+    ver = attempt.verification
+    if not REGISTRY[attempt.technique].calibrated or ver is None or ver.latency is None or not ver.fidelity:
+        return []
+    if ver.latency.ratio > 1 + SLOWER_TOLERANCE or ver.size_bytes >= ver.float_size_bytes:
+        return []  # the cached verification keeps its problems as texts: read the numbers they come from
+    return [
+        (Candidate(step=attempt.step, technique=attempt.technique, recipe=attempt.recipe.model_copy(update=knobs)),
+         ver.latency)
+        for knobs in RANGE_VARIANTS
+    ]  # fmt: skip
+
+
+def outcome(attempt: Attempt) -> str:
+    ver = attempt.verification
+    ratio = ver.latency.ratio if ver and ver.latency else "-"
+    return f"{'pass' if attempt.accepted else 'fail'} {ratio} {ver.size_ratio if ver else '-'} {fidelity(attempt):.3f}"
 
 
 def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup, str]:
@@ -319,6 +386,8 @@ def short(recipe_label: str) -> str:
     op_set = f"{len(ops)} op types" if ops else "all ops"
     extra = " QOperator" if knobs.get("quant_format") == "qoperator" else ""
     extra += " SmoothQuant" if knobs.get("smooth_quant") else ""
+    extra += f" {knobs['calibration_method']}" if knobs.get("calibration_method") else ""
+    extra += " +bias correction" if knobs.get("bias_correction") else ""
     return f"full-int8 {knobs.get('activation_dtype')} act {granularity} {op_set}{extra}"
 
 
@@ -422,6 +491,8 @@ def main() -> None:
             ]  # fmt: skip
             print(rows[f"{case.name}#{target}"], flush=True)
             write_rows(args, rows)
+    if args.oracle_only:
+        return  # the oracle cache is the result; the table comes from the rows of a run with the default
     if args.merge:
         write_rows(args, rows)
     table = [[shortened(c) for c in r] for _, r in sorted(rows.items())]
