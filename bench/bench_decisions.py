@@ -86,15 +86,6 @@ KNOBS = {
     "per_channel", "weight_dtype", "activation_dtype", "op_types_to_quantize", "quant_format", "reduce_range",
     "smooth_quant", "calibration_method", "bias_correction",
 }  # fmt: skip
-RANGE_VARIANTS = [
-    {"bias_correction": True},
-    {"calibration_method": "percentile"},
-    {"calibration_method": "percentile", "bias_correction": True},
-    {"calibration_method": "entropy"},
-    {"calibration_method": "entropy", "bias_correction": True},
-]
-"""The range knobs crossed with every static recipe of the space (min-max without bias correction is the recipe
-itself): calibration method x bias correction. They move ranges and float biases, not kernels."""
 METRIC_TIE = 0.005
 LOOP_DROP_DB = 5.0
 """The loop's budget: --min-sqnr this far below the oracle pick's SQNR (or --max-drop 0.02 of the user metric)."""
@@ -223,10 +214,11 @@ LOOP_TIME_S = 180.0
 
 def oracle(case: Case, s: Setup, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> tuple[Pick, int]:
     """Every recipe of the space, measured (from the cache where it already was), and every static one's range
-    variants (RANGE_VARIANTS) where the recipe did not fail on speed, size or running; the objective's pick. Its
-    time is the setup, the preparation and the sum of every recipe's quantize + verify time. A range variant is
-    judged untimed, with its recipe's measured latency (the same kernels), and its calibration is shared with the
-    variants of the same method (one calibration per method, as autoptq's default shares it)."""
+    variants (the technique's `range_variants`: calibration method x bias correction) where the recipe did not fail
+    on speed, size or running; the objective's pick. Its time is the setup, the preparation and the sum of every
+    recipe's quantize + verify time. A range variant is judged untimed, with its recipe's measured latency (the same
+    kernels), and its calibration is shared with the variants of the same method (one calibration per method, as
+    autoptq's default shares it)."""
     key = f"{case.name}#{s.profile.name}"
     entries = cache.setdefault(key, {})
     start = time.perf_counter()
@@ -298,11 +290,8 @@ def range_variants(attempt: Attempt) -> list[tuple[Candidate, LatencyMeasurement
         return []
     if ver.latency.ratio > 1 + SLOWER_TOLERANCE or ver.size_bytes >= ver.float_size_bytes:
         return []  # the cached verification keeps its problems as texts: read the numbers they come from
-    return [
-        (Candidate(step=attempt.step, technique=attempt.technique, recipe=attempt.recipe.model_copy(update=knobs)),
-         ver.latency)
-        for knobs in RANGE_VARIANTS
-    ]  # fmt: skip
+    variants = REGISTRY[attempt.technique].range_variants(attempt.recipe)
+    return [(Candidate(step=attempt.step, technique=attempt.technique, recipe=r), ver.latency) for _, r in variants]
 
 
 def outcome(attempt: Attempt) -> str:

@@ -219,20 +219,20 @@ def _most_faithful_ranges(
     profile: HardwareProfile,
     ranges: Path,
 ) -> tuple[Attempt, bytes]:
-    """The measured pick, or its recipe with other ranges where those are more faithful. Another calibration method
-    or bias correction moves ranges and float biases, not kernels: speed and size stay the pick's, so only fidelity
-    is measured (no timing, so the choice does not hang on timer noise). Each variant tried joins `attempts`."""
+    """The measured pick, or its recipe with other ranges where those are more faithful: every other calibration
+    method x bias correction (`range_variants`). They move ranges and float biases, not kernels: speed and size stay
+    the pick's, so only fidelity is measured (no timing, so the choice does not hang on timer noise). Each variant
+    tried joins `attempts`."""
     best, best_bytes = pick
     technique = by_name(best.technique)
     timed = best.verification.latency if best.verification else None
-    if not technique.calibrated or timed is None:
+    if timed is None:
         return pick
-    for step, make in technique.steps().items():
-        recipe = make(pick[0].recipe) if step in technique.range_steps else None
-        if recipe is None or any(a.technique == best.technique and a.recipe == recipe for a in attempts):
+    for label, recipe in technique.range_variants(pick[0].recipe):
+        if any(a.technique == best.technique and a.recipe == recipe for a in attempts):
             continue
-        # Named after the pick it varies: "<pick> + entropy_calibration".
-        candidate = Candidate(step=f"{pick[0].step} + {step}", technique=best.technique, recipe=recipe)
+        # Named after the pick it varies: "<pick> + entropy calibration + bias correction".
+        candidate = Candidate(step=f"{pick[0].step} + {label}", technique=best.technique, recipe=recipe)
         try:
             result = _quantize(candidate, source, calibration, profile, ranges)
         except AutoptqError as exc:

@@ -81,6 +81,11 @@ class Technique:
         """Its fallback steps that change knobs, not technique, by the names rules files use."""
         return {"per_channel": per_channel_step}
 
+    def range_variants(self, recipe: Recipe) -> list[SpacePoint]:
+        """The recipe with other ranges and the same kernels, labelled by what changed (none by default)."""
+        del recipe
+        return []
+
     def onnxruntime_default(self, profile: HardwareProfile, data: Dataset | None) -> SpacePoint | None:
         """onnxruntime's own default call for this technique, as a labelled recipe (None: none, or not here)."""
         del profile, data

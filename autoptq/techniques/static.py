@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 from onnx import ModelProto, TensorProto
 
@@ -14,10 +14,17 @@ from autoptq.devices.profiles import HardwareProfile, QuantizationRules
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph
 from autoptq.model.ops import QDQ_OPS
-from autoptq.techniques.base import RecipeStep, Technique, border_elements, per_channel_step, precision_borders
+from autoptq.techniques.base import (
+    RecipeStep,
+    SpacePoint,
+    Technique,
+    border_elements,
+    per_channel_step,
+    precision_borders,
+)
 from autoptq.techniques.common import QuantizationResult
 from autoptq.techniques.qdq import static_qdq
-from autoptq.techniques.recipe import QuantDtype, Recipe
+from autoptq.techniques.recipe import CalibrationMethod, QuantDtype, Recipe
 from autoptq.techniques.space import quant_formats
 
 WIDE_TYPES = (TensorProto.INT16, TensorProto.UINT16)
@@ -98,6 +105,18 @@ class StaticQdq(Technique):
             "percentile_calibration": _calibration_step("percentile"),
             "entropy_calibration": _calibration_step("entropy"),
         }
+
+    def range_variants(self, recipe: Recipe) -> list[SpacePoint]:
+        """Every other calibration method x bias correction: they move ranges and float biases, not kernels, so each
+        runs at the recipe's speed and size. Crossed, not one step at a time: on ddddocr-det (x86-avx2) percentile
+        ranges with bias correction measured 21.6 dB, percentile alone 18.9 dB."""
+        found: list[SpacePoint] = []
+        for method in get_args(CalibrationMethod):
+            for bias in (False, True):
+                variant = recipe.model_copy(update={"calibration_method": method, "bias_correction": bias})
+                if variant != recipe:
+                    found.append((f"{method} calibration" + (" + bias correction" if bias else ""), variant))
+        return found
 
     def boundaries(self, graph: ModelGraph, converted: set[str], recipe: Recipe) -> tuple[int, int]:
         tensors = precision_borders(graph, converted, float_io=recipe.io_dtype == "float32")
