@@ -21,7 +21,7 @@ from autoptq.evaluate.verify import Verification
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model
-from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
+from autoptq.pipeline.produce import TIE, Attempt, best_measured, measured_contenders, produce
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import (
@@ -190,6 +190,18 @@ def test_the_measured_choice_breaks_ties_on_fidelity(prefer: str, expected: str,
     plan = plan_model(graph, load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer=prefer))
     best, _ = best_measured(passed, plan)
     assert best.step == expected
+
+
+def test_the_contenders_are_as_fast_and_as_small_as_the_pick(encoder: onnx.ModelProto) -> None:
+    # The candidates whose range variants the default builds: tied with the pick on speed and size, the pick first.
+    passed = [
+        (attempt("faithful", 0.51, 1010, 25.0), b"b"),
+        (attempt("slow", 0.80, 1000, 30.0), b"a"),
+        (attempt("coarse", 0.50, 1000, 12.0), b"c"),
+        (attempt("smallest", 0.70, 900, 15.0), b"d"),
+    ]
+    plan = plan_model(load_model(encoder), load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer="speed"))
+    assert [a.step for a, _ in measured_contenders(passed, plan)] == ["faithful", "coarse"]
 
 
 def test_full_int8_keeps_qdq_off_ops_without_int8_kernels_on_a_cpu() -> None:

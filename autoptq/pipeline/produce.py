@@ -178,11 +178,11 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
             # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
             passed = [(a, data) for a, data in passed if a.accepted]
         if passed:
-            best, best_bytes = best_measured(passed, plan) if measured else passed[0]
+            best, best_bytes = passed[0]
             if measured:
-                pick = (best, best_bytes)
+                contenders = measured_contenders(passed, plan)
                 best, best_bytes = _most_faithful_ranges(
-                    pick, attempts, evaluator, source, calibration, profile, Path(ranges)
+                    contenders, attempts, evaluator, source, calibration, profile, Path(ranges)
                 )
             return Outcome(
                 target=profile.name,
@@ -211,7 +211,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
 
 
 def _most_faithful_ranges(
-    pick: tuple[Attempt, bytes],
+    contenders: list[tuple[Attempt, bytes]],
     attempts: list[Attempt],
     evaluator: Evaluator,
     source: ModelProto,
@@ -219,35 +219,43 @@ def _most_faithful_ranges(
     profile: HardwareProfile,
     ranges: Path,
 ) -> tuple[Attempt, bytes]:
-    """The measured pick, or its recipe with other ranges where those are more faithful: every other calibration
-    method x bias correction (`range_variants`). They move ranges and float biases, not kernels: speed and size stay
-    the pick's, so only fidelity is measured (no timing, so the choice does not hang on timer noise). Each variant
+    """The measured pick (the most faithful of `measured_contenders`, those as fast and as small), or a contender
+    built with other ranges where that is more faithful. Each contender is built again with every other calibration
+    method x bias correction (`range_variants`): those move ranges and float biases, not kernels, so speed and size
+    stay the contender's and only fidelity is measured (no timing: this part of the choice does not hang on timer
+    noise). A QOperator recipe computes what its QDQ twin does, so only the first of the two is varied. Each variant
     tried joins `attempts`."""
-    best, best_bytes = pick
-    technique = by_name(best.technique)
-    timed = best.verification.latency if best.verification else None
-    if timed is None:
-        return pick
-    for label, recipe in technique.range_variants(pick[0].recipe):
-        if any(a.technique == best.technique and a.recipe == recipe for a in attempts):
+    best, best_bytes = contenders[0]
+    varied: list[Recipe] = []
+    for contender, _ in contenders:
+        timed = contender.verification.latency if contender.verification else None
+        numerics = contender.recipe.model_copy(update={"quant_format": "qdq"})
+        if timed is None or numerics in varied:
             continue
-        # Named after the pick it varies: "<pick> + entropy calibration + bias correction".
-        candidate = Candidate(step=f"{pick[0].step} + {label}", technique=best.technique, recipe=recipe)
-        try:
-            result = _quantize(candidate, source, calibration, profile, ranges)
-        except AutoptqError as exc:
-            attempts.append(
-                Attempt(**candidate.model_dump(), accepted=False, error=str(exc), error_code="build_failed")
+        varied.append(numerics)
+        for label, recipe in by_name(contender.technique).range_variants(contender.recipe):
+            if any(a.technique == contender.technique and a.recipe == recipe for a in attempts):
+                continue
+            # Named after the candidate it varies: "<candidate> + entropy calibration + bias correction".
+            candidate = Candidate(step=f"{contender.step} + {label}", technique=contender.technique, recipe=recipe)
+            try:
+                result = _quantize(candidate, source, calibration, profile, ranges)
+            except AutoptqError as exc:
+                attempts.append(
+                    Attempt(**candidate.model_dump(), accepted=False, error=str(exc), error_code="build_failed")
+                )
+                continue
+            evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=False)
+            verification = verdict(evaluation, timed=False).model_copy(update={"latency": timed})  # same kernels
+            attempt = Attempt(
+                **candidate.model_dump(),
+                accepted=verification.passed,
+                verification=verification,
+                applied=result.applied,
             )
-            continue
-        untimed = verdict(evaluator.evaluate(result.model, result.applied.integer_io, measure=False), timed=False)
-        verification = untimed.model_copy(update={"latency": timed})  # the pick's kernels, so the pick's timing
-        attempt = Attempt(
-            **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
-        )
-        attempts.append(attempt)
-        if attempt.accepted and _fidelity(attempt) > _fidelity(best):
-            best, best_bytes = attempt, result.model.SerializeToString(deterministic=True)
+            attempts.append(attempt)
+            if attempt.accepted and _fidelity(attempt) > _fidelity(best):
+                best, best_bytes = attempt, result.model.SerializeToString(deterministic=True)
     return best, best_bytes
 
 
@@ -287,6 +295,24 @@ def _retime(evaluator: Evaluator, passed: list[tuple[Attempt, bytes]]) -> list[t
 def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Attempt, bytes]:
     """The objective's pick among verified, measured candidates: fastest (speed), smallest (size) or most faithful
     (accuracy: the user's metric, else the lowest output SQNR), the others breaking ties."""
+    return _ranked(passed, plan)[0]
+
+
+def measured_contenders(passed: list[tuple[Attempt, bytes]], plan: Plan) -> list[tuple[Attempt, bytes]]:
+    """The pick and the candidates tied with it on the objective's first two criteria (as fast and as small within
+    TIE), in the objective's order: among them fidelity decides."""
+    ranked = _ranked(passed, plan)
+    key = _objective(passed, plan)
+    return [pair for pair in ranked if key(pair[0])[:2] == key(ranked[0][0])[:2]]
+
+
+def _ranked(passed: list[tuple[Attempt, bytes]], plan: Plan) -> list[tuple[Attempt, bytes]]:
+    key = _objective(passed, plan)
+    return sorted(passed, key=lambda pair: key(pair[0]))
+
+
+def _objective(passed: list[tuple[Attempt, bytes]], plan: Plan) -> Callable[[Attempt], tuple]:
+    """The sort key of the user's objective over these candidates."""
 
     def ratio(a: Attempt) -> float:
         latency = a.verification.latency if a.verification else None
@@ -310,7 +336,7 @@ def best_measured(passed: list[tuple[Attempt, bytes]], plan: Plan) -> tuple[Atte
         "size": lambda a: (not small(a), not fast(a), -_fidelity(a), size(a), ratio(a)),
         "accuracy": lambda a: (-_fidelity(a), ratio(a), size(a)),
     }
-    return min(passed, key=lambda pair: keys[str(prefer)](pair[0]))
+    return keys[str(prefer)]
 
 
 def _fidelity(attempt: Attempt) -> float:
