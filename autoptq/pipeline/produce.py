@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -177,13 +178,11 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
                 attempts[attempts.index(original)] = retimed
             # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
             passed = [(a, data) for a, data in passed if a.accepted]
+        if measured:
+            variants = RangeVariants(evaluator, source, calibration, profile, Path(ranges))
+            passed = variants.around(passed, attempts, plan)
         if passed:
-            best, best_bytes = passed[0]
-            if measured:
-                contenders = measured_contenders(passed, plan)
-                best, best_bytes = _most_faithful_ranges(
-                    contenders, attempts, evaluator, source, calibration, profile, Path(ranges)
-                )
+            best, best_bytes = best_measured(passed, plan) if measured else passed[0]
             return Outcome(
                 target=profile.name,
                 planned_technique=plan.technique,
@@ -210,43 +209,64 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
     )
 
 
-def _most_faithful_ranges(
-    contenders: list[tuple[Attempt, bytes]],
-    attempts: list[Attempt],
-    evaluator: Evaluator,
-    source: ModelProto,
-    calibration: Dataset | None,
-    profile: HardwareProfile,
-    ranges: Path,
-) -> tuple[Attempt, bytes]:
-    """The measured pick (the most faithful of `measured_contenders`, those as fast and as small), or a contender
-    built with other ranges where that is more faithful. Each contender is built again with every other calibration
-    method x bias correction (`range_variants`): those move ranges and float biases, not kernels, so speed and size
-    stay the contender's and only fidelity is measured (no timing: this part of the choice does not hang on timer
-    noise). A QOperator recipe computes what its QDQ twin does, so only the first of the two is varied. Each variant
-    tried joins `attempts`."""
-    best, best_bytes = contenders[0]
-    varied: list[Recipe] = []
-    for contender, _ in contenders:
-        timed = contender.verification.latency if contender.verification else None
-        numerics = contender.recipe.model_copy(update={"quant_format": "qdq"})
-        if timed is None or numerics in varied:
-            continue
-        varied.append(numerics)
-        for label, recipe in by_name(contender.technique).range_variants(contender.recipe):
-            if any(a.technique == contender.technique and a.recipe == recipe for a in attempts):
+RANGE_FIXABLE: frozenset[str] = frozenset({"below_sqnr_floor", "not_finite"})
+"""Rejections other ranges can turn into a pass: the output's fidelity, not its kernels."""
+
+
+@dataclass
+class RangeVariants:
+    """Builds candidates again with other ranges (`Technique.range_variants`: every other calibration method x bias
+    correction). Those move ranges and float biases, not kernels, so speed and size stay the candidate's and only
+    fidelity is measured: untimed, with the candidate's latency (no timing, so this part of the choice does not hang
+    on timer noise)."""
+
+    evaluator: Evaluator
+    source: ModelProto
+    calibration: Dataset | None
+    profile: HardwareProfile
+    ranges: Path
+
+    def around(
+        self, passed: list[tuple[Attempt, bytes]], attempts: list[Attempt], plan: Plan
+    ) -> list[tuple[Attempt, bytes]]:
+        """`passed` and the variants that pass, of every calibrated candidate that is or, passing, would be as fast
+        and as small as the pick (`measured_contenders`): the pick's own contenders, and those rejected on fidelity
+        alone (on ppocr-rec, x86-avx2, static int8 at 0.83x float fails with min-max ranges and passes with
+        percentile ones, where the pick was weight-only at 1.00x). A QOperator recipe computes what its QDQ twin
+        does, so only the first of the two is varied. Every variant tried joins `attempts`."""
+        bases = [a for a, _ in measured_contenders(passed, plan)] if passed else []
+        for attempt in list(attempts):
+            ver = attempt.verification
+            fixable = ver is not None and bool(ver.issues) and {p.code for p in ver.issues} <= RANGE_FIXABLE
+            if fixable and any(a is attempt for a, _ in measured_contenders([*passed, (attempt, b"")], plan)):
+                bases.append(attempt)
+        varied: list[Recipe] = []
+        found = list(passed)
+        for base in bases:
+            numerics = base.recipe.model_copy(update={"quant_format": "qdq"})
+            if numerics not in varied and base.verification is not None and base.verification.latency is not None:
+                varied.append(numerics)
+                found += self.variants(base, attempts)
+        return found
+
+    def variants(self, base: Attempt, attempts: list[Attempt]) -> list[tuple[Attempt, bytes]]:
+        """The base's range variants not tried yet, each joining `attempts`; those that pass."""
+        assert base.verification is not None and base.verification.latency is not None
+        passing = []
+        for label, recipe in by_name(base.technique).range_variants(base.recipe):
+            if any(a.technique == base.technique and a.recipe == recipe for a in attempts):
                 continue
             # Named after the candidate it varies: "<candidate> + entropy calibration + bias correction".
-            candidate = Candidate(step=f"{contender.step} + {label}", technique=contender.technique, recipe=recipe)
+            candidate = Candidate(step=f"{base.step} + {label}", technique=base.technique, recipe=recipe)
             try:
-                result = _quantize(candidate, source, calibration, profile, ranges)
+                result = _quantize(candidate, self.source, self.calibration, self.profile, self.ranges)
             except AutoptqError as exc:
                 attempts.append(
                     Attempt(**candidate.model_dump(), accepted=False, error=str(exc), error_code="build_failed")
                 )
                 continue
-            evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=False)
-            verification = verdict(evaluation, timed=False).model_copy(update={"latency": timed})  # same kernels
+            evaluation = self.evaluator.evaluate(result.model, result.applied.integer_io, measure=False)
+            verification = verdict(evaluation, timed=False).model_copy(update={"latency": base.verification.latency})
             attempt = Attempt(
                 **candidate.model_dump(),
                 accepted=verification.passed,
@@ -254,9 +274,9 @@ def _most_faithful_ranges(
                 applied=result.applied,
             )
             attempts.append(attempt)
-            if attempt.accepted and _fidelity(attempt) > _fidelity(best):
-                best, best_bytes = attempt, result.model.SerializeToString(deterministic=True)
-    return best, best_bytes
+            if attempt.accepted:
+                passing.append((attempt, result.model.SerializeToString(deterministic=True)))
+        return passing
 
 
 def _predicted_slow(candidate: Candidate, ratio: float) -> Attempt:
