@@ -18,6 +18,7 @@ from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.runner import measurable_here
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
+from autoptq.pipeline import produce as produce_module
 from autoptq.pipeline.produce import candidates, produce
 from autoptq.techniques import static as static_module
 from autoptq.techniques.common import QuantizationError
@@ -264,3 +265,15 @@ def test_the_handful_times_each_weight_only_candidate_at_both_granularities(
     assert dynamic
     for recipe in dynamic:
         assert recipe.model_copy(update={"per_channel": not recipe.per_channel}) in dynamic
+
+
+def test_range_knobs_leave_the_kernels_and_formats_do_not() -> None:
+    # What decides that two candidates share one latency (the range variants and the candidates rejected on
+    # fidelity inherit the timing of a passed candidate with the same kernels).
+    base = Recipe(per_channel=True, op_types_to_quantize=["Conv"])
+    ranged = base.model_copy(update={"calibration_method": "entropy", "bias_correction": True})
+    assert produce_module._kernels(ranged) == produce_module._kernels(base)
+    assert produce_module._kernels(base.model_copy(update={"quant_format": "qoperator"})) != produce_module._kernels(
+        base
+    )
+    assert produce_module._kernels(base.model_copy(update={"per_channel": False})) != produce_module._kernels(base)

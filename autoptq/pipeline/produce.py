@@ -30,7 +30,7 @@ from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
 from autoptq.evaluate.evaluation import Evaluation, Problem, ProblemCode, not_smaller
 from autoptq.evaluate.evaluator import Evaluator
-from autoptq.evaluate.runner import measurable_here
+from autoptq.evaluate.runner import LatencyMeasurement, measurable_here
 from autoptq.evaluate.verify import Verification, verdict, with_joint_timing
 from autoptq.model.calibration import Dataset
 from autoptq.model.intio import read_integer_io
@@ -213,6 +213,23 @@ RANGE_FIXABLE: frozenset[str] = frozenset({"below_sqnr_floor", "not_finite"})
 """Rejections other ranges can turn into a pass: the output's fidelity, not its kernels."""
 
 
+RANGE_KNOBS = ("calibration_method", "calibration_percentile", "bias_correction")
+"""The knobs that move ranges and float biases, not kernels."""
+
+
+def _kernels(recipe: Recipe) -> str:
+    """What fixes a recipe's kernels: the recipe with its range knobs at their defaults."""
+    defaults = Recipe()
+    return recipe.model_copy(update={k: getattr(defaults, k) for k in RANGE_KNOBS}).model_dump_json()
+
+
+def _with_latency(attempt: Attempt, latency: LatencyMeasurement | None) -> Attempt:
+    """The attempt with another timing of its kernels, where there is one."""
+    if latency is None or attempt.verification is None:
+        return attempt
+    return attempt.model_copy(update={"verification": attempt.verification.model_copy(update={"latency": latency})})
+
+
 def _range_fixable(verification: Verification) -> bool:
     """Whether a verification failed on fidelity alone (RANGE_FIXABLE)."""
     codes = {problem.code for problem in verification.issues}
@@ -241,16 +258,25 @@ class RangeVariants:
         percentile ones, where the pick was weight-only at 1.00x). A QOperator recipe computes what its QDQ twin
         does, so only one of the two is varied: the first in the objective's order (on ppocr-rec the QOperator twin
         is 6% smaller). Every variant tried joins `attempts`."""
-        fixable = [(a, b"") for a in attempts if a.verification is not None and _range_fixable(a.verification)]
+        # One latency per set of kernels: a passed candidate's (the joint re-timing's) for the rejected ones and
+        # the variants with its kernels, so that no choice among them turns on two timings of the same kernels.
+        timed: dict[str, LatencyMeasurement | None] = {}
+        for attempt, _ in passed:
+            timed.setdefault(_kernels(attempt.recipe), attempt.verification.latency if attempt.verification else None)
+        fixable = [
+            (_with_latency(a, timed.get(_kernels(a.recipe))), b"")
+            for a in attempts
+            if a.verification is not None and _range_fixable(a.verification)
+        ]
         pool = [*passed, *fixable]
         if not pool:
             return []
         contenders = [*(measured_contenders(passed, plan) if passed else []), *measured_contenders(pool, plan)]
         bases = sorted({id(a): a for a, _ in contenders}.values(), key=_objective(pool, plan))
-        varied: list[Recipe] = []
+        varied: list[str] = []
         found = list(passed)
         for base in bases:
-            numerics = base.recipe.model_copy(update={"quant_format": "qdq"})
+            numerics = _kernels(base.recipe.model_copy(update={"quant_format": "qdq"}))
             if numerics not in varied and base.verification is not None and base.verification.latency is not None:
                 varied.append(numerics)
                 found += self.variants(base, attempts)
