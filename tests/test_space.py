@@ -171,7 +171,9 @@ def attempt(step: str, ratio: float, size: int, sqnr: float) -> Attempt:
         size_ratio=size / 4000,
         latency=LatencyMeasurement(float_ms=1.0, candidate_ms=ratio, ratio=ratio, runs=15, machine="test"),
     )
-    return Attempt(step=step, technique="weight_only_int8", recipe=Recipe(), accepted=True, verification=verification)
+    # A recipe of its own: candidates of one recipe share their kernels, and the choice compares them as one.
+    recipe = Recipe(op_types_to_quantize=[step])
+    return Attempt(step=step, technique="weight_only_int8", recipe=recipe, accepted=True, verification=verification)
 
 
 @pytest.mark.parametrize(
@@ -190,6 +192,21 @@ def test_the_measured_choice_breaks_ties_on_fidelity(prefer: str, expected: str,
     plan = plan_model(graph, load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer=prefer))
     best, _ = best_measured(passed, plan)
     assert best.step == expected
+
+
+@pytest.mark.parametrize(("per_channel_ratio", "expected"), [(0.52, "per-channel"), (0.60, "per-tensor")])
+def test_weight_granularity_twins_count_as_one_speed_within_ten_percent(
+    per_channel_ratio: float, expected: str, encoder: onnx.ModelProto
+) -> None:
+    # MiniLM-L6: per-tensor weights time about 3% faster, per-channel keeps min cosine 0.99 where per-tensor keeps
+    # 0.95. Within TWIN_TIE (10%) the twins are one speed and fidelity decides; beyond it, speed does.
+    twins = []
+    for step, ratio, sqnr in (("per-tensor", 0.48, 20.0), ("per-channel", per_channel_ratio, 30.0)):
+        candidate = attempt(step, ratio, 1000, sqnr)
+        recipe = Recipe(op_types_to_quantize=["MatMul"], per_channel=step == "per-channel")
+        twins.append((candidate.model_copy(update={"recipe": recipe}), b""))
+    plan = plan_model(load_model(encoder), load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer="speed"))
+    assert best_measured(twins, plan)[0].step == expected
 
 
 def test_the_contenders_are_as_fast_and_as_small_as_the_pick(encoder: onnx.ModelProto) -> None:
