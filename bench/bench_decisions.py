@@ -70,7 +70,7 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.pipeline.produce import TIE, Attempt, best_measured, produce
+from autoptq.pipeline.produce import TIE, Attempt, best_measured, fidelity_of, produce
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.qdq import ranges_file
 from autoptq.techniques.recipe import Recipe
@@ -153,15 +153,6 @@ def setup(case: Case, target: str) -> Setup:
     return Setup(graph, profile, calibration, validation, plan, time.perf_counter() - start)
 
 
-def fidelity(attempt: Attempt) -> float:
-    ver = attempt.verification
-    if ver is None:
-        return float("-inf")
-    if ver.metric is not None:
-        return ver.metric.candidate
-    return min((f.sqnr_db for f in ver.fidelity), default=float("-inf"))
-
-
 def label(technique: str, recipe: Recipe) -> str:
     # Knobs at their default (QDQ, no SmoothQuant, min-max, no bias correction) are left out, so earlier cache keys
     # stay valid.
@@ -179,7 +170,7 @@ def pick_of(attempt: Attempt | None, seconds: float, model: ModelProto | None = 
     ver = attempt.verification
     ratio = ver.latency.ratio if ver.latency else 1.0
     recipe = label(attempt.technique, attempt.recipe)
-    return Pick(attempt.step, recipe, ratio, ver.size_ratio, fidelity(attempt), seconds, attempt.technique, model)
+    return Pick(attempt.step, recipe, ratio, ver.size_ratio, fidelity_of(attempt), seconds, attempt.technique, model)
 
 
 def space_of(s: Setup) -> list[Candidate]:
@@ -297,7 +288,9 @@ def range_variants(attempt: Attempt) -> list[tuple[Candidate, LatencyMeasurement
 def outcome(attempt: Attempt) -> str:
     ver = attempt.verification
     ratio = ver.latency.ratio if ver and ver.latency else "-"
-    return f"{'pass' if attempt.accepted else 'fail'} {ratio} {ver.size_ratio if ver else '-'} {fidelity(attempt):.3f}"
+    return (
+        f"{'pass' if attempt.accepted else 'fail'} {ratio} {ver.size_ratio if ver else '-'} {fidelity_of(attempt):.3f}"
+    )
 
 
 def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup, str]:

@@ -47,6 +47,24 @@ def build(
     return model
 
 
+def dense_head_convnet(rng: np.random.Generator, channels: int = 8, side: int = 32) -> ModelProto:
+    """Conv (16 3x3 filters, same padding), Relu, Flatten and a dense head to 10 classes; no biases. Random weights
+    small enough that activations stay near unit scale."""
+    conv = (rng.standard_normal((16, channels, 3, 3)) * 0.2).astype(np.float32)
+    head = (rng.standard_normal((16 * side * side, 10)) * 0.02).astype(np.float32)
+    return build(
+        [
+            helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "head_w"], ["y"], name="head"),
+        ],
+        [tensor("x", [1, channels, side, side])],
+        [tensor("y", [1, 10])],
+        [const("conv_w", conv), const("head_w", head)],
+    )
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[int, str, str]]:
     """Run `autoptq.cli.main(args)` and return (exit code, stdout, stderr)."""

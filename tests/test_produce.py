@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnx import ModelProto, helper
+from onnx import ModelProto
 
 from autoptq import api
 from autoptq.decide import candidates as candidates_module
@@ -23,7 +23,7 @@ from autoptq.pipeline.produce import candidates, produce
 from autoptq.techniques import static as static_module
 from autoptq.techniques.common import QuantizationError
 from autoptq.techniques.recipe import Recipe
-from tests.conftest import build, const, tensor
+from tests.conftest import dense_head_convnet
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FLOAT_ACCURACY = 0.9833
@@ -175,20 +175,7 @@ def _convnet_with_outliers_in_calibration() -> tuple[ModelGraph, Dataset, Datase
     clean: min-max ranges stretch to the outliers (about 11 dB output SQNR), entropy ranges do not (about 24 dB)."""
     rng = np.random.default_rng(0)
     channels, side = 8, 32
-    model = build(
-        [
-            helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c"], ["r"], name="relu"),
-            helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
-            helper.make_node("Gemm", ["f", "head_w"], ["y"], name="head"),
-        ],
-        [tensor("x", [1, channels, side, side])],
-        [tensor("y", [1, 10])],
-        [
-            const("conv_w", (rng.standard_normal((16, channels, 3, 3)) * 0.2).astype(np.float32)),
-            const("head_w", (rng.standard_normal((16 * side * side, 10)) * 0.02).astype(np.float32)),
-        ],
-    )
+    model = dense_head_convnet(rng, channels, side)
     inputs = rng.standard_normal((24, 1, channels, side, side))
     inputs[:16][rng.random(inputs[:16].shape) < 0.0005] *= 60
     samples = [{"x": sample.astype(np.float32)} for sample in inputs]

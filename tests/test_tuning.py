@@ -31,7 +31,7 @@ from autoptq.evaluate.evaluator import Evaluator
 from autoptq.model.calibration import Dataset, load_dataset
 from autoptq.model.graph import ModelGraph, load_model
 from bench.search_baselines import ExhaustiveSearch, every_subset_search
-from tests.conftest import build, const, tensor
+from tests.conftest import dense_head_convnet
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WIDTH = 32
@@ -238,19 +238,7 @@ def _scale_varying_convnet() -> tuple[ModelGraph, Dataset, Dataset]:
     run, so it keeps every top-1."""
     rng = np.random.default_rng(0)
     channels, side = 8, 32
-    conv = (rng.standard_normal((16, channels, 3, 3)) * 0.2).astype(np.float32)
-    head = (rng.standard_normal((16 * side * side, 10)) * 0.02).astype(np.float32)
-    model = build(
-        [
-            helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c"], ["r"], name="relu"),
-            helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
-            helper.make_node("Gemm", ["f", "head_w"], ["y"], name="head"),
-        ],
-        [tensor("x", [1, channels, side, side])],
-        [tensor("y", [1, 10])],
-        [const("conv_w", conv), const("head_w", head)],
-    )
+    model = dense_head_convnet(rng, channels, side)
     # Large samples first: onnxruntime's histogram collector (percentile, entropy calibration) keeps the first
     # sample's bin width, so a tiny first sample makes a million-bin histogram and a minute-long entropy search.
     samples = [

@@ -159,15 +159,9 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
                 )
                 continue
             evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=measure_latency)
-            verification = verdict(evaluation)
-            attempt = Attempt(
-                **candidate.model_dump(),
-                accepted=verification.passed,
-                verification=verification,
-                applied=result.applied,
-            )
+            attempt = _judged(candidate, result, verdict(evaluation))
             attempts.append(attempt)
-            if verification.passed:
+            if attempt.accepted:
                 passed.append((attempt, result.model.SerializeToString(deterministic=True)))
                 if not measured:
                     break
@@ -314,16 +308,17 @@ class RangeVariants:
                 continue
             evaluation = self.evaluator.evaluate(result.model, result.applied.integer_io, measure=False)
             verification = verdict(evaluation, timed=False).model_copy(update={"latency": base.verification.latency})
-            attempt = Attempt(
-                **candidate.model_dump(),
-                accepted=verification.passed,
-                verification=verification,
-                applied=result.applied,
-            )
+            attempt = _judged(candidate, result, verification)
             attempts.append(attempt)
             if attempt.accepted:
                 passing.append((attempt, result.model.SerializeToString(deterministic=True)))
         return passing
+
+
+def _judged(candidate: Candidate, result: QuantizationResult, verification: Verification) -> Attempt:
+    return Attempt(
+        **candidate.model_dump(), accepted=verification.passed, verification=verification, applied=result.applied
+    )
 
 
 def _predicted_slow(candidate: Candidate, ratio: float) -> Attempt:
@@ -412,14 +407,14 @@ def _objective(passed: list[tuple[Attempt, bytes]], plan: Plan) -> Callable[[Att
         return size(a) <= smallest * (1 + TIE)
 
     keys = {
-        "speed": lambda a: (not fast(a), not small(a), -_fidelity(a), ratio(a), size(a)),
-        "size": lambda a: (not small(a), not fast(a), -_fidelity(a), size(a), ratio(a)),
-        "accuracy": lambda a: (-_fidelity(a), ratio(a), size(a)),
+        "speed": lambda a: (not fast(a), not small(a), -fidelity_of(a), ratio(a), size(a)),
+        "size": lambda a: (not small(a), not fast(a), -fidelity_of(a), size(a), ratio(a)),
+        "accuracy": lambda a: (-fidelity_of(a), ratio(a), size(a)),
     }
     return keys[str(prefer)]
 
 
-def _fidelity(attempt: Attempt) -> float:
+def fidelity_of(attempt: Attempt) -> float:
     """The user's metric on the candidate, else its lowest output SQNR (dB)."""
     ver = attempt.verification
     if ver is None:
