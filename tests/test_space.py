@@ -15,13 +15,14 @@ from autoptq.decide.job import Job
 from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.profiles import load_profile
+from autoptq.evaluate.evaluation import Problem, slower
 from autoptq.evaluate.metrics import OutputFidelity
 from autoptq.evaluate.runner import LatencyMeasurement, measurable_here
 from autoptq.evaluate.verify import Verification
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model
-from autoptq.pipeline.produce import TIE, Attempt, best_measured, measured_contenders, produce
+from autoptq.pipeline.produce import TIE, Attempt, best_measured, measured_contenders, produce, timed_as_twins
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import (
@@ -207,6 +208,39 @@ def test_weight_granularity_twins_count_as_one_speed_within_ten_percent(
         twins.append((candidate.model_copy(update={"recipe": recipe}), b""))
     plan = plan_model(load_model(encoder), load_profile("x86-vnni"), load_tree(), None, UserGoals(prefer="speed"))
     assert best_measured(twins, plan)[0].step == expected
+
+
+def rejected(candidate: Attempt, *issues: Problem) -> Attempt:
+    assert candidate.verification is not None
+    verification = candidate.verification.model_copy(update={"passed": False, "issues": list(issues)})
+    return candidate.model_copy(update={"accepted": False, "verification": verification})
+
+
+def weight_only(step: str, ratio: float, sqnr: float, per_channel: bool) -> Attempt:
+    recipe = Recipe(op_types_to_quantize=["MatMul"], per_channel=per_channel)
+    return attempt(step, ratio, 1000, sqnr).model_copy(update={"recipe": recipe})
+
+
+def test_a_twin_rejected_only_as_slower_than_float_takes_its_passing_twins_timing() -> None:
+    # ppocr-cls on x86-vnni: per-channel weight-only MatMul measured 1.052x float (99.7 dB), its per-tensor twin
+    # 1.018x (87.5 dB); one speed timed twice. Beyond TWIN_TIE, or rejected on anything else too, it stays out.
+    below_floor = Problem(code="below_sqnr_floor", text="below the floor")
+    per_tensor = weight_only("per-tensor", 1.018, 87.5, per_channel=False)
+    pairs = [
+        (per_tensor, b"t"),
+        (rejected(weight_only("per-channel", 1.052, 99.7, per_channel=True), slower()), b"c"),
+        (rejected(weight_only("per-channel far", 1.13, 99.7, per_channel=True), slower()), b"f"),
+        (rejected(weight_only("per-channel poor", 1.05, 9.0, per_channel=True), slower(), below_floor), b"p"),
+        (rejected(attempt("no twin", 1.06, 1000, 50.0), slower()), b"n"),
+    ]
+    judged = {a.step: a for a, _ in timed_as_twins(pairs)}
+    readmitted = judged["per-channel"]
+    assert readmitted.accepted and readmitted.verification is not None
+    assert readmitted.verification.passed and readmitted.verification.issues == []
+    assert readmitted.verification.latency == per_tensor.verification.latency  # type: ignore[union-attr]
+    assert "timed alone 1.05x float" in readmitted.verification.latency_note  # its own timing, stated
+    assert [step for step, a in judged.items() if a.accepted] == ["per-tensor", "per-channel"]
+    assert judged["per-tensor"] == per_tensor
 
 
 def test_the_contenders_are_as_fast_and_as_small_as_the_pick(encoder: onnx.ModelProto) -> None:

@@ -28,7 +28,7 @@ from autoptq.deploy.device_file import DeviceFile
 from autoptq.devices.canonical import float_model_for
 from autoptq.devices.profiles import HardwareProfile
 from autoptq.errors import AutoptqError
-from autoptq.evaluate.evaluation import Evaluation, Problem, ProblemCode, not_smaller
+from autoptq.evaluate.evaluation import SLOWER_TOLERANCE, Evaluation, Problem, ProblemCode, not_smaller
 from autoptq.evaluate.evaluator import Evaluator
 from autoptq.evaluate.runner import LatencyMeasurement, measurable_here
 from autoptq.evaluate.verify import Verification, verdict, with_joint_timing
@@ -113,7 +113,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
         prepared = prepare(float_model, validation.take(PREPARATION_SAMPLES))
         source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
-    passed: list[tuple[Attempt, bytes]] = []
+    built: list[tuple[Attempt, bytes]] = []  # passed, or (measured) rejected only as slower than float
     evaluator = Evaluator(
         float_model,
         profile,
@@ -124,7 +124,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
     )
     with tempfile.TemporaryDirectory(prefix="autoptq-ranges-") as ranges:
         for candidate in found:
-            if passed and len(attempts) >= measured_count:
+            if any(a.accepted for a, _ in built) and len(attempts) >= measured_count:
                 break  # the measured handful is done and one passed (further fallbacks only run when none did)
             if candidate.step in by_name(candidate.technique).range_steps and not _calibration_can_help(
                 candidate, attempts
@@ -161,17 +161,11 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
             evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=measure_latency)
             attempt = _judged(candidate, result, verdict(evaluation))
             attempts.append(attempt)
-            if attempt.accepted:
-                passed.append((attempt, result.model.SerializeToString(deterministic=True)))
-                if not measured:
+            if attempt.accepted or (measured and _slower_alone(attempt)):
+                built.append((attempt, result.model.SerializeToString(deterministic=True)))
+                if attempt.accepted and not measured:
                     break
-        if measured and len(passed) > 1 and validation.samples:
-            originals = [attempt for attempt, _ in passed]
-            passed = _retime(evaluator, passed)
-            for original, (retimed, _) in zip(originals, passed, strict=True):
-                attempts[attempts.index(original)] = retimed
-            # The joint timing is the better one: a candidate it finds slower than float is rejected after all.
-            passed = [(a, data) for a, data in passed if a.accepted]
+        passed = _timed_together(evaluator, built, attempts, bool(validation.samples)) if measured else built
         if measured:
             variants = RangeVariants(evaluator, source, calibration, profile, Path(ranges))
             passed = variants.around(passed, attempts, plan)
@@ -229,6 +223,53 @@ def _twin_class(attempt: Attempt) -> str:
     if not by_name(attempt.technique).calibrated:
         recipe = recipe.model_copy(update={"per_channel": Recipe().per_channel})
     return f"{attempt.technique} {_kernels(recipe)}"
+
+
+def _slower_alone(attempt: Attempt) -> bool:
+    """Whether a timed candidate failed verification only on being slower than float."""
+    ver = attempt.verification
+    return ver is not None and not ver.passed and bool(ver.issues) and all(p.code == "slower" for p in ver.issues)
+
+
+def timed_as_twins(pairs: list[tuple[Attempt, bytes]]) -> list[tuple[Attempt, bytes]]:
+    """`pairs`, where a candidate rejected only as slower than float has a twin (the same kernels, or a dynamic
+    recipe's other weight granularity: `_twin_class`) that passed within TWIN_TIE of its timing, with that twin's
+    timing and passed: one speed timed twice (ppocr-cls on x86-vnni: per-channel weight-only MatMul measured 1.052x
+    float, 99.7 dB, its per-tensor twin 1.018x, 87.5 dB)."""
+    fastest: dict[str, Attempt] = {}
+    for attempt, _ in pairs:
+        latency = attempt.verification.latency if attempt.verification else None
+        known = fastest.get(_twin_class(attempt))
+        if attempt.accepted and latency is not None and (known is None or latency.ratio < _ratio(known)):
+            fastest[_twin_class(attempt)] = attempt
+    judged = []
+    for attempt, data in pairs:
+        ver, twin = attempt.verification, fastest.get(_twin_class(attempt))
+        if (
+            _slower_alone(attempt)
+            and ver
+            and ver.latency
+            and twin
+            and ver.latency.ratio <= _ratio(twin) * (1 + TWIN_TIE)
+        ):
+            note = (
+                f"{ver.latency_note}; timed alone {ver.latency.ratio:.2f}x float, above the "
+                f"{1 + SLOWER_TOLERANCE:.2f} margin, and its twin '{twin.step}' (the same integer kernels) "
+                f"{_ratio(twin):.2f}x: within {TWIN_TIE:.0%}, one speed, so the twin's timing is shown"
+            )
+            latency = twin.verification.latency if twin.verification else None
+            verification = ver.model_copy(
+                update={"latency": latency, "latency_note": note, "passed": True, "issues": []}
+            )
+            attempt = attempt.model_copy(update={"verification": verification, "accepted": True})
+        judged.append((attempt, data))
+    return judged
+
+
+def _ratio(attempt: Attempt) -> float:
+    latency = attempt.verification.latency if attempt.verification else None
+    assert latency is not None, "a timed candidate"
+    return latency.ratio
 
 
 def _with_latency(attempt: Attempt, latency: LatencyMeasurement | None) -> Attempt:
@@ -337,6 +378,24 @@ slower or larger model faster or smaller, nor run one onnxruntime could not (and
 TIE = 0.05
 """Measured latency ratios (timer noise on a shared machine) and sizes within this fraction of the best count as a
 tie; among the fastest and smallest the most faithful output wins."""
+
+
+def _timed_together(
+    evaluator: Evaluator, built: list[tuple[Attempt, bytes]], attempts: list[Attempt], retime: bool
+) -> list[tuple[Attempt, bytes]]:
+    """Those of `built` that pass once re-timed together (`_retime`, where `retime`: the passed ones, and those
+    rejected only as slower than float that have a passed twin) and once the twins of one speed share a timing
+    (`timed_as_twins`); `attempts` takes the new verdicts."""
+    passing = {_twin_class(attempt) for attempt, _ in built if attempt.accepted}
+    again = [i for i, (attempt, _) in enumerate(built) if _twin_class(attempt) in passing]
+    timed = list(built)
+    if retime and len(again) > 1:
+        for i, pair in zip(again, _retime(evaluator, [built[i] for i in again]), strict=True):
+            timed[i] = pair
+    judged = timed_as_twins(timed)
+    for (attempt, _), (original, _) in zip(judged, built, strict=True):
+        attempts[attempts.index(original)] = attempt
+    return [(attempt, data) for attempt, data in judged if attempt.accepted]
 
 
 def _retime(evaluator: Evaluator, passed: list[tuple[Attempt, bytes]]) -> list[tuple[Attempt, bytes]]:
