@@ -244,26 +244,24 @@ def timed_as_twins(pairs: list[tuple[Attempt, bytes]]) -> list[tuple[Attempt, by
             fastest[_twin_class(attempt)] = attempt
     judged = []
     for attempt, data in pairs:
-        ver, twin = attempt.verification, fastest.get(_twin_class(attempt))
-        if (
-            _slower_alone(attempt)
-            and ver
-            and ver.latency
-            and twin
-            and ver.latency.ratio <= _ratio(twin) * (1 + TWIN_TIE)
-        ):
-            note = (
-                f"{ver.latency_note}; timed alone {ver.latency.ratio:.2f}x float, above the "
-                f"{1 + SLOWER_TOLERANCE:.2f} margin, and its twin '{twin.step}' (the same integer kernels) "
-                f"{_ratio(twin):.2f}x: within {TWIN_TIE:.0%}, one speed, so the twin's timing is shown"
-            )
-            latency = twin.verification.latency if twin.verification else None
-            verification = ver.model_copy(
-                update={"latency": latency, "latency_note": note, "passed": True, "issues": []}
-            )
-            attempt = attempt.model_copy(update={"verification": verification, "accepted": True})
+        twin = fastest.get(_twin_class(attempt))
+        if twin is not None and _slower_alone(attempt) and _ratio(attempt) <= _ratio(twin) * (1 + TWIN_TIE):
+            attempt = _with_twins_timing(attempt, twin)
         judged.append((attempt, data))
     return judged
+
+
+def _with_twins_timing(attempt: Attempt, twin: Attempt) -> Attempt:
+    """`attempt` passed, with its twin's timing, its own stated in its latency note."""
+    ver, twin_ver = attempt.verification, twin.verification
+    assert ver is not None and twin_ver is not None
+    note = (
+        f"{ver.latency_note}; timed alone {_ratio(attempt):.2f}x float, above the {1 + SLOWER_TOLERANCE:.2f} margin, "
+        f"and its twin '{twin.step}' (the same integer kernels) {_ratio(twin):.2f}x: within {TWIN_TIE:.0%}, one "
+        "speed, so the twin's timing is shown"
+    )
+    update = {"latency": twin_ver.latency, "latency_note": note, "passed": True, "issues": []}
+    return attempt.model_copy(update={"verification": ver.model_copy(update=update), "accepted": True})
 
 
 def _ratio(attempt: Attempt) -> float:
