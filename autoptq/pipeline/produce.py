@@ -4,6 +4,7 @@ is better than float, or keep float and say why."""
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
         source, preparation = prepared.model, prepared.steps
     synthetic = bool(calibration is not None and calibration.synthetic)
     built: list[tuple[Attempt, bytes]] = []  # passed, or (measured) rejected only as slower than float
+    twinned = _twinned(found)
     evaluator = Evaluator(
         float_model,
         profile,
@@ -161,7 +163,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
             evaluation = evaluator.evaluate(result.model, result.applied.integer_io, measure=measure_latency)
             attempt = _judged(candidate, result, verdict(evaluation))
             attempts.append(attempt)
-            if attempt.accepted or (measured and _slower_alone(attempt)):
+            if attempt.accepted or (measured and _slower_alone(attempt) and _twin_class(attempt) in twinned):
                 built.append((attempt, result.model.SerializeToString(deterministic=True)))
                 if attempt.accepted and not measured:
                     break
@@ -217,12 +219,19 @@ differ only in the scale applied after the integer product: measured 0-5% apart 
 where per-channel keeps min cosine 0.99 to fp32 and per-tensor 0.95), 12% on a 20-microsecond toy encoder."""
 
 
-def _twin_class(attempt: Attempt) -> str:
+def _twin_class(attempt: Attempt | Candidate) -> str:
     """Its kernels, and for a dynamic technique its kernels up to the weight granularity."""
     recipe = attempt.recipe
     if not by_name(attempt.technique).calibrated:
         recipe = recipe.model_copy(update={"per_channel": Recipe().per_channel})
     return f"{attempt.technique} {_kernels(recipe)}"
+
+
+def _twinned(candidates: Sequence[Candidate]) -> set[str]:
+    """The twin classes (`_twin_class`) that more than one candidate shares: only there can a twin's timing readmit
+    a candidate rejected as slower than float, so only there is its model kept until the joint re-timing."""
+    counts = Counter(_twin_class(candidate) for candidate in candidates)
+    return {key for key, count in counts.items() if count > 1}
 
 
 def _slower_alone(attempt: Attempt) -> bool:
