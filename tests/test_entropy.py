@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnxruntime.quantization.calibrate import HistogramCollector
 
-from autoptq.techniques.entropy import entropy_threshold
+from autoptq.techniques.entropy import best_half_width, divergence, entropy_threshold
 
 
 @pytest.mark.parametrize("shape", ["normal", "relu_squared", "laplace"])
@@ -59,3 +61,26 @@ def test_merging_about_zero_keeps_half_widths_in_step() -> None:
     assert merged.tolist() == [0 + 0, 1 + 2, 3 + 4, 5, 6 + 7, 8 + 9, 0]
     assert merged.size // 2 == 3 and merged[3] == hist[5]  # the zero bin stays the centre, alone
     assert merged.sum() == hist.sum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    bins=st.sampled_from([512, 1024, 2048, 2154]),
+    levels=st.sampled_from([128, 256]),
+    empty_share=st.floats(0.0, 0.95),
+    tail=st.floats(0.5, 4.0),
+)
+def test_the_estimated_search_picks_the_exact_searchs_width(
+    seed: int, bins: int, levels: int, empty_share: float, tail: float
+) -> None:
+    # Sparse, heavy-tailed and one-sided histograms: the estimate only narrows the candidates, the exact divergence
+    # (onnxruntime's, bin by bin) still decides among them, first on ties.
+    rng = np.random.default_rng(seed)
+    hist = np.floor(rng.pareto(tail, bins) * rng.integers(1, 10_000))
+    hist[rng.random(bins) < empty_share] = 0
+    if rng.random() < 0.3:
+        hist[: bins // 2] = 0  # a ReLU's output: nothing below zero
+    levels = min(levels, bins)
+    exact = min(range(levels // 2, bins // 2 + 1), key=lambda w: divergence(hist, w, levels))
+    assert best_half_width(hist, levels) == exact
