@@ -34,9 +34,14 @@ re-run alone; `--fresh` ignores the cache. When the two picks differ, both are r
 interleaved round robin (runner.measure_together) before agreement is judged: pairwise ratios taken minutes apart
 on a loaded machine differ by more than the margins chosen on.
 
+`--first-passing` measures what the time target would leave room for, against the same cached oracle: the plan's
+candidates in order, judged on fidelity alone, the first that passes kept (`produce` without latency measurement, as
+the first version chose), then its one latency measurement side by side with float (a pick must be timed to be
+called faster); float where it is slower. Its rows go to bench/results/decisions_first_passing.{md,json}.
+
 Run: python bench/bench_decisions.py [--quick] [--models a,b] [--targets x86-vnni,x86-avx2] [--fresh] [--no-loop]
-[--loop-only] (--quick: the digits CNN on x86-vnni only; --loop-only: the loop column again, the oracle's pick read
-from the cache)
+[--loop-only] [--first-passing] (--quick: the digits CNN on x86-vnni only; --loop-only: the loop column again, the
+oracle's pick read from the cache)
 """
 
 from __future__ import annotations
@@ -303,6 +308,34 @@ def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[
     return pick_of(chosen, time.perf_counter() - start, model), s, tried
 
 
+def first_passing_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup]:
+    """The first candidate of the plan that passes on fidelity alone, then timed once side by side with float."""
+    start = time.perf_counter()
+    s = setup(case, target)
+    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, False)
+    if outcome.kept_float:
+        return pick_of(None, time.perf_counter() - start), s
+    model = onnx.load_from_string(outcome.model_bytes)
+    ver = verify(float_model_for(s.graph, s.profile), model, read_integer_io(model), s.validation, s.profile,
+                 metric=metric, float_size_bytes=len(s.graph.original_bytes()))  # fmt: skip
+    seconds = time.perf_counter() - start
+    if not ver.passed:
+        return pick_of(None, seconds), s  # slower than float once timed: float is shipped
+    chosen = next(a for a in outcome.attempts if a.verification is outcome.verification)
+    return pick_of(chosen.model_copy(update={"verification": ver}), seconds, model), s
+
+
+def first_passing_row(case: Case, target: str, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> list:
+    ours, s = first_passing_choice(case, target, metric)
+    best, count = oracle(case, s, metric, cache)
+    joint = retime(s, ours, best)
+    return [
+        case.name, target, describe(best) + (f"; {joint}" if joint else ""), f"{describe(ours)} [{ours.step}]",
+        "yes" if agrees(ours, best, metric is not None) else "no", f"{best.seconds:.0f} s ({count} recipes)",
+        f"{ours.seconds:.1f} s ({100 * ours.seconds / best.seconds:.1f}%)",
+    ]  # fmt: skip
+
+
 def loop_choice(case: Case, target: str, metric: UserMetric | None, best: Pick) -> str:
     start = time.perf_counter()
     s = setup(case, target)
@@ -397,8 +430,11 @@ def arguments() -> argparse.Namespace:
         "--loop-only", action="store_true", help="re-run only the loop (oracle from the cache), keep the rest of a row"
     )
     parser.add_argument("--oracle-only", action="store_true", help="fill the oracle cache, nothing else")
+    parser.add_argument(
+        "--first-passing", action="store_true", help="the first passing candidate, timed once, against the oracle"
+    )
     parser.add_argument("--oracle-cache", type=Path, default=ORACLE_CACHE, help="per-recipe oracle results (JSON)")
-    parser.add_argument("--rows", type=Path, default=RESULTS_DIR / "decisions_rows.json", help="per-cell results")
+    parser.add_argument("--rows", type=Path, default=None, help="per-cell results (default: bench/results/)")
     parser.add_argument("--merge", default="", help="comma-separated rows files to merge in (runs split in parts)")
     parser.add_argument("--table-only", action="store_true", help="write decisions.md from the rows, run nothing")
     return parser.parse_args()
@@ -407,6 +443,8 @@ def arguments() -> argparse.Namespace:
 HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "autoptq default", "agrees",
            "regret latency / size / fidelity", "oracle time", "autoptq time (% of oracle)",
            "loop under a budget"]  # fmt: skip
+FIRST_PASSING_HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "first passing, timed once",
+                         "agrees", "oracle time", "its time (% of oracle)"]  # fmt: skip
 
 
 def rerun_loop(
@@ -429,6 +467,8 @@ def write_rows(args: argparse.Namespace, rows: dict[str, list[str]]) -> None:
 
 def main() -> None:
     args = arguments()
+    if args.rows is None:
+        args.rows = RESULTS_DIR / ("decisions_first_passing_rows.json" if args.first_passing else "decisions_rows.json")
     wanted = {m for m in args.models.split(",") if m}
     targets = ["x86-vnni"] if args.quick else [t for t in args.targets.split(",") if t]
     global ORACLE_CACHE
@@ -449,8 +489,11 @@ def main() -> None:
                 if args.oracle_only:
                     oracle(case, setup(case, target), metric, cache)
                     continue
-                if args.loop_only:
-                    rerun_loop(rows, case, target, metric, cache)
+                if args.loop_only or args.first_passing:
+                    if args.loop_only:
+                        rerun_loop(rows, case, target, metric, cache)
+                    else:
+                        rows[f"{case.name}#{target}"] = first_passing_row(case, target, metric, cache)
                     write_rows(args, rows)
                     continue
                 ours, s, tried = default_choice(case, target, metric)
@@ -480,14 +523,19 @@ def main() -> None:
     table = [[shortened(c) for c in r] for _, r in sorted(rows.items())]
     counted = [r for r in table if r[4] in ("yes", "no")]
     agreed = sum(r[4] == "yes" for r in counted)
+    title, headers, name = (
+        ("the first passing candidate, timed once", FIRST_PASSING_HEADERS, "decisions_first_passing")
+        if args.first_passing
+        else ("autoptq's default", HEADERS, "decisions")
+    )
     text = "\n".join([
-        "# Decision quality: autoptq's default vs an exhaustive oracle over the recipe space", "",
-        environment(), "", markdown_table(HEADERS, table), "",
+        f"# Decision quality: {title} vs an exhaustive oracle over the recipe space", "",
+        environment(), "", markdown_table(headers, table), "",
         f"Agreement: {agreed}/{len(counted)} cells. Fidelity: the user metric where given, else the lowest output "
         "SQNR (dB). Latency: ratio to float measured side by side on this shared machine.",
     ])  # fmt: skip
     if not args.quick:
-        print(write_result("decisions", text))
+        print(write_result(name, text))
     else:
         print(text)
 

@@ -175,13 +175,19 @@ def merged_about_zero(hist: np.ndarray, factor: int) -> np.ndarray:
     return np.concatenate([left[::-1], hist[zero : zero + 1], right])
 
 
+def searched_histogram(hist: np.ndarray) -> tuple[np.ndarray, int]:
+    """The histogram the search runs on (merged when wider than MERGE_ABOVE_BINS) and how many of `hist`'s bins
+    each of its bins holds."""
+    factor = -(-hist.size // MERGED_BINS) if hist.size > MERGE_ABOVE_BINS else 1
+    return (hist if factor == 1 else merged_about_zero(hist, factor)), factor
+
+
 def entropy_threshold(histogram: tuple[np.ndarray, np.ndarray, object, object], levels: int) -> tuple[object, object]:
     """The (low, high) range for one tensor from onnxruntime's collected `(hist, edges, min, max)`, within the
     observed min and max, in the edges' dtype (as onnxruntime's collector returns it)."""
     hist, edges, min_value, max_value = histogram[:4]
     zero = hist.size // 2
-    factor = -(-hist.size // MERGED_BINS) if hist.size > MERGE_ABOVE_BINS else 1
-    searched = hist if factor == 1 else merged_about_zero(hist, factor)
+    searched, factor = searched_histogram(hist)
     width = best_half_width(searched, levels) * factor
     low = edges[max(zero - width, 0)]
     high = edges[min(zero + width + 1, hist.size)]
