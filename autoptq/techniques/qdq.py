@@ -245,7 +245,7 @@ def collect_ranges(
     try:
         while (sample := progress.get_next()) is not None:
             deadline.check()
-            calibrator.collect_data(_OneSample(sample))
+            calibrator.collect_data(OneSample(sample))
     finally:
         progress.close()  # also when stopped part way: the bar must not stay on the terminal
     if recipe.calibration_method == "entropy":
@@ -274,7 +274,7 @@ def _session_without_memory_patterns(augmented_model_path: str) -> ort.Inference
     return ort.InferenceSession(augmented_model_path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-class _OneSample(CalibrationDataReader):
+class OneSample(CalibrationDataReader):
     """A reader of a single sample: one `collect_data` call per sample."""
 
     def __init__(self, sample: dict[str, np.ndarray]) -> None:
