@@ -22,7 +22,7 @@ from autoptq.evaluate.verify import Verification
 from autoptq.model import zoo
 from autoptq.model.calibration import Dataset
 from autoptq.model.graph import load_model
-from autoptq.pipeline.produce import TIE, Attempt, best_measured, measured_contenders, produce, timed_as_twins
+from autoptq.pipeline.produce import TIE, TWIN_TIE, Attempt, best_measured, measured_contenders, produce, timed_as_twins
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.recipe import Recipe
 from autoptq.techniques.space import (
@@ -158,7 +158,16 @@ def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
     chosen = next(a for a in passed if a.verification == outcome.verification)
     assert chosen in passed
     fastest = min(a.verification.latency.ratio for a in passed)
-    assert outcome.verification.latency.ratio <= fastest * (1 + TIE)
+    # A dynamic recipe and its weight-granularity twin run the same integer kernels: within TWIN_TIE they are one
+    # speed (on this 30-microsecond encoder they time up to 10% apart), and the choice is judged on the faster.
+    own = outcome.verification.latency.ratio
+    twins = [a for a in passed if a.technique == chosen.technique and same_but_granularity(a.recipe, chosen.recipe)]
+    twin = min(a.verification.latency.ratio for a in twins)
+    assert (twin if own <= twin * (1 + TWIN_TIE) else own) <= fastest * (1 + TIE)
+
+
+def same_but_granularity(a: Recipe, b: Recipe) -> bool:
+    return a.model_copy(update={"per_channel": b.per_channel}) == b
 
 
 def attempt(step: str, ratio: float, size: int, sqnr: float) -> Attempt:
