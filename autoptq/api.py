@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 from onnx import ModelProto
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from autoptq import techniques
 from autoptq._version import __version__
@@ -51,7 +51,7 @@ from autoptq.model.shapes import apply_user_shapes, bind, parse_input_shapes
 from autoptq.pipeline.check import CheckReport
 from autoptq.pipeline.check import check as run_check
 from autoptq.pipeline.manifest import DataInfo, InputModel, Manifest, check_summary, sha256, variant_from
-from autoptq.pipeline.produce import Outcome, produce, produce_tuned
+from autoptq.pipeline.produce import Outcome, SearchMode, produce, produce_tuned
 from autoptq.pipeline.replay import load_recipe, split_spec
 from autoptq.pipeline.replay import replay as run_replay
 from autoptq.report.data import (
@@ -161,6 +161,16 @@ class QuantizeOptions(BaseModel):
     synthetic_calibration: bool = False
     goals: UserGoals = Field(default_factory=UserGoals)
     budget: Budget = Field(default_factory=Budget, description="accuracy/fidelity budget: set → accuracy-aware search")
+    search: SearchMode = Field(default="measured", description="how the default choice is found (no budget)")
+
+    @model_validator(mode="after")
+    def _search_without_budget(self) -> QuantizeOptions:
+        if self.search != "measured" and self.budget.has_target:
+            raise ValueError(
+                f"search {self.search!r} is how the default choice is found; with a budget (--max-drop, --min-sqnr, "
+                "--min-top1-agreement) the accuracy-aware search walks its own order"
+            )
+        return self
 
 
 SYNTHETIC_SAMPLES = 32
@@ -267,7 +277,7 @@ def _produce(job: Job, chosen: Plan, options: QuantizeOptions, progress: Callabl
     """The accuracy-aware search when a budget is set, else the plan with verification and fallback."""
     if options.budget.has_target:
         return produce_tuned(job, chosen, options.budget, options.goals.prefer, progress, options.measure_latency)
-    return produce(job, chosen, options.measure_latency)
+    return produce(job, chosen, options.measure_latency, options.search)
 
 
 def replay(

@@ -37,6 +37,7 @@ from autoptq.evaluate.verify import DEFAULT_MIN_SQNR_DB
 from autoptq.io.outputs import check_output_path, write_atomic
 from autoptq.model.graph import read_model
 from autoptq.pipeline.manifest import Variant
+from autoptq.pipeline.produce import SearchMode
 from autoptq.techniques.recipe import Recipe, TechniqueName
 
 try:
@@ -67,6 +68,7 @@ class JobOptions(BaseModel):
     time_budget_s: float | None = Field(default=None, gt=0, description="accuracy-aware search time budget, s")
     max_trials: int = Field(default=40, ge=1)
     prefer: Literal["speed", "size", "accuracy"] = "speed"
+    search: SearchMode = Field(default="measured", description="how the default choice is found (no budget)")
     synthetic_calibration: bool = False
 
     def quantize_options(self) -> api.QuantizeOptions:
@@ -84,6 +86,7 @@ class JobOptions(BaseModel):
             synthetic_calibration=self.synthetic_calibration,
             goals=UserGoals(max_drop=self.max_drop, prefer=self.prefer),
             budget=budget,
+            search=self.search,
         )
 
 

@@ -201,6 +201,11 @@ class Objective(str, Enum):
     accuracy = "accuracy"
 
 
+class Search(str, Enum):
+    measured = "measured"
+    first = "first"
+
+
 _SIZE_TEXT = re.compile(r"\s*[0-9]*\.?[0-9]+\s*(b|[kmg]i?b)?\s*", re.IGNORECASE)
 """The spellings --max-size takes: ByteSize also reads TB to EB, bits and one-letter units, and ignores what follows
 a unit ('5 M B' would be 5 MB); the flag keeps to bytes and B, KB, MB, GB, KiB, MiB, GiB (docs/planning.md)."""
@@ -285,6 +290,16 @@ TimeBudgetOpt = Annotated[
 ]
 MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="Stop the accuracy-aware search after N trials.")]
 PreferOpt = Annotated[Objective, typer.Option("--prefer", help="Objective among candidates within budget.")]
+SearchOpt = Annotated[
+    Search,
+    typer.Option(
+        "--search",
+        help="How the default choice is found on a CPU this machine stands in for. measured: a handful of "
+        "candidates and their range variants built, verified and timed, the best kept. first: the plan's first "
+        "candidate that passes verification, timed once: several times faster, a weaker pick more often "
+        "(docs/benchmarks.md, decision quality). Other targets always take the first.",
+    ),
+]
 MetricOpt = Annotated[
     str | None,
     typer.Option(
@@ -317,6 +332,7 @@ def quantize_options(
     prefer: Objective,
     synthetic_calibration: bool,
     technique: str | None = None,
+    search: Search = Search.measured,
 ) -> api.QuantizeOptions:
     """Options of quantize/variants/plan --apply: a budget given on the command line turns on the accuracy loop."""
     drop = parse_max_drop(max_drop)
@@ -335,6 +351,7 @@ def quantize_options(
             synthetic_calibration=synthetic_calibration,
             goals=UserGoals(max_drop=drop, prefer=prefer.value),
             budget=budget,
+            search=search.value,
         )
     except ValidationError as exc:
         raise option_error(exc) from None
@@ -353,7 +370,9 @@ _OPTION_FLAGS = {
 def option_error(exc: ValidationError) -> AutoptqError:
     """A pydantic error on options built from flags, as one line naming the flag."""
     error = exc.errors()[0]
-    field = str(error["loc"][-1]) if error["loc"] else ""
+    if not error["loc"]:  # a rule across options: its message names them
+        return AutoptqError(error["msg"].removeprefix("Value error, "))
+    field = str(error["loc"][-1])
     return AutoptqError(f"{_OPTION_FLAGS.get(field, field)} {error.get('input')!r}: {error['msg']}")
 
 
@@ -398,6 +417,7 @@ def plan(
     synthetic_calibration: SyntheticOpt = False,
     input_shape: InputShapeOpt = None,
     metric: MetricOpt = None,
+    search: SearchOpt = Search.measured,
 ) -> None:
     """Which post-training technique for each target, the full recipe, why, and what to expect."""
     goals = UserGoals(max_drop=parse_max_drop(max_drop), prefer=prefer.value, max_size_bytes=parse_size(max_size))
@@ -409,7 +429,7 @@ def plan(
         if fmt == PlanFormat.yaml:
             raise AutoptqError("--format yaml writes a recipe to replay; with --apply use table, json or markdown")
         options = quantize_options(
-            max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
+            max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration, search=search
         )
         options = options.model_copy(update={"goals": goals})
         chosen, outcome = api.quantize(
@@ -459,6 +479,7 @@ def quantize(
     time_budget: TimeBudgetOpt = None,
     max_trials: MaxTrialsOpt = 40,
     prefer: PreferOpt = Objective.speed,
+    search: SearchOpt = Search.measured,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
@@ -481,7 +502,8 @@ def quantize(
     result fails verification; it is still written)."""
     if recipe is not None:
         searching = [name for name, value in (("--technique", technique), ("--max-drop", max_drop),
-                     ("--min-top1-agreement", min_agreement), ("--rules", rules)) if value is not None]  # fmt: skip
+                     ("--min-top1-agreement", min_agreement), ("--rules", rules),
+                     ("--search", None if search == Search.measured else search)) if value is not None]  # fmt: skip
         if searching:
             raise AutoptqError(f"--recipe replays a recipe without search: drop {', '.join(searching)}")
         _, replayed = api.replay(
@@ -509,6 +531,7 @@ def quantize(
         prefer,
         synthetic_calibration,
         technique.value if technique else None,
+        search,
     )
     chosen, outcome = api.quantize(
         model,
@@ -546,6 +569,7 @@ def variants(
     time_budget: TimeBudgetOpt = None,
     max_trials: MaxTrialsOpt = 40,
     prefer: PreferOpt = Objective.speed,
+    search: SearchOpt = Search.measured,
     synthetic_calibration: SyntheticOpt = False,
     rules: RulesOpt = None,
     input_shape: InputShapeOpt = None,
@@ -553,7 +577,7 @@ def variants(
 ) -> None:
     """One verified variant per target: <out>/<target>/model.onnx, manifest.json, report.md, measurements.json."""
     options = quantize_options(
-        max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration
+        max_drop, min_sqnr, min_agreement, time_budget, max_trials, prefer, synthetic_calibration, search=search
     )
     manifest, _ = api.make_variants(
         model,

@@ -34,10 +34,10 @@ re-run alone; `--fresh` ignores the cache. When the two picks differ, both are r
 interleaved round robin (runner.measure_together) before agreement is judged: pairwise ratios taken minutes apart
 on a loaded machine differ by more than the margins chosen on.
 
-`--first-passing` measures what the time target would leave room for, against the same cached oracle: the plan's
-candidates in order, judged on fidelity alone, the first that passes kept (`produce` without latency measurement, as
-the first version chose), then its one latency measurement side by side with float (a pick must be timed to be
-called faster); float where it is slower. Its rows go to bench/results/decisions_first_passing.{md,json}.
+`--first-passing` measures what the time target would leave room for, against the same cached oracle: `autoptq
+quantize --search first`, the plan's candidates in order, each verified and timed once side by side with float (a
+pick must be timed to be called faster), the first that passes kept. Its rows go to
+bench/results/decisions_first_passing.{md,json}.
 
 Run: python bench/bench_decisions.py [--quick] [--models a,b] [--targets x86-vnni,x86-avx2] [--fresh] [--no-loop]
 [--loop-only] [--first-passing] (--quick: the digits CNN on x86-vnni only; --loop-only: the loop column again, the
@@ -309,20 +309,14 @@ def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[
 
 
 def first_passing_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup]:
-    """The first candidate of the plan that passes on fidelity alone, then timed once side by side with float."""
+    """`autoptq quantize --search first`: the plan's candidates in order, the first that passes verification (each
+    timed once, side by side with float) kept."""
     start = time.perf_counter()
     s = setup(case, target)
-    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, False)
-    if outcome.kept_float:
-        return pick_of(None, time.perf_counter() - start), s
-    model = onnx.load_from_string(outcome.model_bytes)
-    ver = verify(float_model_for(s.graph, s.profile), model, read_integer_io(model), s.validation, s.profile,
-                 metric=metric, float_size_bytes=len(s.graph.original_bytes()))  # fmt: skip
-    seconds = time.perf_counter() - start
-    if not ver.passed:
-        return pick_of(None, seconds), s  # slower than float once timed: float is shipped
-    chosen = next(a for a in outcome.attempts if a.verification is outcome.verification)
-    return pick_of(chosen.model_copy(update={"verification": ver}), seconds, model), s
+    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, search="first")
+    chosen = None if outcome.kept_float else next(a for a in outcome.attempts if a.verification is outcome.verification)
+    model = None if outcome.kept_float else onnx.load_from_string(outcome.model_bytes)
+    return pick_of(chosen, time.perf_counter() - start, model), s
 
 
 def first_passing_row(case: Case, target: str, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> list:
@@ -431,7 +425,7 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--oracle-only", action="store_true", help="fill the oracle cache, nothing else")
     parser.add_argument(
-        "--first-passing", action="store_true", help="the first passing candidate, timed once, against the oracle"
+        "--first-passing", action="store_true", help="--search first (the first passing candidate) against the oracle"
     )
     parser.add_argument("--oracle-cache", type=Path, default=ORACLE_CACHE, help="per-recipe oracle results (JSON)")
     parser.add_argument("--rows", type=Path, default=None, help="per-cell results (default: bench/results/)")
@@ -443,7 +437,7 @@ def arguments() -> argparse.Namespace:
 HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "autoptq default", "agrees",
            "regret latency / size / fidelity", "oracle time", "autoptq time (% of oracle)",
            "loop under a budget"]  # fmt: skip
-FIRST_PASSING_HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "first passing, timed once",
+FIRST_PASSING_HEADERS = ["model", "target", "oracle pick (latency, size, fidelity)", "--search first",
                          "agrees", "oracle time", "its time (% of oracle)"]  # fmt: skip
 
 
@@ -524,7 +518,7 @@ def main() -> None:
     counted = [r for r in table if r[4] in ("yes", "no")]
     agreed = sum(r[4] == "yes" for r in counted)
     title, headers, name = (
-        ("the first passing candidate, timed once", FIRST_PASSING_HEADERS, "decisions_first_passing")
+        ("`--search first` (the first passing candidate)", FIRST_PASSING_HEADERS, "decisions_first_passing")
         if args.first_passing
         else ("autoptq's default", HEADERS, "decisions")
     )

@@ -322,6 +322,8 @@ def test_a_run_killed_at_any_write_leaves_a_consistent_set(tmp_path: Path, monke
         ["quantize", "{model}", "-t", "x86-vnni", "-o", "{tmp}/q.onnx", "--min-sqnr", "nan"],
         ["quantize", "{model}", "-t", "x86-vnni", "-o", "{tmp}/q.onnx", "--min-top1-agreement", "5"],
         ["quantize", "{model}", "-t", "x86-vnni", "-o", "{tmp}/q.onnx", "--time-budget", "9" * 400],
+        ["quantize", "{model}", "-t", "x86-vnni", "-o", "{tmp}/q.onnx", "--search", "first", "--min-sqnr", "20"],
+        ["quantize", "{model}", "-t", "x86-vnni", "-o", "{tmp}/q.onnx", "--search", "exhaustive"],
         ["check", "{model}", "-t", "x86-vnni", "-r", "{model}", "-d", "{data}", "--min-sqnr", "inf"],
         ["plan", "{model}", "-t", "x86-vnni", "--max-size", "9" * 400],
         ["plan", "{model}", "-t", "x86-vnni", "--max-drop", "2"],

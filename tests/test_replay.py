@@ -106,6 +106,8 @@ def test_cli_refuses_search_options_and_a_mismatched_target(tmp_path: Path, run_
     out = tmp_path / "o.onnx"
     code, _, stderr = run_cli(["quantize", MODEL, "--recipe", recipe, "--max-drop", "0.01", "-o", out])
     assert code == 2 and "without search" in stderr and not out.exists()
+    code, _, stderr = run_cli(["quantize", MODEL, "--recipe", recipe, "--search", "first", "-o", out])
+    assert code == 2 and "drop --search" in stderr and not out.exists()
     code, _, stderr = run_cli(["quantize", MODEL, "--recipe", recipe, "-t", "x86-vnni", "-o", out])
     assert code == 2 and "chosen for edgetpu" in stderr and not out.exists()
     code, _, stderr = run_cli(["quantize", MODEL, "--recipe", recipe, "-o", recipe])

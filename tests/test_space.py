@@ -166,6 +166,26 @@ def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
     assert (twin if own <= twin * (1 + TWIN_TIE) else own) <= fastest * (1 + TIE)
 
 
+def test_search_first_keeps_the_plan_s_first_passing_candidate_timed_once(encoder: onnx.ModelProto) -> None:
+    graph = load_model(encoder)
+    profile = load_profile("x86-vnni")
+    if not measurable_here(profile):
+        pytest.skip("this machine does not stand in for x86-vnni")
+    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
+    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
+    outcome = produce(Job(graph, profile, calibration, validation), plan, search="first")
+    # One candidate built, verified and timed (the plan's own passes here), where the measured default tries a handful.
+    assert [a.step for a in outcome.attempts] == ["plan"] and outcome.attempts[0].accepted
+    assert outcome.reason == "the planned weight_only_int8 passed verification"
+    assert outcome.verification is not None and outcome.verification.latency is not None
+
+
+def test_search_first_is_refused_with_a_budget() -> None:
+    with pytest.raises(ValueError, match="walks its own order"):
+        QuantizeOptions(search="first", budget=Budget(min_sqnr_db=30.0))
+    assert QuantizeOptions(search="first").search == "first"
+
+
 def same_but_granularity(a: Recipe, b: Recipe) -> bool:
     return a.model_copy(update={"per_channel": b.per_channel}) == b
 

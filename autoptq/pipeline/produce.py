@@ -84,9 +84,17 @@ class Outcome(BaseModel):
     device_file: DeviceFile | None = Field(default=None, description="the .tflite of a 'format: tflite' target")
 
 
-def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
+SearchMode = Literal["measured", "first"]
+"""How the default choice is found on a CPU this machine stands in for. `measured`: the best measured of a handful
+and of its contenders' range variants (autoptq.decide.candidates.measured_choices); on the corpus it matches or beats
+an exhaustive oracle in 22 of 22 cells at 11-31% of the oracle's time. `first`: the plan's candidates in order, the
+first that passes verification (timed once) kept, as on every other target: 2-10% of the oracle's time, the same
+pick in 9 of 22 cells (docs/benchmarks.md, decision quality)."""
+
+
+def produce(job: Job, plan: Plan, measure_latency: bool = True, search: SearchMode = "measured") -> Outcome:
     """Prepare, quantize and verify along the plan's candidates; return the first verified one (on a CPU measured
-    here: the best measured of a handful, see autoptq.decide.candidates.measured_choices), or float."""
+    here, by default: the best measured of a handful, see SearchMode), or float."""
     graph, profile, calibration, validation = job.graph, job.profile, job.calibration, job.validation
     float_model = float_model_for(graph, profile)
     # The float model is handed back unchanged, byte for byte, when nothing beats it.
@@ -96,7 +104,7 @@ def produce(job: Job, plan: Plan, measure_latency: bool = True) -> Outcome:
     # that passes; the plan's remaining fallbacks follow in case none of them passes. A plan that keeps float stays
     # float: on the digits CNN (the "too small" leaf) every recipe measured 1.04-1.05x (weight-only) or 1.3x
     # (static) float, so quantizing would hinge on timing noise against the 5% margin and flip run to run.
-    measured = measure_latency and measurable_here(profile) and bool(found)
+    measured = search == "measured" and measure_latency and measurable_here(profile) and bool(found)
     measured_count = 0
     attempts: list[Attempt] = []
     if measured:
