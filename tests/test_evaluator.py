@@ -166,6 +166,20 @@ def test_an_accuracy_drop_beyond_the_allowed_is_a_problem(classifier: tuple[Mode
     ]
 
 
+def test_labels_that_do_not_score_the_output_as_classes_give_no_accuracy(
+    classifier: tuple[ModelProto, Dataset],
+) -> None:
+    model, data = classifier
+    read = Evaluator(model, EDGETPU, data).evaluate_float()
+    assert read.accuracy_float == 1.0 and read.accuracy_note is None
+    # Labels that float never predicts (as an embedding's dimensions never match sentence topics): 0.0, below chance.
+    wrong = (data.labels + 1) % 10  # small_convnet's 10 classes
+    for labels, says in ((wrong, "not above chance"), (data.labels + 1000, "not class ids")):
+        evaluation = Evaluator(model, EDGETPU, Dataset(data.samples, labels, "images")).evaluate_float()
+        assert evaluation.accuracy_float is None and evaluation.accuracy_candidate is None
+        assert evaluation.accuracy_note is not None and says in evaluation.accuracy_note
+
+
 def test_problem_codes_drive_the_calibration_fallbacks(classifier: tuple[ModelProto, Dataset]) -> None:
     """A candidate rejected for being larger than float cannot be saved by another calibration; one rejected for
     its fidelity can. The verdicts come from real evaluations, and the decision reads their codes."""

@@ -676,6 +676,11 @@ def tune(
             "--min-top1-agreement"
         )
     evaluator = evaluator or search_evaluator(job)
+    if budget.max_drop is not None and metric is None and evaluator.labels_unread is not None:
+        raise AutoptqError(
+            f"--max-drop needs top-1 accuracy, and {evaluator.labels_unread}: give a --metric that scores them, or "
+            "budget fidelity with --min-sqnr or --min-top1-agreement"
+        )
     search = search_class(job, plan, budget, progress, prefer, evaluator, deadline)
     try:
         search.search()

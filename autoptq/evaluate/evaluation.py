@@ -93,6 +93,7 @@ class Evaluation(BaseModel):
     fidelity: list[OutputFidelity] = Field(default_factory=list)
     accuracy_float: float | None = Field(default=None, description="top-1, with labels on a [batch, classes] output")
     accuracy_candidate: float | None = None
+    accuracy_note: str | None = Field(default=None, description="why no top-1 accuracy though labels were given")
     metric: MetricScore | None = Field(default=None, description="the user's metric on float and on the candidate")
     size_bytes: int
     float_size_bytes: int

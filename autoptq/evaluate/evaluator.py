@@ -182,6 +182,7 @@ class Evaluator:
         evaluation = self._evaluation(run.emulation, count, candidate.ByteSize(), verdict, device)
         evaluation.fidelity = fidelity
         evaluation.accuracy_float, evaluation.accuracy_candidate = self._accuracies(classes, count)
+        evaluation.accuracy_note = self.labels_unread
         failed = None
         if kept is not None:
             evaluation.metric, failed = self._metric([self.output_names[i] for i in order], kept)
@@ -208,6 +209,7 @@ class Evaluator:
         evaluation = self._evaluation(None, len(self.data), self.float_model.ByteSize(), verdict, device)
         evaluation.fidelity = fidelity
         evaluation.accuracy_float, evaluation.accuracy_candidate = self._accuracies(classes, len(self.data))
+        evaluation.accuracy_note = self.labels_unread
         if self.metric is not None:
             score = self.float_score
             assert score is not None
@@ -299,10 +301,35 @@ class Evaluator:
 
     def _accuracy(self, classes: list[int]) -> float | None:
         labels = self.data.labels
-        first = self._first_float_outputs
-        if labels is None or labels.ndim != 1 or not first or np.asarray(first[0]).ndim != 2:
+        if labels is None or not self._classifier_output or self.labels_unread is not None:
             return None  # no class labels (reference data for a user metric), or not a classifier
         return accuracy_of(classes, labels[: len(classes)])
+
+    @cached_property
+    def _classifier_output(self) -> bool:
+        """Whether labels could be class ids of the first output: one label per sample, a [batch, classes] output."""
+        labels, first = self.data.labels, self._first_float_outputs
+        return labels is not None and labels.ndim == 1 and bool(first) and np.asarray(first[0]).ndim == 2
+
+    @cached_property
+    def labels_unread(self) -> str | None:
+        """Why the labels given are not read as class ids of the first output, so that no top-1 accuracy is
+        computed on them; None where they are, or where there are none. An embedding model's validation labels
+        (MiniLM's sentence topics, for a retrieval --metric) fit a [batch, 384] output's shape, and scored as
+        classes gave float and every candidate 0.0 accuracy: a --max-drop budget every candidate met."""
+        labels = self.data.labels
+        if labels is None or not self._classifier_output:
+            return None
+        name, classes = self.output_names[0], int(np.asarray(self._first_float_outputs[0]).shape[1])
+        if not _class_ids(labels, classes):
+            return f"the labels are not class ids of output '{name}' (integers 0 to {classes - 1})"
+        accuracy = accuracy_of(self.float_classes, labels[: len(self.float_classes)])
+        if accuracy <= 1 / classes:
+            return (
+                f"float's own top-1 accuracy on the labels is {accuracy:.3f}, not above chance (1/{classes}): they do "
+                f"not score output '{name}' as class ids"
+            )
+        return None
 
     def _accuracies(self, classes: list[int], count: int) -> tuple[float | None, float | None]:
         if count == len(self.data):
@@ -429,3 +456,11 @@ def match_outputs(names: Sequence[str], reference_names: Sequence[str]) -> list[
         f"the quantized model's outputs {list(names)} do not match the reference model's {list(reference_names)}: "
         "is this the model it was made from?"
     )
+
+
+def _class_ids(labels: np.ndarray, classes: int) -> bool:
+    """Whether every label is a whole number from 0 to classes - 1."""
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.number):
+        return False
+    values = labels.astype(np.float64)
+    return bool(np.all(values == np.round(values)) and values.min() >= 0 and values.max() < classes)

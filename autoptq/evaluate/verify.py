@@ -45,6 +45,7 @@ class Verification(BaseModel):
     latency_note: str = ""
     accuracy_float: float | None = None
     accuracy_candidate: float | None = None
+    accuracy_note: str | None = Field(default=None, description="why no top-1 accuracy though labels were given")
     metric: MetricScore | None = Field(default=None, description="the user's --metric on float and on the candidate")
 
     @computed_field
@@ -107,6 +108,7 @@ def verdict(evaluation: Evaluation, timed: bool = True) -> Verification:
         latency_note=evaluation.latency.note if timed else NOT_MEASURED,
         accuracy_float=evaluation.accuracy_float if classifier else None,
         accuracy_candidate=evaluation.accuracy_candidate if classifier else None,
+        accuracy_note=evaluation.accuracy_note,
         **base,
     )
 

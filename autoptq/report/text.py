@@ -542,6 +542,8 @@ def render_outcome(outcome: Outcome, path: Path, fmt: Format) -> str:
             )
         if ver.accuracy_float is not None and ver.accuracy_candidate is not None:
             lines.append(f"  accuracy: float {ver.accuracy_float:.4f}, quantized {ver.accuracy_candidate:.4f}")
+        if ver.accuracy_note is not None and ver.metric is None:
+            lines.append(f"  accuracy: not computed: {ver.accuracy_note} (a --metric scores such labels)")
         if ver.metric is not None:
             lines.append(
                 f"  metric {ver.metric.name}: float {ver.metric.float:.4f}, quantized {ver.metric.candidate:.4f}"
