@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from autoptq.api import QuantizeOptions, plan_for, split_data
 from autoptq.decide.candidates import other_techniques_best, space_steps
 from autoptq.decide.job import Job
-from autoptq.decide.planner import UserGoals, device_conformant_recipe, load_tree, plan_model
+from autoptq.decide.planner import Plan, UserGoals, device_conformant_recipe, load_tree, plan_model
 from autoptq.decide.tuning import Budget, tune
 from autoptq.devices.profiles import load_profile
 from autoptq.evaluate.evaluation import Problem, slower
@@ -138,17 +138,23 @@ def test_per_channel_and_embedding_knobs_show_in_the_quantized_graph(encoder: on
     assert on.model.ByteSize() < off.model.ByteSize() * 0.6
 
 
-def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
-    encoder: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no host table: the roofline ranks the candidates
+def encoder_job_on_this_cpu(encoder: onnx.ModelProto) -> tuple[Job, Plan]:
+    """The encoder's job and default plan on x86-vnni, where this machine stands in for it (else the test skips)."""
     graph = load_model(encoder)
     profile = load_profile("x86-vnni")
     if not measurable_here(profile):
         pytest.skip("this machine does not stand in for x86-vnni")
     calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
-    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    outcome = produce(Job(graph, profile, calibration, validation), plan)
+    return Job(graph, profile, calibration, validation), plan_for(
+        graph, profile, load_tree(), calibration, QuantizeOptions()
+    )
+
+
+def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
+    encoder: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no host table: the roofline ranks the candidates
+    outcome = produce(*encoder_job_on_this_cpu(encoder))
     steps = [a.step for a in outcome.attempts]
     # onnxruntime's quantize_dynamic defaults on this model are the per-tensor point of the space (no Conv here).
     assert steps[0] == "plan" and "weight-only per-tensor int8 Gather+MatMul" in steps
@@ -167,13 +173,7 @@ def test_the_default_on_a_measurable_cpu_is_the_best_measured_of_a_handful(
 
 
 def test_search_first_keeps_the_plan_s_first_passing_candidate_timed_once(encoder: onnx.ModelProto) -> None:
-    graph = load_model(encoder)
-    profile = load_profile("x86-vnni")
-    if not measurable_here(profile):
-        pytest.skip("this machine does not stand in for x86-vnni")
-    calibration, validation, _ = split_data(graph, token_data(40), None, synthetic=False)
-    plan = plan_for(graph, profile, load_tree(), calibration, QuantizeOptions())
-    outcome = produce(Job(graph, profile, calibration, validation), plan, search="first")
+    outcome = produce(*encoder_job_on_this_cpu(encoder), search="first")
     # One candidate built, verified and timed (the plan's own passes here), where the measured default tries a handful.
     assert [a.step for a in outcome.attempts] == ["plan"] and outcome.attempts[0].accepted
     assert outcome.reason == "the planned weight_only_int8 passed verification"
