@@ -302,7 +302,7 @@ class Evaluator:
     def _accuracy(self, classes: list[int]) -> float | None:
         labels = self.data.labels
         if labels is None or not self._classifier_output or self.labels_unread is not None:
-            return None  # no class labels (reference data for a user metric), or not a classifier
+            return None  # no class labels (reference data for a user metric), not a classifier, or not its classes
         return accuracy_of(classes, labels[: len(classes)])
 
     @cached_property

@@ -86,10 +86,11 @@ class Outcome(BaseModel):
 
 SearchMode = Literal["measured", "first"]
 """How the default choice is found on a CPU this machine stands in for. `measured`: the best measured of a handful
-and of its contenders' range variants (autoptq.decide.candidates.measured_choices); on the corpus it matches or beats
-an exhaustive oracle in 22 of 22 cells at 11-31% of the oracle's time. `first`: the plan's candidates in order, the
-first that passes verification (timed once) kept, as on every other target: 1.5-11% of the oracle's time (4.2% over
-the corpus), the same pick in 10 of 22 cells (docs/benchmarks.md, decision quality)."""
+and of its contenders' range variants (autoptq.decide.candidates.measured_choices); on the corpus it matched or beat
+an exhaustive oracle in 21 and 22 of 22 cells in two runs, at 20% of the oracle's time (10-31% per cell where it
+quantizes). `first`: the plan's candidates in order, the first that passes verification (timed once) kept, as on
+every other target: 4.3% of the oracle's time (1.7-11% per cell), the same pick in 9 and 10 of 22 cells
+(docs/benchmarks.md, decision quality)."""
 
 
 def produce(job: Job, plan: Plan, measure_latency: bool = True, search: SearchMode = "measured") -> Outcome:
