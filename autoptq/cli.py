@@ -12,7 +12,7 @@ import traceback
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -27,6 +27,7 @@ from autoptq.io.outputs import check_output_path, write_atomic
 from autoptq.io.user_metric import load_metric
 from autoptq.model.graph import onnx_version, ort_version
 from autoptq.pipeline.manifest import outcome_failed
+from autoptq.pipeline.produce import SearchMode
 from autoptq.pipeline.replay import render_recipes
 from autoptq.report import text as report
 from autoptq.techniques import REGISTRY
@@ -201,9 +202,7 @@ class Objective(str, Enum):
     accuracy = "accuracy"
 
 
-class Search(str, Enum):
-    measured = "measured"
-    first = "first"
+Search = Enum("Search", {mode: mode for mode in get_args(SearchMode)}, type=str)  # type: ignore[misc]
 
 
 _SIZE_TEXT = re.compile(r"\s*[0-9]*\.?[0-9]+\s*(b|[kmg]i?b)?\s*", re.IGNORECASE)

@@ -75,7 +75,7 @@ from autoptq.model.calibration import Dataset
 from autoptq.model.graph import ModelGraph, load_model
 from autoptq.model.intio import read_integer_io
 from autoptq.model.prepare import PREPARATION_SAMPLES, prepare
-from autoptq.pipeline.produce import TIE, Attempt, best_measured, fidelity_of, produce
+from autoptq.pipeline.produce import TIE, Attempt, SearchMode, best_measured, fidelity_of, produce
 from autoptq.techniques import REGISTRY
 from autoptq.techniques.qdq import ranges_file
 from autoptq.techniques.recipe import Recipe
@@ -298,29 +298,23 @@ def outcome(attempt: Attempt) -> str:
     )
 
 
-def default_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup, str]:
+def autoptq_choice(
+    case: Case, target: str, metric: UserMetric | None, search: SearchMode = "measured"
+) -> tuple[Pick, Setup, str]:
+    """`autoptq quantize` without a budget: the default (`measured`), or `--search first` (the plan's candidates in
+    order, the first that passes verification, each timed once side by side with float, kept); and how many it
+    verified."""
     start = time.perf_counter()
     s = setup(case, target)
-    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan)
+    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, search=search)
     chosen = None if outcome.kept_float else next(a for a in outcome.attempts if a.verification is outcome.verification)
     model = None if outcome.kept_float else onnx.load_from_string(outcome.model_bytes)
     tried = f"{len([a for a in outcome.attempts if a.verification is not None])} verified"
     return pick_of(chosen, time.perf_counter() - start, model), s, tried
 
 
-def first_passing_choice(case: Case, target: str, metric: UserMetric | None) -> tuple[Pick, Setup]:
-    """`autoptq quantize --search first`: the plan's candidates in order, the first that passes verification (each
-    timed once, side by side with float) kept."""
-    start = time.perf_counter()
-    s = setup(case, target)
-    outcome = produce(Job(s.graph, s.profile, s.calibration, s.validation, metric=metric), s.plan, search="first")
-    chosen = None if outcome.kept_float else next(a for a in outcome.attempts if a.verification is outcome.verification)
-    model = None if outcome.kept_float else onnx.load_from_string(outcome.model_bytes)
-    return pick_of(chosen, time.perf_counter() - start, model), s
-
-
 def first_passing_row(case: Case, target: str, metric: UserMetric | None, cache: dict[str, dict[str, dict]]) -> list:
-    ours, s = first_passing_choice(case, target, metric)
+    ours, s, _ = autoptq_choice(case, target, metric, search="first")
     best, count = oracle(case, s, metric, cache)
     joint = retime(s, ours, best)
     return [
@@ -490,7 +484,7 @@ def main() -> None:
                         rows[f"{case.name}#{target}"] = first_passing_row(case, target, metric, cache)
                     write_rows(args, rows)
                     continue
-                ours, s, tried = default_choice(case, target, metric)
+                ours, s, tried = autoptq_choice(case, target, metric)
                 best, count = oracle(case, s, metric, cache)
             except AutoptqError as exc:
                 rows[f"{case.name}#{target}"] = [case.name, target, f"skipped: {str(exc)[:120]}", *[""] * 6]

@@ -123,9 +123,9 @@ def estimated_divergences(hist: np.ndarray, levels: int) -> tuple[np.ndarray, np
     p_empty = span - p_filled
     merged = span // levels
     head = levels * merged
-    bounds = start[:, None] + np.arange(levels + 1)[None, :] * merged[:, None]
-    level_mass = mass[bounds[:, 1:]] - mass[bounds[:, :-1]]
-    level_filled = filled[bounds[:, 1:]] - filled[bounds[:, :-1]]
+    level_edges = start[:, None] + np.arange(levels + 1)[None, :] * merged[:, None]
+    level_mass = mass[level_edges[:, 1:]] - mass[level_edges[:, :-1]]
+    level_filled = filled[level_edges[:, 1:]] - filled[level_edges[:, :-1]]
     no_tail = head == span  # then p's last edge bin is in the last level, else in the unmerged tail
     level_filled[:, 0] += _filled(edge_first) - _filled(first)
     level_filled[no_tail, -1] += _filled(edge_last[no_tail]) - _filled(last[no_tail])
